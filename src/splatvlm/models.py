@@ -1,0 +1,69 @@
+"""Shared helpers for loading heavy models: devices, dtypes, where weights come from, clear errors.
+
+Every model loads through ``from_pretrained`` from an HF id or a local folder; the tiny demo models
+are built from config, saved under the user cache and then loaded through that same code path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from .errors import SplatVLMError
+
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SplatVLMError(f"device {device} asked for, but CUDA is not available; use --device cpu")
+    return dev
+
+
+def pick_dtype(dtype: DType, device: torch.device) -> torch.dtype:
+    """bf16 on CUDA by default, fp32 on CPU (CPU half-precision kernels are slow or missing)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def cache_dir() -> Path:
+    """Where splatvlm keeps generated demo models (``$SPLATVLM_CACHE`` or ``~/.cache/splatvlm``)."""
+    root = os.environ.get("SPLATVLM_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "splatvlm"
+    )
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def is_local(source: str) -> bool:
+    """True when ``source`` names something on disk rather than an HF hub id."""
+    return source.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(source))
+
+
+def missing_weights_error(source: str, what: str, flag: str, detail: str = "") -> SplatVLMError:
+    """The one message for weights that cannot be found or read."""
+    where = "local path" if is_local(source) else "HF id"
+    tail = f" ({detail})" if detail else ""
+    return SplatVLMError(
+        f"cannot load {what} from {where} '{source}'{tail}; download it where you have network "
+        f"(e.g. `huggingface-cli download {source if not is_local(source) else '<id>'}`) and pass the "
+        f"local folder with {flag} /path"
+    )
+
+
+def check_local_source(source: str, what: str, flag: str) -> None:
+    """Fail early and clearly for a local path that does not exist."""
+    if is_local(source) and not os.path.exists(os.path.expanduser(source)):
+        raise missing_weights_error(source, what, flag, "no such file or folder")
+
+
+def hf_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
