@@ -63,6 +63,7 @@ class Cameras:
     azimuth: Tensor  # [C] degrees, 0 = +x, counter-clockwise seen from +z
     distance: Tensor  # [C] world units
     fovy: Tensor  # [C] degrees
+    ids: Tensor | None = None  # [C] indices into a fixed view set (fitting), None for sampled views
 
     def __len__(self) -> int:
         return self.viewmats.shape[0]
@@ -76,6 +77,7 @@ class Cameras:
             azimuth=self.azimuth.to(device),
             distance=self.distance.to(device),
             fovy=self.fovy.to(device),
+            ids=None if self.ids is None else self.ids.to(device),
         )
 
     def __getitem__(self, idx: slice | Tensor | list[int]) -> Cameras:
@@ -87,6 +89,7 @@ class Cameras:
             azimuth=self.azimuth[idx],
             distance=self.distance[idx],
             fovy=self.fovy[idx],
+            ids=None if self.ids is None else self.ids[idx],
         )
 
     @property

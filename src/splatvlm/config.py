@@ -1,0 +1,280 @@
+"""Run configuration: one dataclass tree, named presets in ``configs/``, the resolved config saved per run.
+
+A preset is a YAML file of overrides on top of the dataclass defaults (``configs/<name>.yaml``);
+command-line flags override the preset. Unknown keys and wrong types are rejected with one line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from .cameras import CameraConfig
+from .densify import StrategyConfig
+from .errors import SplatVLMError
+from .render import RenderConfig
+from .reward import RewardConfig
+from .scene import SceneConfig
+from .sds import SDSConfig
+
+PRESET_DIR = Path(__file__).resolve().parent / "configs"
+
+
+@dataclass
+class Weight:
+    """A loss weight over training steps: linear from `start` to `end` over `ramp_steps`, 0 from `stop_after` on."""
+
+    start: float = 0.0
+    """Weight at step 0."""
+    end: float | None = None
+    """Weight at `ramp_steps` and after (None: constant `start`)."""
+    ramp_steps: int = 0
+    """Steps of the linear ramp from `start` to `end`."""
+    stop_after: int | None = None
+    """The weight is 0 from this step on (None: never)."""
+
+
+def weight_at(w: Weight, step: int) -> float:
+    if w.stop_after is not None and step >= w.stop_after:
+        return 0.0
+    if w.end is None or w.ramp_steps <= 0:
+        return w.start if w.end is None or step < w.ramp_steps else w.end
+    t = min(max(step / w.ramp_steps, 0.0), 1.0)
+    return w.start + t * (w.end - w.start)
+
+
+def ever_active(w: Weight, total_steps: int) -> bool:
+    """Whether the weight is non-zero at any step before ``total_steps``."""
+    last = total_steps if w.stop_after is None else min(total_steps, w.stop_after)
+    if last <= 0:
+        return False
+    if w.start != 0.0:
+        return True
+    return w.end is not None and w.end != 0.0 and last > 1
+
+
+@dataclass
+class Weights:
+    """Weights of the loss terms, by name: `loss_<name>` from a term is multiplied by `<name>` here."""
+
+    sds: Weight = field(default_factory=lambda: Weight(1.0))
+    """Score distillation from the diffusion prior."""
+    vlm: Weight = field(default_factory=lambda: Weight(300.0, 1.0, 10000, 10000))
+    """The VLM reward loss (VLM3D: 300 -> 1 over 10000 steps, then off)."""
+    l1: Weight = field(default_factory=lambda: Weight(0.8))
+    """Photometric L1 (fit only)."""
+    ssim: Weight = field(default_factory=lambda: Weight(0.2))
+    """Photometric 1 - SSIM (fit only)."""
+
+
+@dataclass
+class RunConfig:
+    """Everything a training run needs; saved as config.yaml in the run folder."""
+
+    steps: int = 2000
+    """Training steps."""
+    seed: int = 0
+    """Random seed (cameras, initialization, diffusion noise)."""
+    device: str = "auto"
+    """'auto' (CUDA when available), 'cuda', 'cuda:1' or 'cpu'."""
+    background: Literal["white", "black", "random"] = "random"
+    """Training background: 'random' draws one solid color per step shared by all views."""
+    scene: SceneConfig = field(default_factory=SceneConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    render: RenderConfig = field(default_factory=RenderConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    sds: SDSConfig = field(default_factory=SDSConfig)
+    vlm: RewardConfig = field(default_factory=RewardConfig)
+    weights: Weights = field(default_factory=Weights)
+    log_every: int = 10
+    """Steps between progress-bar / JSONL log updates."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (0: only at the end and on interrupt)."""
+    max_bad_steps: int = 20
+    """Stop (with a checkpoint) after this many consecutive steps with a NaN/inf loss or gradient."""
+    turntable_frames: int = 60
+    """Frames of the turntable written at the end (0: none)."""
+    turntable_resolution: int = 256
+    """Resolution of the turntable and contact sheet."""
+    tensorboard: bool = False
+    """Also log scalars to TensorBoard (needs the tensorboard package)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Presets and validation
+
+
+def preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = ", ".join(sorted(p.stem for p in PRESET_DIR.glob("*.yaml")))
+        raise SplatVLMError(f"unknown preset '{name}'; choose one of: {names}")
+    return path
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SplatVLMError(f"config file {path} does not exist") from None
+    except UnicodeDecodeError:
+        raise SplatVLMError(f"config file {path} is not UTF-8 text") from None
+    except OSError as e:
+        raise SplatVLMError(f"cannot read config file {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SplatVLMError(f"config file {path} is not valid YAML{where}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SplatVLMError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
+    return data
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (the subset our configs use) and convert it."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except SplatVLMError as e:
+                errors.append(e)
+        raise SplatVLMError(f"config key '{key}' has the wrong type: {value!r} is not {_type_name(tp)}")
+    if origin is Literal:
+        if value not in args:
+            raise SplatVLMError(f"config key '{key}' must be one of {list(args)}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, list | tuple):
+            raise SplatVLMError(f"config key '{key}' must be a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise SplatVLMError(f"config key '{key}' must have {len(args)} items, got {len(value)}")
+            return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, key) for v in value]
+        return tuple(out) if origin is tuple else out
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise SplatVLMError(f"config key '{key}' must be a mapping, got {value!r}")
+        return apply_overrides(tp(), value, prefix=f"{key}.")
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise SplatVLMError(f"config key '{key}' must be true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise SplatVLMError(f"config key '{key}' must be an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise SplatVLMError(f"config key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise SplatVLMError(f"config key '{key}' must be a string, got {value!r}")
+        return value
+    if tp is Path:
+        if not isinstance(value, str):
+            raise SplatVLMError(f"config key '{key}' must be a path string, got {value!r}")
+        return Path(value)
+    raise SplatVLMError(f"config key '{key}' has an unsupported type {_type_name(tp)}")
+
+
+def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
+    """Return a copy of dataclass ``cfg`` with nested ``overrides`` applied and type-checked."""
+    hints = typing.get_type_hints(type(cfg))
+    names = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
+    for key, value in overrides.items():
+        if not isinstance(key, str) or key not in names:
+            raise SplatVLMError(f"unknown config key '{prefix}{key}'")
+        tp = hints[key]
+        current = getattr(cfg, key)
+        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+            changes[key] = apply_overrides(current, value, prefix=f"{prefix}{key}.")
+        else:
+            changes[key] = _coerce(value, tp, f"{prefix}{key}")
+    return dataclasses.replace(cfg, **changes)
+
+
+def load_run_config(preset: str | None = None, config_file: str | Path | None = None) -> RunConfig:
+    """Defaults, then a named preset, then a user config file."""
+    cfg = RunConfig()
+    if preset is not None:
+        cfg = apply_overrides(cfg, read_yaml(preset_path(preset)))
+    if config_file is not None:
+        cfg = apply_overrides(cfg, read_yaml(config_file))
+    return cfg
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    def convert(v: Any) -> Any:
+        if isinstance(v, Path):
+            return str(v)
+        if isinstance(v, tuple | list):
+            return [convert(x) for x in v]
+        if isinstance(v, dict):
+            return {k: convert(x) for k, x in v.items()}
+        return v
+
+    return convert(dataclasses.asdict(cfg))
+
+
+def to_yaml(cfg: Any) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def validate_run_config(cfg: RunConfig) -> None:
+    """Value checks that types alone cannot express; one line each, before any heavy work."""
+    if cfg.steps <= 0:
+        raise SplatVLMError(f"--steps must be positive, got {cfg.steps}")
+    cam = cfg.camera
+    for name in ("num_views", "resolution", "low_res_views", "low_res", "views_per_group"):
+        if getattr(cam, name) <= 0:
+            raise SplatVLMError(f"--camera.{name} must be positive, got {getattr(cam, name)}")
+    for name in ("num_views", "low_res_views"):
+        if getattr(cam, name) % cam.views_per_group:
+            raise SplatVLMError(
+                f"--camera.{name} ({getattr(cam, name)}) must be a multiple of "
+                f"--camera.views_per_group ({cam.views_per_group})"
+            )
+    if cfg.log_every <= 0:
+        raise SplatVLMError(f"--log-every must be positive, got {cfg.log_every}")
+    if cfg.checkpoint_every < 0:
+        raise SplatVLMError(f"--checkpoint-every must be >= 0, got {cfg.checkpoint_every}")
+    if cfg.max_bad_steps <= 0:
+        raise SplatVLMError(f"--max-bad-steps must be positive, got {cfg.max_bad_steps}")
+    if cfg.turntable_frames < 0 or cfg.turntable_resolution <= 0:
+        raise SplatVLMError("--turntable-frames must be >= 0 and --turntable-resolution positive")
+    if cfg.vlm.every <= 0:
+        raise SplatVLMError(f"--vlm.every must be positive, got {cfg.vlm.every}")
+    if cfg.vlm.num_views <= 0 or cfg.vlm.size <= 0:
+        raise SplatVLMError("--vlm.num-views and --vlm.size must be positive")

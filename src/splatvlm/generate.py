@@ -1,0 +1,309 @@
+"""One text-to-3D run, or a batch of them: run folders, guidance terms, training, outputs.
+
+Run folder layout (one per prompt):
+  config.yaml     the resolved config          run.json       prompt, output path, seed
+  metrics.jsonl   per-step losses and timings  checkpoint.pt  latest checkpoint (weights_only loadable)
+  scene.ply       final splats (batch mode)    turntable.gif  contact.png    summary.json (written last)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from . import export
+from .cameras import Cameras
+from .config import RunConfig, apply_overrides, read_yaml, validate_run_config
+from .errors import SplatVLMError
+from .files import atomic_write_text, check_output_dir, check_output_path
+from .models import pick_device
+from .ply import save_ply
+from .prompts import check_prompt, slugify
+from .render import render
+from .scene import init_ball, num_gaussians
+from .trainer import (
+    Term,
+    TrainState,
+    load_checkpoint,
+    new_state,
+    restore_state,
+    terms_active,
+    train,
+    write_run_files,
+)
+
+console = Console(stderr=True)
+
+
+@dataclass
+class RunControl:
+    """How to run (not what to train): viewer, stopping, extra outputs. Not saved as part of the recipe."""
+
+    viewer: bool = False
+    host: str = "127.0.0.1"
+    port: int = 8080
+    viewer_every: int = 50
+    stop_after: int | None = None
+    gpteval3d: bool = False
+    gpteval3d_method: str = "splatvlm"
+    overwrite: bool = False
+    progress: bool = True
+    profile: bool = False
+
+
+@dataclass
+class Guidance:
+    """The loaded guidance models, shared by every prompt of a batch (loaded once, lazily)."""
+
+    cfg: RunConfig
+    device: torch.device
+    sds: Any = None
+    vlm: Any = None
+    loaded: dict[str, float] = field(default_factory=dict)
+
+    def terms(self, prompt: str) -> dict[str, Term]:
+        active = terms_active(self.cfg)
+        terms: dict[str, Term] = {}
+        if active["sds"]:
+            if self.sds is None:
+                from .sds import SDSGuidance
+
+                t0 = time.perf_counter()
+                self.sds = SDSGuidance(self.cfg.sds, self.device)
+                self.loaded["sds_s"] = time.perf_counter() - t0
+            self.sds.set_prompt(prompt)
+            terms["sds"] = Term(self.sds, weights=("sds",))
+        if active["vlm"]:
+            if self.vlm is None:
+                from .reward import VLMReward
+
+                t0 = time.perf_counter()
+                self.vlm = VLMReward(self.cfg.vlm, self.device)
+                self.loaded["vlm_s"] = time.perf_counter() - t0
+            self.vlm.set_prompt(prompt)
+            reward = self.vlm
+            terms["vlm"] = Term(
+                lambda rgb, cams, step: reward(rgb, step),
+                weights=("vlm",),
+                every=self.cfg.vlm.every,
+                num_views=self.cfg.vlm.num_views,
+            )
+        if not terms:
+            raise SplatVLMError("every loss weight is zero for the whole run; nothing to train")
+        return terms
+
+
+def check_sources(cfg: RunConfig) -> None:
+    """Validate model ids/paths before any heavy work (one clear line on failure)."""
+    active = terms_active(cfg)
+    if active["sds"]:
+        from .sds import check_sds_source
+
+        check_sds_source(cfg.sds)
+    if active["vlm"]:
+        from .reward import check_reward_source
+
+        check_reward_source(cfg.vlm)
+
+
+def _frames_to_uint8(rgb: torch.Tensor) -> np.ndarray:
+    return (rgb.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def make_preview_fn(params: torch.nn.ParameterDict, cfg: RunConfig):
+    """What the viewer calls to render the browser's camera with the training renderer."""
+
+    def preview(viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int) -> np.ndarray:
+        dev = params["means"].device
+        zero = torch.zeros(1)
+        cams = Cameras(viewmat[None].float(), K[None].float(), width, height, zero, zero, zero, zero).to(dev)
+        with torch.no_grad():
+            out = render(params, cams, cfg.render, torch.ones(1, 3, device=dev))
+        return _frames_to_uint8(out.rgb[0])
+
+    return preview
+
+
+def run_one(
+    prompt: str,
+    cfg: RunConfig,
+    output: Path,
+    run_dir: Path,
+    guidance: Guidance,
+    control: RunControl,
+    resume: bool = False,
+    prompt_id: int = 0,
+) -> dict[str, Any]:
+    """Train one prompt into ``output`` (a .ply); everything else goes into ``run_dir``."""
+    device = guidance.device
+    t_start = time.perf_counter()
+    # 1. Run folder and resolved config.
+    if not resume:
+        write_run_files(run_dir, cfg, {"prompt": prompt, "output": str(output), "seed": cfg.seed})
+    # 2. Guidance terms (models load once per batch).
+    terms = guidance.terms(prompt)
+    # 3. Scene: fresh or from the checkpoint.
+    ckpt_path = run_dir / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        state: TrainState = restore_state(load_checkpoint(ckpt_path), cfg, device)
+        console.print(f"resuming {run_dir} at step {state.step}/{cfg.steps}")
+    else:
+        torch.manual_seed(cfg.seed)
+        init_gen = torch.Generator().manual_seed(cfg.seed)
+        if cfg.scene.init == "ball":
+            params = init_ball(cfg.scene, init_gen)
+        else:
+            from .ply import load_ply
+
+            params = load_ply(cfg.scene.init)
+        state = new_state(params, cfg, device)
+    # 4. Live viewer.
+    viewer = None
+    if control.viewer:
+        from .viewer import Viewer, ViewerConfig
+
+        viewer = Viewer(
+            ViewerConfig(enabled=True, host=control.host, port=control.port, refresh_every=control.viewer_every),
+            make_preview_fn(state.params, cfg),
+            run_dir,
+            lambda path: save_ply(state.params, path),
+        )
+    # 5. Train.
+    try:
+        state = train(
+            cfg,
+            state,
+            terms,
+            run_dir,
+            device,
+            viewer=viewer,
+            stop_after=control.stop_after,
+            progress=control.progress,
+            profile=control.profile,
+        )
+    except BaseException:
+        save_ply(state.params, run_dir / "interrupted.ply")
+        if viewer is not None:
+            viewer.close()
+        raise
+    finished = state.step >= cfg.steps
+    # 6. Outputs.
+    save_ply(state.params, output if finished else run_dir / "partial.ply")
+    summary: dict[str, Any] = {
+        "prompt": prompt,
+        "output": str(output),
+        "steps": state.step,
+        "finished": finished,
+        "num_gaussians": num_gaussians(state.params),
+        "bad_steps": state.bad_steps_total,
+        "seconds": round(time.perf_counter() - t_start, 2),
+    }
+    if finished:
+        if cfg.turntable_frames > 0:
+            frames = export.render_turntable(
+                state.params, cfg.camera, cfg.render, cfg.turntable_frames, cfg.turntable_resolution, device
+            )
+            export.save_video(frames, run_dir / "turntable.gif", fps=20)
+            export.save_contact_sheet(frames[:: max(1, len(frames) // 8)][:8], run_dir / "contact.png", cols=4)
+        if control.gpteval3d:
+            summary["gpteval3d"] = str(
+                export.export_gpteval3d(
+                    state.params,
+                    run_dir / "gpteval3d",
+                    control.gpteval3d_method,
+                    prompt_id,
+                    cfg.seed,
+                    render_cfg=cfg.render,
+                    device=device,
+                )
+            )
+        last = _last_metrics(run_dir)
+        for key in ("p_yes", "reward", "loss_sds", "loss_vlm"):
+            if key in last:
+                summary[key] = last[key]
+        atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    if viewer is not None:
+        if finished:
+            viewer.update(state.params, state.step, {"step": state.step, "num_gaussians": num_gaussians(state.params)})
+            console.print(f"training done; viewer still serving at http://{control.host}:{control.port} (Ctrl-C to quit)")
+            viewer.serve_forever()
+        viewer.close()
+    return summary
+
+
+def _last_metrics(run_dir: Path) -> dict[str, Any]:
+    last: dict[str, Any] = {}
+    path = run_dir / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                last.update({k: v for k, v in rec.items() if isinstance(v, int | float)})
+    return last
+
+
+def prepare_single(
+    prompt: str | None, output: Path | None, cfg: RunConfig, control: RunControl, run_dir: Path | None
+) -> tuple[str, Path, Path]:
+    """Validate a single-prompt run's inputs and pick its run folder (``<output stem>_run`` beside it)."""
+    if prompt is None:
+        raise SplatVLMError("give a prompt (or --prompts FILE --out-dir DIR for a batch)")
+    prompt = check_prompt(prompt)
+    if output is None:
+        raise SplatVLMError("give an output path with -o OUT.ply")
+    output = check_output_path(output, control.overwrite, suffixes=(".ply",))
+    validate_run_config(cfg)
+    run_dir = run_dir or output.with_name(output.stem + "_run")
+    if run_dir.exists() and (run_dir / "checkpoint.pt").exists() and not control.overwrite:
+        raise SplatVLMError(f"run folder {run_dir} already holds a run; --resume {run_dir} or pass --overwrite")
+    check_output_dir(run_dir)
+    if control.overwrite:
+        for name in ("checkpoint.pt", "metrics.jsonl", "summary.json"):
+            (run_dir / name).unlink(missing_ok=True)
+    return prompt, output, run_dir
+
+
+def resume_run(run_dir: Path, control: RunControl) -> dict[str, Any]:
+    """Continue a run folder exactly where its checkpoint left it, with its saved config."""
+    run_dir = Path(run_dir)
+    info_path = run_dir / "run.json"
+    if not info_path.is_file() or not (run_dir / "config.yaml").is_file():
+        raise SplatVLMError(f"{run_dir} is not a splatvlm run folder (no run.json/config.yaml)")
+    if not (run_dir / "checkpoint.pt").is_file():
+        raise SplatVLMError(f"{run_dir} has no checkpoint.pt to resume from")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    cfg = apply_overrides(RunConfig(), read_yaml(run_dir / "config.yaml"))
+    validate_run_config(cfg)
+    check_sources(cfg)
+    guidance = Guidance(cfg, pick_device(cfg.device))
+    return run_one(info["prompt"], cfg, Path(info["output"]), run_dir, guidance, control, resume=True)
+
+
+def run_batch(prompts: list[str], cfg: RunConfig, out_dir: Path, control: RunControl) -> list[dict[str, Any]]:
+    """One run folder per prompt (``DIR/<index>-<slug>``); finished ones are skipped, interrupted ones resumed."""
+    validate_run_config(cfg)
+    check_sources(cfg)
+    out_dir = check_output_dir(out_dir)
+    guidance = Guidance(cfg, pick_device(cfg.device))
+    summaries = []
+    for index, prompt in enumerate(prompts):
+        run_dir = out_dir / f"{index:03d}-{slugify(prompt)}"
+        if (run_dir / "summary.json").is_file():
+            console.print(f"[{index + 1}/{len(prompts)}] done already: {run_dir.name}")
+            summaries.append(json.loads((run_dir / "summary.json").read_text(encoding="utf-8")))
+            continue
+        run_dir.mkdir(exist_ok=True)
+        resume = (run_dir / "checkpoint.pt").is_file()
+        console.print(f"[{index + 1}/{len(prompts)}] {prompt}")
+        seed_cfg = replace(cfg)
+        summaries.append(
+            run_one(prompt, seed_cfg, run_dir / "scene.ply", run_dir, guidance, control, resume=resume, prompt_id=index)
+        )
+    return summaries

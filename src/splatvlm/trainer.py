@@ -1,0 +1,438 @@
+"""The training loop: sample views, render, loss terms, weighted sum, backward, densify, log, checkpoint.
+
+Loss terms are callables ``term(rgb [C, H, W, 3], cams, step) -> {"loss_<name>": Tensor, <diagnostics>}``;
+only this module multiplies them by the weights in ``RunConfig.weights``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import signal
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from . import densify
+from .cameras import Cameras, sample_orbit, views_at_step
+from .config import RunConfig, Weight, ever_active, to_yaml, weight_at
+from .errors import SplatVLMError, StopRun
+from .files import atomic_path, atomic_write_text
+from .render import RenderOutput, render
+from .scene import PARAM_KEYS, make_optimizers, make_params, means_lr, num_gaussians
+
+CHECKPOINT_VERSION = 1
+LossTerm = Callable[[Tensor, Cameras, int], dict[str, Any]]
+ViewSampler = Callable[[int, torch.Generator], Cameras]
+
+
+@dataclass
+class Term:
+    """A loss term and how often it runs (its weight is multiplied by `every` to keep the average)."""
+
+    fn: LossTerm
+    weights: tuple[str, ...]  # names of the weights of the `loss_*` entries it returns
+    every: int = 1
+    num_views: int | None = None  # only the first `num_views` rendered views go to this term
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides the config."""
+
+    params: torch.nn.ParameterDict
+    optimizers: dict[str, torch.optim.Optimizer]
+    strategy: Any
+    strategy_state: dict[str, Any]
+    step: int = 0
+    generator: torch.Generator = field(default_factory=torch.Generator)
+    bad_steps_total: int = 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing
+
+
+class StepTimer:
+    """Per-component wall time of a step: CUDA events on GPU, perf_counter on CPU; off unless enabled."""
+
+    def __init__(self, enabled: bool, device: torch.device):
+        self.enabled = enabled
+        self.cuda = device.type == "cuda"
+        self._marks: list[tuple[str, Any, Any]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+        else:
+            start = time.perf_counter()
+            yield
+            end = time.perf_counter()
+        self._marks.append((name, start, end))
+
+    def collect(self) -> dict[str, float]:
+        """Milliseconds per component for the step just finished (synchronizes on GPU)."""
+        if not self.enabled:
+            return {}
+        if self.cuda:
+            torch.cuda.synchronize()
+        out: dict[str, float] = {}
+        for name, start, end in self._marks:
+            ms = start.elapsed_time(end) if self.cuda else (end - start) * 1e3
+            out[name] = out.get(name, 0.0) + ms
+        self._marks.clear()
+        return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def save_checkpoint(path: Path, state: TrainState, cfg: RunConfig) -> None:
+    """Atomic checkpoint that loads with ``torch.load(weights_only=True)``."""
+    rng = {"torch": torch.get_rng_state(), "generator": state.generator.get_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    payload = {
+        "version": CHECKPOINT_VERSION,
+        "step": state.step,
+        "params": {k: v.detach().cpu() for k, v in state.params.items()},
+        "optimizers": {k: opt.state_dict() for k, opt in state.optimizers.items()},
+        "strategy_state": {
+            k: (v.detach().cpu() if isinstance(v, Tensor) else v) for k, v in state.strategy_state.items()
+        },
+        "rng": rng,
+        "bad_steps_total": state.bad_steps_total,
+        "config": to_yaml(cfg),
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise SplatVLMError(f"checkpoint {path} does not exist") from None
+    except Exception as e:  # noqa: BLE001 - torch raises many types for foreign or corrupt files
+        raise SplatVLMError(f"checkpoint {path} is unreadable or not a splatvlm checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
+        found = ckpt.get("version") if isinstance(ckpt, dict) else None
+        raise SplatVLMError(
+            f"checkpoint {path} has format version {found}, this splatvlm reads version {CHECKPOINT_VERSION}"
+        )
+    return ckpt
+
+
+def restore_state(ckpt: dict[str, Any], cfg: RunConfig, device: torch.device) -> TrainState:
+    p = ckpt["params"]
+    params = make_params(p["means"], p["quats"], p["scales"], p["opacities"], p["sh0"], p["shN"]).to(device)
+    optimizers = make_optimizers(params, cfg.scene)
+    for key, opt in optimizers.items():
+        opt.load_state_dict(ckpt["optimizers"][key])
+    strategy, strategy_state = densify.make_strategy(cfg.strategy, packed=cfg.render.packed)
+    for k, v in ckpt["strategy_state"].items():
+        strategy_state[k] = v.to(device) if isinstance(v, Tensor) else v
+    generator = torch.Generator()
+    generator.set_state(ckpt["rng"]["generator"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    if "cuda" in ckpt["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["rng"]["cuda"])
+    return TrainState(
+        params=params,
+        optimizers=optimizers,
+        strategy=strategy,
+        strategy_state=strategy_state,
+        step=int(ckpt["step"]),
+        generator=generator,
+        bad_steps_total=int(ckpt.get("bad_steps_total", 0)),
+    )
+
+
+def new_state(params: torch.nn.ParameterDict, cfg: RunConfig, device: torch.device) -> TrainState:
+    params = params.to(device)
+    strategy, strategy_state = densify.make_strategy(cfg.strategy, packed=cfg.render.packed)
+    generator = torch.Generator()
+    generator.manual_seed(cfg.seed)
+    return TrainState(params, make_optimizers(params, cfg.scene), strategy, strategy_state, 0, generator)
+
+
+# ---------------------------------------------------------------------------------------------
+# Signals
+
+
+class _SignalFlag:
+    """Turns SIGINT/SIGTERM into a flag checked between steps, so a step is never cut in half."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> _SignalFlag:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None:  # a second Ctrl-C: stop now
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+def make_backgrounds(mode: str, n: int, generator: torch.Generator, device: torch.device) -> Tensor:  # [C, 3]
+    if mode == "white":
+        return torch.ones(n, 3, device=device)
+    if mode == "black":
+        return torch.zeros(n, 3, device=device)
+    # One random solid color shared by all views of the step; half the time white.
+    color = torch.rand(3, generator=generator) if torch.rand(1, generator=generator).item() < 0.5 else torch.ones(3)
+    return color.to(device).expand(n, 3).contiguous()
+
+
+def default_view_sampler(cfg: RunConfig) -> ViewSampler:
+    def sample(step: int, generator: torch.Generator) -> Cameras:
+        n, res = views_at_step(cfg.camera, step)
+        return sample_orbit(cfg.camera, n, res, generator)
+
+    return sample
+
+
+def weighted_sum(
+    outputs: dict[str, dict[str, Any]], weights: dict[str, Weight], every: dict[str, int], step: int
+) -> tuple[Tensor | None, dict[str, float]]:
+    """Sum of ``weight * every * loss`` over all ``loss_<name>`` entries; the logged values are unweighted."""
+    total: Tensor | None = None
+    logs: dict[str, float] = {}
+    for term_name, out in outputs.items():
+        for key, value in out.items():
+            if key.startswith("loss_"):
+                name = key[len("loss_") :]
+                if name not in weights:
+                    raise SplatVLMError(f"term '{term_name}' returned {key} but weights has no '{name}'")
+                w = weight_at(weights[name], step) * every[term_name]
+                logs[key] = float(value.detach())
+                logs[f"w_{name}"] = w
+                if w != 0.0:
+                    total = value * w if total is None else total + value * w
+            else:
+                logs[key] = float(value)
+    return total, logs
+
+
+def grads_finite(params: torch.nn.ParameterDict) -> bool:
+    flags = [torch.isfinite(p.grad).all() for p in params.values() if p.grad is not None]
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def train(
+    cfg: RunConfig,
+    state: TrainState,
+    terms: dict[str, Term],
+    run_dir: Path,
+    device: torch.device,
+    sample_views: ViewSampler | None = None,
+    viewer: Any = None,
+    stop_after: int | None = None,
+    progress: bool = True,
+    profile: bool = False,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+) -> TrainState:
+    """Run from ``state.step`` to ``cfg.steps`` (or ``stop_after`` more steps), checkpointing into ``run_dir``.
+
+    Raises StopRun after saving a checkpoint on SIGINT/SIGTERM or too many bad steps.
+    """
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    sample_views = sample_views or default_view_sampler(cfg)
+    weights = {f.name: getattr(cfg.weights, f.name) for f in cfg.weights.__dataclass_fields__.values()}
+    every = {name: t.every for name, t in terms.items()}
+    timer = StepTimer(profile, device)
+    ckpt_path = run_dir / "checkpoint.pt"
+    log_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
+    tb = _tensorboard(run_dir) if cfg.tensorboard else None
+    end_step = cfg.steps if stop_after is None else min(cfg.steps, state.step + stop_after)
+    consecutive_bad = 0
+    lock = viewer.lock if viewer is not None else contextlib.nullcontext()
+    columns = [
+        TextColumn("[bold]step {task.completed}/{task.total}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
+    t_last, n_last = time.perf_counter(), state.step
+    params = state.params
+    with _SignalFlag() as flag, Progress(*columns, disable=not progress, transient=False) as bar:
+        task = bar.add_task("train", total=cfg.steps, completed=state.step, info="")
+        try:
+            while state.step < end_step:
+                step = state.step
+                t0 = time.perf_counter()
+                # 1. Viewer pause and learning-rate schedule.
+                if viewer is not None:
+                    viewer.wait_if_paused()
+                for group in state.optimizers["means"].param_groups:
+                    group["lr"] = means_lr(cfg.scene, step, cfg.steps)
+
+                # 2. Sample cameras and backgrounds.
+                cams = sample_views(step, state.generator).to(device)
+                backgrounds = make_backgrounds(cfg.background, len(cams), state.generator, device)
+
+                # 3. Render.
+                with timer("render"):
+                    out: RenderOutput = render(params, cams, cfg.render, backgrounds)
+                    state.strategy.step_pre_backward(params, state.optimizers, state.strategy_state, step, out.info)
+
+                # 4. Loss terms that are due and weighted this step.
+                outputs: dict[str, dict[str, Any]] = {}
+                for name, term in terms.items():
+                    if step % term.every:
+                        continue
+                    if all(weight_at(weights[w], step) == 0.0 for w in term.weights):
+                        continue
+                    rgb = out.rgb if term.num_views is None else out.rgb[: term.num_views]
+                    views = cams if term.num_views is None else cams[: term.num_views]
+                    with timer(name):
+                        outputs[name] = term.fn(rgb, views, step)
+
+                # 5. Combine with the scheduled weights.
+                loss, logs = weighted_sum(outputs, weights, every, step)
+
+                # 6. Backward; skip the update if anything is not finite.
+                with timer("backward"):
+                    if loss is not None:
+                        loss.backward()
+                finite = loss is None or (bool(torch.isfinite(loss)) and grads_finite(params))
+
+                # 7. Optimizer step and densification (under the viewer's lock).
+                with timer("densify"), lock:
+                    if finite:
+                        for opt in state.optimizers.values():
+                            opt.step()
+                        densify.step_post_backward(
+                            cfg.strategy, state.strategy, params, state.optimizers, state.strategy_state, step, out.info
+                        )
+                    for opt in state.optimizers.values():
+                        opt.zero_grad(set_to_none=True)
+                if finite:
+                    consecutive_bad = 0
+                else:
+                    consecutive_bad += 1
+                    state.bad_steps_total += 1
+                state.step = step + 1
+
+                # 8. Log, viewer, checkpoint.
+                logs.update(
+                    step=step,
+                    loss=float(loss.detach()) if loss is not None else 0.0,
+                    num_gaussians=num_gaussians(params),
+                    bad_step=not finite,
+                    step_ms=(time.perf_counter() - t0) * 1e3,
+                )
+                if viewer is not None:
+                    with timer("viewer"):
+                        viewer.update(params, step, logs)
+                logs.update({f"ms_{k}": v for k, v in timer.collect().items()})
+                if on_step is not None:
+                    on_step(step, logs)
+                if not finite:
+                    logs["note"] = f"non-finite loss or gradient, step skipped ({consecutive_bad} in a row)"
+                if step % cfg.log_every == 0 or state.step == end_step or not finite:
+                    log_file.write(json.dumps(logs) + "\n")
+                    log_file.flush()
+                    if tb is not None:
+                        for k, v in logs.items():
+                            if isinstance(v, int | float) and not isinstance(v, bool):
+                                tb.add_scalar(k, v, step)
+                    now = time.perf_counter()
+                    its = (state.step - n_last) / max(now - t_last, 1e-9)
+                    t_last, n_last = now, state.step
+                    bar.update(task, completed=state.step, info=_progress_info(logs, its))
+                if consecutive_bad >= cfg.max_bad_steps:
+                    save_checkpoint(ckpt_path, state, cfg)
+                    raise StopRun(
+                        f"{consecutive_bad} steps in a row had a NaN/inf loss or gradient; checkpoint saved in "
+                        f"{ckpt_path}. Lower the learning rates or the reward weight and --resume.",
+                        3,
+                    )
+                if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < end_step:
+                    save_checkpoint(ckpt_path, state, cfg)
+                if flag.signum is not None:
+                    save_checkpoint(ckpt_path, state, cfg)
+                    name = signal.Signals(flag.signum).name
+                    raise StopRun(f"{name} at step {state.step}: checkpoint saved in {ckpt_path}", 128 + flag.signum)
+        except torch.cuda.OutOfMemoryError:
+            for opt in state.optimizers.values():
+                opt.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            save_checkpoint(ckpt_path, state, cfg)
+            raise SplatVLMError(
+                f"CUDA out of memory at step {state.step} (checkpoint saved in {ckpt_path}); try fewer views "
+                "(--camera.num-views 4), a lower reward resolution (--vlm.size 224), the 3B VLM "
+                "(--preset vlm3d-3b), or --vlm.gradient-checkpointing, then --resume"
+            ) from None
+        finally:
+            log_file.close()
+            if tb is not None:
+                tb.close()
+    save_checkpoint(ckpt_path, state, cfg)
+    return state
+
+
+def _progress_info(logs: dict[str, Any], its: float) -> str:
+    parts = [f"{k[5:]}={v:.4g}" for k, v in logs.items() if k.startswith("loss_")]
+    if "p_yes" in logs:
+        parts.append(f"p_yes={logs['p_yes']:.3f}")
+    if "psnr" in logs and math.isfinite(logs["psnr"]):
+        parts.append(f"psnr={logs['psnr']:.2f}")
+    parts.append(f"#G={logs['num_gaussians']}")
+    parts.append(f"{its:.2f} it/s")
+    return " ".join(parts)
+
+
+def _tensorboard(run_dir: Path) -> Any:
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        raise SplatVLMError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+def write_run_files(run_dir: Path, cfg: RunConfig, info: dict[str, Any]) -> None:
+    """The resolved config and what the run is (prompt, output), written before training starts."""
+    atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+    atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
+
+
+def params_keys_ok(params: torch.nn.ParameterDict) -> bool:
+    return set(params.keys()) == set(PARAM_KEYS)
+
+
+def terms_active(cfg: RunConfig) -> dict[str, bool]:
+    """Which guidance terms a generate run needs at all."""
+    return {
+        "sds": ever_active(cfg.weights.sds, cfg.steps),
+        "vlm": ever_active(cfg.weights.vlm, cfg.steps),
+    }
