@@ -1,0 +1,232 @@
+"""The differentiable Qwen2.5-VL reward on a tiny random model built from config (CPU)."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from splatvlm.errors import SplatVLMError
+from splatvlm.reward import (
+    RewardConfig,
+    VLMReward,
+    check_reward_source,
+    demo_vlm_path,
+    preprocess_views,
+    question_text,
+    resize_views,
+    vlm_weight,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def demo_cache(tmp_path_factory):
+    """Build the demo model into a private cache; one thread (tiny ops drown in thread overhead)."""
+    old_env, old_threads = os.environ.get("SPLATVLM_CACHE"), torch.get_num_threads()
+    os.environ["SPLATVLM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    torch.set_num_threads(1)
+    yield demo_vlm_path()
+    torch.set_num_threads(old_threads)
+    if old_env is None:
+        os.environ.pop("SPLATVLM_CACHE")
+    else:
+        os.environ["SPLATVLM_CACHE"] = old_env
+
+
+def make_reward(**kw) -> VLMReward:
+    cfg = RewardConfig(**{"model": "demo", "size": 56, **kw})
+    r = VLMReward(cfg, "cpu")
+    r.set_prompt("a red cube")
+    return r
+
+
+# ---- preprocessing ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hw", [(56, 56), (28, 84), (112, 56), (84, 140), (252, 252)])
+def test_preprocess_matches_hf_processor(hw):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    h, w = hw
+    imgs = np.random.default_rng(h * 1000 + w).integers(0, 256, (3, h, w, 3), dtype=np.uint8)
+    ours, grid = preprocess_views(torch.from_numpy(imgs).float() / 255)
+    proc = Qwen2VLImageProcessorPil()
+    # Without its resize, and (where its min/max pixel bounds allow) with it: it keeps multiples of 28.
+    for do_resize in (False, True) if h * w >= 56 * 56 else (False,):
+        ref = proc(images=list(imgs), do_resize=do_resize, return_tensors="pt")
+        assert ref["image_grid_thw"].tolist() == grid.tolist() == [[1, h // 14, w // 14]] * 3
+        assert ref["pixel_values"].shape == ours.shape == (3 * (h // 14) * (w // 14), 3 * 2 * 14 * 14)
+        torch.testing.assert_close(ours, ref["pixel_values"], rtol=0, atol=1e-5)
+
+
+def test_preprocess_resize_is_differentiable_bicubic():
+    x = torch.rand(2, 64, 80, 3, requires_grad=True)
+    pv, grid = preprocess_views(x, size=252)
+    assert grid.tolist() == [[1, 18, 18]] * 2 and pv.shape == (2 * 18 * 18, 1176)
+    expected = F.interpolate(x.permute(0, 3, 1, 2), size=(252, 252), mode="bicubic", antialias=True)
+    expected = expected.clamp(0, 1).permute(0, 2, 3, 1)
+    torch.testing.assert_close(resize_views(x, 252), expected)
+    pv.square().sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="multiple of 28"):
+        preprocess_views(torch.rand(1, 50, 56, 3))
+
+
+# ---- loading and the query -------------------------------------------------------------------------
+
+
+def test_demo_loads_like_a_local_folder(demo_cache):
+    a = make_reward()
+    b = VLMReward(RewardConfig(model=str(demo_cache), size=56), "cpu")  # same folder, as a path
+    b.set_prompt("a red cube")
+    assert not any(p.requires_grad for p in a.model.parameters())
+    rgb = torch.rand(4, 56, 56, 3)
+    assert a(rgb, 0)["reward"] == pytest.approx(b(rgb, 0)["reward"], abs=1e-6)
+
+
+def test_query_layout_and_token_ids():
+    r = make_reward(num_views=3)
+    q = r.query("a red cube", 3, (4, 4))
+    tok = r.tokenizer
+    assert r.yes_id == tok.encode("Yes", add_special_tokens=False)[0] != r.no_id
+    assert int(q.mm_token_type_ids.sum()) == 3 * 4 == len(q.image_pos)  # 2x2 merged tokens per 56 px view
+    text = tok.decode(q.input_ids[0])
+    assert text.count("<|vision_start|>") == 3 and question_text("dual", "a red cube", 3) in text
+    assert text.endswith("<|im_start|>assistant\n") and q.answer_pos == q.input_ids.shape[1] - 1
+    assert r.query("a red cube", 3, (4, 4)) is q  # built once per prompt
+
+
+def test_views_taken_evenly_from_batch():
+    r = make_reward(num_views=2)
+    rgb = torch.rand(4, 56, 56, 3)
+    out = r(rgb, 0)
+    assert out["reward"] == pytest.approx(float(r.score(rgb[[0, 2]])["reward"]), abs=1e-6)
+    with pytest.raises(SplatVLMError, match="num-views"):
+        r(rgb[:1], 0)
+
+
+# ---- gradients and the two paths -------------------------------------------------------------------
+
+
+def test_gradient_reaches_pixels():
+    r = make_reward()
+    rgb = torch.rand(4, 64, 64, 3, requires_grad=True)  # rendered size != VLM size: resize in the graph
+    out = r(rgb, 0)
+    assert set(out) == {"loss_vlm", "reward", "p_yes"} and 0 < out["p_yes"] < 1
+    out["loss_vlm"].backward()
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+    assert all(p.grad is None for p in r.model.parameters())
+    # A step along -grad raises the reward (the gradient is the reward's, not noise).
+    with torch.no_grad():
+        better = (rgb - 0.5 * rgb.grad / rgb.grad.abs().max()).clamp(0, 1)
+    assert r(better, 0)["reward"] > out["reward"]
+
+
+@pytest.mark.parametrize("kind", ["logit_diff", "log_p_yes", "answer_ll"])
+def test_fast_path_equals_reference(kind):
+    r = make_reward(kind=kind, target_answer="Yes, it matches.")
+    rgb = torch.rand(4, 56, 56, 3, requires_grad=True)
+    res = {}
+    for fast in (True, False):
+        s = r.score(rgb, fast=fast)
+        (g,) = torch.autograd.grad(s["reward"], rgb)
+        res[fast] = (s["reward"].detach(), s["p_yes"].detach(), g)
+    torch.testing.assert_close(res[True][0], res[False][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(res[True][1], res[False][1], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(res[True][2], res[False][2], rtol=1e-4, atol=1e-7)
+    assert res[True][2].abs().sum() > 0
+    if kind == "log_p_yes":
+        assert float(res[True][0]) == pytest.approx(np.log(float(res[True][1])), abs=1e-5)
+
+
+def test_gradient_checkpointing_same_gradient():
+    rgb = torch.rand(4, 56, 56, 3, requires_grad=True)
+    grads, calls = [], []
+    for ckpt in (False, True):
+        r = make_reward(gradient_checkpointing=ckpt)
+        n, mlp = [0], r.model.model.language_model.layers[0].mlp
+        inner = mlp.forward
+
+        def counted(*a, inner=inner, n=n, **k):
+            n[0] += 1
+            return inner(*a, **k)
+
+        mlp.forward = counted  # (forward hooks do not fire in the checkpoint's recompute)
+        (g,) = torch.autograd.grad(r(rgb, 0)["loss_vlm"], rgb)
+        grads.append(g)
+        calls.append(n[0])
+    assert calls == [1, 2]  # checkpointing really recomputes the layer in the backward
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-4, atol=1e-7)
+
+
+# ---- schedules -------------------------------------------------------------------------------------
+
+
+def test_schedule_every_and_weight():
+    cfg = RewardConfig(model="demo", every=3, off_after=10000)
+    assert vlm_weight(cfg, 0) == 300 and vlm_weight(cfg, 5000) == pytest.approx(150.5)
+    assert vlm_weight(cfg, 9999) == pytest.approx(1.0299) and vlm_weight(cfg, 10000) == 0
+    r = make_reward(every=3, off_after=7)
+    assert [r.active(s) for s in range(10)] == [
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
+        True,
+        False,
+        False,
+        False,
+    ]
+    skipped = r(torch.rand(4, 56, 56, 3), 1)
+    assert float(skipped["loss_vlm"]) == 0 and np.isnan(skipped["p_yes"])
+
+
+# ---- errors ----------------------------------------------------------------------------------------
+
+
+def test_missing_weights_errors(tmp_path, monkeypatch):
+    with pytest.raises(SplatVLMError, match=r"/nope/qwen.*--vlm.model"):
+        check_reward_source(RewardConfig(model="/nope/qwen"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(SplatVLMError, match="config.json"):
+        check_reward_source(RewardConfig(model=str(empty)))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(SplatVLMError, match=r"someone/not-cached-vl.*--vlm.model") as e:
+        check_reward_source(RewardConfig(model="someone/not-cached-vl"))
+    assert "\n" not in str(e.value)
+
+
+def test_bad_config_and_long_prompt_errors():
+    with pytest.raises(SplatVLMError, match="multiple of 28"):
+        check_reward_source(RewardConfig(model="demo", size=250))
+    with pytest.raises(SplatVLMError, match="lora-weights"):
+        check_reward_source(RewardConfig(model="demo", lora=["a"], lora_weights=[1.0, 2.0]))
+    long_prompt = "a red cube " * 1500  # the demo model has a 4096-token context
+    with pytest.raises(SplatVLMError, match="prompt too long") as e:
+        check_reward_source(RewardConfig(model="demo", size=56), long_prompt)
+    assert "\n" not in str(e.value)
+    r = make_reward()
+    with pytest.raises(SplatVLMError, match="prompt too long"):
+        r.set_prompt(long_prompt)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_bf16_matches_cpu():
+    cpu = make_reward()
+    gpu = VLMReward(RewardConfig(model="demo", size=56), "cuda")
+    gpu.set_prompt("a red cube")
+    assert next(gpu.model.parameters()).dtype == torch.bfloat16
+    rgb = torch.rand(4, 56, 56, 3)
+    x = rgb.cuda().requires_grad_(True)
+    out = gpu(x, 0)
+    out["loss_vlm"].backward()
+    assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert out["p_yes"] == pytest.approx(cpu(rgb, 0)["p_yes"], abs=0.02)
+    fast, ref = gpu.score(x, fast=True)["reward"], gpu.score(x, fast=False)["reward"]
+    assert float(fast) == pytest.approx(float(ref), abs=0.05)
