@@ -429,7 +429,7 @@ def train_reward(cfg: TrainRewardConfig) -> Path:
     peft_model.peft_config["default"].base_model_name_or_path = cfg.vlm.model
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp.", dir=out.parent))
     try:
-        peft_model.save_pretrained(str(tmp), safe_serialization=True)
+        peft_model.save_pretrained(str(tmp), safe_serialization=True, save_embedding_layers=False)
         meta = {
             "heldout_accuracy": None if not held else acc,
             "heldout_records": len(held),

@@ -62,15 +62,8 @@ class RewardConfig:
     num_views: int = 4
     """Views given to the VLM, taken evenly from the rendered batch."""
     every: int = 1
-    """Compute the reward every k-th step only (other steps return a zero loss)."""
-    weight: float = 300.0
-    """Reward loss weight at step 0 (VLM3D: 300); ramps linearly to weight_end (the trainer applies it)."""
-    weight_end: float = 1.0
-    """Reward loss weight at the end of the ramp (VLM3D: 1)."""
-    weight_ramp_steps: int = 10000
-    """Steps of the linear weight ramp weight -> weight_end (VLM3D: 10000)."""
-    off_after: int | None = 10000
-    """Turn the reward off from this step on (VLM3D: 10000); None = never."""
+    """Compute the reward every k-th step only (the trainer skips the others and scales the weight by k; the
+    weight schedule itself lives in the run config's weights.vlm)."""
     lora: list[str] = field(default_factory=list)
     """LoRA adapter folder(s) (peft) to load onto the reward VLM; repeat the flag for several."""
     lora_weights: list[float] = field(default_factory=list)
@@ -79,17 +72,11 @@ class RewardConfig:
     """Recompute activations in the backward pass: less memory, slower."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
     """Attention kernel of the VLM."""
+    compile: bool = False
+    """torch.compile each decoder layer and vision block (CUDA; the first steps are slow while it compiles)."""
     fast: bool = True
     """Compute only what the reward needs (hidden states, then only the needed LM-head rows); False = the
     straightforward full forward with full-vocabulary logits (reference path)."""
-
-
-def vlm_weight(cfg: RewardConfig, step: int) -> float:
-    """The reward loss weight at ``step``: linear ramp weight -> weight_end, 0 once the reward is off."""
-    if cfg.off_after is not None and step >= cfg.off_after:
-        return 0.0
-    t = min(max(step / cfg.weight_ramp_steps, 0.0), 1.0) if cfg.weight_ramp_steps > 0 else 1.0
-    return cfg.weight + (cfg.weight_end - cfg.weight) * t
 
 
 def question_text(question: QuestionKind, prompt: str, num_views: int) -> str:
@@ -635,6 +622,10 @@ class VLMReward:
             self.peft, self.adapter_names = load_adapters(
                 self.model, cfg.lora, cfg.lora_weights or [1.0] * len(cfg.lora), cfg.model
             )
+        # 4. compile block by block: whole-model graphs break on the vision encoder's data-dependent splits
+        if cfg.compile:
+            for block in [*self.model.model.language_model.layers, *self.model.model.visual.blocks]:
+                block.compile()
         self.prompt: str | None = None
         self._queries: dict[tuple, Query] = {}
 
@@ -746,14 +737,14 @@ class VLMReward:
         return {"reward": reward, "logit_yes": yn[0], "logit_no": yn[1], "p_yes": torch.sigmoid(diff)}
 
     def active(self, step: int) -> bool:
-        """Whether the reward runs at ``step`` (every k-th step, and before cfg.off_after)."""
-        return step % self.cfg.every == 0 and (self.cfg.off_after is None or step < self.cfg.off_after)
+        """Whether the reward runs at ``step`` (every k-th step, as the trainer counts)."""
+        return step % self.cfg.every == 0
 
     def __call__(self, rgb: torch.Tensor, step: int) -> dict:
         """Rendered views [C, H, W, 3] in [0, 1] -> {"loss_vlm": Tensor, "reward": float, "p_yes": float}.
 
-        loss_vlm = -reward (unweighted; see vlm_weight). Steps where the reward is not active return a zero
-        loss and NaN diagnostics.
+        loss_vlm = -reward, unweighted (the trainer applies weights.vlm). Steps that are not active (see
+        ``active``) return a zero loss and NaN diagnostics.
         """
         if not self.active(step):
             nan = float("nan")
@@ -795,7 +786,6 @@ __all__ = [
     "preprocess_views",
     "resize_views",
     "question_text",
-    "vlm_weight",
     "answer_token_ids",
     "query_ids",
     "demo_vlm_path",
