@@ -215,7 +215,7 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> An
     changes = {}
     for key, value in overrides.items():
         if not isinstance(key, str) or key not in names:
-            raise SplatVLMError(f"unknown config key '{prefix}{key}'")
+            raise SplatVLMError(f"unknown config key {prefix + str(key)!r}")
         tp = hints[key]
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict):

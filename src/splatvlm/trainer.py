@@ -349,12 +349,12 @@ def train(
                     loss=float(loss.detach()) if loss is not None else 0.0,
                     num_gaussians=num_gaussians(params),
                     bad_step=not finite,
-                    step_ms=(time.perf_counter() - t0) * 1e3,
                 )
                 if viewer is not None:
                     with timer("viewer"):
                         viewer.update(params, step, logs)
-                logs.update({f"ms_{k}": v for k, v in timer.collect().items()})
+                logs.update({f"ms_{k}": v for k, v in timer.collect().items()})  # synchronizes when profiling
+                logs["step_ms"] = (time.perf_counter() - t0) * 1e3
                 if on_step is not None:
                     on_step(step, logs)
                 if not finite:

@@ -1,0 +1,334 @@
+"""`splatvlm bench`: time the generate pipeline over a prompt set (GPTEval3D's or ours).
+
+For each prompt the recipe is split into phases where the step does the same work (low-res /
+high-res rendering, reward on / off). A few steps of each phase are timed after warm-up, per
+component (render, sds, vlm, backward, densify, viewer) with CUDA events on GPU. The asset time is
+extrapolated from the phase lengths, and the report says so. ``--reference`` times the
+straightforward eager path (reward every step, no fast paths, no compilation) in the same run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+import tyro
+
+from .config import RunConfig, to_dict, validate_run_config, weight_at
+from .errors import SplatVLMError
+from .files import atomic_path, atomic_write_text, check_output_dir
+from .models import pick_device
+from .prompts import read_prompts
+
+COMPONENTS = ("render", "sds", "vlm", "backward", "densify", "viewer")
+SHIPPED_PROMPTS = Path(__file__).resolve().parent / "data" / "bench_prompts.json"
+
+
+@dataclass
+class BenchArgs:
+    """Speed benchmark of the generate pipeline over a prompt set."""
+
+    output: Annotated[Path, tyro.conf.arg(aliases=["-o"])] = Path("bench-out")
+    """Report folder: report.json, report.md, breakdown.png."""
+    preset: str = "vlm3d"
+    """Named preset whose recipe is timed."""
+    config: Path | None = None
+    """A YAML config file applied on top of the preset."""
+    prompts: Path | None = None
+    """Prompt file (GPTEval3D's prompts.json, or one prompt per line); default: our small offline set."""
+    limit: int | None = None
+    """Only the first N prompts."""
+    steps: int = 10
+    """Timed steps per phase of the recipe (after warm-up); the asset time is extrapolated."""
+    warmup: int = 3
+    """Untimed steps before each timed phase (compilation, caches)."""
+    weights: Literal["random", "pretrained"] = "random"
+    """'random': full-size architectures with random weights (no downloads); 'pretrained': the preset's models."""
+    reference: bool = False
+    """Also time the straightforward eager path (no fast paths or compilation, reward every step)."""
+    run: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=RunConfig)
+
+
+def random_weights(cfg: RunConfig) -> RunConfig:
+    """The same recipe with full-size random-weight models of the same architectures."""
+    vlm_model = "random-3b" if "3b" in cfg.vlm.model.lower() else "random-7b"
+    sds_model = cfg.sds.model if cfg.sds.model == "demo" else "random"
+    vlm_model = cfg.vlm.model if cfg.vlm.model == "demo" else vlm_model
+    return replace(cfg, sds=replace(cfg.sds, model=sds_model), vlm=replace(cfg.vlm, model=vlm_model))
+
+
+def reference_config(cfg: RunConfig) -> RunConfig:
+    """The straightforward path: processor-style preprocessing, full LM head, no compile, reward every step."""
+    vlm = replace(cfg.vlm, every=1, fast=False, compile=False)
+    sds = replace(cfg.sds, compile=False, channels_last=False)
+    return replace(cfg, vlm=vlm, sds=sds)
+
+
+@dataclass
+class Phase:
+    start: int
+    end: int
+    num_views: int
+    resolution: int
+    reward: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.num_views}x{self.resolution}px" + (" +reward" if self.reward else "")
+
+
+def recipe_phases(cfg: RunConfig) -> list[Phase]:
+    """Split [0, steps) where the per-step work changes (resolution switch, reward on/off)."""
+    cuts = {0, cfg.steps, cfg.camera.low_res_until}
+    w = cfg.weights.vlm
+    if w.stop_after is not None:
+        cuts.add(w.stop_after)
+    cuts = sorted(c for c in cuts if 0 <= c <= cfg.steps)
+    phases = []
+    for a, b in zip(cuts[:-1], cuts[1:], strict=False):
+        if b <= a:
+            continue
+        low = a < cfg.camera.low_res_until
+        reward = weight_at(w, a) != 0.0 or (w.end not in (None, 0.0) and weight_at(w, b - 1) != 0.0)
+        phases.append(
+            Phase(
+                a,
+                b,
+                cfg.camera.low_res_views if low else cfg.camera.num_views,
+                cfg.camera.low_res if low else cfg.camera.resolution,
+                reward,
+            )
+        )
+    return phases
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values)) if values else 0.0
+
+
+def time_prompt(
+    prompt: str, cfg: RunConfig, guidance: Any, run_dir: Path, device: torch.device, steps: int, warmup: int
+) -> dict[str, Any]:
+    """Time every phase of the recipe for one prompt."""
+    from .scene import init_ball
+    from .trainer import new_state, train
+
+    terms = guidance.terms(prompt)
+    result: dict[str, Any] = {"prompt": prompt, "phases": []}
+    asset_ms = 0.0
+    peak = 0.0
+    for phase in recipe_phases(cfg):
+        torch.manual_seed(cfg.seed)
+        state = new_state(init_ball(cfg.scene, torch.Generator().manual_seed(cfg.seed)), cfg, device)
+        state.step = phase.start
+        records: list[dict[str, float]] = []
+        n = min(warmup + steps, phase.end - phase.start)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        phase_cfg = replace(cfg, steps=phase.end, checkpoint_every=0, log_every=max(n, 1))
+        train(
+            phase_cfg,
+            state,
+            terms,
+            run_dir,
+            device,
+            stop_after=n,
+            progress=False,
+            profile=True,
+            on_step=lambda step, logs: records.append(dict(logs)),
+        )
+        timed = records[min(warmup, max(len(records) - 1, 0)) :]
+        step_ms = _median([r["step_ms"] for r in timed])
+        comps = {c: _median([r.get(f"ms_{c}", 0.0) for r in timed]) for c in COMPONENTS}
+        phase_peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
+        peak = max(peak, phase_peak)
+        asset_ms += step_ms * (phase.end - phase.start)
+        result["phases"].append(
+            {
+                "label": phase.label,
+                "steps": [phase.start, phase.end],
+                "timed_steps": len(timed),
+                "step_ms": step_ms,
+                "it_per_s": 1e3 / step_ms if step_ms else 0.0,
+                "per_component_ms": comps,
+                "peak_gb": phase_peak,
+                "num_gaussians": int(timed[-1]["num_gaussians"]) if timed else 0,
+            }
+        )
+    result["asset_s"] = asset_ms / 1e3
+    result["peak_gb"] = peak
+    return result
+
+
+def full_step(result: dict[str, Any]) -> dict[str, Any]:
+    """The phase whose step runs every term at the highest resolution (reward included where the recipe has it)."""
+    phases = result["phases"]
+    return max(phases, key=lambda p: (p["label"].endswith("+reward"), int(p["label"].split("x")[1][:-2])))
+
+
+def run_bench(args: BenchArgs) -> dict[str, Any]:
+    from .generate import Guidance, check_sources
+
+    # 1. Inputs.
+    if args.steps <= 0 or args.warmup < 0:
+        raise SplatVLMError("--steps must be positive and --warmup >= 0")
+    if args.limit is not None and args.limit <= 0:
+        raise SplatVLMError(f"--limit must be positive, got {args.limit}")
+    prompts = read_prompts(args.prompts or SHIPPED_PROMPTS)[: args.limit]
+    cfg = random_weights(args.run) if args.weights == "random" else args.run
+    validate_run_config(cfg)
+    if args.weights == "pretrained":
+        check_sources(cfg)
+    out = check_output_dir(args.output)
+    device = pick_device(cfg.device)
+    command = "splatvlm bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+
+    # 2. Our path, then optionally the reference path, each with models loaded once.
+    from rich.progress import Progress
+
+    report: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+        "preset": args.preset,
+        "weights": args.weights,
+        "torch": torch.__version__,
+        "timed_steps_per_phase": args.steps,
+        "warmup_steps": args.warmup,
+        "extrapolated": "asset_s = sum over recipe phases of (phase steps x median timed step); model loading excluded",
+        "config": to_dict(cfg),
+    }
+    variants = [("ours", cfg)] + ([("reference", reference_config(cfg))] if args.reference else [])
+    for name, vcfg in variants:
+        guidance = Guidance(vcfg, device)
+        results = []
+        with Progress(transient=False) as bar:
+            task = bar.add_task(f"bench {name}", total=len(prompts))
+            for i, prompt in enumerate(prompts):
+                run_dir = out / "runs" / name / f"{i:03d}"
+                run_dir.mkdir(parents=True, exist_ok=True)
+                t0 = time.perf_counter()
+                res = time_prompt(prompt, vcfg, guidance, run_dir, device, args.steps, args.warmup)
+                res["bench_wall_s"] = time.perf_counter() - t0
+                results.append(res)
+                bar.update(task, advance=1, description=f"bench {name}: {full_step(res)['step_ms']:.1f} ms/step")
+        report[name] = {"load_s": guidance.loaded, "prompts": results}
+        del guidance
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    # 3. Summary fields (the ones benchmarks/results/*.json carry).
+    ours = report["ours"]["prompts"]
+    report["full_step_ms"] = _median([full_step(r)["step_ms"] for r in ours])
+    report["per_component_ms"] = {
+        c: _median([full_step(r)["per_component_ms"][c] for r in ours]) for c in COMPONENTS
+    }
+    report["full_step_phase"] = full_step(ours[0])["label"]
+    report["peak_gb"] = max(r["peak_gb"] for r in ours)
+    report["asset_s"] = _median([r["asset_s"] for r in ours])
+    report["it_per_s"] = 1e3 / report["full_step_ms"] if report["full_step_ms"] else 0.0
+    if args.reference:
+        ref = report["reference"]["prompts"]
+        report["reference_full_step_ms"] = _median([full_step(r)["step_ms"] for r in ref])
+        report["reference_per_component_ms"] = {
+            c: _median([full_step(r)["per_component_ms"][c] for r in ref]) for c in COMPONENTS
+        }
+        report["reference_asset_s"] = _median([r["asset_s"] for r in ref])
+        report["speedup"] = report["reference_full_step_ms"] / max(report["full_step_ms"], 1e-9)
+    else:
+        report["reference_full_step_ms"] = None
+
+    # 4. Files.
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(out / "report.md", report_markdown(report))
+    save_breakdown_png(report, out / "breakdown.png")
+    print(report_markdown(report).split("\n## Per prompt")[0])
+    return report
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        f"# splatvlm bench: {report['preset']} ({report['weights']} weights)",
+        "",
+        f"- device: {report['device']}, torch {report['torch']}, date {report['date']}",
+        f"- command: `{report['command']}`",
+        f"- full step ({report['full_step_phase']}): **{report['full_step_ms']:.1f} ms** "
+        f"({report['it_per_s']:.2f} it/s), peak {report['peak_gb']:.1f} GB",
+        f"- asset time (extrapolated): {report['asset_s']:.0f} s",
+    ]
+    if report.get("reference_full_step_ms") is not None:
+        lines.append(
+            f"- reference eager path: {report['reference_full_step_ms']:.1f} ms/step, "
+            f"asset {report['reference_asset_s']:.0f} s; speed-up **{report['speedup']:.2f}x**"
+        )
+    lines += ["", "| component | ms (full step) |" + (" reference ms |" if "reference_per_component_ms" in report else "")]
+    lines.append("|---|---|" + ("---|" if "reference_per_component_ms" in report else ""))
+    for c in COMPONENTS:
+        row = f"| {c} | {report['per_component_ms'][c]:.1f} |"
+        if "reference_per_component_ms" in report:
+            row += f" {report['reference_per_component_ms'][c]:.1f} |"
+        lines.append(row)
+    lines += ["", "## Per prompt", "", "| # | prompt | phase | ms/step | it/s | peak GB | #G | asset s |", "|---|---|---|---|---|---|---|---|"]
+    for i, r in enumerate(report["ours"]["prompts"]):
+        for p in r["phases"]:
+            lines.append(
+                f"| {i} | {r['prompt'][:40]} | {p['label']} | {p['step_ms']:.1f} | {p['it_per_s']:.2f} | "
+                f"{p['peak_gb']:.1f} | {p['num_gaussians']} | {r['asset_s']:.0f} |"
+            )
+    lines.append("")
+    lines.append(report["extrapolated"] + ".")
+    return "\n".join(lines) + "\n"
+
+
+def save_breakdown_png(report: dict[str, Any], path: Path) -> None:
+    """Stacked horizontal bars of the per-component ms of each timed phase (ours, and the reference)."""
+    from PIL import Image, ImageDraw
+
+    colors = {
+        "render": (76, 114, 176),
+        "sds": (221, 132, 82),
+        "vlm": (85, 168, 104),
+        "backward": (196, 78, 82),
+        "densify": (129, 114, 179),
+        "viewer": (147, 120, 96),
+    }
+    rows: list[tuple[str, dict[str, float]]] = []
+    for name in ("ours", "reference"):
+        if name in report:
+            r = report[name]["prompts"][0]
+            for p in r["phases"]:
+                rows.append((f"{name} {p['label']}", p["per_component_ms"]))
+    total_max = max((sum(c.values()) for _, c in rows), default=1.0) or 1.0
+    w, row_h, left, top = 900, 34, 230, 40
+    img = Image.new("RGB", (w, top + row_h * len(rows) + 60), "white")
+    d = ImageDraw.Draw(img)
+    d.text((10, 10), f"ms per step by component ({report['device']}, prompt 0)", fill="black")
+    scale = (w - left - 80) / total_max
+    for i, (label, comps) in enumerate(rows):
+        y = top + i * row_h
+        d.text((10, y + 8), label[:34], fill="black")
+        x = left
+        for c in COMPONENTS:
+            length = comps.get(c, 0.0) * scale
+            if length > 0:
+                d.rectangle([x, y + 4, x + length, y + row_h - 6], fill=colors[c])
+                x += length
+        d.text((x + 6, y + 8), f"{sum(comps.values()):.1f}", fill="black")
+    y = top + row_h * len(rows) + 15
+    x = 10
+    for c in COMPONENTS:
+        d.rectangle([x, y, x + 14, y + 14], fill=colors[c])
+        d.text((x + 18, y + 2), c, fill="black")
+        x += 110
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")

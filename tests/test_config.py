@@ -1,0 +1,98 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from splatvlm.config import (
+    RunConfig,
+    Weight,
+    apply_overrides,
+    ever_active,
+    list_presets,
+    load_run_config,
+    read_yaml,
+    to_dict,
+    to_yaml,
+    weight_at,
+)
+from splatvlm.errors import SplatVLMError
+
+
+def test_vlm3d_weight_schedule():
+    w = Weight(300.0, 1.0, 10000, 10000)
+    assert weight_at(w, 0) == 300.0
+    assert weight_at(w, 5000) == pytest.approx(150.5)
+    assert weight_at(w, 9999) == pytest.approx(1.0299, abs=1e-3)
+    assert weight_at(w, 10000) == 0.0
+    assert weight_at(Weight(2.0), 10**6) == 2.0
+    assert ever_active(w, 100) and not ever_active(Weight(0.0), 100)
+    assert not ever_active(Weight(5.0, stop_after=0), 100)
+
+
+def test_every_preset_loads_and_round_trips(tmp_path):
+    names = list_presets()
+    for required in ("vlm3d", "vlm3d-3b", "mvdream", "sd21", "demo", "fit"):
+        assert required in names
+    for name in names:
+        cfg = load_run_config(name)
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(to_yaml(cfg))
+        assert apply_overrides(RunConfig(), read_yaml(path)) == cfg
+
+
+def test_overrides_nested_and_typed():
+    cfg = apply_overrides(RunConfig(), {"steps": 7, "camera": {"elevation_range": [5, 10]}, "weights": {"vlm": {"start": 2}}})
+    assert cfg.steps == 7 and cfg.camera.elevation_range == (5.0, 10.0) and cfg.weights.vlm.start == 2.0
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"stepz": 1}, "unknown config key 'stepz'"),
+        ({"camera": {"fov": 1}}, "unknown config key 'camera.fov'"),
+        ({"steps": "many"}, "must be an integer"),
+        ({"steps": True}, "must be an integer"),
+        ({"background": "pink"}, "must be one of"),
+        ({"camera": {"elevation_range": [1, 2, 3]}}, "must have 2 items"),
+        ({"camera": 5}, "must be a mapping"),
+    ],
+)
+def test_bad_overrides_are_one_line_errors(override, message):
+    with pytest.raises(SplatVLMError, match=message) as e:
+        apply_overrides(RunConfig(), override)
+    assert "\n" not in str(e.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(SplatVLMError, match="does not exist"):
+        read_yaml(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1,\n")
+    with pytest.raises(SplatVLMError, match="not valid YAML"):
+        read_yaml(bad)
+    bad.write_text("- 1\n- 2\n")
+    with pytest.raises(SplatVLMError, match="mapping"):
+        read_yaml(bad)
+    bad.write_bytes(b"\xff\xfe")
+    with pytest.raises(SplatVLMError, match="UTF-8"):
+        read_yaml(bad)
+    with pytest.raises(SplatVLMError, match="unknown preset"):
+        load_run_config("nope")
+
+
+yaml_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
+keys = st.sampled_from(list(to_dict(RunConfig()).keys()) + ["bogus"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(keys, yaml_values | st.dictionaries(st.text(max_size=12), yaml_values, max_size=3), max_size=4))
+def test_fuzz_config_loader_only_clear_errors(overrides):
+    try:
+        cfg = apply_overrides(RunConfig(), overrides)
+    except SplatVLMError as e:
+        assert "\n" not in str(e)
+    else:
+        assert isinstance(cfg, RunConfig)
