@@ -1,0 +1,412 @@
+"""Score distillation: schedule, CFG, the eps and x0 targets, loading and clear errors (tiny models, CPU)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from splatvlm.cameras import CameraConfig, orbit_cameras, sample_orbit
+from splatvlm.errors import SplatVLMError
+from splatvlm.mvdream import mvdream_cameras
+from splatvlm.sds import (
+    VIEW_SUFFIXES,
+    SDSConfig,
+    SDSGuidance,
+    cfg_combine,
+    check_sds_source,
+    ensure_demo_models,
+    load_sds,
+    predict_x0,
+    save_components,
+    sds_weight,
+    timestep_range,
+    tiny_clip_tokenizer,
+    tiny_components,
+    view_directions,
+    x0_target,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def demo_cache(tmp_path_factory):
+    """Demo models go to a fresh cache folder, never the user's."""
+    old = os.environ.get("SPLATVLM_CACHE")
+    os.environ["SPLATVLM_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("SPLATVLM_CACHE")
+    else:
+        os.environ["SPLATVLM_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def mv() -> SDSGuidance:
+    g = load_sds(SDSConfig(kind="mvdream", model="demo"), "cpu")
+    g.set_prompt("a red apple")
+    return g
+
+
+def cams4(resolution: int = 64, seed: int = 0, views: int = 4):
+    return sample_orbit(CameraConfig(), views, resolution, torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# Math
+
+
+def test_annealed_timestep_range_follows_the_schedule():
+    cfg = SDSConfig()  # VLM3D: min 0.98 -> 0.02, max 0.98 -> 0.50 over 8000 steps
+    assert timestep_range(cfg, 0) == (980, 980)
+    assert timestep_range(cfg, 2000) == (740, 860)
+    assert timestep_range(cfg, 4000) == (500, 740)
+    assert timestep_range(cfg, 8000) == (20, 500)
+    assert timestep_range(cfg, 20000) == (20, 500)
+    lows = [timestep_range(cfg, s)[0] for s in range(0, 8001, 500)]
+    assert lows == sorted(lows, reverse=True)
+    flat = SDSConfig(t_min_start=0.02, t_min_end=0.02, t_max_start=0.98, t_max_end=0.98)
+    assert timestep_range(flat, 0) == timestep_range(flat, 5000) == (20, 980)
+
+
+def test_sampled_timesteps_stay_in_range(mv):
+    torch.manual_seed(0)
+    ts = [mv.sample_timestep(4000) for _ in range(300)]
+    assert min(ts) >= 500 and max(ts) <= 740
+    assert max(ts) - min(ts) > 150  # actually spread over the range
+    assert {mv.sample_timestep(0) for _ in range(5)} == {980}
+
+
+def test_view_directions():
+    az = torch.tensor([0.0, 44.0, 90.0, 180.0, -170.0, 270.0, 10.0])
+    el = torch.tensor([0.0, 10.0, 10.0, 20.0, 0.0, 0.0, 75.0])
+    names = [VIEW_SUFFIXES[i] for i in view_directions(el, az)]
+    assert names == [
+        "front view",
+        "front view",
+        "side view",
+        "back view",
+        "back view",
+        "side view",
+        "overhead view",
+    ]
+
+
+def test_cfg_combination():
+    g = torch.Generator().manual_seed(0)
+    cond, uncond = torch.randn(3, 4, 2, 2, generator=g), torch.randn(3, 4, 2, 2, generator=g)
+    torch.testing.assert_close(cfg_combine(cond, uncond, 7.5), uncond + 7.5 * (cond - uncond))
+    torch.testing.assert_close(cfg_combine(cond, uncond, 1.0), cond)
+    torch.testing.assert_close(cfg_combine(cond, uncond, 0.0), uncond)
+
+
+def test_x0_target_matches_its_formula():
+    g = torch.Generator().manual_seed(0)
+    z_t, eps, eps_c = (torch.randn(8, 4, 3, 3, generator=g) for _ in range(3))
+    eps = eps * 3.0  # a guided prediction with a larger spread than the unguided one
+    a = torch.tensor(0.3)
+    x0 = (z_t - (1 - a).sqrt() * eps) / a.sqrt()
+    x0c = (z_t - (1 - a).sqrt() * eps_c) / a.sqrt()
+    torch.testing.assert_close(predict_x0(z_t, eps, a), x0)
+    torch.testing.assert_close(x0_target(z_t, eps, eps_c, a, 0.0, 4), x0)
+    out = x0_target(z_t, eps, eps_c, a, 0.5, 4)
+    for obj in range(2):  # each object of 4 views gets its own factor
+        s = slice(4 * obj, 4 * obj + 4)
+        factor = (x0c[s].std() + 1e-8) / (x0[s].std() + 1e-8)
+        torch.testing.assert_close(out[s], 0.5 * x0[s] * factor + 0.5 * x0[s])
+    # with rescale 1 the std equals the unguided one
+    full = x0_target(z_t, eps, eps_c, a, 1.0, 4)
+    torch.testing.assert_close(full[:4].std(), x0c[:4].std(), rtol=1e-5, atol=1e-6)
+
+
+def test_sds_weights():
+    a = torch.tensor([0.1, 0.5, 0.9])
+    torch.testing.assert_close(sds_weight(a, "sds"), 1 - a)
+    torch.testing.assert_close(sds_weight(a, "uniform"), torch.ones(3))
+    torch.testing.assert_close(sds_weight(a, "fantasia3d"), a.sqrt() * (1 - a))
+
+
+# ---------------------------------------------------------------------------------------------
+# The guidance term against direct UNet calls
+
+
+def direct_eps(g: SDSGuidance, z_t, t: int, cams, prompt: str):
+    """Conditional and unconditional predictions from separate UNet calls (no shared batch)."""
+    parts = g.parts
+    text = g.encode_text([prompt, g.cfg.negative_prompt])
+    c = z_t.shape[0]
+    kw = {"class_labels": mvdream_cameras(cams)} if g.cfg.kind == "mvdream" else {}
+    with torch.no_grad():
+        cond = parts.unet(
+            z_t, torch.full((c,), t), encoder_hidden_states=text[:1].expand(c, -1, -1), **kw
+        ).sample
+        uncond = parts.unet(
+            z_t, torch.full((c,), t), encoder_hidden_states=text[1:].expand(c, -1, -1), **kw
+        ).sample
+    return cond, uncond
+
+
+@pytest.mark.parametrize("scale", [0.0, 1.0, 7.5])
+def test_eps_gradient_on_latents_is_w_times_eps_error(scale):
+    g = load_sds(
+        SDSConfig(kind="mvdream", model="demo", mode="eps", guidance_scale=scale, weighting="sds"), "cpu"
+    )
+    g.set_prompt("a red apple")
+    cams = cams4()
+    gen = torch.Generator().manual_seed(1)
+    latents = torch.randn(4, 4, 8, 8, generator=gen).requires_grad_(True)
+    noise = torch.randn(4, 4, 8, 8, generator=gen)
+    t = 600
+    out = g.latent_loss(latents, cams, step=0, t=t, noise=noise)
+    out["loss_sds"].backward()
+    a = g.alphas_cumprod[t]
+    z_t = a.sqrt() * latents.detach() + (1 - a).sqrt() * noise
+    cond, uncond = direct_eps(g, z_t, t, cams, "a red apple")
+    eps = uncond + scale * (cond - uncond)
+    expected = (1 - a) * (eps - noise)  # w(t) (eps_pred - eps)
+    torch.testing.assert_close(latents.grad * 4, expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        out["loss_sds"].detach(), 0.5 * expected.pow(2).sum() / 4, rtol=1e-4, atol=1e-6
+    )
+    assert out["sds_t"] == 600.0
+    assert out["sds_grad_norm"] == pytest.approx(float((expected / 4).norm()), rel=1e-4)
+
+
+def test_x0_gradient_on_latents(mv):
+    cams = cams4(seed=3)
+    gen = torch.Generator().manual_seed(2)
+    latents = torch.randn(4, 4, 8, 8, generator=gen).requires_grad_(True)
+    noise = torch.randn(4, 4, 8, 8, generator=gen)
+    t = 300
+    out = mv.latent_loss(latents, cams, step=0, t=t, noise=noise)
+    out["loss_sds"].backward()
+    a = mv.alphas_cumprod[t]
+    z_t = a.sqrt() * latents.detach() + (1 - a).sqrt() * noise
+    cond, uncond = direct_eps(mv, z_t, t, cams, "a red apple")
+    eps = uncond + 50.0 * (cond - uncond)
+    x0 = (z_t - (1 - a).sqrt() * eps) / a.sqrt()
+    x0c = (z_t - (1 - a).sqrt() * cond) / a.sqrt()
+    x0 = 0.5 * x0 * (x0c.std() + 1e-8) / (x0.std() + 1e-8) + 0.5 * x0
+    torch.testing.assert_close(latents.grad, (latents.detach() - x0) / 4, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(
+        out["loss_sds"].detach(), 0.5 * (latents.detach() - x0).pow(2).sum() / 4, rtol=1e-4, atol=1e-4
+    )
+
+
+def test_end_to_end_step_on_renders(mv):
+    torch.manual_seed(0)
+    cams = cams4(64, views=8)
+    rgb = torch.rand(8, 64, 64, 3, requires_grad=True)
+    times = []
+    for step in (0, 3000, 9000):
+        start = time.perf_counter()
+        out = mv(rgb, cams, step)
+        out["loss_sds"].backward()
+        times.append(time.perf_counter() - start)
+        lo, hi = timestep_range(mv.cfg, step)
+        assert lo <= out["sds_t"] <= hi
+        assert torch.isfinite(out["loss_sds"]) and out["loss_sds"].item() > 0
+        assert out["sds_grad_norm"] > 0
+    assert rgb.grad is not None and torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
+    assert mv.image_size == 64 and mv.latent_resolution == 8
+    assert "random weights" in mv.notice
+    assert min(times) < 5.0  # a few hundred ms on an idle CPU; loose for a shared one
+
+
+def test_renders_are_resized_to_the_model_size(mv):
+    torch.manual_seed(0)
+    rgb = torch.rand(4, 96, 96, 3, requires_grad=True)
+    assert mv.encode_images(rgb).shape == (4, 4, 8, 8)
+    out = mv(rgb, cams4(96), 100)
+    out["loss_sds"].backward()
+    assert rgb.grad.abs().sum() > 0
+
+
+def test_mvdream_needs_groups_of_four_views(mv):
+    cams = orbit_cameras(
+        torch.zeros(3), torch.tensor([0.0, 90.0, 180.0]), torch.ones(3) * 3, torch.ones(3) * 40, 64, 64
+    )
+    with pytest.raises(SplatVLMError, match="groups of 4"):
+        mv(torch.rand(3, 64, 64, 3), cams, 0)
+
+
+def test_prompt_embeddings_are_cached(mv, monkeypatch):
+    calls = []
+    original = mv.encode_text
+    monkeypatch.setattr(mv, "encode_text", lambda texts: calls.append(texts) or original(texts))
+    mv.set_prompt("a red apple")  # already set by the fixture
+    assert calls == []
+    mv.set_prompt("a blue chair")
+    mv.set_prompt("a blue chair")
+    assert len(calls) == 1
+    mv.set_prompt("a red apple")
+
+
+def test_view_dependent_prompts_pick_the_direction():
+    g = load_sds(
+        SDSConfig(kind="sd", model="demo", view_dependent_prompts=True, negative_prompt="blurry"), "cpu"
+    )
+    g.set_prompt("a cat")
+    # azimuths 0 (front), 90 (side), 180 (back)
+    cams = orbit_cameras(
+        torch.zeros(3), torch.tensor([0.0, 90.0, 180.0]), torch.ones(3) * 3, torch.ones(3) * 40, 64, 64
+    )
+    cond, uncond = g.text_embeddings(cams)
+    ref = g.encode_text(["a cat, front view", "a cat, side view", "a cat, back view", "blurry"])
+    torch.testing.assert_close(cond, ref[:3])
+    torch.testing.assert_close(uncond, ref[3:].expand(3, -1, -1))
+    assert not torch.equal(cond[0], cond[1])
+    out = g(torch.rand(3, 64, 64, 3), cams, 0)  # SD takes any number of views
+    assert torch.isfinite(out["loss_sds"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading
+
+
+def test_tiny_tokenizer_round_trip(tmp_path):
+    tok = tiny_clip_tokenizer()
+    ids = tok(["a red apple"], padding="max_length", max_length=77).input_ids[0]
+    assert len(ids) == 77 and ids[0] == tok.bos_token_id and tok.eos_token_id in ids
+    assert tok.decode(ids, skip_special_tokens=True).replace(" ", "") == "aredapple"
+
+
+@pytest.mark.parametrize("kind", ["mvdream", "sd"])
+def test_saved_tiny_pipeline_loads_through_the_hf_code_path(kind, tmp_path):
+    """A folder written by save_components loads with the same from_pretrained calls as an HF id."""
+    ref = tiny_components(kind, seed=5)
+    save_components(ref, tmp_path / "model")
+    g = load_sds(SDSConfig(kind=kind, model=str(tmp_path / "model")), "cpu")
+    for name in ("unet", "vae", "text_encoder"):
+        got, want = getattr(g.parts, name).state_dict(), getattr(ref, name).state_dict()
+        assert set(got) == set(want)
+        assert all(torch.equal(got[k], want[k]) for k in want), name
+    assert g.parts.scheduler.config.beta_schedule == "scaled_linear"
+    assert g.notice is None
+    g.set_prompt("a red apple")
+    out = g(torch.rand(4, 64, 64, 3), cams4(), 0)
+    assert torch.isfinite(out["loss_sds"])
+
+
+def test_demo_models_are_saved_once():
+    folder = ensure_demo_models("mvdream")
+    stamp = (folder / "unet" / "config.json").stat().st_mtime_ns
+    assert ensure_demo_models("mvdream") == folder
+    assert (folder / "unet" / "config.json").stat().st_mtime_ns == stamp
+    assert str(folder).startswith(os.environ["SPLATVLM_CACHE"])
+
+
+def one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert "\n" not in msg
+    return msg
+
+
+def test_missing_local_path(tmp_path):
+    missing = str(tmp_path / "nope")
+    with pytest.raises(SplatVLMError) as e:
+        check_sds_source(SDSConfig(model=missing))
+    msg = one_line(e)
+    assert missing in msg and "--sds.model" in msg and "no such file" in msg
+
+
+def test_folder_without_components(tmp_path):
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text("{}")
+    with pytest.raises(SplatVLMError) as e:
+        check_sds_source(SDSConfig(kind="sd", model=str(tmp_path)))
+    assert "missing text_encoder/config.json" in one_line(e)
+
+
+def test_wrong_file_types(tmp_path):
+    txt = tmp_path / "weights.txt"
+    txt.write_text("hello")
+    with pytest.raises(SplatVLMError, match="checkpoint"):
+        check_sds_source(SDSConfig(model=str(txt)))
+    fake = tmp_path / "model.pt"
+    fake.write_text("not a checkpoint")
+    with pytest.raises(SplatVLMError, match="not a PyTorch"):
+        check_sds_source(SDSConfig(model=str(fake)))
+    torch.save({"x": torch.zeros(1)}, tmp_path / "sd.pt")
+    with pytest.raises(SplatVLMError, match="expected a folder"):
+        check_sds_source(SDSConfig(kind="sd", model=str(tmp_path / "sd.pt")))
+
+
+def test_checkpoint_needs_a_base_model(tmp_path):
+    torch.save({"x": torch.zeros(1)}, tmp_path / "mv.pt")
+    with pytest.raises(SplatVLMError) as e:
+        check_sds_source(SDSConfig(model=str(tmp_path / "mv.pt"), base_model=str(tmp_path / "sd21")))
+    assert "--sds.base-model" in one_line(e)
+
+
+def test_not_an_mvdream_checkpoint_fails_cleanly(tmp_path):
+    torch.save({"x": torch.zeros(1)}, tmp_path / "mv.pt")
+    save_components(tiny_components("sd"), tmp_path / "base")
+    g = SDSGuidance(SDSConfig(model=str(tmp_path / "mv.pt"), base_model=str(tmp_path / "base")), "cpu")
+    with pytest.raises(SplatVLMError, match="camera MLP"):
+        g.load()
+
+
+def test_offline_hf_id_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    start = time.perf_counter()
+    with pytest.raises(SplatVLMError) as e:
+        check_sds_source(SDSConfig(model="someone/mvdream-weights"))
+    msg = one_line(e)
+    assert time.perf_counter() - start < 2.0
+    assert "someone/mvdream-weights" in msg and "--sds.model" in msg and "HF id" in msg
+
+
+def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setattr("splatvlm.sds._hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(SplatVLMError, match="unreachable"):
+        check_sds_source(SDSConfig(kind="sd", model="stabilityai/stable-diffusion-2-1-base"))
+    with pytest.raises(SplatVLMError, match="unreachable"):
+        check_sds_source(SDSConfig(model="MVDream/MVDream/sd-v2.1-base-4view.pt"))
+
+
+def test_load_errors_become_one_line(tmp_path):
+    save_components(tiny_components("sd"), tmp_path / "m")
+    (tmp_path / "m" / "vae" / "config.json").write_text("{ not json")
+    g = SDSGuidance(SDSConfig(kind="sd", model=str(tmp_path / "m")), "cpu")
+    with pytest.raises(SplatVLMError) as e:
+        g.load()
+    assert str(tmp_path / "m") in one_line(e)
+
+
+def test_bad_settings_are_rejected():
+    with pytest.raises(SplatVLMError, match="t_min"):
+        check_sds_source(SDSConfig(model="demo", t_min_end=0.6, t_max_end=0.5))
+    with pytest.raises(SplatVLMError, match="image_size"):
+        check_sds_source(SDSConfig(model="demo", image_size=100))
+
+
+# ---------------------------------------------------------------------------------------------
+# CUDA
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu():
+    cfg = SDSConfig(kind="mvdream", model="demo", dtype="float32", attention="sdpa")
+    cams = cams4()
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn(4, 4, 8, 8, generator=gen)
+    noise = torch.randn(4, 4, 8, 8, generator=gen)
+    grads = []
+    for device in ("cpu", "cuda"):
+        g = load_sds(cfg, device)
+        g.set_prompt("a red apple")
+        z = latents.to(device).requires_grad_(True)
+        g.latent_loss(z, cams.to(device), 0, t=400, noise=noise.to(device))["loss_sds"].backward()
+        grads.append(z.grad.cpu())
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-3, rtol=1e-3)
+    g = load_sds(SDSConfig(kind="mvdream", model="demo", dtype="bfloat16"), "cuda")
+    g.set_prompt("a red apple")
+    rgb = torch.rand(4, 64, 64, 3, device="cuda", requires_grad=True)
+    g(rgb, cams, 0)["loss_sds"].backward()
+    assert torch.isfinite(rgb.grad).all()
