@@ -55,3 +55,11 @@ def test_output_dir(tmp_path):
         check_output_dir(tmp_path / "file")
     with pytest.raises(SplatVLMError):
         check_output_dir(tmp_path / "a" / "b")
+
+
+def test_outputs_get_umask_permissions(tmp_path):
+    p = tmp_path / "a.txt"
+    atomic_write_text(p, "x")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (p.stat().st_mode & 0o777) == (0o666 & ~umask)
