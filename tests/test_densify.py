@@ -98,7 +98,7 @@ def test_opacity_reset_happens():
     seen = {}
 
     def record(step, params, optimizers):
-        seen[step] = float(torch.sigmoid(params["opacities"]).max())
+        seen[step] = torch.sigmoid(params["opacities"]).max().item()
 
     fit(cfg, 4, RenderConfig(), on_step=record)
     assert seen[2] > 0.2 and seen[3] <= 2 * cfg.prune_opa + 1e-6
