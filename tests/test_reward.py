@@ -105,6 +105,18 @@ def test_views_taken_evenly_from_batch():
         r(rgb[:1], 0)
 
 
+def test_random_full_size_configs_match_facts():
+    from transformers import AutoTokenizer
+
+    from splatvlm.reward import build_random_vlm
+
+    tok = AutoTokenizer.from_pretrained(str(demo_vlm_path()))
+    for which, billions in (("7b", 8.29), ("3b", 3.75)):
+        m = build_random_vlm(which, torch.device("meta"), torch.bfloat16, "sdpa", tok)  # no memory used
+        assert sum(p.numel() for p in m.parameters()) / 1e9 == pytest.approx(billions, abs=0.01)
+        assert next(m.parameters()).dtype == torch.bfloat16
+
+
 # ---- gradients and the two paths -------------------------------------------------------------------
 
 

@@ -638,12 +638,13 @@ class VLMReward:
         self.query(prompt, self.cfg.num_views, (g, g))
 
     def query(self, prompt: str, n_images: int, grid_hw: tuple[int, int]) -> Query:
-        key = (prompt, n_images, grid_hw)
+        """The pixel-independent part of a query, built once per (prompt, views, grid, question, target)."""
+        target = _target(self.cfg, self.tokenizer)
+        key = (prompt, n_images, tuple(grid_hw), self.cfg.question, tuple(target))
         if key in self._queries:
             return self._queries[key]
         if len(self._queries) >= 256:  # train-reward sees many prompts; keep memory bounded
             self._queries.clear()
-        target = _target(self.cfg, self.tokenizer)
         ids = query_ids(
             self.src, question_text(self.cfg.question, prompt, n_images), n_images, grid_hw, target
         )
@@ -791,4 +792,5 @@ __all__ = [
     "demo_vlm_path",
     "build_demo_tokenizer",
     "vlm_config",
+    "build_random_vlm",
 ]
