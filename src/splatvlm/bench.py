@@ -188,7 +188,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     cfg = random_weights(args.run) if args.weights == "random" else args.run
     validate_run_config(cfg)
     if args.weights == "pretrained":
-        check_sources(cfg)
+        check_sources(cfg, prompts)
     out = check_output_dir(args.output)
     device = pick_device(cfg.device)
     command = "splatvlm bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])

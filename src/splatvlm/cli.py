@@ -186,7 +186,7 @@ def cmd_generate(argv: list[str]) -> int:
     from .models import pick_device
 
     prompt, output, run_dir = prepare_single(args.prompt, args.output, args.run, control, args.run_dir)
-    check_sources(args.run)
+    check_sources(args.run, [prompt])
     _demo_notice(args.run)
     guidance = Guidance(args.run, pick_device(args.run.device))
     summary = run_one(prompt, args.run, output, run_dir, guidance, control)

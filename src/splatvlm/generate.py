@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -100,8 +100,8 @@ class Guidance:
         return terms
 
 
-def check_sources(cfg: RunConfig) -> None:
-    """Validate model ids/paths before any heavy work (one clear line on failure)."""
+def check_sources(cfg: RunConfig, prompts: list[str] = ()) -> None:
+    """Validate model ids/paths, and that each prompt fits the models' context, before any heavy work."""
     active = terms_active(cfg)
     if active["sds"]:
         from .sds import check_sds_source
@@ -111,6 +111,8 @@ def check_sources(cfg: RunConfig) -> None:
         from .reward import check_reward_source
 
         check_reward_source(cfg.vlm)
+        for prompt in prompts:
+            check_reward_source(cfg.vlm, prompt)
 
 
 def _frames_to_uint8(rgb: torch.Tensor) -> np.ndarray:
@@ -281,7 +283,7 @@ def resume_run(run_dir: Path, control: RunControl) -> dict[str, Any]:
     info = json.loads(info_path.read_text(encoding="utf-8"))
     cfg = apply_overrides(RunConfig(), read_yaml(run_dir / "config.yaml"))
     validate_run_config(cfg)
-    check_sources(cfg)
+    check_sources(cfg, [info["prompt"]])
     guidance = Guidance(cfg, pick_device(cfg.device))
     return run_one(info["prompt"], cfg, Path(info["output"]), run_dir, guidance, control, resume=True)
 
@@ -289,7 +291,7 @@ def resume_run(run_dir: Path, control: RunControl) -> dict[str, Any]:
 def run_batch(prompts: list[str], cfg: RunConfig, out_dir: Path, control: RunControl) -> list[dict[str, Any]]:
     """One run folder per prompt (``DIR/<index>-<slug>``); finished ones are skipped, interrupted ones resumed."""
     validate_run_config(cfg)
-    check_sources(cfg)
+    check_sources(cfg, prompts)
     out_dir = check_output_dir(out_dir)
     guidance = Guidance(cfg, pick_device(cfg.device))
     summaries = []
@@ -302,8 +304,7 @@ def run_batch(prompts: list[str], cfg: RunConfig, out_dir: Path, control: RunCon
         run_dir.mkdir(exist_ok=True)
         resume = (run_dir / "checkpoint.pt").is_file()
         console.print(f"[{index + 1}/{len(prompts)}] {prompt}")
-        seed_cfg = replace(cfg)
         summaries.append(
-            run_one(prompt, seed_cfg, run_dir / "scene.ply", run_dir, guidance, control, resume=resume, prompt_id=index)
+            run_one(prompt, cfg, run_dir / "scene.ply", run_dir, guidance, control, resume=resume, prompt_id=index)
         )
     return summaries
