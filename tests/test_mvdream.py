@@ -50,6 +50,15 @@ TINY_LDM_PARAMS = dict(
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and a shared CPU makes more threads much slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def random_unet(seed: int = 0) -> UNet2DConditionModel:
     """Tiny MVDream UNet with every parameter random (no zero-init layer hides a bad mapping)."""
     torch.manual_seed(seed)
@@ -66,6 +75,16 @@ def unet_inputs(batch: int = 4, seed: int = 1):
     text = torch.randn(batch, 7, 32, generator=g)
     cams = torch.randn(batch, 16, generator=g)
     return x, text, cams
+
+
+def assert_same_model(unet, ref) -> None:
+    """Bitwise-equal weights and (up to kernel choice) equal outputs."""
+    got, want = unet.state_dict(), ref.state_dict()
+    assert set(got) == set(want)
+    for k, v in want.items():
+        assert torch.equal(got[k], v), k
+    x, text, cams = unet_inputs(4)
+    torch.testing.assert_close(run(unet.eval(), x, text, cams), run(ref, x, text, cams), atol=1e-5, rtol=1e-5)
 
 
 def run(unet, x, text, cams, t: int = 500):
@@ -298,9 +317,7 @@ def test_original_checkpoint_file_route(tmp_path):
     ref = random_unet()
     path = tmp_path / "sd-v2.1-base-4view.pt"
     torch.save(synthetic_ldm_checkpoint(ref), path)
-    unet = load_mvdream_checkpoint(path, TINY).eval()
-    x, text, cams = unet_inputs(4)
-    assert torch.equal(run(unet, x, text, cams), run(ref, x, text, cams))
+    assert_same_model(load_mvdream_checkpoint(path, TINY), ref)
 
 
 def test_checkpoint_without_camera_mlp_is_rejected():
@@ -329,9 +346,7 @@ def test_ashawkey_style_folder(tmp_path):
     save_file(sd, str(tmp_path / "unet" / "diffusion_pytorch_model.safetensors"))
     config = dict(TINY_LDM_PARAMS, _class_name="MultiViewUNetModel")
     (tmp_path / "unet" / "config.json").write_text(json.dumps(config))
-    unet = load_mvdream_unet(str(tmp_path)).eval()
-    x, text, cams = unet_inputs(4)
-    assert torch.equal(run(unet, x, text, cams), run(ref, x, text, cams))
+    assert_same_model(load_mvdream_unet(str(tmp_path)), ref)
 
 
 def test_camera_proj_style_folder(tmp_path):
@@ -358,17 +373,13 @@ def test_camera_proj_style_folder(tmp_path):
     (tmp_path / "camera_proj" / "config.json").write_text(
         json.dumps({"_class_name": "CameraMatrixEmbedding", "in_channels": 16, "camera_embed_dim": 128})
     )
-    unet = load_mvdream_unet(str(tmp_path)).eval()
-    x, text, cams = unet_inputs(4)
-    assert torch.equal(run(unet, x, text, cams), run(ref, x, text, cams))
+    assert_same_model(load_mvdream_unet(str(tmp_path)), ref)
 
 
 def test_own_save_pretrained_folder(tmp_path):
     ref = random_unet()
     ref.save_pretrained(tmp_path / "unet")
-    unet = load_mvdream_unet(str(tmp_path), torch.float32).eval()
-    x, text, cams = unet_inputs(4)
-    assert torch.equal(run(unet, x, text, cams), run(ref, x, text, cams))
+    assert_same_model(load_mvdream_unet(str(tmp_path), torch.float32), ref)
 
 
 def test_plain_sd_unet_folder_is_not_mvdream(tmp_path):

@@ -31,6 +31,15 @@ from splatvlm.sds import (
 
 
 @pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models run fastest on one thread, and a shared CPU makes more threads much slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module", autouse=True)
 def demo_cache(tmp_path_factory):
     """Demo models go to a fresh cache folder, never the user's."""
     old = os.environ.get("SPLATVLM_CACHE")

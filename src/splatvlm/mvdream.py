@@ -276,6 +276,11 @@ def _read_weights(source: str, subfolder: str, local_files_only: bool = False) -
     )
 
 
+def _cast(unet: UNet2DConditionModel, dtype: torch.dtype) -> UNet2DConditionModel:
+    # nn.Module.to: diffusers' own .to warns about fp32-only modules, which this UNet does not have.
+    return torch.nn.Module.to(unet, dtype=dtype) if unet.dtype != dtype else unet
+
+
 def load_mvdream_unet(
     source: str, dtype: torch.dtype = torch.float32, local_files_only: bool = False
 ) -> UNet2DConditionModel:
@@ -286,7 +291,7 @@ def load_mvdream_unet(
     """
     local = os.path.expanduser(source)
     if os.path.isfile(local):
-        return load_mvdream_checkpoint(local).to(dtype)
+        return _cast(load_mvdream_checkpoint(local), dtype)
     config_path = _fetch(source, "unet/config.json", local_files_only)
     if config_path is None:
         raise SplatVLMError(f"'{source}' has no unet/config.json: not a diffusers-format MVDream model")
@@ -298,7 +303,7 @@ def load_mvdream_unet(
         state_dict = {LDM_UNET_PREFIX + k: v for k, v in raw.items()}
         config = unet_config_from_ldm_params(unet_config, raw)
         unet = unet_from_state_dict(config, convert_mvdream_ldm_state_dict(state_dict, config), source)
-        return unet.to(dtype)
+        return _cast(unet, dtype)
     if flavor == "camera_proj":
         # lzq49-style: diffusers key names; the camera MLP is its own component.
         state_dict = _read_weights(source, "unet", local_files_only)
@@ -308,7 +313,7 @@ def load_mvdream_unet(
         known = set(UNet2DConditionModel.extract_init_dict(unet_config)[0])
         config = {k: v for k, v in unet_config.items() if k in known}
         config.update(class_embed_type="projection", projection_class_embeddings_input_dim=CAMERA_DIM)
-        return unet_from_state_dict(config, state_dict, source).to(dtype)
+        return _cast(unet_from_state_dict(config, state_dict, source), dtype)
     unet = UNet2DConditionModel.from_pretrained(
         source, subfolder="unet", torch_dtype=dtype, local_files_only=local_files_only
     )

@@ -306,9 +306,10 @@ def random_components(
     from .mvdream import SD21_BASE_UNET_CONFIG, mvdream_unet_config
 
     unet_config = mvdream_unet_config() if kind == "mvdream" else dict(SD21_BASE_UNET_CONFIG)
+    # nn.Module.to: diffusers' own .to warns about fp32-only modules, which these models do not have.
     with torch.device(device):
-        unet = UNet2DConditionModel(**unet_config).to(dtype)
-        vae = AutoencoderKL(**SD21_VAE_CONFIG).to(dtype)
+        unet = torch.nn.Module.to(UNet2DConditionModel(**unet_config), dtype=dtype)
+        vae = torch.nn.Module.to(AutoencoderKL(**SD21_VAE_CONFIG), dtype=dtype)
         text_encoder = CLIPTextModel(CLIPTextConfig(**SD21_TEXT_ENCODER_CONFIG)).to(dtype)
     return SDComponents(unet, vae, text_encoder, tiny_clip_tokenizer(), DDPMScheduler(**SD_SCHEDULER_CONFIG))
 
@@ -356,17 +357,23 @@ def ensure_demo_models(kind: Literal["mvdream", "sd"]) -> Path:
     folder = cache_dir() / "demo" / f"{kind}-v{DEMO_VERSION}"
     if (folder / "model_index.json").exists():
         return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
         with quiet_model_io():
             save_components(tiny_components(kind), tmp)
-        if folder.exists():  # a half-written folder from an older crash, or another process won
-            if (folder / "model_index.json").exists():
-                return folder
-            shutil.rmtree(folder)
-        os.replace(tmp, folder)
+        if folder.exists() and not (folder / "model_index.json").exists():
+            shutil.rmtree(folder)  # half-written by a crashed older run (model_index.json is written last)
+        try:
+            os.replace(tmp, folder)  # atomic: other processes see all of it or nothing
+        except OSError:
+            if not (folder / "model_index.json").exists():  # not just another process winning the race
+                raise
+    except OSError as e:
+        raise SplatVLMError(
+            f"cannot write the demo models to {folder} ({e.strerror or e}); set SPLATVLM_CACHE to a writable folder"
+        ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
