@@ -22,6 +22,7 @@ from splatvlm.mvdream import (
     mvdream_cameras,
     mvdream_unet_config,
     set_multiview_attention,
+    unet_config_from_ldm_params,
     unet_from_state_dict,
 )
 
@@ -311,6 +312,43 @@ def test_convert_ldm_state_dict_fills_every_parameter():
     set_multiview_attention(unet, 4)
     x, text, cams = unet_inputs(4)
     assert torch.equal(run(unet, x, text, cams), run(ref, x, text, cams))
+
+
+def test_full_size_mvdream_key_coverage():
+    """The real sd-v2.1-base-4view layout (on the meta device: names and shapes only)."""
+    config = mvdream_unet_config()
+    with torch.device("meta"):
+        full = UNet2DConditionModel(**config)
+    expected = full.state_dict()
+    ldm = {"model.diffusion_model." + ldm_name(k): v for k, v in expected.items()}
+    assert ldm["model.diffusion_model.camera_embed.0.weight"].shape == (1280, 16)
+    assert ldm["model.diffusion_model.input_blocks.4.0.skip_connection.weight"].shape == (640, 320, 1, 1)
+    converted = convert_mvdream_ldm_state_dict(ldm, config)
+    assert set(converted) == set(expected)
+    assert all(converted[k].shape == v.shape for k, v in expected.items())
+    unet = unet_from_state_dict(config, converted, "meta")
+    assert sum(p.numel() for p in unet.parameters()) == 865_910_724 + 16 * 1280 + 1280 + 1280 * 1280 + 1280
+
+
+def test_ldm_style_config_of_the_real_model():
+    params = dict(
+        image_size=32,
+        in_channels=4,
+        out_channels=4,
+        model_channels=320,
+        attention_resolutions=[4, 2, 1],
+        num_res_blocks=2,
+        channel_mult=[1, 2, 4, 4],
+        num_head_channels=64,
+        transformer_depth=1,
+        context_dim=1024,
+        camera_dim=16,
+        _class_name="MultiViewUNetModel",
+    )
+    got = unet_config_from_ldm_params(params)
+    want = mvdream_unet_config()
+    for k, v in want.items():
+        assert got[k] == v, k
 
 
 def test_original_checkpoint_file_route(tmp_path):

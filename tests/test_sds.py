@@ -387,6 +387,19 @@ def test_load_errors_become_one_line(tmp_path):
     assert str(tmp_path / "m") in one_line(e)
 
 
+def test_base_model_load_errors_name_the_base_model(tmp_path, monkeypatch):
+    # The .pt route always builds the full-size UNet; stand in the tiny one to reach the base-model step.
+    monkeypatch.setattr("splatvlm.mvdream.load_mvdream_unet", lambda *a, **k: tiny_components("mvdream").unet)
+    torch.save({"x": torch.zeros(1)}, tmp_path / "mv.pt")
+    save_components(tiny_components("sd"), tmp_path / "base")
+    (tmp_path / "base" / "text_encoder" / "config.json").write_text("{ not json")
+    g = SDSGuidance(SDSConfig(model=str(tmp_path / "mv.pt"), base_model=str(tmp_path / "base")), "cpu")
+    with pytest.raises(SplatVLMError) as e:
+        g.load()
+    msg = one_line(e)
+    assert str(tmp_path / "base") in msg and "--sds.base-model" in msg
+
+
 def test_bad_settings_are_rejected():
     with pytest.raises(SplatVLMError, match="t_min"):
         check_sds_source(SDSConfig(model="demo", t_min_end=0.6, t_max_end=0.5))

@@ -528,7 +528,7 @@ def load_components(cfg: SDSConfig, dtype: torch.dtype, device: torch.device | s
     if cfg.model == "random":
         return random_components(cfg.kind, device, dtype)
     source = str(ensure_demo_models(cfg.kind)) if cfg.model == "demo" else cfg.model
-    what, flag = _what(cfg), "--sds.model"
+    named, what, flag = source, _what(cfg), "--sds.model"
     uses_base = _uses_base_model(cfg)
     local_only = _local_files_only(source, cfg.base_model) if uses_base else _local_files_only(source)
     try:
@@ -544,11 +544,9 @@ def load_components(cfg: SDSConfig, dtype: torch.dtype, device: torch.device | s
                 source, subfolder="unet", torch_dtype=dtype, local_files_only=local_only
             )
         if uses_base:
-            source, what, flag = (
-                cfg.base_model,
-                f"the text encoder, tokenizer, VAE and scheduler for {what}",
-                "--sds.base-model",
-            )
+            source = named = cfg.base_model
+            what = f"the text encoder, tokenizer, VAE and scheduler for {what}"
+            flag = "--sds.base-model"
         vae = AutoencoderKL.from_pretrained(
             source, subfolder="vae", torch_dtype=dtype, local_files_only=local_only
         )
@@ -561,9 +559,7 @@ def load_components(cfg: SDSConfig, dtype: torch.dtype, device: torch.device | s
         raise
     except Exception as e:
         # Hub errors, OSError, bad json, wrong files: the user needs the source named, not a traceback.
-        raise missing_weights_error(
-            cfg.model if cfg.model != "demo" else source, what, flag, _short(e)
-        ) from None
+        raise missing_weights_error(named, what, flag, _short(e)) from None
     return SDComponents(unet, vae, text_encoder, tokenizer, scheduler)
 
 
