@@ -22,6 +22,7 @@ import shutil
 import socket
 from dataclasses import dataclass
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Literal
 from urllib.parse import urlparse
 
@@ -64,7 +65,7 @@ class SDSConfig:
     mode: Literal["x0", "eps"] = "x0"
     """'x0': reconstruction target with std rescale (threestudio-mvdream, VLM3D); 'eps': classic SDS with w(t)."""
     rescale: float = 0.5
-    """x0 mode: blend toward the std of the unguided reconstruction (0 disables)."""
+    """x0 mode: blend toward the std of the unguided reconstruction, per object (MVDream) or image (SD); 0 disables."""
     weighting: Literal["sds", "uniform", "fantasia3d"] = "sds"
     """eps mode: w(t) = 1 - alpha_bar ('sds'), 1 ('uniform'), sqrt(alpha_bar) (1 - alpha_bar) ('fantasia3d')."""
     t_min_start: float = 0.98
@@ -521,6 +522,8 @@ def _local_files_only(*sources: str) -> bool:
 def load_components(cfg: SDSConfig, dtype: torch.dtype, device: torch.device | str = "cpu") -> SDComponents:
     """Load (or build) the prior's components; any failure to find weights becomes one clear error."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from huggingface_hub.errors import EntryNotFoundError
+    from safetensors import SafetensorError
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from .mvdream import load_mvdream_unet
@@ -557,8 +560,17 @@ def load_components(cfg: SDSConfig, dtype: torch.dtype, device: torch.device | s
         scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", local_files_only=local_only)
     except SplatVLMError:
         raise
-    except Exception as e:
-        # Hub errors, OSError, bad json, wrong files: the user needs the source named, not a traceback.
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        RuntimeError,
+        EntryNotFoundError,
+        SafetensorError,
+        UnpicklingError,
+    ) as e:
+        # Hub errors (OSError subclasses), bad json, wrong or truncated files: the user needs the source
+        # named, not a traceback. Other exception types are bugs and keep their traceback.
         raise missing_weights_error(named, what, flag, _short(e)) from None
     return SDComponents(unet, vae, text_encoder, tokenizer, scheduler)
 
