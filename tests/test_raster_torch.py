@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from splatvlm.cameras import orbit_cameras
-from splatvlm.raster_torch import eval_sh, rasterize_torch
+from splatvlm.raster_torch import (
+    ALPHA_MAX,
+    ALPHA_THRESHOLD,
+    _chunk_terms,
+    _Composite,
+    eval_sh,
+    rasterize_torch,
+)
 
 W, H = 20, 12  # two tiles wide, one partial tile high
 
@@ -263,7 +270,55 @@ def test_gradcheck_tiny():
         return img, alpha
 
     inputs = [t.clone().requires_grad_() for t in (means, quats, scales, opac, colors)]
-    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5, rtol=1e-3)
+    # Fast mode checks random projections of the Jacobian (the full one takes ~1000 backward calls).
+    assert torch.autograd.gradcheck(f, inputs, eps=1e-6, atol=1e-5, rtol=1e-3, fast_mode=True)
+
+
+def test_composite_backward_gradcheck():
+    """The hand-written compositing backward against finite differences, on a chunk where some Gaussians
+    are skipped (alpha < 1/255), one is clamped at 0.999 and pixels stop early."""
+    g = torch.Generator().manual_seed(0)
+    U, P, L = 2, 6, 5
+    pix = 4 * torch.rand(U, P, 2, generator=g, dtype=torch.float64)
+    T_in = (0.3 + 0.7 * torch.rand(U, P, generator=g, dtype=torch.float64)).requires_grad_()
+    mx, my = (4 * torch.rand(U, L, generator=g, dtype=torch.float64) for _ in range(2))
+    ca = 0.1 + 0.3 * torch.rand(U, L, generator=g, dtype=torch.float64)
+    cc = 0.1 + 0.3 * torch.rand(U, L, generator=g, dtype=torch.float64)
+    cb = 0.1 * torch.randn(U, L, generator=g, dtype=torch.float64)
+    opac = 0.2 + 0.75 * torch.rand(U, L, generator=g, dtype=torch.float64)
+    # Gaussian (0, 1) sits on pixel (0, 0) with opacity above the 0.999 clamp; Gaussian (0, 2) is faint
+    # (skipped at far pixels); Gaussians (1, 0..2) are nearly opaque on pixel (1, 0), which stops early.
+    mx[0, 1], my[0, 1], opac[0, 1] = pix[0, 0, 0] + 1e-3, pix[0, 0, 1], 0.9995
+    opac[0, 2] = 0.01
+    mx[1, :3], my[1, :3], opac[1, :3] = pix[1, 0, 0] + 0.05, pix[1, 0, 1] - 0.05, 0.99
+    feats = torch.randn(U, L, 3, generator=g, dtype=torch.float64)
+    valid = torch.ones(U, L, dtype=torch.bool)
+    valid[1, -1] = False
+    alpha, T_before, raw, *_ = _chunk_terms(T_in, pix, mx, my, ca, cb, cc, opac, valid)
+    assert (raw > ALPHA_MAX).any() and ((raw < ALPHA_THRESHOLD) & valid[:, None]).any()
+    assert ((raw > ALPHA_THRESHOLD) & (alpha == 0) & valid[:, None]).any()  # cut off by the stop
+    inputs = [t.requires_grad_() for t in (mx, my, ca, cb, cc, opac, feats)]
+
+    def f(T, *xs):
+        return _Composite.apply(T, pix, *xs, valid, None, None)
+
+    assert torch.autograd.gradcheck(f, [T_in, *inputs], eps=1e-7, atol=1e-6, rtol=1e-4)
+
+    # absgrad: per pixel |d loss / d mean|, summed, via autograd on per-pixel copies of the means.
+    buf = torch.zeros(U * L, 2, dtype=torch.float64)
+    index = torch.arange(U * L).reshape(U, L)
+    out, T_out = _Composite.apply(T_in, pix, *inputs, valid, index, buf)
+    (out.square().sum() + T_out.sum()).backward()
+    ref = torch.zeros(U, L, 2, dtype=torch.float64)
+    for p in range(P):
+        mxp, myp = mx.detach().clone().requires_grad_(), my.detach().clone().requires_grad_()
+        o, t = _Composite.apply(
+            T_in.detach()[:, p : p + 1], pix[:, p : p + 1], mxp, myp, *inputs[2:], valid, None, None
+        )
+        # The loss is a sum over pixels, so pixel p's own term gives its per-pixel gradient.
+        (o.square().sum() + t.sum()).backward()
+        ref += torch.stack([mxp.grad.abs(), myp.grad.abs()], dim=-1)
+    torch.testing.assert_close(buf.reshape(U, L, 2), ref)
 
 
 def test_absgrad_bounds_grad():

@@ -8,8 +8,9 @@ dimensions) and follows its rules, so the two backends are interchangeable:
   or smaller than ``radius_clip``;
 - 16x16 tiles, Gaussians sorted by depth per tile; alpha = min(0.999, o * exp(-sigma)), skipped below
   1/255; a pixel stops before the Gaussian that would bring its transmittance to 1e-4.
-Autograd does the backward. Each chunk of (tiles x depth-sorted Gaussians) is checkpointed, so memory
-is bounded by ``chunk_elems`` per chunk plus the per-Gaussian tensors, not by pixels x Gaussians.
+Work goes in chunks of (tiles x depth-sorted Gaussians) whose backward is written out and recomputes
+the per-pixel terms, so memory is bounded by ``chunk_elems`` per chunk plus per-Gaussian tensors, not by
+pixels x Gaussians; autograd does the rest (projection, SH, gathers).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 RenderMode = Literal["RGB", "D", "ED", "RGB+D", "RGB+ED"]
 
@@ -180,53 +180,77 @@ def _radii(
     return torch.where(valid[..., None], r, torch.zeros_like(r)).int()
 
 
-class _AbsGradTap(torch.autograd.Function):
-    """Identity whose backward also sums |d loss / d means2d| over pixels (gsplat's ``absgrad``)."""
+def _chunk_terms(T_in, pix, mx, my, ca, cb, cc, opac, valid):
+    """Per-pixel terms of one chunk [U, P, L]: alpha (zero where skipped or after the pixel stopped),
+    transmittance before each Gaussian, the unclamped alpha, the Gaussian falloff, offsets, T_out [U, P]."""
+    dx = mx[:, None, :] - pix[..., 0:1]  # mean - pixel center, as gsplat
+    dy = my[:, None, :] - pix[..., 1:2]
+    sigma = dx * (ca[:, None] * dx + cb[:, None] * dy) + cc[:, None] * dy * dy
+    falloff = torch.exp(-sigma)
+    raw = opac[:, None] * falloff
+    alpha = raw.clamp(max=ALPHA_MAX)
+    alpha = alpha * (valid[:, None] & (sigma >= 0) & (alpha >= ALPHA_THRESHOLD))
+    T_incl = T_in[..., None] * torch.cumprod(1.0 - alpha, dim=-1)
+    T_before = T_incl / (1.0 - alpha)
+    # Transmittance only falls, so the Gaussians before the one that would stop the pixel are a prefix.
+    alpha = alpha * (T_incl > T_MIN)
+    T_out = T_in * torch.prod(1.0 - alpha, dim=-1)
+    return alpha, T_before, raw, falloff, dx, dy, T_out
+
+
+class _Composite(torch.autograd.Function):
+    """Front-to-back compositing of one chunk of tiles x depth-sorted Gaussians.
+
+    The backward recomputes the per-pixel terms from the per-Gaussian inputs instead of keeping
+    [U, P, L] tensors, so memory stays bounded by one chunk (gsplat's kernels do the same)."""
 
     @staticmethod
-    def forward(ctx, delta: Tensor, index: Tensor, buffer: Tensor) -> Tensor:  # [U, P, L, 2], [U, L]
-        ctx.save_for_backward(index)
-        ctx.buffer = buffer
-        return delta.view_as(delta)
+    def forward(ctx, T_in, pix, mx, my, ca, cb, cc, opac, feats, valid, abs_index, abs_buffer):
+        # T_in, pix: [U, P], [U, P, 2]; mx ... opac, valid, abs_index: [U, L]; feats: [U, L, F]
+        alpha, T_before, _, _, _, _, T_out = _chunk_terms(T_in, pix, mx, my, ca, cb, cc, opac, valid)
+        out = torch.einsum("upl,ulf->upf", alpha * T_before, feats)
+        ctx.save_for_backward(T_in, pix, mx, my, ca, cb, cc, opac, feats, valid, abs_index)
+        ctx.abs_buffer = abs_buffer
+        return out, T_out
 
     @staticmethod
-    def backward(ctx, grad: Tensor):
-        (index,) = ctx.saved_tensors
-        ctx.buffer.index_add_(0, index.reshape(-1), grad.abs().sum(dim=1).reshape(-1, 2).to(ctx.buffer.dtype))
-        return grad, None, None
-
-
-def _composite_chunk(
-    T_in: Tensor,  # [U, P] transmittance before this chunk
-    pix: Tensor,  # [U, P, 2] pixel centers
-    ids: Tensor,  # [U, L] entry ids, depth-sorted per tile
-    valid: Tensor,  # [U, L] False for padding
-    means2d: Tensor,  # [E, 2]
-    conics: Tensor,  # [E, 3]
-    opacities: Tensor,  # [E]
-    feats: Tensor,  # [E, F]
-    abs_index: Tensor | None,  # [E] where each entry's absgrad goes
-    abs_buffer: Tensor | None,
-) -> tuple[Tensor, Tensor]:
-    """Front-to-back compositing of one chunk; returns (weighted features [U, P, F], T_out [U, P])."""
-    delta = means2d[ids][:, None] - pix[:, :, None]  # [U, P, L, 2]
-    if abs_buffer is not None:
-        delta = _AbsGradTap.apply(delta, abs_index[ids], abs_buffer)
-    dx, dy = delta.unbind(-1)
-    A, B, C = conics[ids][:, None].unbind(-1)  # [U, 1, L] each
-    sigma = 0.5 * (A * dx * dx + C * dy * dy) + B * dx * dy
-    alpha = torch.clamp(opacities[ids][:, None] * torch.exp(-sigma), max=ALPHA_MAX)
-    keep = valid[:, None] & (sigma >= 0) & (alpha >= ALPHA_THRESHOLD)
-    alpha = torch.where(keep, alpha, torch.zeros_like(alpha))
-    one_minus = 1.0 - alpha
-    T_after = T_in[..., None] * torch.cumprod(one_minus, dim=-1)
-    T_before = torch.cat([T_in[..., None], T_after[..., :-1]], dim=-1)
-    # Transmittance only falls, so the Gaussians before the stopping one are a prefix.
-    live = (T_after > T_MIN).detach()
-    weights = torch.where(live, alpha * T_before, torch.zeros_like(alpha))
-    out = torch.einsum("upl,ulf->upf", weights, feats[ids])
-    T_out = T_in * torch.where(live, one_minus, torch.ones_like(one_minus)).prod(dim=-1)
-    return out, T_out
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_out, g_T):  # [U, P, F], [U, P]
+        T_in, pix, mx, my, ca, cb, cc, opac, feats, valid, abs_index = ctx.saved_tensors
+        alpha, T_before, raw, falloff, dx, dy, T_out = _chunk_terms(
+            T_in, pix, mx, my, ca, cb, cc, opac, valid
+        )
+        w = alpha * T_before
+        fg = torch.einsum("ulf,upf->upl", feats, g_out)  # feature . upstream gradient
+        contrib = w * fg
+        total = contrib.sum(-1)
+        later = total[..., None] - torch.cumsum(contrib, dim=-1)  # sum over the Gaussians behind
+        # out = sum_k a_k T_k f_k with T_k = T_in prod_{j<k} (1 - a_j); T_out = T_in prod_j (1 - a_j).
+        d_alpha = T_before * fg - (later + (g_T * T_out)[..., None]) / (1.0 - alpha)
+        d_raw = d_alpha * ((alpha > 0) & (raw <= ALPHA_MAX))
+        d_sigma = -d_raw * raw
+        sdx, sdy = d_sigma * dx, d_sigma * dy
+        ddx = (2.0 * ca)[:, None] * sdx + cb[:, None] * sdy  # d loss / d mean x, per pixel
+        ddy = cb[:, None] * sdx + (2.0 * cc)[:, None] * sdy
+        if ctx.abs_buffer is not None:
+            summed = torch.stack([ddx.abs().sum(1), ddy.abs().sum(1)], dim=-1)  # [U, L, 2]
+            ctx.abs_buffer.index_add_(
+                0, abs_index.reshape(-1), summed.reshape(-1, 2).to(ctx.abs_buffer.dtype)
+            )
+        return (
+            (total + g_T * T_out) / T_in,
+            None,
+            ddx.sum(1),
+            ddy.sum(1),
+            (sdx * dx).sum(1),
+            (sdx * dy).sum(1),
+            (sdy * dy).sum(1),
+            (d_raw * falloff).sum(1),
+            torch.einsum("upl,upf->ulf", w, g_out),
+            None,
+            None,
+            None,
+        )
 
 
 def _rasterize_entries(
@@ -277,7 +301,9 @@ def _rasterize_entries(
         local = torch.arange(P, device=device)
         offs = torch.stack([local % TILE, local // TILE], dim=-1).to(dtype) + 0.5  # [P, 2]
 
-    use_ckpt = torch.is_grad_enabled() and any(t.requires_grad for t in (means2d, conics, opacities, feats))
+    # Half conics, so that sigma = a dx^2 + b dx dy + c dy^2.
+    ca, cb, cc = 0.5 * conics[:, 0], conics[:, 1], 0.5 * conics[:, 2]
+    mx, my = means2d[:, 0], means2d[:, 1]
     out_ids, out_feats, out_T = [], [], []
     i = 0
     while i < len(units):
@@ -297,11 +323,10 @@ def _rasterize_entries(
             ids = ent[
                 torch.where(valid, starts[u][:, None] + lidx[None], torch.zeros_like(valid, dtype=torch.long))
             ]
-            args = (T, pix, ids, valid, means2d, conics, opacities, feats, abs_index, abs_buffer)
-            if use_ckpt:
-                part, T = checkpoint(_composite_chunk, *args, use_reentrant=False)
-            else:
-                part, T = _composite_chunk(*args)
+            part, T = _Composite.apply(
+                T, pix, mx[ids], my[ids], ca[ids], cb[ids], cc[ids], opacities[ids], feats[ids], valid,
+                None if abs_index is None else abs_index[ids], abs_buffer,
+            )  # fmt: skip
             acc = acc + part
         out_ids.append(u)
         out_feats.append(acc)
