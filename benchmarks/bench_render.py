@@ -63,6 +63,7 @@ class Args:
     device: str = "cuda"
     """Device to run on."""
     seed: int = 0
+    """Seed of the random scene and cameras."""
     out: Path = Path("benchmarks/results/bench_render.json")
     """Where to write the JSON results."""
 
