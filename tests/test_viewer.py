@@ -169,7 +169,9 @@ def test_splats_to_numpy_math():
         np.testing.assert_allclose(s["covariances"][i], cov, rtol=1e-4, atol=1e-7)
     rgb = (params["sh0"][:, 0].detach() * 0.28209479177387814 + 0.5).clamp(0, 1).numpy()
     np.testing.assert_allclose(s["rgbs"], rgb, rtol=1e-6)
-    np.testing.assert_allclose(s["opacities"][:, 0], torch.sigmoid(params["opacities"]).detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        s["opacities"][:, 0], torch.sigmoid(params["opacities"]).detach().numpy(), rtol=1e-6
+    )
     assert s["opacities"].shape == (n, 1) and s["rgbs"].min() >= 0 and s["rgbs"].max() <= 1
 
 
@@ -196,7 +198,9 @@ def test_viser_camera_matches_our_convention():
 
 
 def test_preview_cameras_and_intrinsics():
-    cams = orbit_cameras(torch.tensor([20.0]), torch.tensor([45.0]), torch.tensor([2.0]), torch.tensor([50.0]), 96, 64)
+    cams = orbit_cameras(
+        torch.tensor([20.0]), torch.tensor([45.0]), torch.tensor([2.0]), torch.tensor([50.0]), 96, 64
+    )
     K = pinhole_K(math.radians(50.0), 96, 64)
     torch.testing.assert_close(K, cams.Ks[0])
     back = preview_cameras(cams.viewmats[0], K, 96, 64)
@@ -372,7 +376,9 @@ def test_make_render_fn_shape(tiny_scene):
     pytest.importorskip("splatvlm.render")
     from splatvlm.viewer import make_render_fn
 
-    cams = orbit_cameras(torch.tensor([15.0]), torch.tensor([0.0]), torch.tensor([2.5]), torch.tensor([40.0]), 40, 32)
+    cams = orbit_cameras(
+        torch.tensor([15.0]), torch.tensor([0.0]), torch.tensor([2.5]), torch.tensor([40.0]), 40, 32
+    )
     fn = make_render_fn(tiny_scene, "cpu")
     img = fn(cams.viewmats[0], cams.Ks[0], 40, 32)
     assert img.shape == (32, 40, 3) and img.dtype == np.uint8

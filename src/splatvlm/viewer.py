@@ -28,17 +28,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from .cameras import CameraConfig, Cameras
 from .errors import SplatVLMError
 from .scene import num_gaussians, sh0_to_rgb
-
-if TYPE_CHECKING:
-    from .cameras import Cameras
 
 RenderFn = Callable[[Tensor, Tensor, int, int], np.ndarray]
 """(viewmat [4, 4] OpenCV world-to-camera, K [3, 3], width, height) -> uint8 image [H, W, 3]."""
@@ -155,7 +153,9 @@ def splats_to_numpy(params: torch.nn.ParameterDict) -> dict[str, np.ndarray]:
     cov = (rot * var[:, None, :]) @ rot.transpose(1, 2)  # R diag(s^2) R^T
     rgb = sh0_to_rgb(params["sh0"][:, 0, :]).clamp(0, 1)
     opacity = torch.sigmoid(params["opacities"])[:, None]
-    packed = torch.cat([params["means"], cov.flatten(1), rgb, opacity], dim=1).float().cpu().numpy()  # [N, 16]
+    packed = (
+        torch.cat([params["means"], cov.flatten(1), rgb, opacity], dim=1).float().cpu().numpy()
+    )  # [N, 16]
     packed = packed[np.isfinite(packed).all(axis=1)]
     return {
         "centers": np.ascontiguousarray(packed[:, 0:3]),
@@ -220,8 +220,6 @@ def preview_size(resolution: int, aspect: float) -> tuple[int, int]:
 
 def preview_cameras(viewmat: Tensor, K: Tensor, width: int, height: int) -> Cameras:
     """One-camera ``Cameras`` from a viewmat [4, 4] and K [3, 3] (orbit angles derived from the pose)."""
-    from .cameras import Cameras
-
     viewmat = viewmat.float()
     center = torch.linalg.inv(viewmat.double())[:3, 3]
     distance = center.norm().clamp_min(1e-12)
@@ -338,9 +336,16 @@ class Viewer:
         self._viser = viser
         self.server = viser.ViserServer(host=cfg.host, port=cfg.port, verbose=False)
         self.server.scene.set_up_direction("+z")
-        # Start where the turntable renders look from (elevation 15, fov 40, azimuth 0 = +x).
-        self.server.initial_camera.fov = math.radians(40.0)
-        self.server.initial_camera.position = (2.38, 0.0, 0.64)
+        # Start where the turntable renders look from (azimuth 0 = +x).
+        cam = CameraConfig()
+        distance = cam.eval_distance / math.tan(0.5 * math.radians(cam.eval_fovy))
+        elevation = math.radians(cam.eval_elevation)
+        self.server.initial_camera.fov = math.radians(cam.eval_fovy)
+        self.server.initial_camera.position = (
+            distance * math.cos(elevation),
+            0.0,
+            distance * math.sin(elevation),
+        )
         self.server.initial_camera.look_at = (0.0, 0.0, 0.0)
         if not port_free:
             print(f"viewer: port {cfg.port} is busy, using {self.port}", flush=True)
@@ -365,7 +370,7 @@ class Viewer:
         self._gui_live_preview = gui.add_checkbox(
             "Live preview", True, order=3, hint="Render the training renderer's view of your camera"
         )
-        self._curves_folder = gui.add_folder("Curves", order=5, visible=training)
+        self._curves_folder = gui.add_folder("Curves", order=5, visible=False)  # shown with its first curve
 
         self._gui_pause.on_update(lambda _: self.set_paused(self._gui_pause.value))
         if self._gui_save is not None:
@@ -407,7 +412,9 @@ class Viewer:
 
     # ------------------------------------------------------------------ training thread
 
-    def update(self, params: torch.nn.ParameterDict, step: int, metrics: dict[str, float], force: bool = False) -> None:
+    def update(
+        self, params: torch.nn.ParameterDict, step: int, metrics: dict[str, float], force: bool = False
+    ) -> None:
         """Record this step; push numbers, curves and splats when each is due (``force``: all now).
 
         Call from the training thread, outside ``lock``. ``metrics`` should hold Python numbers
@@ -417,7 +424,11 @@ class Viewer:
         if self._closing:
             return
         now = time.perf_counter()
-        if self._last_step_time is not None and self._last_step_for_time is not None and step > self._last_step_for_time:
+        if (
+            self._last_step_time is not None
+            and self._last_step_for_time is not None
+            and step > self._last_step_for_time
+        ):
             dt = (now - self._last_step_time) / (step - self._last_step_for_time)
             self._step_time_s = dt if self._step_time_s is None else 0.9 * self._step_time_s + 0.1 * dt
         self._last_step_time, self._last_step_for_time = now, step
@@ -436,7 +447,11 @@ class Viewer:
         if self._training and (force or now - self._last_plot_time >= PLOT_PERIOD_S):
             self._last_plot_time = now
             self._push_curves()
-        if force or self._last_refresh_step is None or step - self._last_refresh_step >= self.cfg.refresh_every:
+        if (
+            force
+            or self._last_refresh_step is None
+            or step - self._last_refresh_step >= self.cfg.refresh_every
+        ):
             self._last_refresh_step = step
             splats = splats_to_numpy(params)
             with self._cond:
@@ -474,10 +489,14 @@ class Viewer:
             if key in self._plots:
                 self._plots[key].data = data
                 continue
+            self._curves_folder.visible = True
             with self._curves_folder:
                 self._plots[key] = self.server.gui.add_uplot(
                     data=data,
-                    series=({"label": "step"}, {"label": key, "stroke": _color(len(self._plots)), "width": 1.5}),
+                    series=(
+                        {"label": "step"},
+                        {"label": key, "stroke": _color(len(self._plots)), "width": 1.5},
+                    ),
                     title=key,
                     scales={"x": {"time": False, "auto": True}, "y": {"auto": True}},
                     legend={"show": False},
@@ -566,7 +585,9 @@ class Viewer:
             except Exception as e:  # a failed preview must not stop training or the server
                 if not self._worker_error_shown:
                     self._worker_error_shown = True
-                    print(f"viewer: preview/upload failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+                    print(
+                        f"viewer: preview/upload failed: {type(e).__name__}: {e}", file=sys.stderr, flush=True
+                    )
 
     def _render_preview(self, client_id: int) -> None:
         if not self._gui_live_preview.value:
@@ -587,7 +608,9 @@ class Viewer:
             image = self.render_fn(viewmat, K, width, height)
         image = np.asarray(image)
         if image.shape != (height, width, 3) or image.dtype != np.uint8:
-            raise ValueError(f"render_fn returned {image.dtype} {image.shape}, expected uint8 {(height, width, 3)}")
+            raise ValueError(
+                f"render_fn returned {image.dtype} {image.shape}, expected uint8 {(height, width, 3)}"
+            )
         image_handle.image = image
 
     # ------------------------------------------------------------------ lifetime
@@ -642,11 +665,12 @@ def make_render_fn(params: torch.nn.ParameterDict, device: torch.device | str | 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     params = params.to(device)
     cfg = RenderConfig()
+    white = torch.ones(1, 3, device=device)  # the browser draws its splats on white too
 
     @torch.no_grad()
     def render_fn(viewmat: Tensor, K: Tensor, width: int, height: int) -> np.ndarray:
         cams = preview_cameras(viewmat, K, width, height).to(device)
-        rgb = render(params, cams, cfg).rgb[0]  # [H, W, 3]
+        rgb = render(params, cams, cfg, backgrounds=white).rgb[0]  # [H, W, 3]
         return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
     return render_fn
