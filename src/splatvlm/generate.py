@@ -76,7 +76,7 @@ class Guidance:
                 from .sds import SDSGuidance
 
                 t0 = time.perf_counter()
-                self.sds = SDSGuidance(self.cfg.sds, self.device)
+                self.sds = SDSGuidance(self.cfg.sds, self.device).load()
                 self.loaded["sds_s"] = time.perf_counter() - t0
             self.sds.set_prompt(prompt)
             terms["sds"] = Term(self.sds, weights=("sds",))

@@ -124,6 +124,36 @@ def init_ball(cfg: SceneConfig, generator: torch.Generator | None = None) -> tor
     )
 
 
+def init_toy(num_points: int = 3000, seed: int = 0) -> torch.nn.ParameterDict:
+    """A built-in toy object (a snowman: three stacked colored spheres with a cone nose), for `fit` and tests."""
+    g = torch.Generator().manual_seed(seed)
+    parts = [  # center, radius, rgb, share of points
+        ((0.0, 0.0, -0.25), 0.22, (0.92, 0.92, 0.95), 0.45),
+        ((0.0, 0.0, 0.05), 0.16, (0.85, 0.2, 0.2), 0.3),
+        ((0.0, 0.0, 0.28), 0.11, (0.2, 0.4, 0.9), 0.2),
+        ((0.13, 0.0, 0.28), 0.035, (1.0, 0.55, 0.0), 0.05),
+    ]
+    means, colors = [], []
+    for center, radius, rgb, share in parts:
+        n = max(1, round(num_points * share))
+        d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)  # on the surface
+        means.append(torch.tensor(center) + radius * d)
+        shade = 0.85 + 0.15 * torch.rand(n, 1, generator=g)
+        colors.append(torch.tensor(rgb) * shade)
+    means_t, rgb_t = torch.cat(means), torch.cat(colors).clamp(0, 1)
+    n = len(means_t)
+    quats = torch.nn.functional.normalize(torch.randn(n, 4, generator=g), dim=-1)
+    scale = 0.6 * (4 * math.pi * 0.22**2 / n) ** 0.5  # about the spacing of points on the surfaces
+    return make_params(
+        means=means_t,
+        quats=quats,
+        scales=torch.full((n, 3), math.log(scale)) + 0.2 * torch.randn(n, 3, generator=g),
+        opacities=torch.full((n,), 2.0),
+        sh0=rgb_to_sh0(rgb_t)[:, None, :],
+        shN=torch.zeros(n, 0, 3),
+    )
+
+
 def make_optimizers(params: torch.nn.ParameterDict, cfg: SceneConfig) -> dict[str, torch.optim.Optimizer]:
     """One Adam per parameter key (gsplat's strategies edit optimizer state key by key)."""
     lrs = {

@@ -164,10 +164,11 @@ def restore_state(ckpt: dict[str, Any], cfg: RunConfig, device: torch.device) ->
 
 def new_state(params: torch.nn.ParameterDict, cfg: RunConfig, device: torch.device) -> TrainState:
     params = params.to(device)
-    strategy, strategy_state = densify.make_strategy(cfg.strategy, packed=cfg.render.packed)
+    optimizers = make_optimizers(params, cfg.scene)
+    strategy, strategy_state = densify.make_strategy(cfg.strategy, cfg.render.packed, params, optimizers)
     generator = torch.Generator()
     generator.manual_seed(cfg.seed)
-    return TrainState(params, make_optimizers(params, cfg.scene), strategy, strategy_state, 0, generator)
+    return TrainState(params, optimizers, strategy, strategy_state, 0, generator)
 
 
 # ---------------------------------------------------------------------------------------------
