@@ -55,7 +55,8 @@ class BenchArgs:
     """'random': full-size architectures with random weights (no downloads); 'pretrained': the preset's models."""
     reference: bool = False
     """Also time the straightforward eager path (no fast paths or compilation, reward every step)."""
-    run: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=RunConfig)
+    recipe: RunConfig = field(default_factory=RunConfig)
+    """The timed recipe (the preset's), e.g. --recipe.vlm.every 2 or --recipe.steps 20000."""
 
 
 def random_weights(cfg: RunConfig) -> RunConfig:
@@ -185,7 +186,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     if args.limit is not None and args.limit <= 0:
         raise SplatVLMError(f"--limit must be positive, got {args.limit}")
     prompts = read_prompts(args.prompts or SHIPPED_PROMPTS)[: args.limit]
-    cfg = random_weights(args.run) if args.weights == "random" else args.run
+    cfg = random_weights(args.recipe) if args.weights == "random" else args.recipe
     validate_run_config(cfg)
     if args.weights == "pretrained":
         check_sources(cfg, prompts)

@@ -291,7 +291,7 @@ def cmd_bench(argv: list[str]) -> int:
     from .bench import BenchArgs, run_bench
 
     run_cfg, preset = _preset_defaults(argv)
-    args = _parse(BenchArgs, argv, "splatvlm bench", BenchArgs(preset=preset, run=run_cfg))
+    args = _parse(BenchArgs, argv, "splatvlm bench", BenchArgs(preset=preset, recipe=run_cfg))
     run_bench(args)
     return 0
 
