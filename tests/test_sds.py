@@ -428,7 +428,7 @@ def test_cuda_matches_cpu():
         for device in ("cpu", "cuda"):
             g = load_sds(cfg, device)
             g.set_prompt("a red apple")
-            z = latents.to(device).requires_grad_(True)
+            z = latents.detach().to(device).requires_grad_(True)
             g.latent_loss(z, cams.to(device), 0, t=400, noise=noise.to(device))["loss_sds"].backward()
             grads.append(z.grad.cpu())
     finally:

@@ -100,6 +100,9 @@ def render(
         if tuple(backgrounds.shape) != (C, 3):
             raise SplatVLMError(f"backgrounds have shape {tuple(backgrounds.shape)}, expected ({C}, 3)")
         backgrounds = backgrounds.to(device=device, dtype=params["means"].dtype)
+        if backend == "gsplat":
+            # gsplat 1.5.3 composites the background over every channel, depth included (depth behind = 0).
+            backgrounds = torch.cat([backgrounds, backgrounds.new_zeros(C, 1)], dim=-1)  # [C, 4]
     viewmats = cams.viewmats.to(device)  # [C, 4, 4]
     Ks = cams.Ks.to(device)  # [C, 3, 3]
 
