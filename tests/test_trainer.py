@@ -1,0 +1,117 @@
+import dataclasses
+
+import pytest
+import torch
+
+from splatvlm.cameras import eval_orbit
+from splatvlm.config import RunConfig, Weight, load_run_config
+from splatvlm.errors import StopRun
+from splatvlm.fit import render_views
+from splatvlm.photometric import PhotometricTerm
+from splatvlm.scene import SceneConfig, init_ball, init_toy
+from splatvlm.trainer import Term, load_checkpoint, new_state, restore_state, train, weighted_sum
+
+CPU = torch.device("cpu")
+
+
+def fit_setup(steps: int):
+    cfg = load_run_config("fit")
+    cfg = dataclasses.replace(
+        cfg,
+        steps=steps,
+        log_every=1,
+        scene=dataclasses.replace(cfg.scene, num_points=300),
+        strategy=dataclasses.replace(cfg.strategy, refine_start_iter=2, refine_every=3, refine_stop_iter=100),
+    )
+    views = eval_orbit(cfg.camera, 6, 24)
+    views.ids = torch.arange(6)
+    targets = render_views(init_toy(400), views, cfg)
+
+    def sample(step, generator):
+        return views[torch.randperm(6, generator=generator)[:2]]
+
+    return cfg, {"photometric": Term(PhotometricTerm(targets), weights=("l1", "ssim"))}, sample
+
+
+def fresh_state(cfg):
+    torch.manual_seed(cfg.seed)
+    return new_state(init_ball(cfg.scene, torch.Generator().manual_seed(cfg.seed)), cfg, CPU)
+
+
+def test_resume_is_exact(tmp_path):
+    n = 8
+    cfg, terms, sample = fit_setup(2 * n)
+    # 2N steps in one go.
+    (tmp_path / "a").mkdir()
+    a = train(cfg, fresh_state(cfg), terms, tmp_path / "a", CPU, sample, progress=False)
+    # N steps, a checkpoint, then N more from it (a new process would do the same).
+    (tmp_path / "b").mkdir()
+    b = train(cfg, fresh_state(cfg), terms, tmp_path / "b", CPU, sample, stop_after=n, progress=False)
+    assert b.step == n
+    torch.manual_seed(12345)  # clobber the RNG: resume must restore it
+    state = restore_state(load_checkpoint(tmp_path / "b" / "checkpoint.pt"), cfg, CPU)
+    assert state.step == n
+    b = train(cfg, state, terms, tmp_path / "b", CPU, sample, progress=False)
+    assert a.step == b.step == 2 * n
+    assert a.params["means"].shape == b.params["means"].shape
+    assert a.params["means"].shape[0] != 300  # densification ran inside the window
+    for key in a.params:
+        assert torch.equal(a.params[key], b.params[key]), key
+
+
+def test_checkpoint_loads_weights_only(tmp_path):
+    cfg, terms, sample = fit_setup(3)
+    train(cfg, fresh_state(cfg), terms, tmp_path, CPU, sample, progress=False)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["step"] == 3 and set(ckpt["params"]) == {"means", "quats", "scales", "opacities", "sh0", "shN"}
+
+
+def test_nan_steps_are_skipped_then_stop(tmp_path):
+    cfg, _, sample = fit_setup(50)
+    cfg = dataclasses.replace(cfg, max_bad_steps=3)
+    calls = []
+
+    def poisoned(rgb, cams, step):
+        calls.append(step)
+        loss = rgb.mean()
+        return {"loss_l1": loss * float("nan") if step >= 2 else loss}
+
+    state = fresh_state(cfg)
+    before = {k: v.detach().clone() for k, v in state.params.items()}
+    with pytest.raises(StopRun) as e:
+        train(cfg, state, {"bad": Term(poisoned, weights=("l1",))}, tmp_path, CPU, sample, progress=False)
+    assert e.value.exit_code == 3 and "NaN/inf" in str(e.value)
+    assert state.bad_steps_total == 3 and state.step == 5
+    ckpt = load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["step"] == 5 and ckpt["bad_steps_total"] == 3
+    for k in before:  # no NaN reached the parameters
+        assert torch.isfinite(state.params[k]).all()
+    assert not torch.equal(before["means"], state.params["means"])  # the 2 good steps did update
+
+
+def test_weighted_sum_schedule_and_every():
+    weights = {"a": Weight(2.0), "b": Weight(10.0, 0.0, 10)}
+    outs = {"t1": {"loss_a": torch.tensor(1.0), "diag": 3.0}, "t2": {"loss_b": torch.tensor(4.0)}}
+    total, logs = weighted_sum(outs, weights, {"t1": 1, "t2": 2}, step=5)
+    assert total.item() == pytest.approx(2.0 * 1.0 + 5.0 * 2 * 4.0)
+    assert logs["loss_b"] == 4.0 and logs["w_b"] == 10.0 and logs["diag"] == 3.0
+
+
+def test_term_skipped_when_weight_zero(tmp_path):
+    cfg, terms, sample = fit_setup(4)
+    cfg = dataclasses.replace(cfg, weights=dataclasses.replace(cfg.weights, vlm=Weight(1.0, stop_after=2)))
+    calls = []
+
+    def counting(rgb, cams, step):
+        calls.append(step)
+        return {"loss_vlm": rgb.mean()}
+
+    terms = dict(terms, vlm=Term(counting, weights=("vlm",)))
+    train(cfg, fresh_state(cfg), terms, tmp_path, CPU, sample, progress=False)
+    assert calls == [0, 1]
+
+
+def test_default_config_is_vlm3d_shape():
+    cfg = RunConfig()
+    assert cfg.weights.vlm == Weight(300.0, 1.0, 10000, 10000)
+    assert SceneConfig().sh_degree == 0
