@@ -124,13 +124,24 @@ def test_update_uploads_splats_every_refresh(viewer, tiny_scene):
     assert steps[0] == 0 and steps[-1] == 35 and values[-1] == pytest.approx(0.5)
 
 
-def test_update_is_cheap_when_not_due(viewer, tiny_scene):
-    viewer.update(tiny_scene, 0, {"loss": 1.0})
-    t0 = time.perf_counter()
-    for step in range(1, 10):  # refresh_every=10: nothing heavy is due
-        viewer.update(tiny_scene, step, {"loss": 1.0, "loss_sds": 0.5})
-    per_call = (time.perf_counter() - t0) / 9
-    assert per_call < 5e-3, f"update took {per_call * 1e3:.2f} ms when nothing was due"
+def test_update_is_cheap_when_not_due(tmp_path, tiny_scene, monkeypatch):
+    import splatvlm.viewer as viewer_mod
+
+    conversions = []
+    real = viewer_mod.splats_to_numpy
+    monkeypatch.setattr(viewer_mod, "splats_to_numpy", lambda p: conversions.append(1) or real(p))
+    with Viewer(ViewerConfig(port=0, refresh_every=1000), black_render, tmp_path) as v:
+        v.update(tiny_scene, 0, {"loss": 1.0})
+        times = []
+        for step in range(1, 300):  # no splat refresh is due before step 1000
+            t0 = time.perf_counter()
+            v.update(tiny_scene, step, {"loss": 1.0, "loss_sds": 0.5, "p_yes": 0.5})
+            times.append(time.perf_counter() - t0)
+        assert len(conversions) == 1, "params were converted on a step with no refresh due"
+        v.update(tiny_scene, 1000, {})
+        assert len(conversions) == 2
+    median = float(np.median(times))
+    assert median < 1e-3, f"update took {median * 1e3:.2f} ms (median) when nothing was due"
 
 
 def test_nonfinite_metrics_and_gaussians_are_not_sent(viewer):
@@ -220,7 +231,7 @@ def test_pause_blocks_until_resumed(viewer):
     t.start()
     assert not released.wait(0.7), "wait_if_paused returned while paused"
     viewer.set_paused(False)
-    assert released.wait(2.0), "wait_if_paused did not return after resume"
+    assert released.wait(10.0), "wait_if_paused did not return after resume"
     assert viewer._gui_pause.value is False
     # close() releases a paused trainer too
     viewer.set_paused(True)
@@ -229,7 +240,7 @@ def test_pause_blocks_until_resumed(viewer):
     t.start()
     assert not released.wait(0.3)
     viewer.close()
-    assert released.wait(2.0)
+    assert released.wait(10.0)
 
 
 def test_save_button_writes_inside_run_dir(viewer, tiny_scene, tmp_path):

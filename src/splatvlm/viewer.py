@@ -617,8 +617,8 @@ class Viewer:
 
     def serve_forever(self) -> None:
         """Block until Ctrl-C (or ``close`` from another thread)."""
-        print(f"viewer: serving {self.url}; press Ctrl-C to exit", flush=True)
-        try:
+        try:  # the message is inside: a Ctrl-C right after it must still end quietly
+            print(f"viewer: serving {self.url}; press Ctrl-C to exit", flush=True)
             while not self._closing:
                 time.sleep(0.2)
         except KeyboardInterrupt:
