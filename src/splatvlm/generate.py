@@ -233,8 +233,10 @@ def run_one(
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
     if viewer is not None:
         if finished:
-            viewer.update(state.params, state.step, {"step": state.step, "num_gaussians": num_gaussians(state.params)})
-            console.print(f"training done; viewer still serving at http://{control.host}:{control.port} (Ctrl-C to quit)")
+            viewer.update(
+                state.params, state.step, {"step": state.step, "num_gaussians": num_gaussians(state.params)}, force=True
+            )
+            console.print(f"training done; viewer still serving at {viewer.url} (Ctrl-C to quit)")
             viewer.serve_forever()
         viewer.close()
     return summary
