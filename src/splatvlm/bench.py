@@ -55,6 +55,10 @@ class BenchArgs:
     """'random': full-size architectures with random weights (no downloads); 'pretrained': the preset's models."""
     reference: bool = False
     """Also time the straightforward eager path (no fast paths or compilation, reward every step)."""
+    viewer: bool = False
+    """Also time each phase with the live viewer serving (on a free local port, default refresh)."""
+    viewer_every: int = 50
+    """Viewer refresh period in steps, as `generate --viewer-every`."""
     recipe: RunConfig = field(default_factory=RunConfig)
     """The timed recipe (the preset's), e.g. --recipe.vlm.every 2 or --recipe.steps 20000."""
 
@@ -116,10 +120,24 @@ def _median(values: list[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
+def _viewer_for(state: Any, cfg: RunConfig, run_dir: Path, every: int) -> Any:
+    from .generate import make_preview_fn
+    from .viewer import Viewer, ViewerConfig
+
+    return Viewer(ViewerConfig(enabled=True, port=0, refresh_every=every), make_preview_fn(state.params, cfg), run_dir)
+
+
 def time_prompt(
-    prompt: str, cfg: RunConfig, guidance: Any, run_dir: Path, device: torch.device, steps: int, warmup: int
+    prompt: str,
+    cfg: RunConfig,
+    guidance: Any,
+    run_dir: Path,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    viewer_every: int | None = None,
 ) -> dict[str, Any]:
-    """Time every phase of the recipe for one prompt."""
+    """Time every phase of the recipe for one prompt (with a live viewer when ``viewer_every`` is set)."""
     from .scene import init_ball
     from .trainer import new_state, train
 
@@ -137,17 +155,23 @@ def time_prompt(
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         phase_cfg = replace(cfg, steps=phase.end, checkpoint_every=0, log_every=max(n, 1))
-        train(
-            phase_cfg,
-            state,
-            terms,
-            run_dir,
-            device,
-            stop_after=n,
-            progress=False,
-            profile=True,
-            on_step=lambda step, logs: records.append(dict(logs)),
-        )
+        viewer = _viewer_for(state, cfg, run_dir, viewer_every) if viewer_every else None
+        try:
+            train(
+                phase_cfg,
+                state,
+                terms,
+                run_dir,
+                device,
+                viewer=viewer,
+                stop_after=n,
+                progress=False,
+                profile=True,
+                on_step=lambda step, logs: records.append(dict(logs)),
+            )
+        finally:
+            if viewer is not None:
+                viewer.close()
         timed = records[min(warmup, max(len(records) - 1, 0)) :]
         step_ms = _median([r["step_ms"] for r in timed])
         comps = {c: _median([r.get(f"ms_{c}", 0.0) for r in timed]) for c in COMPONENTS}
@@ -208,9 +232,16 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         "warmup_steps": args.warmup,
         "extrapolated": "asset_s = sum over recipe phases of (phase steps x median timed step); model loading excluded",
         "config": to_dict(cfg),
+        "config_viewer_every": args.viewer_every,
     }
-    variants = [("ours", cfg)] + ([("reference", reference_config(cfg))] if args.reference else [])
-    for name, vcfg in variants:
+    if args.viewer_every <= 0:
+        raise SplatVLMError(f"--viewer-every must be positive, got {args.viewer_every}")
+    variants = [("ours", cfg, None)]
+    if args.viewer:
+        variants.append(("viewer", cfg, args.viewer_every))
+    if args.reference:
+        variants.append(("reference", reference_config(cfg), None))
+    for name, vcfg, viewer_every in variants:
         guidance = Guidance(vcfg, device)
         results = []
         with Progress(transient=False) as bar:
@@ -219,7 +250,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
                 run_dir = out / "runs" / name / f"{i:03d}"
                 run_dir.mkdir(parents=True, exist_ok=True)
                 t0 = time.perf_counter()
-                res = time_prompt(prompt, vcfg, guidance, run_dir, device, args.steps, args.warmup)
+                res = time_prompt(prompt, vcfg, guidance, run_dir, device, args.steps, args.warmup, viewer_every)
                 res["bench_wall_s"] = time.perf_counter() - t0
                 results.append(res)
                 bar.update(task, advance=1, description=f"bench {name}: {full_step(res)['step_ms']:.1f} ms/step")
@@ -248,6 +279,11 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         report["speedup"] = report["reference_full_step_ms"] / max(report["full_step_ms"], 1e-9)
     else:
         report["reference_full_step_ms"] = None
+    if args.viewer:
+        # Whole-asset time with the viewer against without: the refresh cost is amortized over `viewer_every`.
+        with_viewer = _median([r["asset_s"] for r in report["viewer"]["prompts"]])
+        report["viewer_asset_s"] = with_viewer
+        report["viewer_slowdown"] = with_viewer / max(report["asset_s"], 1e-9) - 1.0
 
     # 4. Files.
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
@@ -267,6 +303,11 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"({report['it_per_s']:.2f} it/s), peak {report['peak_gb']:.1f} GB",
         f"- asset time (extrapolated): {report['asset_s']:.0f} s",
     ]
+    if "viewer_slowdown" in report:
+        lines.append(
+            f"- with the live viewer (refresh every {report['config_viewer_every']} steps, no browser attached): "
+            f"asset {report['viewer_asset_s']:.0f} s, slowdown {100 * report['viewer_slowdown']:.1f}%"
+        )
     if report.get("reference_full_step_ms") is not None:
         lines.append(
             f"- reference eager path: {report['reference_full_step_ms']:.1f} ms/step, "
