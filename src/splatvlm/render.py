@@ -100,9 +100,6 @@ def render(
         if tuple(backgrounds.shape) != (C, 3):
             raise SplatVLMError(f"backgrounds have shape {tuple(backgrounds.shape)}, expected ({C}, 3)")
         backgrounds = backgrounds.to(device=device, dtype=params["means"].dtype)
-        if backend == "gsplat":
-            # gsplat 1.5.3 composites the background over every channel, depth included (depth behind = 0).
-            backgrounds = torch.cat([backgrounds, backgrounds.new_zeros(C, 1)], dim=-1)  # [C, 4]
     viewmats = cams.viewmats.to(device)  # [C, 4, 4]
     Ks = cams.Ks.to(device)  # [C, 3, 3]
 
@@ -134,7 +131,13 @@ def render(
     if backend == "gsplat":
         import gsplat  # imported here: its first CUDA call may JIT-compile
 
+        # gsplat 1.5.3 rejects backgrounds when packed (its shape check uses the packed means2d), so the
+        # background is composited here exactly as its kernel does: color + (1 - alpha) * background.
+        args["backgrounds"] = None
         colors, alphas, info = gsplat.rasterization(**args)
+        if backgrounds is not None:
+            rgb = colors[..., :3] + (1.0 - alphas) * backgrounds[:, None, None, :]
+            colors = torch.cat([rgb, colors[..., 3:4]], dim=-1)
     else:
         colors, alphas, info = rasterize_torch(**args, chunk_elems=cfg.torch_chunk)
     return RenderOutput(rgb=colors[..., :3], depth=colors[..., 3:4], alpha=alphas, info=info)
