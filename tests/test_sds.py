@@ -271,6 +271,72 @@ def test_view_dependent_prompts_pick_the_direction():
 
 
 # ---------------------------------------------------------------------------------------------
+# The capture-safe step of the CUDA-graph path, run eagerly on CPU
+
+
+def graph_step(g: SDSGuidance, rgb: torch.Tensor, cams, step: int):
+    """What a graph replay computes: fill the static inputs, then the capture-safe loss and its pixel grad."""
+    t = g.fill_static_inputs(tuple(rgb.shape), cams, step)
+    x = rgb.detach().clone().requires_grad_(True)
+    value, aux = g.static_loss(x)
+    (grad,) = torch.autograd.grad(value, x)
+    return t, value.detach(), grad, float(aux["grad_norm"])
+
+
+@pytest.mark.parametrize(
+    "kind,mode,views,px",
+    [("mvdream", "x0", 8, 64), ("mvdream", "eps", 4, 96), ("sd", "x0", 3, 64), ("sd", "eps", 3, 48)],
+)
+def test_capture_safe_step_equals_eager_step_exactly(kind, mode, views, px):
+    """Seeded alike, the graph path draws the same timestep and noises and gives bit-identical results."""
+    cfg = SDSConfig(kind=kind, model="demo", mode=mode, view_dependent_prompts=kind == "sd", t_min_start=0.02)
+    g = load_sds(cfg, "cpu")
+    g.set_prompt("a red apple")
+    cams = sample_orbit(CameraConfig(views_per_group=1), views, px, torch.Generator().manual_seed(4))
+    for step, seed in ((0, 11), (5000, 12)):  # the second step reuses the buffers
+        rgb = torch.rand(views, px, px, 3, generator=torch.Generator().manual_seed(seed), requires_grad=True)
+        torch.manual_seed(seed)
+        eager = g(rgb, cams, step)
+        eager["loss_sds"].backward()
+        torch.manual_seed(seed)
+        t, value, grad, grad_norm = graph_step(g, rgb, cams, step)
+        assert t == eager["sds_t"]
+        assert torch.equal(value, eager["loss_sds"].detach()), (value, eager["loss_sds"])
+        assert torch.equal(grad, rgb.grad), float((grad - rgb.grad).abs().max())
+        assert grad_norm == eager["sds_grad_norm"] > 0
+        assert grad.abs().sum() > 0
+    assert len(g._static) == 1
+
+
+def test_static_inputs_are_redrawn_in_place_each_step(mv):
+    cams = cams4()
+    shape = (4, 64, 64, 3)
+    torch.manual_seed(0)
+    ts, noises, ptrs = [], [], set()
+    for _ in range(3):
+        ts.append(mv.fill_static_inputs(shape, cams, 9000))  # range 20..500
+        buf = mv._static[shape]
+        noises.append(buf["noise"].clone())
+        ptrs.add(buf["noise"].data_ptr())
+        assert int(buf["t"]) == ts[-1]
+        assert buf["cameras"].shape == (8, 16) and torch.equal(buf["cameras"][:4], buf["cameras"][4:])
+    assert len(set(ts)) == 3 and not torch.equal(noises[0], noises[1])
+    assert len(ptrs) == 1  # a captured graph reads the same memory every replay
+    mv.set_prompt("a blue chair")  # a new prompt reaches the static text buffer at the next fill
+    mv.fill_static_inputs(shape, cams, 9000)
+    torch.testing.assert_close(mv._static[shape]["text"][:4], mv.text_embeddings(cams)[0])
+    mv.set_prompt("a red apple")
+
+
+def test_cuda_graph_is_ignored_on_cpu(mv):
+    assert mv.cfg.cuda_graph
+    rgb = torch.rand(4, 64, 64, 3, requires_grad=True)
+    assert not mv.uses_cuda_graph(rgb)
+    out = mv(rgb, cams4(), 0)
+    assert out["loss_sds"].grad_fn is not None and mv._graphed is None
+
+
+# ---------------------------------------------------------------------------------------------
 # Loading
 
 
@@ -440,3 +506,98 @@ def test_cuda_matches_cpu():
     rgb = torch.rand(4, 64, 64, 3, device="cuda", requires_grad=True)
     g(rgb, cams, 0)["loss_sds"].backward()
     assert torch.isfinite(rgb.grad).all()
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize(
+    "model,kind,mode,views,px",
+    [
+        ("demo", "mvdream", "x0", 4, 64),
+        ("demo", "mvdream", "eps", 8, 32),  # renders resized up to the VAE size inside the graph
+        ("demo", "sd", "x0", 3, 64),
+        ("random", "mvdream", "x0", 4, 256),  # full-size SD-2.1-base UNet + VAE, VLM3D's late phase
+        ("random", "mvdream", "x0", 8, 64),  # VLM3D's early phase: 8 views at 64 px, VAE at 256
+    ],
+)
+def test_cuda_graph_matches_eager_bf16(model, kind, mode, views, px):
+    """The graphed step against the eager one with the same seed (same timestep and noises), in bf16."""
+    image_size = 256 if model == "random" else 0
+    cfg = SDSConfig(
+        kind=kind,
+        model=model,
+        mode=mode,
+        dtype="bfloat16",
+        view_dependent_prompts=kind == "sd",
+        t_min_start=0.02,  # steps 0..: any timestep in 20..980, so replays differ
+        image_size=image_size,
+    )
+    g = load_sds(cfg, "cuda")
+    g.set_prompt("a DSLR photo of a corgi wearing a top hat")
+    cams = sample_orbit(CameraConfig(views_per_group=1), views, px, torch.Generator().manual_seed(0))
+    cams = cams.to("cuda")
+    torch.manual_seed(0)
+    logits = torch.randn(views, px, px, 3, device="cuda", requires_grad=True)
+    for i, step in enumerate((0, 3000, 9000)):  # the first graphed call captures, the others replay
+        got = {}
+        for graph in (False, True):
+            g.cfg.cuda_graph = graph
+            logits.grad = None
+            torch.manual_seed(100 + i)
+            out = g(torch.sigmoid(logits), cams, step)  # a non-leaf render, as the trainer passes
+            out["loss_sds"].backward()
+            got[graph] = (out, logits.grad.clone())
+        (eager, g_eager), (graphed, g_graph) = got[False], got[True]
+        cos = cosine(g_graph, g_eager)
+        print(
+            f"{model} {kind} {mode} {views}x{px} step {step} t {graphed['sds_t']:.0f}: pixel-grad cosine {cos:.6f}, "
+            f"loss {float(graphed['loss_sds']):.6g} vs {float(eager['loss_sds']):.6g}, "
+            f"grad norm {graphed['sds_grad_norm']:.4g} vs {eager['sds_grad_norm']:.4g}"
+        )
+        assert graphed["sds_t"] == eager["sds_t"]
+        assert torch.isfinite(g_graph).all() and g_graph.abs().sum() > 0
+        assert cos >= 0.99
+        l_g, l_e = float(graphed["loss_sds"]), float(eager["loss_sds"])
+        assert abs(l_g - l_e) <= 2e-2 * abs(l_e)
+        assert graphed["sds_grad_norm"] == pytest.approx(eager["sds_grad_norm"], rel=2e-2)
+    assert g._graphed is not None and len(g._graphed._graphs) == 1
+    # consecutive replays on the same renders draw new timesteps and noises
+    g.cfg.cuda_graph = True
+    rgb = torch.sigmoid(logits.detach())
+    shape = tuple(rgb.shape)
+    ts, losses, noises = [], [], []
+    for _ in range(3):
+        out = g(rgb, cams, 0)
+        ts.append(out["sds_t"])
+        losses.append(float(out["loss_sds"]))
+        noises.append(g._static[shape]["noise"].clone())
+    print(f"replays: t {ts}, loss {losses}")
+    assert len(set(ts)) == 3 and len(set(losses)) == 3
+    assert not torch.equal(noises[0], noises[1]) and not torch.equal(noises[1], noises[2])
+    assert len(g._graphed._graphs) == 1
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kind", ["mvdream", "sd"])
+def test_cuda_graph_step_launches_without_host_sync(kind):
+    """Filling the static inputs and replaying never waits for the GPU (only the diagnostics read does)."""
+    g = load_sds(
+        SDSConfig(kind=kind, model="demo", dtype="bfloat16", view_dependent_prompts=kind == "sd"), "cuda"
+    )
+    g.set_prompt("a red apple")
+    cams = cams4().to("cuda")
+    rgb = torch.rand(4, 64, 64, 3, device="cuda", requires_grad=True)
+    g(rgb, cams, 0)["loss_sds"].backward()  # captures
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        g.fill_static_inputs(tuple(rgb.shape), cams, 100)
+        value, grad, aux = g._graphed(rgb)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(value) and torch.isfinite(grad).all() and float(aux["grad_norm"]) > 0

@@ -71,7 +71,8 @@ def mvdream_cameras(cams: Cameras) -> Tensor:
     world-to-camera in the same z-up world, so only the camera's y and z axes flip. (MVDream's own
     azimuth 0 is our azimuth -90: its orbit starts on -y, threestudio's on +x.)
     """
-    c2w = torch.linalg.inv(cams.viewmats.double())  # [C, 4, 4], OpenCV axes
+    # inv_ex: the same inverse without the error check that makes the GPU wait for the CPU
+    c2w = torch.linalg.inv_ex(cams.viewmats.double()).inverse  # [C, 4, 4], OpenCV axes
     c2w[:, :3, 1:3] = -c2w[:, :3, 1:3]
     t = c2w[:, :3, 3]
     c2w[:, :3, 3] = t / (t.norm(dim=-1, keepdim=True) + 1e-8)

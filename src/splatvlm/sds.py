@@ -32,6 +32,7 @@ from torch import Tensor
 
 from .cameras import Cameras
 from .errors import SplatVLMError
+from .graphs import GraphedGrad, surrogate_loss
 from .models import DType, cache_dir, hf_offline, is_local, missing_weights_error, pick_dtype
 
 # threestudio-mvdream's negative prompt, which the VLM3D recipe inherits (a hyperparameter value).
@@ -90,6 +91,10 @@ class SDSConfig:
     """Run the UNet and VAE in channels-last memory format (often faster on CUDA)."""
     compile: bool = False
     """torch.compile the UNet (CUDA; the first steps are slow while it compiles)."""
+    cuda_graph: bool = True
+    """Capture the SDS step (VAE encode, noising, CFG UNet, target, and the gradient to the pixels) in one
+    CUDA graph per render shape and replay it (the first step of each shape captures it); ignored on CPU.
+    Read at every call."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,12 +116,11 @@ FRONT_DEG, BACK_DEG, OVERHEAD_DEG = 45.0, 45.0, 60.0  # DreamFusion / threestudi
 
 def view_directions(elevation: Tensor, azimuth: Tensor) -> Tensor:
     """Index into ``VIEW_SUFFIXES`` per camera [C] (azimuth 0 = front, threestudio convention)."""
-    az = torch.remainder(azimuth + 180.0, 360.0) - 180.0
-    d = torch.zeros(azimuth.shape, dtype=torch.long, device=azimuth.device)
-    d[az.abs() < FRONT_DEG] = 1
-    d[az.abs() > 180.0 - BACK_DEG] = 2
-    d[elevation > OVERHEAD_DEG] = 3
-    return d
+    # torch.where, not masked assignment: boolean-mask writes make the GPU wait for the CPU.
+    az = (torch.remainder(azimuth + 180.0, 360.0) - 180.0).abs()
+    d = torch.where(az < FRONT_DEG, 1, 0)
+    d = torch.where(az > 180.0 - BACK_DEG, 2, d)
+    return torch.where(elevation > OVERHEAD_DEG, 3, d).long()
 
 
 def cfg_combine(eps_cond: Tensor, eps_uncond: Tensor, scale: float) -> Tensor:
@@ -154,9 +158,11 @@ def x0_target(
         return x0
     x0_cond = predict_x0(z_t, eps_cond, alpha_bar)
     objects = x0.shape[0] // views
-    factor = (x0_cond.reshape(objects, -1).std(dim=1) + 1e-8) / (x0.reshape(objects, -1).std(dim=1) + 1e-8)
-    factor = factor.repeat_interleave(views).reshape(-1, 1, 1, 1)
-    return rescale * x0 * factor + (1.0 - rescale) * x0
+    x0 = x0.reshape(objects, -1)  # one row per object, so the factor broadcasts without a host sync
+    factor = (x0_cond.reshape(objects, -1).std(dim=1, keepdim=True) + 1e-8) / (
+        x0.std(dim=1, keepdim=True) + 1e-8
+    )
+    return (rescale * x0 * factor + (1.0 - rescale) * x0).reshape(z_t.shape)
 
 
 def target_loss(latents: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
@@ -594,6 +600,8 @@ class SDSGuidance:
         self.prompt: str | None = None
         self._cond: Tensor | None = None  # [1 or 4, L, D] prompt (or per-direction prompts)
         self._uncond: Tensor | None = None  # [1, L, D] negative prompt
+        self._static: dict[tuple[int, ...], dict[str, Tensor]] = {}  # CUDA-graph inputs per render shape
+        self._graphed: GraphedGrad | None = None
 
     @property
     def is_demo(self) -> bool:
@@ -688,8 +696,12 @@ class SDSGuidance:
 
     # 2. images -> latents ------------------------------------------------------------------------
 
-    def encode_images(self, rgb: Tensor) -> Tensor:
-        """Renders [C, H, W, 3] in [0, 1] -> scaled VAE latents [C, 4, h, w] (fp32, differentiable)."""
+    def encode_images(self, rgb: Tensor, noise: Tensor | None = None) -> Tensor:
+        """Renders [C, H, W, 3] in [0, 1] -> scaled VAE latents [C, 4, h, w] (fp32, differentiable).
+
+        A posterior sample, as threestudio(-mvdream) does, not the mean; ``noise`` [C, 4, h, w] in the
+        model dtype is its standard normal draw (None: drawn here, as diffusers' ``sample()`` does).
+        """
         vae = self.load().parts.vae
         x = rgb.permute(0, 3, 1, 2)
         size = self.image_size
@@ -700,30 +712,48 @@ class SDSGuidance:
         x = (x * 2.0 - 1.0).to(self.dtype)
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        # A posterior sample, as threestudio(-mvdream) does, not the mean.
-        z = vae.encode(x).latent_dist.sample() * vae.config.scaling_factor
+        posterior = vae.encode(x).latent_dist
+        if noise is None:
+            noise = torch.randn(
+                posterior.mean.shape, device=posterior.mean.device, dtype=posterior.mean.dtype
+            )
+        z = (posterior.mean + posterior.std * noise) * vae.config.scaling_factor
         return z.float()
 
     # 3. noise prediction ---------------------------------------------------------------------------
 
+    def camera_labels(self, cams: Cameras) -> Tensor | None:
+        """MVDream's camera input for the CFG batch [2C, 16] in the model dtype; None for SD."""
+        if self.cfg.kind != "mvdream":
+            return None
+        from .mvdream import mvdream_cameras
+
+        return mvdream_cameras(cams).to(self.device, self.dtype).repeat(2, 1)
+
     @torch.no_grad()
-    def predict_noise(self, z_t: Tensor, t: int, cams: Cameras) -> tuple[Tensor, Tensor]:
-        """Conditional and unconditional eps [C, 4, h, w] from one UNet call on a batch of 2C."""
+    def unet_eps(
+        self,
+        z_t: Tensor,  # [C, 4, h, w]
+        timesteps: Tensor,  # [2C] or [1], long
+        text: Tensor,  # [2C, L, D]: cond then uncond
+        class_labels: Tensor | None,  # [2C, 16] or None
+    ) -> tuple[Tensor, Tensor]:
+        """Conditional and unconditional eps [C, 4, h, w] from one UNet call on the CFG batch of 2C."""
         unet = self.load().parts.unet
-        c = z_t.shape[0]
-        cond, uncond = self.text_embeddings(cams)
         model_in = torch.cat([z_t, z_t]).to(self.dtype)
         if self.cfg.channels_last:
             model_in = model_in.contiguous(memory_format=torch.channels_last)
-        kwargs = {}
-        if self.cfg.kind == "mvdream":
-            from .mvdream import mvdream_cameras
-
-            kwargs["class_labels"] = mvdream_cameras(cams).to(self.device, self.dtype).repeat(2, 1)
-        timesteps = torch.full((2 * c,), t, device=self.device, dtype=torch.long)
-        eps = unet(model_in, timesteps, encoder_hidden_states=torch.cat([cond, uncond]), **kwargs).sample
+        kwargs = {} if class_labels is None else {"class_labels": class_labels}
+        eps = unet(model_in, timesteps, encoder_hidden_states=text, **kwargs).sample
         eps_cond, eps_uncond = eps.float().chunk(2)
         return eps_cond, eps_uncond
+
+    @torch.no_grad()
+    def predict_noise(self, z_t: Tensor, t: int, cams: Cameras) -> tuple[Tensor, Tensor]:
+        """Conditional and unconditional eps [C, 4, h, w] at integer timestep ``t``."""
+        cond, uncond = self.text_embeddings(cams)
+        timesteps = torch.full((2 * z_t.shape[0],), t, device=self.device, dtype=torch.long)
+        return self.unet_eps(z_t, timesteps, torch.cat([cond, uncond]), self.camera_labels(cams))
 
     # 4. the loss -----------------------------------------------------------------------------
 
@@ -731,30 +761,110 @@ class SDSGuidance:
         lo, hi = timestep_range(self.cfg, step, self.num_train_timesteps)
         return int(torch.randint(lo, hi + 1, (1,)).item())
 
+    @torch.no_grad()
+    def sds_target(
+        self,
+        z: Tensor,  # [C, 4, h, w] latents, detached
+        alpha_bar: Tensor,  # scalar
+        timesteps: Tensor,  # [2C] or [1], long
+        noise: Tensor,  # [C, 4, h, w]
+        text: Tensor,  # [2C, L, D]
+        class_labels: Tensor | None,  # [2C, 16] or None
+    ) -> Tensor:
+        """The detached target of the MSE: noising, CFG UNet, x0 reconstruction or eps residual.
+
+        Capture-safe: no host sync and no branch on tensor values, so it runs inside a CUDA graph.
+        """
+        z_t = alpha_bar.sqrt() * z + (1.0 - alpha_bar).sqrt() * noise
+        eps_cond, eps_uncond = self.unet_eps(z_t, timesteps, text, class_labels)
+        eps = cfg_combine(eps_cond, eps_uncond, self.cfg.guidance_scale)
+        if self.cfg.mode == "x0":
+            views = self.cfg.views_per_object if self.cfg.kind == "mvdream" else 1
+            return x0_target(z_t, eps, eps_cond, alpha_bar, self.cfg.rescale, views)
+        grad = sds_weight(alpha_bar, self.cfg.weighting) * (eps - noise)
+        return z - torch.nan_to_num(grad)
+
     def latent_loss(
         self, latents: Tensor, cams: Cameras, step: int, t: int | None = None, noise: Tensor | None = None
     ) -> dict[str, Tensor | float]:
-        """SDS on latents [C, 4, h, w]; ``t`` and ``noise`` may be fixed (tests)."""
+        """SDS on latents [C, 4, h, w] (eager); ``t`` and ``noise`` may be fixed (tests)."""
         self.load()
         c = latents.shape[0]
         if t is None:
             t = self.sample_timestep(step)
         with torch.no_grad():
             if noise is None:
-                noise = torch.randn_like(latents)
-            alpha_bar = self.alphas_cumprod[t]
-            z = latents.detach()
-            z_t = alpha_bar.sqrt() * z + (1.0 - alpha_bar).sqrt() * noise
-            eps_cond, eps_uncond = self.predict_noise(z_t, t, cams)
-            eps = cfg_combine(eps_cond, eps_uncond, self.cfg.guidance_scale)
-            if self.cfg.mode == "x0":
-                views = self.cfg.views_per_object if self.cfg.kind == "mvdream" else 1
-                target = x0_target(z_t, eps, eps_cond, alpha_bar, self.cfg.rescale, views)
-            else:
-                grad = sds_weight(alpha_bar, self.cfg.weighting) * (eps - noise)
-                target = z - torch.nan_to_num(grad)
+                # randn, not randn_like: the latents come out channels-last, and randn_like would lay
+                # the same draws out in that order; the graph path's contiguous buffer draws these.
+                noise = torch.randn(latents.shape, device=latents.device, dtype=latents.dtype)
+            cond, uncond = self.text_embeddings(cams)
+            timesteps = torch.full((2 * c,), t, device=self.device, dtype=torch.long)
+            text = torch.cat([cond, uncond])
+            target = self.sds_target(
+                latents.detach(), self.alphas_cumprod[t], timesteps, noise, text, self.camera_labels(cams)
+            )
         loss, grad = target_loss(latents, target)
         return {"loss_sds": loss, "sds_t": float(t), "sds_grad_norm": float(grad.norm()) if c else 0.0}
+
+    # 5. the CUDA-graph path --------------------------------------------------------------------
+    # Every per-step input lives in a static buffer per render shape, filled before each replay in
+    # the same RNG order as the eager path (posterior noise, timestep, noise), so a seeded graphed
+    # step draws exactly what a seeded eager step draws.
+
+    @torch.no_grad()
+    def fill_static_inputs(self, shape: tuple[int, ...], cams: Cameras, step: int) -> int:
+        """Draw this step's timestep and noises into the static buffers for renders of ``shape``
+        [C, H, W, 3] and copy in the text and camera embeddings; returns the timestep."""
+        self.load()
+        c, key = shape[0], tuple(shape)
+        if key not in self._static:
+            r = self.latent_resolution
+            lat = (c, int(self.parts.vae.config.latent_channels), r, r)
+            cond, uncond = self.text_embeddings(cams)
+            self._static[key] = {
+                "posterior_noise": torch.empty(lat, device=self.device, dtype=self.dtype),
+                "t": torch.zeros(1, device=self.device, dtype=torch.long),
+                "noise": torch.empty(lat, device=self.device, dtype=torch.float32),
+                "text": torch.empty((2 * c, *cond.shape[1:]), device=self.device, dtype=cond.dtype),
+            }
+            if self.cfg.kind == "mvdream":
+                self._static[key]["cameras"] = torch.empty((2 * c, 16), device=self.device, dtype=self.dtype)
+        buf = self._static[key]
+        buf["posterior_noise"].normal_()  # what torch.randn draws, in place
+        t = self.sample_timestep(step)
+        buf["t"].fill_(t)
+        buf["noise"].normal_()
+        cond, uncond = self.text_embeddings(cams)
+        torch.cat([cond, uncond], out=buf["text"])  # the prompt may change between steps
+        labels = self.camera_labels(cams)
+        if labels is not None:
+            buf["cameras"].copy_(labels)
+        return t
+
+    def static_loss(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """The capture-safe SDS step for renders ``x`` [C, H, W, 3] on the device: (loss, {"grad_norm"}).
+
+        Reads the timestep, noises and embeddings from the buffers ``fill_static_inputs`` filled for
+        this shape; the loss equals the eager ``loss_sds`` for the same draws.
+        """
+        buf = self._static[tuple(x.shape)]
+        latents = self.encode_images(x, buf["posterior_noise"])
+        # index_select, not a 0-d tensor index, which would read the index on the host
+        alpha_bar = self.alphas_cumprod.index_select(0, buf["t"]).reshape(())
+        target = self.sds_target(
+            latents.detach(), alpha_bar, buf["t"], buf["noise"], buf["text"], buf.get("cameras")
+        )
+        loss, grad = target_loss(latents, target)
+        return loss, {"grad_norm": grad.norm()}
+
+    def uses_cuda_graph(self, rgb: Tensor) -> bool:
+        """Whether this call replays a CUDA graph (on CUDA, with gradients on and at least one view)."""
+        return (
+            self.cfg.cuda_graph
+            and self.device.type == "cuda"
+            and rgb.shape[0] > 0
+            and torch.is_grad_enabled()
+        )
 
     def __call__(self, rgb: Tensor, cams: Cameras, step: int) -> dict[str, Tensor | float]:
         """SDS loss for renders ``rgb`` [C, H, W, 3] in [0, 1] seen from ``cams`` at training ``step``.
@@ -776,8 +886,17 @@ class SDSGuidance:
             raise RuntimeError("call set_prompt() before the first SDS step")
         self.load()
         cams = cams.to(self.device)
+        x = rgb.to(self.device)
+        if self.uses_cuda_graph(x):
+            # 2'. the whole step (encode, noising, CFG UNet, target, gradient to x) as one graph replay
+            t = self.fill_static_inputs(tuple(x.shape), cams, step)
+            if self._graphed is None:
+                self._graphed = GraphedGrad(self.static_loss)
+            value, grad, aux = self._graphed(x)
+            loss = surrogate_loss(x, value, grad)
+            return {"loss_sds": loss, "sds_t": float(t), "sds_grad_norm": float(aux["grad_norm"])}
         # 2. encode renders to latents (the gradient flows through the VAE encoder)
-        latents = self.encode_images(rgb.to(self.device))
+        latents = self.encode_images(x)
         # 3. one timestep for all views, CFG noise prediction, detached target, MSE
         return self.latent_loss(latents, cams, step)
 
