@@ -3,12 +3,16 @@
 One reward step = ``VLMReward.__call__`` on C rendered views (resize, preprocessing, VLM forward, the
 reward read-out) plus ``loss_vlm.backward()`` down to the pixel tensor, as the trainer runs it. Timed
 with CUDA events after warm-up; the median (and p10/p90) over ``--iters`` steps is reported, with the
-peak allocated memory over the timed steps. Compares the fast path (hidden states, then only the needed
-LM-head rows) with the straightforward reference path (full forward, full-vocabulary logits).
+peak allocated and reserved memory from the first warm-up step on (so a graph's capture is included).
+Paths: ``graph`` = the fast path captured once in a CUDA graph and replayed (RewardConfig.cuda_graph);
+``fast`` = the same capture-safe forward run eagerly (only the answer rows through the last layer and
+the LM head, precomputed indices); ``reference`` = the straightforward HF forward with full logits.
+``first_ms`` is the first warm-up step (query build, and for ``graph`` the warm-up runs and capture).
 
-    python benchmarks/bench_reward.py                                   # 7B and 3B, 252 and 448 px
+    python benchmarks/bench_reward.py                                   # 7B, 252 and 448 px, all paths
+    python benchmarks/bench_reward.py --models random-7b random-3b --sizes 252
     python benchmarks/bench_reward.py --models random-7b --sizes 252 --compile
-    python benchmarks/bench_reward.py --models demo --device cpu --sizes 56 --iters 2   # smoke test
+    python benchmarks/bench_reward.py --models demo --device cpu --sizes 56 --iters 2 --paths fast reference
 
 Reference (FACTS.md, H100, eager, HF forward): 7B 4 views 252 px 311 ms / 22.4 GB; 448 px 511 ms / 29.7 GB.
 """
@@ -36,7 +40,7 @@ from splatvlm.reward import RewardConfig, VLMReward
 class Args:
     """Reward step benchmark."""
 
-    models: list[str] = field(default_factory=lambda: ["random-7b", "random-3b"])
+    models: list[str] = field(default_factory=lambda: ["random-7b"])
     """Reward models: random-7b / random-3b (full-size random weights), demo, or an HF id / folder."""
     sizes: list[int] = field(default_factory=lambda: [252, 448])
     """VLM view sides in pixels (multiples of 28)."""
@@ -44,10 +48,12 @@ class Args:
     """Views per reward step."""
     render: int = 256
     """Side of the rendered views fed to the reward (resized to each size inside); 0 = same as size."""
-    paths: list[Literal["fast", "reference"]] = field(default_factory=lambda: ["fast", "reference"])
-    """Which forward paths to time."""
+    paths: list[Literal["graph", "fast", "reference"]] = field(
+        default_factory=lambda: ["graph", "fast", "reference"]
+    )
+    """Which paths to time: graph = fast path in a CUDA graph; fast = same forward, eager; reference = HF."""
     compile: bool = False
-    """torch.compile the decoder layers and vision blocks (RewardConfig.compile)."""
+    """torch.compile the decoder layers and vision blocks (RewardConfig.compile), on every path."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward (RewardConfig.gradient_checkpointing)."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
@@ -108,8 +114,11 @@ def main(args: Args) -> list[dict]:
         n_params = sum(p.numel() for p in reward.model.parameters())
         print(f"{model}: {n_params / 1e9:.2f} B params, {weights_gb:.1f} GB weights, built in {load_s:.1f} s")
         for size in args.sizes:
-            for path in args.paths:
-                reward.cfg = dataclasses.replace(cfg, size=size, fast=path == "fast")
+            ref_ms = None
+            for path in sorted(args.paths, key=["reference", "fast", "graph"].index):
+                reward.cfg = dataclasses.replace(
+                    cfg, size=size, fast=path != "reference", cuda_graph=path == "graph"
+                )
                 reward.set_prompt(args.prompt)
                 side = args.render or size
                 gen = torch.Generator(device=device).manual_seed(0)
@@ -123,6 +132,7 @@ def main(args: Args) -> list[dict]:
                     "render": side,
                     "views": args.views,
                     "path": path,
+                    "graphed": reward.graphed(rgb),
                     "compile": args.compile,
                     "gradient_checkpointing": args.gradient_checkpointing,
                     "attn": args.attn_implementation,
@@ -131,27 +141,38 @@ def main(args: Args) -> list[dict]:
                     "weights_gb": round(weights_gb, 2),
                 }
                 try:
-                    time_steps(reward, rgb, args.warmup)
                     if cuda:
                         torch.cuda.synchronize()
                         torch.cuda.reset_peak_memory_stats()
+                    first = time_steps(reward, rgb, 1)[0]
+                    time_steps(reward, rgb, max(0, args.warmup - 1))
                     ms = time_steps(reward, rgb, args.iters)
-                    qs = statistics.quantiles(ms, n=10) if len(ms) > 1 else [ms[0]] * 9
+                    qs = statistics.quantiles(ms, n=10, method="inclusive") if len(ms) > 1 else [ms[0]] * 9
                     row.update(
                         ms_median=round(statistics.median(ms), 2),
                         ms_p10=round(qs[0], 2),
                         ms_p90=round(qs[-1], 2),
+                        first_ms=round(first, 1),
                         peak_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else None,
+                        reserved_gb=round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else None,
                     )
+                    if path == "reference":
+                        ref_ms = row["ms_median"]
+                    elif ref_ms:
+                        row["speedup_vs_reference"] = round(ref_ms / row["ms_median"], 2)
                 except torch.cuda.OutOfMemoryError:
                     row.update(error="out of memory")
                     rgb.grad = None
-                    gc.collect()
+                reward.reset_graphs()  # free the graph's memory pool before the next setting
+                gc.collect()
+                if cuda:
                     torch.cuda.empty_cache()
                 results.append(row)
+                speed = f"  x{row['speedup_vs_reference']}" if "speedup_vs_reference" in row else ""
                 print(
                     f"  {size:4d} px  {path:9s}  {row.get('ms_median', '-')} ms (p10 {row.get('ms_p10', '-')}, "
-                    f"p90 {row.get('ms_p90', '-')})  peak {row.get('peak_gb', '-')} GB  "
+                    f"p90 {row.get('ms_p90', '-')}){speed}  first {row.get('first_ms', '-')} ms  "
+                    f"peak {row.get('peak_gb', '-')} GB (reserved {row.get('reserved_gb', '-')})  "
                     f"{row['tokens']} tokens ({row['text_tokens']} text)"
                     + (f"  {row['error']}" if "error" in row else "")
                 )

@@ -1,5 +1,6 @@
 """The differentiable Qwen2.5-VL reward on a tiny random model built from config (CPU)."""
 
+import dataclasses
 import os
 
 import numpy as np
@@ -16,6 +17,8 @@ from splatvlm.reward import (
     preprocess_views,
     question_text,
     resize_views,
+    segment_attention,
+    segment_layout,
 )
 
 
@@ -136,8 +139,9 @@ def test_gradient_reaches_pixels():
 
 @pytest.mark.parametrize("kind", ["logit_diff", "log_p_yes", "answer_ll"])
 def test_fast_path_equals_reference(kind):
-    r = make_reward(kind=kind, target_answer="Yes, it matches.")
-    rgb = torch.rand(4, 56, 56, 3, requires_grad=True)
+    # 140 px: 5x5 merged tokens per view, so the vision windows are unequal (4x4, 4x1, 1x4, 1x1)
+    r = make_reward(kind=kind, target_answer="Yes, it matches.", size=140)
+    rgb = torch.rand(4, 140, 140, 3, requires_grad=True)
     res = {}
     for fast in (True, False):
         s = r.score(rgb, fast=fast)
@@ -149,6 +153,74 @@ def test_fast_path_equals_reference(kind):
     assert res[True][2].abs().sum() > 0
     if kind == "log_p_yes":
         assert float(res[True][0]) == pytest.approx(np.log(float(res[True][1])), abs=1e-5)
+
+
+@pytest.mark.parametrize("size", [56, 140])
+@pytest.mark.parametrize("views", [1, 4])
+def test_graph_fn_equals_reference(size, views):
+    """The function that is captured on CUDA, run eagerly, equals the HF forward (value and pixel gradient)."""
+    r = make_reward(size=size, num_views=views)
+    st = r.query("a red cube", views, (size // 14,) * 2).static
+    assert (st.windows.gather is not None) == (size == 140)  # both window layouts are exercised
+    rgb = torch.rand(views, 64, 64, 3, requires_grad=True)  # rendered at 64 px: resized inside
+    loss, aux = r.loss_fn()(rgb)
+    (g,) = torch.autograd.grad(loss, rgb)
+    ref = r.score(rgb, fast=False)
+    (g_ref,) = torch.autograd.grad(-ref["reward"], rgb)
+    torch.testing.assert_close(-loss.detach(), ref["reward"].detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(aux["reward"], ref["reward"].detach(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(aux["p_yes"], ref["p_yes"].detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g, g_ref, rtol=1e-4, atol=1e-6 * float(g_ref.abs().max()))
+    assert g_ref.abs().sum() > 0
+
+
+class NoHostSyncs(torch.overrides.TorchFunctionMode):
+    """Raise on the host-syncing and host-data calls a CUDA graph cannot hold (a CPU stand-in for capture)."""
+
+    BANNED = {
+        torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.nonzero, torch.Tensor.numpy, torch.Tensor.cpu,
+        torch.Tensor.masked_select, torch.Tensor.unique, torch.Tensor.repeat_interleave, torch.Tensor.__bool__,
+        torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__, torch.tensor, torch.as_tensor,
+        torch.from_numpy, torch.nonzero, torch.argwhere, torch.unique, torch.unique_consecutive,
+        torch.masked_select, torch.repeat_interleave,
+    }  # fmt: skip
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func in self.BANNED:
+            raise AssertionError(f"{getattr(func, '__name__', func)} in the captured region")
+        if func is torch.Tensor.__getitem__:
+            idx = args[1] if isinstance(args[1], tuple) else (args[1],)
+            if any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in idx):
+                raise AssertionError("boolean-mask indexing in the captured region")
+        return func(*args, **kwargs)
+
+
+def test_graph_fn_has_no_host_syncs():
+    r = make_reward(size=140, kind="answer_ll", target_answer="Yes, it matches.")  # masked windows and rows
+    rgb = torch.rand(4, 64, 64, 3, requires_grad=True)
+    fn = r.loss_fn()
+    with NoHostSyncs():
+        loss, _ = fn(rgb)
+        (g,) = torch.autograd.grad(loss, rgb)
+    assert g.abs().sum() > 0
+    with pytest.raises(AssertionError, match="captured region"), NoHostSyncs():  # the trap does catch HF's
+        r.score(rgb, fast=False)
+    assert not r.graphed(rgb)  # CPU: never graphed
+
+
+def test_segment_attention_matches_per_segment_loop():
+    torch.manual_seed(0)
+    cu = [0, 5, 5, 12, 13, 21]  # unequal, one empty (as HF's padded windows give before unique_consecutive)
+    q, k, v = torch.randn(3, 21, 2, 8).unbind(0)
+    out = segment_attention(q, k, v, segment_layout(cu, torch.device("cpu")), scale=0.3)
+    ref = torch.cat([
+        F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)), scale=0.3).transpose(0, 1)
+        for a, b in zip(cu[:-1], cu[1:], strict=True) if b > a
+    ]).reshape(21, 16)  # fmt: skip
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    equal = segment_layout([0, 7, 14, 21], torch.device("cpu"))
+    assert equal.gather is None and (equal.n, equal.length) == (3, 7)  # equal segments: a plain reshape
 
 
 def test_gradient_checkpointing_same_gradient():
@@ -227,3 +299,92 @@ def test_cuda_bf16_matches_cpu():
     assert out["p_yes"] == pytest.approx(cpu(rgb, 0)["p_yes"], abs=0.02)
     fast, ref = gpu.score(x, fast=True)["reward"], gpu.score(x, fast=False)["reward"]
     assert float(fast) == pytest.approx(float(ref), abs=0.05)
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("model,size", [("demo", 140), ("random-3b", 252)])
+def test_cuda_graph_matches_reference(model, size):
+    """bf16: the graphed reward step against the HF reference path and the eager fast path."""
+    if model == "random-3b" and torch.cuda.get_device_properties(0).total_memory < 40 * 2**30:
+        pytest.skip("random-3b needs ~20 GB")
+    torch.manual_seed(0)
+    r = VLMReward(RewardConfig(model=model, size=size), "cuda")
+    r.set_prompt("a DSLR photo of a corgi wearing a party hat")
+    for step in range(2):  # the 2nd step replays the graph on new pixels
+        x = torch.rand(4, 256, 256, 3, device="cuda", requires_grad=True)
+        out = r(x, 0)
+        assert r.graphed(x) and r._graph is not None
+        out["loss_vlm"].backward()
+        g_graph = x.grad
+        ref = r.score(x, fast=False)
+        (g_ref,) = torch.autograd.grad(-ref["reward"], x)
+        eager = r.score(x, fast=True)
+        (g_eager,) = torch.autograd.grad(-eager["reward"], x)
+        c_ref, c_eager = cosine(g_graph, g_ref), cosine(g_graph, g_eager)
+        print(f"\n{model} {size} px step {step}: reward graph {out['reward']:.4f} reference "
+              f"{float(ref['reward']):.4f} eager {float(eager['reward']):.4f}; pixel-gradient cosine vs "
+              f"reference {c_ref:.5f}, vs eager fast {c_eager:.5f}")  # fmt: skip
+        assert c_ref >= 0.99 and c_eager >= 0.999
+        r_ref = float(ref["reward"])
+        assert out["reward"] == pytest.approx(r_ref, abs=0.05 + 0.02 * abs(r_ref))
+        assert out["reward"] == pytest.approx(float(eager["reward"]), abs=1e-2 + 1e-3 * abs(r_ref))
+        assert float(out["loss_vlm"]) == pytest.approx(-out["reward"])
+    del r
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_fn_does_not_sync():
+    r = VLMReward(RewardConfig(model="demo", size=140, kind="answer_ll", target_answer="Yes."), "cuda")
+    r.set_prompt("a red cube")
+    x = torch.rand(4, 256, 256, 3, device="cuda", requires_grad=True)
+    fn = r.loss_fn()
+    torch.autograd.grad(fn(x)[0], x)  # first call: library handles, workspaces
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss, _ = fn(x)
+        (g,) = torch.autograd.grad(loss, x)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(g).all()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_graph_recaptured_for_new_shape_and_prompt():
+    r = VLMReward(RewardConfig(model="demo", size=56), "cuda")
+    r.set_prompt("a red cube")
+
+    def step(x):
+        x = x.clone().requires_grad_(True)
+        out = r(x, 0)
+        (g,) = torch.autograd.grad(out["loss_vlm"], x)
+        e = r.score(x, fast=True)
+        (ge,) = torch.autograd.grad(-e["reward"], x)
+        assert out["reward"] == pytest.approx(float(e["reward"]), abs=1e-2) and cosine(g, ge) > 0.999
+        return out["reward"]
+
+    a, b = torch.rand(2, 4, 56, 56, 3, device="cuda")
+    step(a)
+    graph = r._graph
+    assert graph is not None and len(graph._graphs) == 1
+    step(b)  # same shape: replayed with the new pixels, not re-captured
+    assert r._graph is graph and len(graph._graphs) == 1
+    step(torch.rand(4, 64, 64, 3, device="cuda"))  # new render size: a new graph
+    assert r._graph is not graph
+    r.set_prompt("a red cube")  # same prompt: the graph stays
+    assert r._graph is not None
+    old = step(a)
+    r.set_prompt("a blue sphere on a wooden table")  # the text is baked in: dropped and re-captured
+    assert r._graph is None
+    new = step(a)
+    assert r._graph is not None and new != pytest.approx(old, abs=1e-4)
+    r.cfg = dataclasses.replace(r.cfg, cuda_graph=False)
+    assert not r.graphed(a)

@@ -9,6 +9,13 @@ multi-token target answer.
 Preprocessing is done in torch so gradients flow: optional bicubic resize, the processor's mean/std,
 the frame repeated for the temporal patch of 2, and the exact patch layout of the HF image processor.
 
+Two forwards give the same numbers: the reference path is the plain HF forward with full logits; the
+fast path (default) calls the model's own submodules with everything that depends only on the image
+grid and the prompt precomputed once per query as device tensors (window order, rotary tables,
+attention segments, causal masks, image-token positions), and runs the last decoder layer and the LM
+head only at the answer rows. Having no host syncs, the fast path's forward and pixel gradient are
+captured in one CUDA graph (``RewardConfig.cuda_graph``, via ``graphs.GraphedGrad``) and replayed.
+
 Model sources (``RewardConfig.model``): an HF id or a local folder, loaded with ``from_pretrained``;
 ``"demo"``, a tiny random Qwen2.5-VL built from config with a locally built tokenizer, saved under the
 splatvlm cache and then loaded through that same ``from_pretrained`` path; ``"random-7b"`` /
@@ -28,8 +35,10 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .errors import SplatVLMError
+from .graphs import GraphedGrad, surrogate_loss
 from .models import DType, cache_dir, hf_offline, is_local, missing_weights_error, pick_device, pick_dtype
 
 # The CLIP statistics every Qwen2-VL / Qwen2.5-VL image processor ships with.
@@ -75,8 +84,12 @@ class RewardConfig:
     compile: bool = False
     """torch.compile each decoder layer and vision block (CUDA; the first steps are slow while it compiles)."""
     fast: bool = True
-    """Compute only what the reward needs (hidden states, then only the needed LM-head rows); False = the
-    straightforward full forward with full-vocabulary logits (reference path)."""
+    """Compute only what the reward needs, with every grid- and prompt-dependent index precomputed (no host
+    syncs): the last layer and the LM head only at the answer rows; False = the straightforward full HF
+    forward with full-vocabulary logits (reference path)."""
+    cuda_graph: bool = True
+    """Capture the fast path's forward + pixel gradient in a CUDA graph (once per prompt and view shape)
+    and replay it; ignored on CPU, with fast=False and with gradient_checkpointing."""
 
 
 def question_text(question: QuestionKind, prompt: str, num_views: int) -> str:
@@ -145,15 +158,32 @@ def preprocess_views(
         raise ValueError(f"view size {h}x{w} is not a multiple of {factor}; pass size= to resize")
     mean_t = torch.as_tensor(mean, dtype=images.dtype, device=images.device)
     std_t = torch.as_tensor(std, dtype=images.dtype, device=images.device)
-    x = ((images - mean_t) / std_t).permute(0, 3, 1, 2)  # [C, 3, H, W]
+    pixel_values = patchify(images, mean_t, std_t, patch_size, merge_size, temporal_patch_size)
+    gh, gw = h // patch_size, w // patch_size
+    grid = torch.tensor([[1, gh, gw]] * n, dtype=torch.long, device=images.device)
+    return pixel_values, grid
+
+
+def patchify(
+    images: torch.Tensor,  # [C, H, W, 3] in [0, 1], sides multiples of patch_size * merge_size
+    mean: torch.Tensor,  # [3]
+    std: torch.Tensor,  # [3]
+    patch_size: int = 14,
+    merge_size: int = 2,
+    temporal_patch_size: int = 2,
+) -> torch.Tensor:
+    """Normalize and lay out views as the HF processor's pixel_values [C*gh*gw, 3*T*P*P].
+
+    Tensor-only (mean/std are tensors on the views' device), so it can run inside a CUDA graph.
+    """
+    n, h, w, _ = images.shape
+    x = ((images - mean) / std).permute(0, 3, 1, 2)  # [C, 3, H, W]
     gh, gw = h // patch_size, w // patch_size
     x = x.reshape(n, 3, gh // merge_size, merge_size, patch_size, gw // merge_size, merge_size, patch_size)
     # -> [C, gh/m, gw/m, m_h, m_w, 3, P, P]: merge blocks row-major, then the patches inside a block
     x = x.permute(0, 2, 5, 3, 6, 1, 4, 7)
     x = x.unsqueeze(6).expand(*x.shape[:6], temporal_patch_size, patch_size, patch_size)
-    pixel_values = x.reshape(n * gh * gw, 3 * temporal_patch_size * patch_size * patch_size)
-    grid = torch.tensor([[1, gh, gw]] * n, dtype=torch.long, device=images.device)
-    return pixel_values, grid
+    return x.reshape(n * gh * gw, 3 * temporal_patch_size * patch_size * patch_size)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -523,6 +553,114 @@ def query_ids(
 
 
 @dataclass
+class Segments:
+    """Packed attention segments (HF's cu_seqlens) laid out as a batch for one SDPA call, no host syncs.
+
+    Equal segments are a plain reshape; unequal ones are gathered into ``n`` slots of ``length`` tokens
+    (short ones padded with a copy of their first token) with a key mask, and scattered back.
+    """
+
+    n: int
+    length: int
+    gather: torch.Tensor | None  # [n * length] token index of each slot; None = equal segments
+    scatter: torch.Tensor | None  # [S] slot of each token
+    mask: torch.Tensor | None  # [n, 1, length, length] bool, True = real key
+
+
+def segment_layout(cu_seqlens: Sequence[int], device: torch.device) -> Segments:
+    """The batched layout of the segments [cu[i], cu[i+1]) (empty ones dropped)."""
+    bounds = [(a, b) for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:], strict=True) if b > a]
+    lengths = [b - a for a, b in bounds]
+    n, length = len(bounds), max(lengths)
+    if all(m == length for m in lengths):
+        return Segments(n, length, None, None, None)
+    slot = torch.arange(length)
+    starts = torch.tensor([a for a, _ in bounds])[:, None]
+    lens = torch.tensor(lengths)[:, None]
+    real = slot[None] < lens  # [n, length]
+    gather = torch.where(real, starts + slot, starts)  # padding slots repeat a real token: finite rows
+    scatter = (torch.arange(n)[:, None] * length + slot)[real]  # segments are in token order
+    mask = real[:, None, None, :].expand(n, 1, length, length).contiguous()
+    return Segments(n, length, gather.flatten().to(device), scatter.to(device), mask.to(device))
+
+
+def segment_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segments, scale: float
+) -> torch.Tensor:
+    """Attention within each segment: q, k, v [S, H, D] -> [S, H*D]."""
+    s, h, d = q.shape
+
+    def batched(t):  # [S, H, D] -> [n, H, length, D]
+        if seg.gather is not None:
+            t = t.index_select(0, seg.gather)
+        return t.reshape(seg.n, seg.length, h, d).transpose(1, 2)
+
+    o = F.scaled_dot_product_attention(batched(q), batched(k), batched(v), attn_mask=seg.mask, scale=scale)
+    o = o.transpose(1, 2).reshape(seg.n * seg.length, h * d)
+    return o if seg.scatter is None else o.index_select(0, seg.scatter)
+
+
+def vision_block(blk, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments) -> torch.Tensor:
+    """One Qwen2.5-VL vision block (the model's own modules) on window-ordered tokens x [S, Dv]."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    attn = blk.attn
+    qkv = attn.qkv(blk.norm1(x)).reshape(x.shape[0], 3, attn.num_heads, -1).permute(1, 0, 2, 3)
+    q, k = apply_rotary_pos_emb_vision(qkv[0], qkv[1], cos, sin)
+    x = x + attn.proj(segment_attention(q, k, qkv[2], seg, attn.scaling))
+    return x + blk.mlp(blk.norm2(x))
+
+
+def decoder_tail(
+    layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: slice, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """The last decoder layer, output only at positions ``rows``: h [1, L, D] -> [1, len(rows), D].
+
+    Keys and values still cover every position; the query, output projection and MLP run on ``rows``
+    alone, since no other position's output is read.
+    """
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb, repeat_kv
+
+    attn = layer.self_attn
+    b, length, _ = h.shape
+    n = rows.stop - rows.start
+    x = layer.input_layernorm(h)
+    q = attn.q_proj(x[:, rows]).view(b, n, -1, attn.head_dim).transpose(1, 2)  # [1, H, n, Dh]
+    k = attn.k_proj(x).view(b, length, -1, attn.head_dim).transpose(1, 2)  # [1, Hkv, L, Dh]
+    v = attn.v_proj(x).view(b, length, -1, attn.head_dim).transpose(1, 2)
+    q = apply_rotary_pos_emb(q, q, cos[:, rows], sin[:, rows])[0]
+    k = apply_rotary_pos_emb(k, k, cos, sin)[0]
+    k, v = repeat_kv(k, attn.num_key_value_groups), repeat_kv(v, attn.num_key_value_groups)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling)
+    h = h[:, rows] + attn.o_proj(o.transpose(1, 2).reshape(b, n, -1))
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+@dataclass
+class StaticInputs:
+    """Pixel-independent device tensors of the capture-safe forward, built once per query.
+
+    Everything HF's modules would derive from the image grid and the token ids with host syncs (window
+    index, rotary tables, cu_seqlens splits, causal masks, image-token positions) is here.
+    """
+
+    mean: torch.Tensor  # [3] processor mean
+    std: torch.Tensor  # [3]
+    patch_order: torch.Tensor  # [S] pixel_values rows in the vision tower's window order
+    vision_cos: torch.Tensor  # [S, Dv_head] float32, window order
+    vision_sin: torch.Tensor  # [S, Dv_head]
+    windows: Segments  # window-attention blocks
+    images: Segments  # full-attention blocks (one segment per image)
+    feature_pos: torch.Tensor  # [N_img] sequence position of each merged vision token (window order)
+    text_cos: torch.Tensor  # [1, L, Dh] model dtype
+    text_sin: torch.Tensor  # [1, L, Dh]
+    masks: dict  # layer type -> decoder attention mask (None = SDPA's is_causal)
+    rows: slice  # positions whose last-layer output is read (answer, then target tokens)
+    rows_mask: torch.Tensor | None  # [1, 1, len(rows), L] bool causal mask of those rows; None = all keys
+    answer_ids: torch.Tensor  # [2] Yes, No token ids
+
+
+@dataclass
 class Query:
     """Everything about one (prompt, views, grid) query that does not depend on the pixels."""
 
@@ -533,34 +671,72 @@ class Query:
     image_grid_thw: torch.Tensor  # [n_images, 3]
     answer_pos: int  # position whose next-token logits hold the answer
     target_ids: torch.Tensor  # [T] target answer tokens (answer_ll), else empty
-    vision_kwargs: dict  # precomputed vision-encoder index tensors (fast path)
+    static: StaticInputs  # precomputed tensors of the fast (capture-safe) path
     n_text_tokens: int
 
 
-def _vision_kwargs(model, grid: torch.Tensor) -> dict:
-    """Precompute the vision encoder's data-dependent index tensors once per grid (fewer syncs per step)."""
-    try:
-        from transformers.vision_utils import (
-            get_vision_attention_seqlens,
-            get_vision_position_ids,
-            get_vision_window_index,
-        )
-    except ImportError:  # older transformers: the encoder computes them itself
-        return {}
+def static_inputs(
+    model,
+    src: VLMSource,
+    ids: torch.Tensor,  # [1, L] token ids
+    grid: torch.Tensor,  # [n_images, 3]
+    position_ids: torch.Tensor,  # [3, 1, L]
+    image_pos: torch.Tensor,  # [N_img]
+    answer_pos: int,
+    n_target: int,
+    answer_ids: tuple[int, int],
+) -> StaticInputs:
+    """Precompute (with host syncs, outside any graph) the fixed tensors of the capture-safe forward."""
+    from transformers.masking_utils import create_causal_mask
+    from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+
+    device = ids.device
     vis = model.model.visual
-    vc = vis.config
-    cu, max_len = get_vision_attention_seqlens(grid, vc)
+    lm = model.model.language_model
+    unit = vis.spatial_merge_size**2
+    # 1. vision tower: window order, rotary tables, attention segments
     win, cu_win = get_vision_window_index(grid, vis.spatial_merge_size, vis.window_size, vis.patch_size)
-    out = {
-        "position_ids": get_vision_position_ids(grid, vis.spatial_merge_size),
-        "cu_seqlens": cu,
-        "window_index": win.to(grid.device),
-        "cu_window_seqlens": cu_win,
-    }
-    if max_len is not None:
-        out["max_seqlen"] = max_len
-        out["max_window_seqlen"] = int((cu_win[1:] - cu_win[:-1]).max())
-    return out
+    win = win.to(device)
+    patch_order = (win[:, None] * unit + torch.arange(unit, device=device)).flatten()
+    pos = get_vision_position_ids(grid, vis.spatial_merge_size)
+    dummy = torch.empty(0, device=device)
+    cos, sin = vis.rotary_pos_emb(dummy, pos)
+    per_image = [int(t * h * w) for t, h, w in grid.tolist()]
+    cu_img = [0]
+    for m in per_image:
+        cu_img.append(cu_img[-1] + m)
+    # 2. language model: rotary tables, masks, the rows the answer is read from
+    length = ids.shape[1]
+    dtype = lm.embed_tokens.weight.dtype
+    text_cos, text_sin = lm.rotary_emb(torch.empty(0, dtype=dtype, device=device), position_ids)
+    shaped = torch.empty(1, length, 1, dtype=dtype, device=device)
+    kw = dict(config=lm.config, inputs_embeds=shaped, attention_mask=torch.ones_like(ids), cache=None)
+    if set(lm.config.layer_types) != {"full_attention"}:
+        raise SplatVLMError(
+            "the reward's fast path needs a VLM with full attention in every layer; use --vlm.no-fast"
+        )
+    masks = {"full_attention": create_causal_mask(**kw)}  # None under SDPA: is_causal, no mask tensor
+    rows = slice(answer_pos, answer_pos + max(1, n_target))
+    rows_mask = None
+    if rows.stop != length or rows.stop - rows.start != 1:
+        keys = torch.arange(length, device=device)
+        rows_mask = (keys[None] <= torch.arange(rows.start, rows.stop, device=device)[:, None])[None, None]
+    return StaticInputs(
+        mean=torch.tensor(src.image_mean, dtype=torch.float32, device=device),
+        std=torch.tensor(src.image_std, dtype=torch.float32, device=device),
+        patch_order=patch_order,
+        vision_cos=cos.index_select(0, patch_order).float(),
+        vision_sin=sin.index_select(0, patch_order).float(),
+        windows=segment_layout(cu_win.tolist(), device),
+        images=segment_layout(cu_img, device),
+        feature_pos=image_pos.index_select(0, win),
+        text_cos=text_cos,
+        text_sin=text_sin,
+        masks=masks,
+        rows=rows,
+        rows_mask=rows_mask,
+        answer_ids=torch.tensor(answer_ids, dtype=torch.long, device=device),
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -622,20 +798,31 @@ class VLMReward:
             self.peft, self.adapter_names = load_adapters(
                 self.model, cfg.lora, cfg.lora_weights or [1.0] * len(cfg.lora), cfg.model
             )
-        # 4. compile block by block: whole-model graphs break on the vision encoder's data-dependent splits
+        # 4. compile block by block: whole-model graphs break on the vision encoder's data-dependent splits.
+        # The fast path runs the vision blocks through vision_block (one compiled function for all 32).
+        self._vision_block = vision_block
         if cfg.compile:
             for block in [*self.model.model.language_model.layers, *self.model.model.visual.blocks]:
                 block.compile()
+            self._vision_block = torch.compile(vision_block)
         self.prompt: str | None = None
         self._queries: dict[tuple, Query] = {}
+        self._graph_key: tuple | None = None
+        self._graph: GraphedGrad | None = None
 
     # -- prompt and query ------------------------------------------------------------------------
 
     def set_prompt(self, prompt: str) -> None:
         """Build (once) the query for ``prompt`` with cfg.num_views views of cfg.size pixels."""
         g = self.cfg.size // self.src.patch_size
+        if prompt != self.prompt:
+            self.reset_graphs()  # the prompt's tokens are baked into the captured graph
         self.prompt = prompt
         self.query(prompt, self.cfg.num_views, (g, g))
+
+    def reset_graphs(self) -> None:
+        """Drop the captured CUDA graph (and its memory pool); the next step re-captures."""
+        self._graph_key, self._graph = None, None
 
     def query(self, prompt: str, n_images: int, grid_hw: tuple[int, int]) -> Query:
         """The pixel-independent part of a query, built once per (prompt, views, grid, question, target)."""
@@ -653,15 +840,21 @@ class VLMReward:
         mm = (ids == self.model.config.image_token_id).long()
         grid = torch.tensor([[1, *grid_hw]] * n_images, dtype=torch.long, device=self.device)
         position_ids, _ = self.model.model.get_rope_index(ids, mm_token_type_ids=mm, image_grid_thw=grid)
+        image_pos = mm[0].nonzero().squeeze(1)
+        answer_pos = ids.shape[1] - len(target) - 1
+        yes_no = (self.yes_id, self.no_id)
+        static = static_inputs(
+            self.model, self.src, ids, grid, position_ids, image_pos, answer_pos, len(target), yes_no
+        )
         q = Query(
             input_ids=ids,
             mm_token_type_ids=mm,
             position_ids=position_ids,
-            image_pos=mm[0].nonzero().squeeze(1),
+            image_pos=image_pos,
             image_grid_thw=grid,
-            answer_pos=ids.shape[1] - len(target) - 1,
+            answer_pos=answer_pos,
             target_ids=torch.tensor(target, dtype=torch.long, device=self.device),
-            vision_kwargs=_vision_kwargs(self.model, grid),
+            static=static,
             n_text_tokens=int(ids.shape[1] - mm.sum()),
         )
         self._queries[key] = q
@@ -669,22 +862,49 @@ class VLMReward:
 
     # -- forward ---------------------------------------------------------------------------------
 
-    def _logits_fast(self, q: Query, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(Yes/No logits [2] at the answer position, full-vocab logits [T, V] at the target positions)."""
-        inner = self.model.model
-        vis = inner.visual(pixel_values.to(self.dtype), grid_thw=q.image_grid_thw, **dict(q.vision_kwargs))
-        emb = inner.get_input_embeddings()(q.input_ids)[0]  # [L, D]
-        emb = emb.index_copy(0, q.image_pos, vis.pooler_output.to(emb.dtype))
-        h = inner.language_model(
-            inputs_embeds=emb[None], position_ids=q.position_ids, use_cache=False
-        ).last_hidden_state[0]  # [L, D]
+    def _logits_static(self, q: Query, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Views [C, H, W, 3] -> (Yes/No logits [2], full-vocab logits [T, V] at the target rows, or None).
+
+        Capture-safe: fixed shapes, no host syncs; every index comes from q.static. Calls the model's own
+        modules (vision blocks' parts, decoder layers, norms, head) with the precomputed tensors.
+        """
+        st, inner = q.static, self.model.model
+        vis, lm = inner.visual, inner.language_model
+        src = self.src
+        # 1. pixels -> patches, in the vision tower's window order
+        images = resize_views(views, self.cfg.size)
+        pixel_values = patchify(
+            images, st.mean, st.std, src.patch_size, src.merge_size, src.temporal_patch_size
+        )
+        pixel_values = pixel_values.to(self.dtype).index_select(0, st.patch_order)
+        # The patch Conv3d (stride == kernel) as the GEMM it is: some cuDNN versions run it very slowly in bf16.
+        proj = vis.patch_embed.proj
+        x = F.linear(pixel_values, proj.weight.reshape(proj.weight.shape[0], -1), proj.bias)  # [S, Dv]
+        # 2. vision blocks: window attention, full attention per image in fullatt_block_indexes
+        full = set(vis.fullatt_block_indexes)
+        for i, blk in enumerate(vis.blocks):
+            seg = st.images if i in full else st.windows
+            if self.cfg.gradient_checkpointing and torch.is_grad_enabled():
+                x = checkpoint(
+                    self._vision_block, blk, x, st.vision_cos, st.vision_sin, seg, use_reentrant=False
+                )
+            else:
+                x = self._vision_block(blk, x, st.vision_cos, st.vision_sin, seg)
+        feats = vis.merger(x)  # [N_img, D] merged tokens, window order
+        # 3. text embeddings with the image features in place
+        h = inner.get_input_embeddings()(q.input_ids)  # [1, L, D]
+        h = h.index_copy(1, st.feature_pos, feats[None].to(h.dtype))
+        # 4. decoder layers; the last one only at the rows we read
+        pe = (st.text_cos, st.text_sin)
+        for layer, kind in zip(lm.layers[:-1], lm.config.layer_types, strict=False):
+            h = layer(h, attention_mask=st.masks[kind], position_embeddings=pe, position_ids=None, cache=None,
+                      use_cache=False)  # fmt: skip
+        h = lm.norm(decoder_tail(lm.layers[-1], h, *pe, st.rows, st.rows_mask))[0]  # [len(rows), D]
+        # 5. LM head: the Yes/No rows at the answer position, the full vocabulary at target rows
         head = self.model.get_output_embeddings().weight  # [V, D]
-        yn = F.linear(h[q.answer_pos], head[[self.yes_id, self.no_id]]).float()
-        full = None
-        if len(q.target_ids):
-            t = len(q.target_ids)
-            full = F.linear(h[q.answer_pos : q.answer_pos + t], head).float()  # [T, V]
-        return yn, full
+        yn = F.linear(h[0], head.index_select(0, st.answer_ids)).float()
+        t = len(q.target_ids)
+        return yn, F.linear(h[:t], head).float() if t else None
 
     def _logits_reference(
         self, q: Query, pixel_values: torch.Tensor
@@ -715,17 +935,21 @@ class VLMReward:
         if prompt is None:
             raise RuntimeError("call set_prompt(prompt) before the reward")
         assert views.ndim == 4 and views.shape[-1] == 3, f"expected [N, H, W, 3], got {tuple(views.shape)}"
-        # 2. pixels -> patches (differentiable)
-        pixel_values, grid = preprocess_views(
-            views.to(self.device, torch.float32), size=self.cfg.size, mean=self.src.image_mean,
-            std=self.src.image_std, patch_size=self.src.patch_size, merge_size=self.src.merge_size,
-            temporal_patch_size=self.src.temporal_patch_size,
-        )  # fmt: skip
-        # 3. query (cached per prompt) and forward
-        q = self.query(prompt, views.shape[0], (int(grid[0, 1]), int(grid[0, 2])))
+        views = views.to(self.device, torch.float32)
+        g = self.cfg.size // self.src.patch_size
+        q = self.query(prompt, views.shape[0], (g, g))  # cached per prompt
+        # 2. forward: pixels -> patches -> logits (differentiable)
         fast = self.cfg.fast if fast is None else fast
-        yn, full = (self._logits_fast if fast else self._logits_reference)(q, pixel_values)
-        # 4. answer -> reward
+        if fast:
+            yn, full = self._logits_static(q, views)
+        else:
+            pixel_values, _ = preprocess_views(
+                views, size=self.cfg.size, mean=self.src.image_mean, std=self.src.image_std,
+                patch_size=self.src.patch_size, merge_size=self.src.merge_size,
+                temporal_patch_size=self.src.temporal_patch_size,
+            )  # fmt: skip
+            yn, full = self._logits_reference(q, pixel_values)
+        # 3. answer -> reward
         diff = yn[0] - yn[1]
         if self.cfg.kind == "logit_diff":
             reward = diff
@@ -736,6 +960,22 @@ class VLMReward:
         else:
             raise ValueError(f"unknown reward kind {self.cfg.kind!r}")
         return {"reward": reward, "logit_yes": yn[0], "logit_no": yn[1], "p_yes": torch.sigmoid(diff)}
+
+    def loss_fn(self, prompt: str | None = None):
+        """The capture-safe term ``views [C, H, W, 3] -> (loss_vlm, {"reward", "p_yes"})`` that is graphed."""
+        prompt = self.prompt if prompt is None else prompt
+
+        def fn(views: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+            out = self.score(views, prompt, fast=True)
+            return -out["reward"], {"reward": out["reward"].detach(), "p_yes": out["p_yes"].detach()}
+
+        return fn
+
+    def graphed(self, views: torch.Tensor) -> bool:
+        """Whether a reward step on ``views`` runs as a CUDA graph."""
+        cfg = self.cfg
+        on_gpu = self.device.type == "cuda" and views.is_cuda
+        return cfg.cuda_graph and cfg.fast and not cfg.gradient_checkpointing and on_gpu
 
     def active(self, step: int) -> bool:
         """Whether the reward runs at ``step`` (every k-th step, as the trainer counts)."""
@@ -753,12 +993,27 @@ class VLMReward:
         c, n = rgb.shape[0], self.cfg.num_views
         if c < n:
             raise SplatVLMError(f"--vlm.num-views {n} is more than the {c} rendered views per step")
-        idx = [i * c // n for i in range(n)]  # evenly spread over the batch's azimuths
-        out = self.score(rgb[idx])
+        # evenly spread over the batch's azimuths: views i * c // n
+        views = rgb if c == n else rgb[:: c // n] if c % n == 0 else rgb[[i * c // n for i in range(n)]]
+        if self.graphed(views):
+            # The graph holds this prompt's tokens and these shapes: re-capture when any of them changes.
+            views = views.to(self.device)
+            key = (self.prompt, self.cfg.size, self.cfg.kind, self.cfg.question, self.cfg.target_answer,
+                   tuple(views.shape), views.dtype)  # fmt: skip
+            if key != self._graph_key:
+                self.reset_graphs()
+                self._graph_key, self._graph = key, GraphedGrad(self.loss_fn())
+            with torch.enable_grad():  # capture needs autograd even if the caller is in no_grad
+                value, grad, aux = self._graph(views)
+            loss = surrogate_loss(views, value, grad)
+            reward, p_yes = aux["reward"], aux["p_yes"]
+        else:
+            out = self.score(views)
+            loss, reward, p_yes = -out["reward"], out["reward"], out["p_yes"]
         return {
-            "loss_vlm": -out["reward"].to(rgb.device),
-            "reward": float(out["reward"].detach()),
-            "p_yes": float(out["p_yes"].detach()),
+            "loss_vlm": loss.to(rgb.device),
+            "reward": float(reward.detach()),
+            "p_yes": float(p_yes.detach()),
         }
 
     # -- adapters at run time --------------------------------------------------------------------
@@ -773,6 +1028,7 @@ class VLMReward:
             return
         if weights is not None and len(weights) != len(self.adapter_names):
             raise SplatVLMError(f"got {len(weights)} LoRA weights for {len(self.adapter_names)} adapters")
+        self.reset_graphs()  # adapter scales are constants inside a captured graph
         set_adapter_weights(
             self.peft, dict(zip(self.adapter_names, weights, strict=True)) if weights is not None else {}
         )
@@ -785,6 +1041,14 @@ __all__ = [
     "Query",
     "check_reward_source",
     "preprocess_views",
+    "patchify",
+    "static_inputs",
+    "StaticInputs",
+    "Segments",
+    "segment_layout",
+    "segment_attention",
+    "vision_block",
+    "decoder_tail",
     "resize_views",
     "question_text",
     "answer_token_ids",
