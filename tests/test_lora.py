@@ -63,7 +63,7 @@ def adapter(dataset, tmp_path_factory):
         rank=4,
         steps=30,
         batch=4,
-        lr=1e-2,
+        lr=3e-3,
         holdout=0.2,
     )
     assert train_reward(cfg) == out
@@ -99,7 +99,8 @@ def test_train_reward_moves_p_yes(adapter, dataset, capsys):
     assert p_yes(tuned, pos[0]) == pytest.approx(p_yes(base, pos[0]), abs=1e-6)
     tuned.set_lora([1.0])
     full = p_yes(tuned, pos[0])
-    tuned.set_lora([0.5])
+    # The trained adapter saturates p(Yes) above weight ~0.25; a small weight must land in between.
+    tuned.set_lora([0.05])
     assert p_yes(base, pos[0]) < p_yes(tuned, pos[0]) < full
     assert not any(p.requires_grad for p in tuned.model.parameters())
     two = VLMReward(

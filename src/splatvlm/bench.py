@@ -73,8 +73,8 @@ def random_weights(cfg: RunConfig) -> RunConfig:
 
 def reference_config(cfg: RunConfig) -> RunConfig:
     """The straightforward path: processor-style preprocessing, full LM head, no compile, reward every step."""
-    vlm = replace(cfg.vlm, every=1, fast=False, compile=False)
-    sds = replace(cfg.sds, compile=False, channels_last=False)
+    vlm = replace(cfg.vlm, every=1, fast=False, compile=False, cuda_graph=False)
+    sds = replace(cfg.sds, compile=False, channels_last=False, cuda_graph=False)
     return replace(cfg, vlm=vlm, sds=sds)
 
 
