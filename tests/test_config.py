@@ -96,3 +96,10 @@ def test_fuzz_config_loader_only_clear_errors(overrides):
         assert "\n" not in str(e)
     else:
         assert isinstance(cfg, RunConfig)
+
+
+def test_weight_in_a_file_replaces_the_whole_schedule():
+    cfg = apply_overrides(RunConfig(), {"weights": {"vlm": {"start": 0.0}}})
+    assert cfg.weights.vlm == Weight(0.0)
+    for name in ("mvdream", "sd21", "fit"):
+        assert not ever_active(load_run_config(name).weights.vlm, 10**6), name

@@ -218,7 +218,7 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> An
             raise SplatVLMError(f"unknown config key {prefix + str(key)!r}")
         tp = hints[key]
         current = getattr(cfg, key)
-        if dataclasses.is_dataclass(current) and isinstance(value, dict):
+        if dataclasses.is_dataclass(current) and isinstance(value, dict) and not isinstance(current, Weight):
             changes[key] = apply_overrides(current, value, prefix=f"{prefix}{key}.")
         else:
             changes[key] = _coerce(value, tp, f"{prefix}{key}")
@@ -226,7 +226,11 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> An
 
 
 def load_run_config(preset: str | None = None, config_file: str | Path | None = None) -> RunConfig:
-    """Defaults, then a named preset, then a user config file."""
+    """Defaults, then a named preset, then a user config file.
+
+    Sections merge key by key, except a weight schedule (`weights.<name>`), which a file replaces
+    whole: `vlm: {start: 0.0}` means "off", not "start at 0 and ramp to the default end".
+    """
     cfg = RunConfig()
     if preset is not None:
         cfg = apply_overrides(cfg, read_yaml(preset_path(preset)))
