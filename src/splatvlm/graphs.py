@@ -63,6 +63,7 @@ class GraphedGrad:
 
 def surrogate_loss(x: Tensor, value: Tensor, grad: Tensor) -> Tensor:
     """A scalar equal to ``value`` whose gradient w.r.t. ``x`` is ``grad`` (both taken as constants)."""
-    g = grad.detach().clone()  # the graph's buffer is overwritten by the next replay
-    inner = (x * g.to(x.dtype)).sum()
-    return value.detach().clone().to(inner.dtype) + inner - inner.detach()
+    # Copies: the graph's buffers are overwritten by the next replay. The term may live on another GPU.
+    g = grad.detach().to(device=x.device, dtype=x.dtype, copy=True)
+    inner = (x * g).sum()
+    return value.detach().to(device=inner.device, dtype=inner.dtype, copy=True) + inner - inner.detach()
