@@ -115,3 +115,50 @@ def test_default_config_is_vlm3d_shape():
     cfg = RunConfig()
     assert cfg.weights.vlm == Weight(300.0, 1.0, 10000, 10000)
     assert SceneConfig().sh_degree == 0
+
+
+def test_out_of_memory_saves_checkpoint_and_advises(tmp_path):
+    from splatvlm.errors import SplatVLMError
+
+    cfg, _, sample = fit_setup(10)
+
+    def oom_at_3(rgb, cams, step):
+        if step == 3:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return {"loss_l1": rgb.mean()}
+
+    with pytest.raises(SplatVLMError) as e:
+        train(cfg, fresh_state(cfg), {"t": Term(oom_at_3, weights=("l1",))}, tmp_path, CPU, sample, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg and "out of memory at step 3" in msg
+    for advice in ("--camera.num-views", "--vlm.size", "vlm3d-3b", "--vlm.gradient-checkpointing", "--resume"):
+        assert advice in msg
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        ({"version": 99, "step": 1}, "format version 99"),
+        ({"step": 1}, "format version None"),
+        (["not", "a", "dict"], "format version None"),
+        (Evil(), "unreadable or not a splatvlm checkpoint"),
+        (b"garbage bytes", "unreadable or not a splatvlm checkpoint"),
+    ],
+)
+def test_foreign_checkpoints_rejected(tmp_path, payload, message, capsys):
+    from splatvlm.errors import SplatVLMError
+
+    path = tmp_path / "checkpoint.pt"
+    if isinstance(payload, bytes):
+        path.write_bytes(payload)
+    else:
+        torch.save(payload, path)
+    with pytest.raises(SplatVLMError, match=message):
+        load_checkpoint(path)
+    assert "pwned" not in capsys.readouterr().out  # never unpickles arbitrary objects
