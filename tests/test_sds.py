@@ -601,3 +601,17 @@ def test_cuda_graph_step_launches_without_host_sync(kind):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(value) and torch.isfinite(grad).all() and float(aux["grad_norm"]) > 0
+
+
+def test_prompt_longer_than_text_encoder_context_is_rejected():
+    from splatvlm.sds import check_prompt_length
+
+    cfg = SDSConfig(kind="mvdream", model="demo")
+    long_prompt = " ".join(["apple"] * 100)
+    with pytest.raises(SplatVLMError, match="tokens long") as e:
+        check_prompt_length(cfg, ["a red apple", long_prompt])
+    assert "\n" not in str(e.value)
+    check_prompt_length(cfg, ["a red apple"])  # fits
+    g = SDSGuidance(cfg, "cpu")
+    with pytest.raises(SplatVLMError, match="at most 77"):
+        g.set_prompt(long_prompt)

@@ -581,6 +581,38 @@ def load_components(cfg: SDSConfig, dtype: torch.dtype, device: torch.device | s
     return SDComponents(unet, vae, text_encoder, tokenizer, scheduler)
 
 
+def prompt_token_count(tokenizer, prompt: str) -> int:
+    """Tokens of ``prompt`` including the start and end tokens."""
+    return len(tokenizer(prompt, truncation=False).input_ids)
+
+
+def check_prompt_length(cfg: SDSConfig, prompts: list[str]) -> None:
+    """Reject prompts longer than the text encoder's context before any model loads (only the tokenizer).
+
+    Where the tokenizer cannot be read here, nothing is said: loading the prior reports that clearly.
+    """
+    from transformers import CLIPTokenizer
+
+    if cfg.model == "random" or not prompts:
+        return
+    source = str(ensure_demo_models(cfg.kind)) if cfg.model == "demo" else cfg.model
+    if _uses_base_model(cfg):
+        source = cfg.base_model
+    try:
+        with quiet_model_io():
+            tokenizer = CLIPTokenizer.from_pretrained(
+                source, subfolder="tokenizer", local_files_only=_local_files_only(source)
+            )
+    except Exception:  # noqa: BLE001 - reported by the full load with the source named
+        return
+    for prompt in prompts:
+        n, limit = prompt_token_count(tokenizer, prompt), tokenizer.model_max_length
+        if n > limit:
+            raise SplatVLMError(
+                f"prompt is {n} tokens long; the diffusion prior's text encoder takes at most {limit}: shorten it"
+            )
+
+
 # ---------------------------------------------------------------------------------------------
 # The guidance term
 
@@ -677,6 +709,12 @@ class SDSGuidance:
         """Encode and cache the prompt (per view direction when view-dependent) and the negative prompt."""
         if prompt == self.prompt:
             return
+        tokenizer = self.load().parts.tokenizer
+        n, limit = prompt_token_count(tokenizer, prompt), tokenizer.model_max_length
+        if n > limit:
+            raise SplatVLMError(
+                f"prompt is {n} tokens long; the diffusion prior's text encoder takes at most {limit}: shorten it"
+            )
         texts = [prompt]
         if self.cfg.view_dependent_prompts:
             texts = [f"{prompt}, {suffix}" for suffix in VIEW_SUFFIXES]
