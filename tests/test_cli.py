@@ -82,7 +82,8 @@ def test_batch_skips_finished(tmp_path):
     assert "done already: 001" not in proc.stderr
 
 
-def test_sigint_saves_checkpoint_and_exits_130(tmp_path):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_checkpoint_and_exits(tmp_path, sig, code):
     out = tmp_path / "s.ply"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
@@ -93,10 +94,10 @@ def test_sigint_saves_checkpoint_and_exits_130(tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
         time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr
-    assert "SIGINT" in stderr and "Traceback" not in stderr
+    assert proc.returncode == code, stderr
+    assert signal.Signals(sig).name in stderr and "Traceback" not in stderr
     ckpt = torch.load(tmp_path / "s_run" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] >= 2
     assert load_ply(tmp_path / "s_run" / "interrupted.ply")["means"].shape[0] > 0
