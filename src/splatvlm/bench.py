@@ -26,7 +26,6 @@ import tyro
 from .config import RunConfig, to_dict, validate_run_config, weight_at
 from .errors import SplatVLMError
 from .files import atomic_path, atomic_write_text, check_output_dir
-from .models import pick_device
 from .prompts import read_prompts
 
 COMPONENTS = ("render", "sds", "vlm", "backward", "densify", "viewer")
@@ -59,6 +58,9 @@ class BenchArgs:
     """Also time each phase with the live viewer serving (on a free local port, default refresh)."""
     viewer_every: int = 50
     """Viewer refresh period in steps, as `generate --viewer-every`."""
+    placement: Literal["single", "split"] = "single"
+    """'split': the VLM reward on cuda:1, prior + scene + renderer on cuda:0 (torchrun: GPUs 2*LOCAL_RANK, +1).
+    Under torchrun the prompts are shared out over the processes and rank 0 writes the one report."""
     recipe: RunConfig = field(default_factory=RunConfig)
     """The timed recipe (the preset's), e.g. --recipe.vlm.every 2 or --recipe.steps 20000."""
 
@@ -206,6 +208,10 @@ def full_step(result: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_bench(args: BenchArgs) -> dict[str, Any]:
+    """Time the recipe over the prompts and write the report; under torchrun each rank times its share
+    (``distributed.shard``: index % world == rank) and rank 0 gathers, writes and returns the report
+    (other ranks return {})."""
+    from . import distributed
     from .generate import Guidance, check_sources
 
     # 1. Inputs.
@@ -218,8 +224,11 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     validate_run_config(cfg)
     if args.weights == "pretrained":
         check_sources(cfg, prompts)
+    info = distributed.dist_info()
+    device, vlm_device = distributed.placement_devices(cfg.device, args.placement, info)
+    distributed.use_device(device)
     out = check_output_dir(args.output)
-    device = pick_device(cfg.device)
+    mine = distributed.shard(range(len(prompts)), info.rank, info.world_size)
     command = "splatvlm bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
 
     # 2. Our path, then optionally the reference path, each with models loaded once.
@@ -240,28 +249,47 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     }
     if args.viewer_every <= 0:
         raise SplatVLMError(f"--viewer-every must be positive, got {args.viewer_every}")
+    report.update(world_size=info.world_size, placement=args.placement)
     variants = [("ours", cfg, None)]
     if args.viewer:
         variants.append(("viewer", cfg, args.viewer_every))
     if args.reference:
         variants.append(("reference", reference_config(cfg), None))
-    for name, vcfg, viewer_every in variants:
-        guidance = Guidance(vcfg, device)
-        results = []
-        with Progress(transient=False) as bar:
-            task = bar.add_task(f"bench {name}", total=len(prompts))
-            for i, prompt in enumerate(prompts):
-                run_dir = out / "runs" / name / f"{i:03d}"
-                run_dir.mkdir(parents=True, exist_ok=True)
-                t0 = time.perf_counter()
-                res = time_prompt(prompt, vcfg, guidance, run_dir, device, args.steps, args.warmup, viewer_every)
-                res["bench_wall_s"] = time.perf_counter() - t0
-                results.append(res)
-                bar.update(task, advance=1, description=f"bench {name}: {full_step(res)['step_ms']:.1f} ms/step")
-        report[name] = {"load_s": guidance.loaded, "prompts": results}
-        del guidance
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    with distributed.process_group(info, device) as group:
+        for name, vcfg, viewer_every in variants:
+            t_pass = time.perf_counter()
+            guidance = Guidance(vcfg, device, vlm_device=None if vlm_device == device else vlm_device)
+            results = {}
+            with Progress(transient=False, disable=not info.is_main) as bar:
+                task = bar.add_task(f"bench {name}", total=len(mine))
+                for i in mine:
+                    run_dir = out / "runs" / name / f"{i:03d}"
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    t0 = time.perf_counter()
+                    res = time_prompt(prompts[i], vcfg, guidance, run_dir, device, args.steps, args.warmup, viewer_every)
+                    res.update(index=i, rank=info.rank, bench_wall_s=time.perf_counter() - t0)
+                    results[i] = res
+                    bar.update(task, advance=1, description=f"bench {name}: {full_step(res)['step_ms']:.1f} ms/step")
+            # Every rank's results, prompts back in index order.
+            parts = distributed.gather(
+                {"results": results, "load_s": guidance.loaded, "device": distributed.device_label(device, vlm_device)},
+                group,
+            )
+            merged = {i: r for part in parts for i, r in part["results"].items()}
+            report[name] = {"load_s": guidance.loaded, "prompts": [merged[i] for i in sorted(merged)]}
+            if name == "ours":
+                # Throughput of the whole pass over all ranks: model loading, warm-up and timed steps.
+                report["bench_wall_s"] = time.perf_counter() - t_pass
+                report["prompts_per_hour"] = len(prompts) * 3600 / max(report["bench_wall_s"], 1e-9)
+                report["devices"] = [part["device"] for part in parts]
+                report["load_s_per_rank"] = [part["load_s"] for part in parts]
+            del guidance
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    if vlm_device != device:
+        report["vlm_device_peak_gb"] = torch.cuda.max_memory_allocated(vlm_device) / 2**30
+    if not info.is_main:
+        return {}
 
     # 3. Summary fields (the ones benchmarks/results/*.json carry).
     ours = report["ours"]["prompts"]
@@ -309,6 +337,12 @@ def report_markdown(report: dict[str, Any]) -> str:
         f"({report['it_per_s']:.2f} it/s), peak {report['peak_gb']:.1f} GB",
         f"- asset time (extrapolated): {report['asset_s']:.0f} s",
     ]
+    if "prompts_per_hour" in report:
+        lines.append(
+            f"- {report['world_size']} process(es), placement {report['placement']} ({', '.join(report['devices'])}): "
+            f"{report['prompts_per_hour']:.1f} bench prompts/hour ({len(report['ours']['prompts'])} prompts in "
+            f"{report['bench_wall_s']:.0f} s, model loading included)"
+        )
     if "viewer_slowdown" in report:
         lines.append(
             f"- with the live viewer (refresh every {report['config_viewer_every']} steps, no browser attached): "
@@ -327,10 +361,10 @@ def report_markdown(report: dict[str, Any]) -> str:
             row += f" {report['reference_per_component_ms'][c]:.1f} |"
         lines.append(row)
     lines += ["", "## Per prompt", "", "| # | prompt | phase | ms/step | it/s | peak GB | #G | asset s |", "|---|---|---|---|---|---|---|---|"]
-    for i, r in enumerate(report["ours"]["prompts"]):
+    for n, r in enumerate(report["ours"]["prompts"]):
         for p in r["phases"]:
             lines.append(
-                f"| {i} | {r['prompt'][:40]} | {p['label']} | {p['step_ms']:.1f} | {p['it_per_s']:.2f} | "
+                f"| {r.get('index', n)} | {r['prompt'][:40]} | {p['label']} | {p['step_ms']:.1f} | {p['it_per_s']:.2f} | "
                 f"{p['peak_gb']:.1f} | {p['num_gaussians']} | {r['asset_s']:.0f} |"
             )
     lines.append("")

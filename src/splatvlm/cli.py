@@ -13,7 +13,7 @@ import re
 import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import tyro
 
@@ -57,6 +57,9 @@ class GenerateArgs:
     """Also write GPTEval3D's render folder (120 views, rgb_<i>.png and normal_<i>.png)."""
     stop_after: int | None = None
     """Stop (with a checkpoint) after this many steps in this invocation; --resume continues."""
+    placement: Literal["single", "split"] = "single"
+    """'split': the VLM reward on cuda:1, prior + scene + renderer on cuda:0 (torchrun: GPUs 2*LOCAL_RANK, +1).
+    Under torchrun a batch's prompts are shared out over the processes (see splatvlm.distributed)."""
     run: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=RunConfig)
 
 
@@ -168,8 +171,13 @@ def cmd_generate(argv: list[str]) -> int:
         stop_after=args.stop_after,
         gpteval3d=args.gpteval3d,
         overwrite=args.overwrite,
+        placement=args.placement,
     )
     _check_control(control)
+    from .distributed import dist_info, require_one_process
+
+    if args.prompts is None:
+        require_one_process(dist_info(), "a single prompt or --resume")
     if args.resume is not None:
         summary = resume_run(args.resume, control)
         _print_summary([summary])
@@ -182,13 +190,12 @@ def cmd_generate(argv: list[str]) -> int:
         summaries = run_batch(read_prompts(args.prompts), args.run, args.out_dir, control)
         _print_summary(summaries)
         return 0
-    from .generate import Guidance, check_sources
-    from .models import pick_device
+    from .generate import check_sources, make_guidance
 
+    guidance = make_guidance(args.run, control)  # devices first: a bad --placement fails before any file
     prompt, output, run_dir = prepare_single(args.prompt, args.output, args.run, control, args.run_dir)
     check_sources(args.run, [prompt])
     _demo_notice(args.run)
-    guidance = Guidance(args.run, pick_device(args.run.device))
     summary = run_one(prompt, args.run, output, run_dir, guidance, control)
     _print_summary([summary])
     return 0

@@ -10,20 +10,19 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from rich.console import Console
 
-from . import export
+from . import distributed, export
 from .cameras import Cameras
 from .config import RunConfig, apply_overrides, read_yaml, validate_run_config
 from .errors import SplatVLMError
 from .files import atomic_write_text, check_output_dir, check_output_path
-from .models import pick_device
 from .ply import save_ply
 from .prompts import check_prompt, slugify
 from .render import render
@@ -56,6 +55,7 @@ class RunControl:
     overwrite: bool = False
     progress: bool = True
     profile: bool = False
+    placement: Literal["single", "split"] = "single"  # split: the reward on its own GPU (see distributed.py)
 
 
 @dataclass
@@ -63,10 +63,11 @@ class Guidance:
     """The loaded guidance models, shared by every prompt of a batch (loaded once, lazily)."""
 
     cfg: RunConfig
-    device: torch.device
+    device: torch.device  # the prior's, the scene's and the renderer's
     sds: Any = None
     vlm: Any = None
     loaded: dict[str, float] = field(default_factory=dict)
+    vlm_device: torch.device | None = None  # the reward's, when not `device` (--placement split)
 
     def terms(self, prompt: str) -> dict[str, Term]:
         active = terms_active(self.cfg)
@@ -81,16 +82,28 @@ class Guidance:
             self.sds.set_prompt(prompt)
             terms["sds"] = Term(self.sds, weights=("sds",))
         if active["vlm"]:
+            vlm_device = self.device if self.vlm_device is None else self.vlm_device
             if self.vlm is None:
                 from .reward import VLMReward
 
                 t0 = time.perf_counter()
-                self.vlm = VLMReward(self.cfg.vlm, self.device)
+                with distributed.on_device(vlm_device):
+                    self.vlm = VLMReward(self.cfg.vlm, vlm_device)
                 self.loaded["vlm_s"] = time.perf_counter() - t0
             self.vlm.set_prompt(prompt)
-            reward = self.vlm
+            reward, main = self.vlm, self.device
+
+            def reward_term(rgb: torch.Tensor, cams: Cameras, step: int) -> dict[str, Any]:
+                if vlm_device == main:
+                    return reward(rgb, step)
+                # Split placement: the renders move to the reward's GPU (`.to` keeps autograd, and the
+                # graphed path's surrogate moves its gradient back); the loss comes back to the prior's.
+                with distributed.on_device(vlm_device):  # CUDA-graph capture and replay happen on the current device
+                    out = reward(rgb.to(vlm_device), step)
+                return {**out, "loss_vlm": out["loss_vlm"].to(main)}
+
             terms["vlm"] = Term(
-                lambda rgb, cams, step: reward(rgb, step),
+                reward_term,
                 weights=("vlm",),
                 every=self.cfg.vlm.every,
                 num_views=self.cfg.vlm.num_views,
@@ -286,27 +299,114 @@ def resume_run(run_dir: Path, control: RunControl) -> dict[str, Any]:
     cfg = apply_overrides(RunConfig(), read_yaml(run_dir / "config.yaml"))
     validate_run_config(cfg)
     check_sources(cfg, [info["prompt"]])
-    guidance = Guidance(cfg, pick_device(cfg.device))
+    guidance = make_guidance(cfg, control)
     return run_one(info["prompt"], cfg, Path(info["output"]), run_dir, guidance, control, resume=True)
 
 
+def make_guidance(cfg: RunConfig, control: RunControl, info: distributed.DistInfo | None = None) -> Guidance:
+    """Guidance on the devices that ``cfg.device`` and ``control.placement`` pick (this torchrun rank's)."""
+    info = distributed.dist_info() if info is None else info
+    device, vlm_device = distributed.placement_devices(cfg.device, control.placement, info)
+    distributed.use_device(device)
+    return Guidance(cfg, device, vlm_device=None if vlm_device == device else vlm_device)
+
+
 def run_batch(prompts: list[str], cfg: RunConfig, out_dir: Path, control: RunControl) -> list[dict[str, Any]]:
-    """One run folder per prompt (``DIR/<index>-<slug>``); finished ones are skipped, interrupted ones resumed."""
+    """One run folder per prompt (``DIR/<index>-<slug>``); finished ones are skipped, interrupted ones resumed.
+
+    Under torchrun each rank runs its share of the pending prompts (see ``distributed.py``); rank 0 then
+    writes ``DIR/batch_report.json`` and returns every prompt's summary, the other ranks return [].
+    """
     validate_run_config(cfg)
+    info = distributed.dist_info()
+    if control.viewer and info.world_size > 1:
+        raise SplatVLMError("--viewer serves one run; it cannot be used with several torchrun processes")
     check_sources(cfg, prompts)
     out_dir = check_output_dir(out_dir)
-    guidance = Guidance(cfg, pick_device(cfg.device))
-    summaries = []
+    guidance = make_guidance(cfg, control, info)
+    if not info.is_main:
+        control = replace(control, progress=False)  # one progress bar per terminal
+    tag = f"rank {info.rank}: " if info.world_size > 1 else ""
+    run_dirs = [out_dir / f"{index:03d}-{slugify(prompt)}" for index, prompt in enumerate(prompts)]
+    t_start = time.perf_counter()
+    with distributed.process_group(info, guidance.device) as group:
+        # What is pending as rank 0 sees it, so that every rank deals the same list.
+        pending = [i for i, d in enumerate(run_dirs) if not (d / "summary.json").is_file()]
+        pending = distributed.broadcast(pending, group)
+        mine = set(distributed.shard(pending, info.rank, info.world_size))
+        results: dict[int, tuple[str, dict[str, Any]]] = {}  # index -> (status, summary)
+        for index, prompt in enumerate(prompts):
+            run_dir = run_dirs[index]
+            if index not in mine:
+                if index not in pending and info.is_main:
+                    console.print(f"[{index + 1}/{len(prompts)}] done already: {run_dir.name}")
+                    results[index] = ("already_done", _read_summary(run_dir))
+                continue
+            if (run_dir / "summary.json").is_file():  # finished since the list was made (another run)
+                console.print(f"{tag}[{index + 1}/{len(prompts)}] done already: {run_dir.name}")
+                results[index] = ("already_done", _read_summary(run_dir))
+                continue
+            run_dir.mkdir(exist_ok=True)
+            resume = (run_dir / "checkpoint.pt").is_file()
+            console.print(f"{tag}[{index + 1}/{len(prompts)}] {prompt}")
+            summary = run_one(prompt, cfg, run_dir / "scene.ply", run_dir, guidance, control, resume=resume, prompt_id=index)
+            results[index] = ("done" if summary["finished"] else "stopped", summary)
+        if group is None:
+            return [results[i][1] for i in sorted(results)]
+        label = distributed.device_label(guidance.device, guidance.vlm_device or guidance.device)
+        parts = distributed.gather({"rank": info.rank, "device": label, "results": results}, group)
+    if not info.is_main:
+        return []
+    report = batch_report(prompts, run_dirs, parts, control.placement, time.perf_counter() - t_start)
+    atomic_write_text(out_dir / "batch_report.json", json.dumps(report, indent=2))
+    counts = {s: sum(e["status"] == s for e in report["prompts"]) for s in ("done", "already_done", "stopped", "missing")}
+    console.print(
+        f"batch over {info.world_size} process(es): {counts['done']} done now, {counts['already_done']} done before, "
+        f"{counts['stopped']} stopped, {counts['missing']} missing; {report['prompts_per_hour']:.1f} prompts/hour; "
+        f"report in {out_dir / 'batch_report.json'}"
+    )
+    return [e["summary"] for e in report["prompts"] if e["summary"]]
+
+
+def _read_summary(run_dir: Path) -> dict[str, Any]:
+    return json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+
+
+def batch_report(
+    prompts: list[str], run_dirs: list[Path], parts: list[dict[str, Any]], placement: str, wall_s: float
+) -> dict[str, Any]:
+    """Every prompt of a batch in index order, with its status, output and timing, from the ranks' results.
+
+    status: 'done' (finished in this run), 'already_done' (finished before it), 'stopped' (--stop-after),
+    'missing' (no rank reported it; a re-run picks it up). ``seconds`` is the summary's run time (for
+    'already_done', the earlier run's); ``prompts_per_hour`` counts the prompts finished in this run.
+    """
+    entries = []
     for index, prompt in enumerate(prompts):
-        run_dir = out_dir / f"{index:03d}-{slugify(prompt)}"
-        if (run_dir / "summary.json").is_file():
-            console.print(f"[{index + 1}/{len(prompts)}] done already: {run_dir.name}")
-            summaries.append(json.loads((run_dir / "summary.json").read_text(encoding="utf-8")))
-            continue
-        run_dir.mkdir(exist_ok=True)
-        resume = (run_dir / "checkpoint.pt").is_file()
-        console.print(f"[{index + 1}/{len(prompts)}] {prompt}")
-        summaries.append(
-            run_one(prompt, cfg, run_dir / "scene.ply", run_dir, guidance, control, resume=resume, prompt_id=index)
+        found = [(p["rank"], *p["results"][index]) for p in parts if index in p["results"]]
+        rank, status, summary = found[0] if found else (None, "missing", {})
+        entries.append(
+            {
+                "index": index,
+                "prompt": prompt,
+                "run_dir": str(run_dirs[index]),
+                "status": status,
+                "rank": None if status == "already_done" else rank,
+                "output": summary.get("output"),
+                "steps": summary.get("steps"),
+                "seconds": summary.get("seconds"),
+                "summary": summary,
+            }
         )
-    return summaries
+    done_now = sum(e["status"] == "done" for e in entries)
+    return {
+        "num_prompts": len(prompts),
+        "world_size": len(parts),
+        "placement": placement,
+        "devices": [p["device"] for p in sorted(parts, key=lambda p: p["rank"])],
+        "wall_s": round(wall_s, 2),
+        "prompts_per_hour": done_now * 3600 / max(wall_s, 1e-9),
+        "sharding": "pending indices at start, dealt round-robin: rank r of W takes pending[r::W]",
+        "shards": {str(p["rank"]): sorted(i for i, (s, _) in p["results"].items() if s != "already_done") for p in parts},
+        "prompts": entries,
+    }
