@@ -120,6 +120,7 @@ def test_fit_and_render(tmp_path, toy_ply):
     "args, message",
     [
         (["generate", "   ", "-o", "{tmp}/x.ply", "--preset", "demo"], "prompt is empty"),
+        (["generate", " ".join(["apple"] * 100), "-o", "{tmp}/x.ply", "--preset", "demo"], "tokens long"),
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "nope"], "unknown preset"),
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "demo", "--steps", "0"], "--steps must be positive"),
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "demo", "--camera.num-views", "-4"], "num_views must be positive"),

@@ -117,9 +117,10 @@ def check_sources(cfg: RunConfig, prompts: list[str] = ()) -> None:
     """Validate model ids/paths, and that each prompt fits the models' context, before any heavy work."""
     active = terms_active(cfg)
     if active["sds"]:
-        from .sds import check_sds_source
+        from .sds import check_prompt_length, check_sds_source
 
         check_sds_source(cfg.sds)
+        check_prompt_length(cfg.sds, list(prompts))
     if active["vlm"]:
         from .reward import check_reward_source
 

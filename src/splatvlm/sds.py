@@ -583,7 +583,7 @@ def load_components(cfg: SDSConfig, dtype: torch.dtype, device: torch.device | s
 
 def prompt_token_count(tokenizer, prompt: str) -> int:
     """Tokens of ``prompt`` including the start and end tokens."""
-    return len(tokenizer(prompt, truncation=False).input_ids)
+    return len(tokenizer(prompt, truncation=False, verbose=False).input_ids)
 
 
 def check_prompt_length(cfg: SDSConfig, prompts: list[str]) -> None:
