@@ -169,7 +169,7 @@ def time_prompt(
                 stop_after=n,
                 progress=False,
                 profile=True,
-                on_step=lambda step, logs: records.append(dict(logs)),
+                on_step=lambda step, logs, records=records: records.append(dict(logs)),
             )
         finally:
             if viewer is not None:
