@@ -134,8 +134,16 @@ def _parse(cls: type, argv: list[str], prog: str, default=None):
             raise
         text = re.sub(r"[│╭╮╰╯─┃━]", " ", err.getvalue())
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        keep = [ln for ln in lines if not ln.lower().startswith(("usage", "for full helptext", "for full help"))]
-        msg = " ".join(keep[:3]) or "invalid arguments"
+        # tyro's box: a title, the problem ("Unrecognized options: --stepz"), maybe "Perhaps you meant:" + flags.
+        body = [ln for ln in lines[1:] if not ln.lower().startswith(("usage", "for full helptext", "for full help"))]
+        msg = body[0] if body else (lines[0] if lines else "invalid arguments")
+        if msg.endswith(":"):  # "Missing from ...:" then each missing argument with its help line
+            names = [ln.split(",")[-1].strip() for ln in body[1:] if ln.startswith(("-", "PATH", "STR", "INT"))]
+            msg = f"{msg} {', '.join(names)}" if names else msg[:-1]
+        if "Perhaps you meant:" in body:
+            flags = [ln.split()[0] for ln in body[body.index("Perhaps you meant:") + 1 :] if ln.startswith("--")]
+            if flags:
+                msg += f"; did you mean {', '.join(flags[:3])}?"
         raise SplatVLMError(f"{msg} (see {prog} --help)") from None
 
 
@@ -345,6 +353,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(__version__)
         return 0
+    # Hub lookups that fail offline are reported by our own one-line errors; silence the library's warnings.
+    import logging
+
+    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     command = COMMANDS.get(argv[0])
     if command is None:
         print(f"error: unknown command '{argv[0]}'; choose one of {', '.join(COMMANDS)}", file=sys.stderr)

@@ -65,5 +65,20 @@ def check_local_source(source: str, what: str, flag: str) -> None:
         raise missing_weights_error(source, what, flag, "no such file or folder")
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick TCP connect to the HF hub instead of the hub client's retries (about 25 s when offline)."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def hf_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")

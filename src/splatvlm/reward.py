@@ -39,7 +39,16 @@ from torch.utils.checkpoint import checkpoint
 
 from .errors import SplatVLMError
 from .graphs import GraphedGrad, surrogate_loss
-from .models import DType, cache_dir, hf_offline, is_local, missing_weights_error, pick_device, pick_dtype
+from .models import (
+    DType,
+    cache_dir,
+    hf_offline,
+    hub_reachable,
+    is_local,
+    missing_weights_error,
+    pick_device,
+    pick_dtype,
+)
 
 # The CLIP statistics every Qwen2-VL / Qwen2.5-VL image processor ships with.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -408,6 +417,10 @@ def _check_weights_present(kind: str, source: str, model: str) -> None:
         if not cached and hf_offline():
             raise missing_weights_error(
                 model, "the reward VLM", "--vlm.model", "not in the HF cache, HF_HUB_OFFLINE is set"
+            )
+        if not cached and not hub_reachable():
+            raise missing_weights_error(
+                model, "the reward VLM", "--vlm.model", "not in the HF cache and the hub is unreachable"
             )
 
 

@@ -19,12 +19,10 @@ import json
 import os
 import re
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 from pickle import UnpicklingError
 from typing import Literal
-from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +31,7 @@ from torch import Tensor
 from .cameras import Cameras
 from .errors import SplatVLMError
 from .graphs import GraphedGrad, surrogate_loss
-from .models import DType, cache_dir, hf_offline, is_local, missing_weights_error, pick_dtype
+from .models import DType, cache_dir, hf_offline, hub_reachable, is_local, missing_weights_error, pick_dtype
 
 # threestudio-mvdream's negative prompt, which the VLM3D recipe inherits (a hyperparameter value).
 DEFAULT_NEGATIVE_PROMPT = (
@@ -395,15 +393,7 @@ def _what(cfg: SDSConfig) -> str:
 
 
 def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect instead of the hub client's retries (about 25 s when offline)."""
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    return hub_reachable(timeout)
 
 
 def _short(e: BaseException) -> str:
