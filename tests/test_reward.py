@@ -1,6 +1,7 @@
 """The differentiable Qwen2.5-VL reward on a tiny random model built from config (CPU)."""
 
 import dataclasses
+import gc
 import os
 
 import numpy as np
@@ -332,11 +333,43 @@ def test_cuda_graph_matches_reference(model, size):
               f"reference {c_ref:.5f}, vs eager fast {c_eager:.5f}")  # fmt: skip
         assert c_ref >= 0.99 and c_eager >= 0.999
         r_ref = float(ref["reward"])
-        assert out["reward"] == pytest.approx(r_ref, abs=0.05 + 0.02 * abs(r_ref))
+        if model != "random-7b":
+            # A random 28-layer 7B in bf16 drifts far from its own fp32 values on *both* paths (logits 1.42 ->
+            # 0.18 measured), so its reward value is checked in fp32 below; the gradient cosine still holds.
+            assert out["reward"] == pytest.approx(r_ref, abs=0.05 + 0.02 * abs(r_ref))
         assert out["reward"] == pytest.approx(float(eager["reward"]), abs=1e-2 + 1e-3 * abs(r_ref))
         assert float(out["loss_vlm"]) == pytest.approx(-out["reward"])
     del r
+    gc.collect()  # graph pools live until the VLMReward (in a reference cycle) is collected
     torch.cuda.empty_cache()
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_fast_path_matches_reference_fp32_7b():
+    """In fp32 the fast path and the HF reference agree on the full-size 7B (value and pixel gradient)."""
+    if torch.cuda.get_device_properties(0).total_memory < 60 * 2**30:
+        pytest.skip("the fp32 7B needs a card of 60 GB or more")
+    gc.collect()
+    torch.cuda.empty_cache()
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    # No TF32 anywhere: the reference path's patch embedding is a Conv3d (cuDNN), ours a GEMM.
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        torch.manual_seed(0)
+        r = VLMReward(RewardConfig(model="random-7b", size=252, dtype="float32", cuda_graph=False), "cuda")
+        r.set_prompt("a DSLR photo of a corgi wearing a party hat")
+        x = torch.rand(4, 256, 256, 3, device="cuda", requires_grad=True)
+        fast, ref = r.score(x, fast=True), r.score(x, fast=False)
+        (g_fast,) = torch.autograd.grad(fast["reward"], x)
+        (g_ref,) = torch.autograd.grad(ref["reward"], x)
+        c = cosine(g_fast, g_ref)
+        print(f"\nrandom-7b fp32: reward fast {float(fast['reward']):.5f} reference {float(ref['reward']):.5f}, cosine {c:.6f}")
+        assert float(fast["reward"]) == pytest.approx(float(ref["reward"]), abs=1e-3)
+        assert c >= 0.9999
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+        torch.cuda.empty_cache()
 
 
 @pytest.mark.cuda
