@@ -18,7 +18,6 @@ Reference (FACTS.md, H100): gsplat fwd+bwd, 4 views 512 px, 100k Gaussians, pack
 from __future__ import annotations
 
 import json
-import platform
 import resource
 import statistics
 import time
@@ -32,6 +31,7 @@ import tyro
 
 from splatvlm.cameras import CameraConfig, sample_orbit
 from splatvlm.files import atomic_write_text
+from splatvlm.models import device_name
 from splatvlm.render import RenderConfig, render
 from splatvlm.scene import SceneConfig, init_ball
 
@@ -171,7 +171,7 @@ def main(args: Args) -> None:
                     torch.cuda.empty_cache()
     report = dict(
         benchmark="render forward+backward",
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        device=device_name(device),
         torch=torch.__version__,
         gsplat=gsplat.__version__,
         cpu_threads=torch.get_num_threads(),

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ import torch
 import tyro
 
 from splatvlm.files import atomic_write_text
+from splatvlm.models import device_name
 from splatvlm.reward import RewardConfig, VLMReward
 
 
@@ -181,7 +181,7 @@ def main(args: Args) -> list[dict]:
         if cuda:
             torch.cuda.empty_cache()
     report = {
-        "device": torch.cuda.get_device_name(device) if cuda else platform.processor() or "cpu",
+        "device": device_name(device),
         "torch": torch.__version__,
         "transformers": __import__("transformers").__version__,
         "args": json.loads(json.dumps(dataclasses.asdict(args), default=str)),

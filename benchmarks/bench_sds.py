@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import json
-import platform
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ import tyro
 
 from splatvlm.cameras import CameraConfig, sample_orbit
 from splatvlm.files import atomic_write_text
+from splatvlm.models import device_name
 from splatvlm.sds import SDSConfig, SDSGuidance
 
 CASES: dict[str, tuple[Literal["mvdream", "sd"], int, int, int]] = {
@@ -269,7 +269,7 @@ def main(args: Args) -> None:
     report = dict(
         benchmark="sds_step",
         args={k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(args).items()},
-        device=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        device=device_name(device),
         torch=torch.__version__,
         diffusers=diffusers.__version__,
         results=results,

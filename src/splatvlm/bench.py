@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime
 import json
-import platform
 import shlex
 import statistics
 import sys
@@ -26,6 +25,7 @@ import tyro
 from .config import RunConfig, to_dict, validate_run_config, weight_at
 from .errors import SplatVLMError
 from .files import atomic_path, atomic_write_text, check_output_dir
+from .models import device_name
 from .prompts import read_prompts
 
 COMPONENTS = ("render", "sds", "vlm", "backward", "densify", "viewer")
@@ -123,10 +123,10 @@ def _median(values: list[float]) -> float:
 
 
 def _viewer_for(state: Any, cfg: RunConfig, run_dir: Path, every: int) -> Any:
-    from .generate import make_preview_fn
-    from .viewer import Viewer, ViewerConfig
+    from .viewer import Viewer, ViewerConfig, make_render_fn
 
-    return Viewer(ViewerConfig(enabled=True, port=0, refresh_every=every), make_preview_fn(state.params, cfg), run_dir)
+    render_fn = make_render_fn(state.params, state.params["means"].device, cfg.render)
+    return Viewer(ViewerConfig(enabled=True, port=0, refresh_every=every), render_fn, run_dir)
 
 
 def time_prompt(
@@ -235,7 +235,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     from rich.progress import Progress
 
     report: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(device),
         "date": datetime.date.today().isoformat(),
         "command": command,
         "preset": args.preset,

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from rich.console import Console
 
@@ -25,7 +24,6 @@ from .errors import SplatVLMError
 from .files import atomic_write_text, check_output_dir, check_output_path
 from .ply import save_ply
 from .prompts import check_prompt, slugify
-from .render import render
 from .scene import init_ball, num_gaussians
 from .trainer import (
     Term,
@@ -129,24 +127,6 @@ def check_sources(cfg: RunConfig, prompts: list[str] = ()) -> None:
             check_reward_source(cfg.vlm, prompt)
 
 
-def _frames_to_uint8(rgb: torch.Tensor) -> np.ndarray:
-    return (rgb.detach().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
-
-
-def make_preview_fn(params: torch.nn.ParameterDict, cfg: RunConfig):
-    """What the viewer calls to render the browser's camera with the training renderer."""
-
-    def preview(viewmat: torch.Tensor, K: torch.Tensor, width: int, height: int) -> np.ndarray:
-        dev = params["means"].device
-        zero = torch.zeros(1)
-        cams = Cameras(viewmat[None].float(), K[None].float(), width, height, zero, zero, zero, zero).to(dev)
-        with torch.no_grad():
-            out = render(params, cams, cfg.render, torch.ones(1, 3, device=dev))
-        return _frames_to_uint8(out.rgb[0])
-
-    return preview
-
-
 def run_one(
     prompt: str,
     cfg: RunConfig,
@@ -183,11 +163,11 @@ def run_one(
     # 4. Live viewer.
     viewer = None
     if control.viewer:
-        from .viewer import Viewer, ViewerConfig
+        from .viewer import Viewer, ViewerConfig, make_render_fn
 
         viewer = Viewer(
             ViewerConfig(enabled=True, host=control.host, port=control.port, refresh_every=control.viewer_every),
-            make_preview_fn(state.params, cfg),
+            make_render_fn(state.params, device, cfg.render),
             run_dir,
             lambda path: save_ply(state.params, path),
         )

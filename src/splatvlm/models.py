@@ -33,6 +33,13 @@ def pick_dtype(dtype: DType, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
 
 
+def device_name(device: torch.device) -> str:
+    """What reports record as the device: the GPU's name, or the CPU's."""
+    import platform
+
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+
+
 def cache_dir() -> Path:
     """Where splatvlm keeps generated demo models (``$SPLATVLM_CACHE`` or ``~/.cache/splatvlm``)."""
     root = os.environ.get("SPLATVLM_CACHE") or os.path.join(
@@ -57,12 +64,6 @@ def missing_weights_error(source: str, what: str, flag: str, detail: str = "") -
         f"(e.g. `huggingface-cli download {source if not is_local(source) else '<id>'}`) and pass the "
         f"local folder with {flag} /path"
     )
-
-
-def check_local_source(source: str, what: str, flag: str) -> None:
-    """Fail early and clearly for a local path that does not exist."""
-    if is_local(source) and not os.path.exists(os.path.expanduser(source)):
-        raise missing_weights_error(source, what, flag, "no such file or folder")
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:

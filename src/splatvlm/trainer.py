@@ -25,7 +25,7 @@ from .config import RunConfig, Weight, ever_active, to_yaml, weight_at
 from .errors import SplatVLMError, StopRun
 from .files import atomic_path, atomic_write_text
 from .render import RenderOutput, render
-from .scene import PARAM_KEYS, make_optimizers, make_params, means_lr, num_gaussians
+from .scene import make_optimizers, make_params, means_lr, num_gaussians
 
 CHECKPOINT_VERSION = 1
 LossTerm = Callable[[Tensor, Cameras, int], dict[str, Any]]
@@ -304,7 +304,9 @@ def train(
                 # 3. Render.
                 with timer("render"):
                     out: RenderOutput = render(params, cams, cfg.render, backgrounds)
-                    state.strategy.step_pre_backward(params, state.optimizers, state.strategy_state, step, out.info)
+                    densify.step_pre_backward(
+                        cfg.strategy, state.strategy, params, state.optimizers, state.strategy_state, step, out.info
+                    )
 
                 # 4. Loss terms that are due and weighted this step.
                 outputs: dict[str, dict[str, Any]] = {}
@@ -425,10 +427,6 @@ def write_run_files(run_dir: Path, cfg: RunConfig, info: dict[str, Any]) -> None
     """The resolved config and what the run is (prompt, output), written before training starts."""
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
-
-
-def params_keys_ok(params: torch.nn.ParameterDict) -> bool:
-    return set(params.keys()) == set(PARAM_KEYS)
 
 
 def terms_active(cfg: RunConfig) -> dict[str, bool]:

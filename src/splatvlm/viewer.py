@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,9 @@ from torch import Tensor
 from .cameras import CameraConfig, Cameras
 from .errors import SplatVLMError
 from .scene import num_gaussians, sh0_to_rgb
+
+if TYPE_CHECKING:
+    from .render import RenderConfig
 
 RenderFn = Callable[[Tensor, Tensor, int, int], np.ndarray]
 """(viewmat [4, 4] OpenCV world-to-camera, K [3, 3], width, height) -> uint8 image [H, W, 3]."""
@@ -658,13 +661,18 @@ def _color(i: int) -> str:
 # splatvlm view IN.ply
 
 
-def make_render_fn(params: torch.nn.ParameterDict, device: torch.device | str | None = None) -> RenderFn:
-    """A ``RenderFn`` for a fixed scene through ``splatvlm.render.render`` (CUDA when available)."""
+def make_render_fn(
+    params: torch.nn.ParameterDict, device: torch.device | str | None = None, render_cfg: RenderConfig | None = None
+) -> RenderFn:
+    """A ``RenderFn`` through ``splatvlm.render.render`` (CUDA when available).
+
+    ``params`` is read at every call, so a training scene's preview follows its updates.
+    """
     from .render import RenderConfig, render
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     params = params.to(device)
-    cfg = RenderConfig()
+    cfg = render_cfg or RenderConfig()
     white = torch.ones(1, 3, device=device)  # the browser draws its splats on white too
 
     @torch.no_grad()
