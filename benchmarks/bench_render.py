@@ -29,11 +29,11 @@ import gsplat
 import torch
 import tyro
 
-from splatvlm.cameras import CameraConfig, sample_orbit
 from splatvlm.files import atomic_write_text
+from splatvlm.gaussians.cameras import CameraConfig, sample_orbit
+from splatvlm.gaussians.render import RenderConfig, render
+from splatvlm.gaussians.scene import SceneConfig, init_ball
 from splatvlm.models import device_name
-from splatvlm.render import RenderConfig, render
-from splatvlm.scene import SceneConfig, init_ball
 
 
 @dataclass

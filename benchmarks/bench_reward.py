@@ -32,8 +32,8 @@ import torch
 import tyro
 
 from splatvlm.files import atomic_write_text
+from splatvlm.guidance.reward import RewardConfig, VLMReward
 from splatvlm.models import device_name
-from splatvlm.reward import RewardConfig, VLMReward
 
 
 @dataclass

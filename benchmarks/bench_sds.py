@@ -37,10 +37,10 @@ from typing import Literal
 import torch
 import tyro
 
-from splatvlm.cameras import CameraConfig, sample_orbit
 from splatvlm.files import atomic_write_text
+from splatvlm.gaussians.cameras import CameraConfig, sample_orbit
+from splatvlm.guidance.sds import SDSConfig, SDSGuidance
 from splatvlm.models import device_name
-from splatvlm.sds import SDSConfig, SDSGuidance
 
 CASES: dict[str, tuple[Literal["mvdream", "sd"], int, int, int]] = {
     # name: (kind, views, render px, VAE input px)

@@ -3,8 +3,15 @@ import math
 import pytest
 import torch
 
-from splatvlm.cameras import CameraConfig, eval_orbit, look_at_c2w, orbit_cameras, sample_orbit, views_at_step
 from splatvlm.errors import SplatVLMError
+from splatvlm.gaussians.cameras import (
+    CameraConfig,
+    eval_orbit,
+    look_at_c2w,
+    orbit_cameras,
+    sample_orbit,
+    views_at_step,
+)
 
 
 def project(cams, points):  # points [P, 3] -> uv [C, P, 2], depth [C, P]

@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
-from splatvlm.ply import load_ply, save_ply
-from splatvlm.scene import init_toy
+from splatvlm.gaussians.ply import load_ply, save_ply
+from splatvlm.gaussians.scene import init_toy
 
 FAST = ["--steps", "6", "--turntable-frames", "4", "--turntable-resolution", "32", "--log-every", "1"]
 

@@ -9,17 +9,17 @@ import pytest
 import torch
 from gsplat.strategy import MCMCStrategy
 
-from splatvlm.cameras import CameraConfig, eval_orbit
-from splatvlm.densify import (
+from splatvlm.errors import SplatVLMError
+from splatvlm.gaussians.cameras import CameraConfig, eval_orbit
+from splatvlm.gaussians.densify import (
     MCMC_NEEDS_CUDA,
     StrategyConfig,
     make_strategy,
     step_post_backward,
     step_pre_backward,
 )
-from splatvlm.errors import SplatVLMError
-from splatvlm.render import RenderConfig, render
-from splatvlm.scene import SceneConfig, init_ball, make_optimizers, num_gaussians
+from splatvlm.gaussians.render import RenderConfig, render
+from splatvlm.gaussians.scene import SceneConfig, init_ball, make_optimizers, num_gaussians
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

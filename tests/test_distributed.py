@@ -162,10 +162,10 @@ class FakeReward:
 
 @pytest.fixture
 def reward_only(monkeypatch):
-    import splatvlm.reward
+    import splatvlm.guidance.reward
 
     FakeReward.seen = []
-    monkeypatch.setattr(splatvlm.reward, "VLMReward", FakeReward)
+    monkeypatch.setattr(splatvlm.guidance.reward, "VLMReward", FakeReward)
     cfg = load_run_config("demo")
     return replace(cfg, weights=replace(cfg.weights, sds=Weight(0.0)))  # only the reward term loads
 
@@ -353,7 +353,7 @@ def test_two_process_bench_writes_one_report_with_every_prompt(tmp_path):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs")
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_split_placement_matches_single_on_two_gpus(tmp_path, cuda_graph):
-    from splatvlm.scene import init_ball
+    from splatvlm.gaussians.scene import init_ball
     from splatvlm.trainer import new_state, train
 
     cfg = load_run_config("demo")

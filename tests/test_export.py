@@ -12,10 +12,10 @@ import pytest
 import torch
 
 import splatvlm.export as export
-from splatvlm.cameras import CameraConfig
 from splatvlm.errors import SplatVLMError
-from splatvlm.render import RenderConfig
-from splatvlm.scene import make_params, rgb_to_sh0
+from splatvlm.gaussians.cameras import CameraConfig
+from splatvlm.gaussians.render import RenderConfig
+from splatvlm.gaussians.scene import make_params, rgb_to_sh0
 
 RES = 32
 CFG = RenderConfig(backend="torch")

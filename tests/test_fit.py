@@ -4,7 +4,7 @@ import torch
 
 from splatvlm.config import load_run_config
 from splatvlm.fit import fit_views, run_fit
-from splatvlm.scene import init_toy
+from splatvlm.gaussians.scene import init_toy
 
 
 def test_fit_reaches_25db_on_heldout_views(tmp_path):

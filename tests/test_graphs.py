@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from splatvlm.graphs import GraphedGrad, surrogate_loss
+from splatvlm.guidance.graphs import GraphedGrad, surrogate_loss
 
 
 def test_surrogate_value_and_gradient():

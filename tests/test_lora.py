@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from splatvlm.errors import SplatVLMError
+from splatvlm.guidance.reward import RewardConfig, VLMReward, check_reward_source, demo_vlm_path
 from splatvlm.lora import TrainRewardConfig, check_adapter_dir, read_reward_data, train_reward
-from splatvlm.reward import RewardConfig, VLMReward, check_reward_source, demo_vlm_path
 
 PROMPT = "a red cube"
 
@@ -127,7 +127,7 @@ def test_adapter_errors(tmp_path, adapter):
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from splatvlm.reward import build_demo_tokenizer, vlm_config
+    from splatvlm.guidance.reward import build_demo_tokenizer, vlm_config
 
     no_cfg = tmp_path / "no_cfg"
     no_cfg.mkdir()

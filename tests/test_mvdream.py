@@ -12,9 +12,9 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from safetensors.torch import save_file
 
-from splatvlm.cameras import orbit_cameras
 from splatvlm.errors import SplatVLMError
-from splatvlm.mvdream import (
+from splatvlm.gaussians.cameras import orbit_cameras
+from splatvlm.guidance.mvdream import (
     MultiViewAttnProcessor,
     convert_mvdream_ldm_state_dict,
     load_mvdream_checkpoint,

@@ -14,10 +14,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import splatvlm.ply as ply
+import splatvlm.gaussians.ply as ply
 from splatvlm.errors import SplatVLMError
-from splatvlm.ply import load_ply, ply_field_names, save_ply
-from splatvlm.scene import make_params
+from splatvlm.gaussians.ply import load_ply, ply_field_names, save_ply
+from splatvlm.gaussians.scene import make_params
 
 
 def random_params(n: int, degree: int, seed: int = 0) -> torch.nn.ParameterDict:

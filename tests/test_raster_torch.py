@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from splatvlm.cameras import orbit_cameras
-from splatvlm.raster_torch import (
+from splatvlm.gaussians.cameras import orbit_cameras
+from splatvlm.gaussians.raster_torch import (
     ALPHA_MAX,
     ALPHA_THRESHOLD,
     _chunk_terms,

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from splatvlm.cameras import CameraConfig, eval_orbit, orbit_cameras
 from splatvlm.errors import SplatVLMError
-from splatvlm.raster_torch import rasterize_torch
-from splatvlm.render import RenderConfig, normals_from_depth, render, resolve_backend
-from splatvlm.scene import SceneConfig, activated, init_ball
+from splatvlm.gaussians.cameras import CameraConfig, eval_orbit, orbit_cameras
+from splatvlm.gaussians.raster_torch import rasterize_torch
+from splatvlm.gaussians.render import RenderConfig, normals_from_depth, render, resolve_backend
+from splatvlm.gaussians.scene import SceneConfig, activated, init_ball
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -140,7 +140,7 @@ def test_normals_from_depth_sphere():
     n = 4000
     g = torch.Generator().manual_seed(0)
     dirs = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
-    from splatvlm.scene import make_params
+    from splatvlm.gaussians.scene import make_params
 
     params = make_params(
         means=0.5 * dirs,

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from splatvlm.errors import SplatVLMError
-from splatvlm.reward import (
+from splatvlm.guidance.reward import (
     RewardConfig,
     VLMReward,
     check_reward_source,
@@ -112,7 +112,7 @@ def test_views_taken_evenly_from_batch():
 def test_random_full_size_configs_match_facts():
     from transformers import AutoTokenizer
 
-    from splatvlm.reward import build_random_vlm
+    from splatvlm.guidance.reward import build_random_vlm
 
     tok = AutoTokenizer.from_pretrained(str(demo_vlm_path()))
     for which, billions in (("7b", 8.29), ("3b", 3.75)):

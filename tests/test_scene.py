@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from splatvlm.errors import SplatVLMError
-from splatvlm.scene import (
+from splatvlm.gaussians.scene import (
     SceneConfig,
     activated,
     init_ball,

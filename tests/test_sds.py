@@ -8,10 +8,10 @@ import time
 import pytest
 import torch
 
-from splatvlm.cameras import CameraConfig, orbit_cameras, sample_orbit
 from splatvlm.errors import SplatVLMError
-from splatvlm.mvdream import mvdream_cameras
-from splatvlm.sds import (
+from splatvlm.gaussians.cameras import CameraConfig, orbit_cameras, sample_orbit
+from splatvlm.guidance.mvdream import mvdream_cameras
+from splatvlm.guidance.sds import (
     VIEW_SUFFIXES,
     SDSConfig,
     SDSGuidance,
@@ -437,7 +437,7 @@ def test_offline_hf_id_fails_fast(tmp_path, monkeypatch):
 def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr("splatvlm.sds._hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr("splatvlm.guidance.sds._hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(SplatVLMError, match="unreachable"):
         check_sds_source(SDSConfig(kind="sd", model="stabilityai/stable-diffusion-2-1-base"))
     with pytest.raises(SplatVLMError, match="unreachable"):
@@ -455,7 +455,7 @@ def test_load_errors_become_one_line(tmp_path):
 
 def test_base_model_load_errors_name_the_base_model(tmp_path, monkeypatch):
     # The .pt route always builds the full-size UNet; stand in the tiny one to reach the base-model step.
-    monkeypatch.setattr("splatvlm.mvdream.load_mvdream_unet", lambda *a, **k: tiny_components("mvdream").unet)
+    monkeypatch.setattr("splatvlm.guidance.mvdream.load_mvdream_unet", lambda *a, **k: tiny_components("mvdream").unet)
     torch.save({"x": torch.zeros(1)}, tmp_path / "mv.pt")
     save_components(tiny_components("sd"), tmp_path / "base")
     (tmp_path / "base" / "text_encoder" / "config.json").write_text("{ not json")
@@ -604,7 +604,7 @@ def test_cuda_graph_step_launches_without_host_sync(kind):
 
 
 def test_prompt_longer_than_text_encoder_context_is_rejected():
-    from splatvlm.sds import check_prompt_length
+    from splatvlm.guidance.sds import check_prompt_length
 
     cfg = SDSConfig(kind="mvdream", model="demo")
     long_prompt = " ".join(["apple"] * 100)

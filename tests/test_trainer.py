@@ -3,12 +3,12 @@ import dataclasses
 import pytest
 import torch
 
-from splatvlm.cameras import eval_orbit
 from splatvlm.config import RunConfig, Weight, load_run_config
 from splatvlm.errors import StopRun
 from splatvlm.fit import render_views
-from splatvlm.photometric import PhotometricTerm
-from splatvlm.scene import SceneConfig, init_ball, init_toy
+from splatvlm.gaussians.cameras import eval_orbit
+from splatvlm.gaussians.scene import SceneConfig, init_ball, init_toy
+from splatvlm.guidance.photometric import PhotometricTerm
 from splatvlm.trainer import Term, load_checkpoint, new_state, restore_state, train, weighted_sum
 
 CPU = torch.device("cpu")

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from splatvlm.cameras import orbit_cameras
 from splatvlm.errors import SplatVLMError
-from splatvlm.scene import SceneConfig, init_ball, make_params
+from splatvlm.gaussians.cameras import orbit_cameras
+from splatvlm.gaussians.scene import SceneConfig, init_ball, make_params
 from splatvlm.viewer import (
     MAX_CURVE_POINTS,
     Viewer,
@@ -334,8 +334,8 @@ def test_curve_thinning_keeps_memory_flat():
 
 
 def test_view_ply_serves_until_ctrl_c(tmp_path, tiny_scene):
-    ply = pytest.importorskip("splatvlm.ply")
-    pytest.importorskip("splatvlm.render")
+    ply = pytest.importorskip("splatvlm.gaussians.ply")
+    pytest.importorskip("splatvlm.gaussians.render")
     path = tmp_path / "scene.ply"
     ply.save_ply(tiny_scene, path)
     code = (
@@ -374,7 +374,7 @@ def test_view_ply_serves_until_ctrl_c(tmp_path, tiny_scene):
 
 
 def test_view_ply_rejects_bad_file_before_binding(tmp_path):
-    pytest.importorskip("splatvlm.ply")
+    pytest.importorskip("splatvlm.gaussians.ply")
     bad = tmp_path / "bad.ply"
     bad.write_bytes(b"not a ply")
     from splatvlm.viewer import view_ply
@@ -384,7 +384,7 @@ def test_view_ply_rejects_bad_file_before_binding(tmp_path):
 
 
 def test_make_render_fn_shape(tiny_scene):
-    pytest.importorskip("splatvlm.render")
+    pytest.importorskip("splatvlm.gaussians.render")
     from splatvlm.viewer import make_render_fn
 
     cams = orbit_cameras(

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 import torch
 
-from splatvlm.cameras import orbit_cameras
-from splatvlm.scene import SceneConfig, init_ball, num_gaussians
+from splatvlm.gaussians.cameras import orbit_cameras
+from splatvlm.gaussians.scene import SceneConfig, init_ball, num_gaussians
 
 CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser")) if p), None)
 CHROMEDRIVER = shutil.which("chromedriver")
@@ -32,7 +32,7 @@ webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not insta
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
-from splatvlm.ply import load_ply, save_ply  # noqa: E402
+from splatvlm.gaussians.ply import load_ply, save_ply  # noqa: E402
 from splatvlm.viewer import Viewer, ViewerConfig, make_render_fn  # noqa: E402
 
 CHROMIUM_FLAGS = (

@@ -9,7 +9,7 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from splatvlm.reward import RewardConfig, VLMReward
+from splatvlm.guidance.reward import RewardConfig, VLMReward
 
 model = sys.argv[1] if len(sys.argv) > 1 else "random-7b"
 torch.backends.cuda.matmul.allow_tf32 = False

@@ -140,7 +140,7 @@ def time_prompt(
     viewer_every: int | None = None,
 ) -> dict[str, Any]:
     """Time every phase of the recipe for one prompt (with a live viewer when ``viewer_every`` is set)."""
-    from .scene import init_ball
+    from .gaussians.scene import init_ball
     from .trainer import new_state, train
 
     terms = guidance.terms(prompt)

@@ -237,9 +237,9 @@ def _print_summary(summaries: list[dict]) -> None:
 def cmd_fit(argv: list[str]) -> int:
     from .files import check_output_dir, check_output_path
     from .fit import run_fit
+    from .gaussians.ply import load_ply, save_ply
     from .generate import console
     from .models import pick_device
-    from .ply import load_ply, save_ply
 
     args: FitArgs = _parse(FitArgs, argv, "splatvlm fit")
     output = check_output_path(args.output, args.overwrite, suffixes=(".ply",))
@@ -265,12 +265,12 @@ def cmd_fit(argv: list[str]) -> int:
 
 
 def cmd_render(argv: list[str]) -> int:
-    from .cameras import CameraConfig
     from .export import export_render
     from .files import check_output_path
+    from .gaussians.cameras import CameraConfig
+    from .gaussians.ply import load_ply
+    from .gaussians.render import RenderConfig
     from .models import pick_device
-    from .ply import load_ply
-    from .render import RenderConfig
 
     args: RenderArgs = _parse(RenderArgs, argv, "splatvlm render")
     output = check_output_path(args.output, args.overwrite, suffixes=(".gif", ".mp4", ".png"))

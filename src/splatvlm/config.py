@@ -15,13 +15,13 @@ from typing import Any, Literal
 
 import yaml
 
-from .cameras import CameraConfig
-from .densify import StrategyConfig
 from .errors import SplatVLMError
-from .render import RenderConfig
-from .reward import RewardConfig
-from .scene import SceneConfig
-from .sds import SDSConfig
+from .gaussians.cameras import CameraConfig
+from .gaussians.densify import StrategyConfig
+from .gaussians.render import RenderConfig
+from .gaussians.scene import SceneConfig
+from .guidance.reward import RewardConfig
+from .guidance.sds import SDSConfig
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 

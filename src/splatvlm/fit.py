@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
-from .cameras import Cameras, orbit_cameras
 from .config import RunConfig
 from .errors import SplatVLMError
-from .photometric import PhotometricTerm, psnr
-from .render import render
-from .scene import init_ball, num_gaussians
+from .gaussians.cameras import Cameras, orbit_cameras
+from .gaussians.render import render
+from .gaussians.scene import init_ball, num_gaussians
+from .guidance.photometric import PhotometricTerm, psnr
 from .trainer import Term, new_state, train, write_run_files
 
 

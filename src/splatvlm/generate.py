@@ -18,13 +18,13 @@ import torch
 from rich.console import Console
 
 from . import distributed, export
-from .cameras import Cameras
 from .config import RunConfig, apply_overrides, read_yaml, validate_run_config
 from .errors import SplatVLMError
 from .files import atomic_write_text, check_output_dir, check_output_path
-from .ply import save_ply
+from .gaussians.cameras import Cameras
+from .gaussians.ply import save_ply
+from .gaussians.scene import init_ball, num_gaussians
 from .prompts import check_prompt, slugify
-from .scene import init_ball, num_gaussians
 from .trainer import (
     Term,
     TrainState,
@@ -72,7 +72,7 @@ class Guidance:
         terms: dict[str, Term] = {}
         if active["sds"]:
             if self.sds is None:
-                from .sds import SDSGuidance
+                from .guidance.sds import SDSGuidance
 
                 t0 = time.perf_counter()
                 self.sds = SDSGuidance(self.cfg.sds, self.device).load()
@@ -82,7 +82,7 @@ class Guidance:
         if active["vlm"]:
             vlm_device = self.device if self.vlm_device is None else self.vlm_device
             if self.vlm is None:
-                from .reward import VLMReward
+                from .guidance.reward import VLMReward
 
                 t0 = time.perf_counter()
                 with distributed.on_device(vlm_device):
@@ -115,12 +115,12 @@ def check_sources(cfg: RunConfig, prompts: list[str] = ()) -> None:
     """Validate model ids/paths, and that each prompt fits the models' context, before any heavy work."""
     active = terms_active(cfg)
     if active["sds"]:
-        from .sds import check_prompt_length, check_sds_source
+        from .guidance.sds import check_prompt_length, check_sds_source
 
         check_sds_source(cfg.sds)
         check_prompt_length(cfg.sds, list(prompts))
     if active["vlm"]:
-        from .reward import check_reward_source
+        from .guidance.reward import check_reward_source
 
         check_reward_source(cfg.vlm)
         for prompt in prompts:
@@ -156,7 +156,7 @@ def run_one(
         if cfg.scene.init == "ball":
             params = init_ball(cfg.scene, init_gen)
         else:
-            from .ply import load_ply
+            from .gaussians.ply import load_ply
 
             params = load_ply(cfg.scene.init)
         state = new_state(params, cfg, device)
@@ -385,8 +385,8 @@ def batch_report(
         "world_size": len(parts),
         "placement": placement,
         "devices": [p["device"] for p in sorted(parts, key=lambda p: p["rank"])],
-        "wall_s": round(wall_s, 2),
-        "prompts_per_hour": done_now * 3600 / max(wall_s, 1e-9),
+        "wall_s": round(wall_s, 3),
+        "prompts_per_hour": round(done_now * 3600 / max(round(wall_s, 3), 1e-9), 2),
         "sharding": "pending indices at start, dealt round-robin: rank r of W takes pending[r::W]",
         "shards": {str(p["rank"]): sorted(i for i, (s, _) in p["results"].items() if s != "already_done") for p in parts},
         "prompts": entries,

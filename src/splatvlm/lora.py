@@ -40,7 +40,7 @@ import torch.nn.functional as F
 import tyro
 
 from .errors import SplatVLMError
-from .reward import RewardConfig, VLMReward, resize_views
+from .guidance.reward import RewardConfig, VLMReward, resize_views
 
 # LoRA on the language model only: the vision tower has gate/up/down_proj too, which we leave alone.
 DEFAULT_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from . import densify
-from .cameras import Cameras, sample_orbit, views_at_step
 from .config import RunConfig, Weight, ever_active, to_yaml, weight_at
 from .errors import SplatVLMError, StopRun
 from .files import atomic_path, atomic_write_text
-from .render import RenderOutput, render
-from .scene import make_optimizers, make_params, means_lr, num_gaussians
+from .gaussians import densify
+from .gaussians.cameras import Cameras, sample_orbit, views_at_step
+from .gaussians.render import RenderOutput, render
+from .gaussians.scene import make_optimizers, make_params, means_lr, num_gaussians
 
 CHECKPOINT_VERSION = 1
 LossTerm = Callable[[Tensor, Cameras, int], dict[str, Any]]

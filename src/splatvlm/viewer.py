@@ -34,12 +34,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .cameras import CameraConfig, Cameras
 from .errors import SplatVLMError
-from .scene import num_gaussians, sh0_to_rgb
+from .gaussians.cameras import CameraConfig, Cameras
+from .gaussians.scene import num_gaussians, sh0_to_rgb
 
 if TYPE_CHECKING:
-    from .render import RenderConfig
+    from .gaussians.render import RenderConfig
 
 RenderFn = Callable[[Tensor, Tensor, int, int], np.ndarray]
 """(viewmat [4, 4] OpenCV world-to-camera, K [3, 3], width, height) -> uint8 image [H, W, 3]."""
@@ -664,11 +664,11 @@ def _color(i: int) -> str:
 def make_render_fn(
     params: torch.nn.ParameterDict, device: torch.device | str | None = None, render_cfg: RenderConfig | None = None
 ) -> RenderFn:
-    """A ``RenderFn`` through ``splatvlm.render.render`` (CUDA when available).
+    """A ``RenderFn`` through ``splatvlm.gaussians.render.render`` (CUDA when available).
 
     ``params`` is read at every call, so a training scene's preview follows its updates.
     """
-    from .render import RenderConfig, render
+    from .gaussians.render import RenderConfig, render
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     params = params.to(device)
@@ -686,7 +686,7 @@ def make_render_fn(
 
 def view_ply(path: str | Path, cfg: ViewerConfig) -> None:
     """Serve a finished .ply until Ctrl-C (``splatvlm view IN.ply``)."""
-    from .ply import load_ply
+    from .gaussians.ply import load_ply
 
     path = Path(path)
     params = load_ply(path)  # validates the file before anything binds a port

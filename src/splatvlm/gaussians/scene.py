@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from .errors import SplatVLMError
+from ..errors import SplatVLMError
 
 SH_C0 = 0.28209479177387814  # Y_0^0: color = SH_C0 * sh0 + 0.5
 PARAM_KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN")

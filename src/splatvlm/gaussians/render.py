@@ -12,8 +12,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from ..errors import SplatVLMError
 from .cameras import Cameras
-from .errors import SplatVLMError
 from .raster_torch import rasterize_torch
 from .scene import activated, sh_degree_of
 

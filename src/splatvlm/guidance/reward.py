@@ -37,9 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from .errors import SplatVLMError
-from .graphs import GraphedGrad, surrogate_loss
-from .models import (
+from ..errors import SplatVLMError
+from ..models import (
     DType,
     cache_dir,
     hf_offline,
@@ -49,6 +48,7 @@ from .models import (
     pick_device,
     pick_dtype,
 )
+from .graphs import GraphedGrad, surrogate_loss
 
 # The CLIP statistics every Qwen2-VL / Qwen2.5-VL image processor ships with.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -497,7 +497,7 @@ def check_reward_source(cfg: RewardConfig, prompt: str | None = None) -> VLMSour
 
     # 3. adapters: folders and configs now; shapes against a weightless copy of the model
     if cfg.lora:
-        from .lora import check_adapters
+        from ..lora import check_adapters
 
         check_adapters(cfg.lora, config, cfg.model)
 
@@ -806,7 +806,7 @@ class VLMReward:
         self.peft = None
         self.adapter_names: list[str] = []
         if cfg.lora:
-            from .lora import load_adapters
+            from ..lora import load_adapters
 
             self.peft, self.adapter_names = load_adapters(
                 self.model, cfg.lora, cfg.lora_weights or [1.0] * len(cfg.lora), cfg.model
@@ -1033,7 +1033,7 @@ class VLMReward:
 
     def set_lora(self, weights: Sequence[float] | None) -> None:
         """Re-weight the loaded adapters (one weight each, 0 = off), or disable them all with None."""
-        from .lora import set_adapter_weights
+        from ..lora import set_adapter_weights
 
         if self.peft is None:
             if weights:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from .errors import SplatVLMError
+from ..errors import SplatVLMError
 
 
 @dataclass

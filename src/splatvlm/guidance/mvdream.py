@@ -23,8 +23,8 @@ from diffusers import UNet2DConditionModel
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from torch import Tensor
 
-from .cameras import Cameras
-from .errors import SplatVLMError
+from ..errors import SplatVLMError
+from ..gaussians.cameras import Cameras
 
 # SD-2.1-base UNet (FACTS.md); ``attention_head_dim`` is diffusers' historical name for heads per block.
 SD21_BASE_UNET_CONFIG: dict = dict(

@@ -15,7 +15,7 @@ import torch
 from gsplat.strategy import DefaultStrategy, MCMCStrategy, Strategy
 from gsplat.strategy.ops import reset_opa
 
-from .errors import SplatVLMError
+from ..errors import SplatVLMError
 
 MCMC_NEEDS_CUDA = (
     "MCMC densification needs CUDA (its relocation kernel has no CPU version); use --strategy.kind default"

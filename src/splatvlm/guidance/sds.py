@@ -28,10 +28,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .cameras import Cameras
-from .errors import SplatVLMError
+from ..errors import SplatVLMError
+from ..gaussians.cameras import Cameras
+from ..models import DType, cache_dir, hf_offline, hub_reachable, is_local, missing_weights_error, pick_dtype
 from .graphs import GraphedGrad, surrogate_loss
-from .models import DType, cache_dir, hf_offline, hub_reachable, is_local, missing_weights_error, pick_dtype
 
 # threestudio-mvdream's negative prompt, which the VLM3D recipe inherits (a hyperparameter value).
 DEFAULT_NEGATIVE_PROMPT = (

@@ -22,8 +22,8 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from .errors import SplatVLMError
-from .files import atomic_path
+from ..errors import SplatVLMError
+from ..files import atomic_path
 from .scene import make_params
 
 MAX_HEADER_BYTES = 64 * 1024
