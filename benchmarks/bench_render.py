@@ -33,7 +33,7 @@ from splatvlm.files import atomic_write_text
 from splatvlm.gaussians.cameras import CameraConfig, sample_orbit
 from splatvlm.gaussians.render import RenderConfig, render
 from splatvlm.gaussians.scene import SceneConfig, init_ball
-from splatvlm.models import device_name
+from splatvlm.hub import device_name
 
 
 @dataclass

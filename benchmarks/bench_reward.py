@@ -33,7 +33,8 @@ import tyro
 
 from splatvlm.files import atomic_write_text
 from splatvlm.guidance.reward import RewardConfig, VLMReward
-from splatvlm.models import device_name
+from splatvlm.hub import device_name
+from splatvlm.models import load_reward
 
 
 @dataclass
@@ -54,6 +55,8 @@ class Args:
     """Which paths to time: graph = fast path in a CUDA graph; fast = same forward, eager; reference = HF."""
     compile: bool = False
     """torch.compile the decoder layers and vision blocks (RewardConfig.compile), on every path."""
+    pad_gemm: bool = False
+    """Zero-pad the vision MLP width to a multiple of 64 (RewardConfig.pad_gemm; fast and graph paths)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward (RewardConfig.gradient_checkpointing)."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
@@ -101,6 +104,7 @@ def main(args: Args) -> list[dict]:
             model=model,
             num_views=args.views,
             compile=args.compile,
+            pad_gemm=args.pad_gemm,
             gradient_checkpointing=args.gradient_checkpointing,
             attn_implementation=args.attn_implementation,
         )
@@ -108,7 +112,7 @@ def main(args: Args) -> list[dict]:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        reward = VLMReward(cfg, device)
+        reward = load_reward(cfg, device)
         load_s = time.perf_counter() - t0
         weights_gb = torch.cuda.memory_allocated() / 2**30 if cuda else float("nan")
         n_params = sum(p.numel() for p in reward.model.parameters())
@@ -134,6 +138,7 @@ def main(args: Args) -> list[dict]:
                     "path": path,
                     "graphed": reward.graphed(rgb),
                     "compile": args.compile,
+                    "pad_gemm": args.pad_gemm,
                     "gradient_checkpointing": args.gradient_checkpointing,
                     "attn": args.attn_implementation,
                     "tokens": int(q.input_ids.shape[1]),

@@ -40,7 +40,7 @@ import tyro
 from splatvlm.files import atomic_write_text
 from splatvlm.gaussians.cameras import CameraConfig, sample_orbit
 from splatvlm.guidance.sds import SDSConfig, SDSGuidance
-from splatvlm.models import device_name
+from splatvlm.hub import device_name
 
 CASES: dict[str, tuple[Literal["mvdream", "sd"], int, int, int]] = {
     # name: (kind, views, render px, VAE input px)

@@ -38,3 +38,5 @@ def test_bench_demo_two_prompts_writes_reports(tmp_path):
     assert "| vlm |" in (out / "report.md").read_text()
     assert Image.open(out / "breakdown.png").size[0] > 100
     assert report["preset"] == "demo"
+    # Same seeded render, cameras and noise on both paths: on CPU in fp32 the gradients agree.
+    assert data["grad_cosine_sds"] > 0.999 and data["grad_cosine_vlm"] > 0.999

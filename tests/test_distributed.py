@@ -146,7 +146,7 @@ class FakeReward:
 
     seen: list = []
 
-    def __init__(self, cfg, device):
+    def __init__(self, cfg, src, device):
         self.device = device
         FakeReward.seen.append(("init", device))
 

@@ -9,9 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
+from splatvlm.demo import demo_vlm_path
 from splatvlm.errors import SplatVLMError
-from splatvlm.guidance.reward import RewardConfig, VLMReward, check_reward_source, demo_vlm_path
-from splatvlm.lora import TrainRewardConfig, check_adapter_dir, read_reward_data, train_reward
+from splatvlm.guidance.adapters import check_adapter_dir
+from splatvlm.guidance.reward import RewardConfig, VLMReward
+from splatvlm.models import check_reward_source, load_reward
+from splatvlm.train_reward import TrainRewardConfig, read_reward_data, train_reward
 
 PROMPT = "a red cube"
 
@@ -71,7 +74,7 @@ def adapter(dataset, tmp_path_factory):
 
 
 def p_yes(reward: VLMReward, paths) -> float:
-    from splatvlm.lora import load_views
+    from splatvlm.train_reward import load_views
 
     return float(reward.score(load_views(list(paths), 56), PROMPT)["p_yes"])
 
@@ -87,8 +90,8 @@ def test_train_reward_moves_p_yes(adapter, dataset, capsys):
 
     pos = [[dataset / f"yes{i}_0.png", dataset / f"yes{i}_1.png"] for i in range(10)]
     neg = [[dataset / f"no{i}_0.png", dataset / f"no{i}_1.png"] for i in range(10)]
-    base = VLMReward(RewardConfig(model="demo", size=56), "cpu")
-    tuned = VLMReward(RewardConfig(model="demo", size=56, lora=[str(adapter)]), "cpu")
+    base = load_reward(RewardConfig(model="demo", size=56), "cpu")
+    tuned = load_reward(RewardConfig(model="demo", size=56, lora=[str(adapter)]), "cpu")
     for p, n in zip(pos, neg, strict=True):
         assert p_yes(tuned, p) > p_yes(base, p) + 0.1
         assert p_yes(tuned, n) < p_yes(base, n) - 0.1
@@ -103,7 +106,7 @@ def test_train_reward_moves_p_yes(adapter, dataset, capsys):
     tuned.set_lora([0.05])
     assert p_yes(base, pos[0]) < p_yes(tuned, pos[0]) < full
     assert not any(p.requires_grad for p in tuned.model.parameters())
-    two = VLMReward(
+    two = load_reward(
         RewardConfig(model="demo", size=56, lora=[str(adapter), str(adapter)], lora_weights=[0.5, 0.5]), "cpu"
     )
     assert p_yes(two, pos[0]) == pytest.approx(full, abs=1e-5)
@@ -127,7 +130,7 @@ def test_adapter_errors(tmp_path, adapter):
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from splatvlm.guidance.reward import build_demo_tokenizer, vlm_config
+    from splatvlm.demo import build_demo_tokenizer, vlm_config
 
     no_cfg = tmp_path / "no_cfg"
     no_cfg.mkdir()
@@ -148,7 +151,7 @@ def test_adapter_errors(tmp_path, adapter):
         check_reward_source(RewardConfig(model="demo", lora=[str(tmp_path / "other")]))
     assert "\n" not in str(e.value)
     with pytest.raises(SplatVLMError, match="another base model"):
-        VLMReward(RewardConfig(model="demo", lora=[str(adapter), str(tmp_path / "other")]), "cpu")
+        load_reward(RewardConfig(model="demo", lora=[str(adapter), str(tmp_path / "other")]), "cpu")
 
 
 def test_jsonl_validation(tmp_path, dataset):

@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from splatvlm.demo import ensure_demo_models, save_components, tiny_clip_tokenizer, tiny_components
 from splatvlm.errors import SplatVLMError
 from splatvlm.gaussians.cameras import CameraConfig, orbit_cameras, sample_orbit
 from splatvlm.guidance.mvdream import mvdream_cameras
@@ -16,18 +17,14 @@ from splatvlm.guidance.sds import (
     SDSConfig,
     SDSGuidance,
     cfg_combine,
-    check_sds_source,
-    ensure_demo_models,
     load_sds,
     predict_x0,
-    save_components,
     sds_weight,
     timestep_range,
-    tiny_clip_tokenizer,
-    tiny_components,
     view_directions,
     x0_target,
 )
+from splatvlm.models import check_sds_source
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -354,7 +351,7 @@ def test_saved_tiny_pipeline_loads_through_the_hf_code_path(kind, tmp_path):
     save_components(ref, tmp_path / "model")
     g = load_sds(SDSConfig(kind=kind, model=str(tmp_path / "model")), "cpu")
     for name in ("unet", "vae", "text_encoder"):
-        got, want = getattr(g.parts, name).state_dict(), getattr(ref, name).state_dict()
+        got, want = getattr(g.parts, name).state_dict(), ref[name].state_dict()
         assert set(got) == set(want)
         assert all(torch.equal(got[k], want[k]) for k in want), name
     assert g.parts.scheduler.config.beta_schedule == "scaled_linear"
@@ -437,7 +434,7 @@ def test_offline_hf_id_fails_fast(tmp_path, monkeypatch):
 def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.setattr("splatvlm.guidance.sds._hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr("splatvlm.models.hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(SplatVLMError, match="unreachable"):
         check_sds_source(SDSConfig(kind="sd", model="stabilityai/stable-diffusion-2-1-base"))
     with pytest.raises(SplatVLMError, match="unreachable"):
@@ -455,7 +452,7 @@ def test_load_errors_become_one_line(tmp_path):
 
 def test_base_model_load_errors_name_the_base_model(tmp_path, monkeypatch):
     # The .pt route always builds the full-size UNet; stand in the tiny one to reach the base-model step.
-    monkeypatch.setattr("splatvlm.guidance.mvdream.load_mvdream_unet", lambda *a, **k: tiny_components("mvdream").unet)
+    monkeypatch.setattr("splatvlm.guidance.mvdream.load_mvdream_unet", lambda *a, **k: tiny_components("mvdream")["unet"])
     torch.save({"x": torch.zeros(1)}, tmp_path / "mv.pt")
     save_components(tiny_components("sd"), tmp_path / "base")
     (tmp_path / "base" / "text_encoder" / "config.json").write_text("{ not json")
@@ -604,7 +601,7 @@ def test_cuda_graph_step_launches_without_host_sync(kind):
 
 
 def test_prompt_longer_than_text_encoder_context_is_rejected():
-    from splatvlm.guidance.sds import check_prompt_length
+    from splatvlm.models import check_prompt_length
 
     cfg = SDSConfig(kind="mvdream", model="demo")
     long_prompt = " ".join(["apple"] * 100)

@@ -162,3 +162,22 @@ def test_foreign_checkpoints_rejected(tmp_path, payload, message, capsys):
     with pytest.raises(SplatVLMError, match=message):
         load_checkpoint(path)
     assert "pwned" not in capsys.readouterr().out  # never unpickles arbitrary objects
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_terms_on_their_own_streams_train_as_one_stream(tmp_path):
+    """Two terms on two CUDA streams give the same Gaussians as the same terms run in turn."""
+    cfg, terms, sample = fit_setup(steps=6)
+    terms = {"a": terms["photometric"], "b": Term(terms["photometric"].fn, weights=("l1",))}
+    cuda = torch.device("cuda")
+    finals = []
+    for parallel in (False, True):
+        run = dataclasses.replace(cfg, parallel_terms=parallel)
+        torch.manual_seed(run.seed)
+        state = new_state(init_ball(run.scene, torch.Generator().manual_seed(run.seed)), run, cuda)
+        (tmp_path / f"p{parallel}").mkdir()
+        state = train(run, state, terms, tmp_path / f"p{parallel}", cuda, progress=False, sample_views=sample)
+        finals.append({k: v.detach().cpu() for k, v in state.params.items()})
+    for k in finals[0]:
+        torch.testing.assert_close(finals[1][k], finals[0][k], rtol=1e-4, atol=1e-5)

@@ -9,14 +9,15 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from splatvlm.guidance.reward import RewardConfig, VLMReward
+from splatvlm.guidance.reward import RewardConfig
+from splatvlm.models import load_reward
 
 model = sys.argv[1] if len(sys.argv) > 1 else "random-7b"
 torch.backends.cuda.matmul.allow_tf32 = False
 torch.backends.cudnn.allow_tf32 = False
 for dtype in ("float32", "bfloat16"):
     torch.manual_seed(0)
-    r = VLMReward(RewardConfig(model=model, size=252, dtype=dtype, cuda_graph=False), "cuda")
+    r = load_reward(RewardConfig(model=model, size=252, dtype=dtype, cuda_graph=False), "cuda")
     r.set_prompt("a DSLR photo of a corgi wearing a party hat")
     x = torch.rand(4, 256, 256, 3, device="cuda", requires_grad=True)
     out = {}

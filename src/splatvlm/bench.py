@@ -25,7 +25,7 @@ import tyro
 from .config import RunConfig, to_dict, validate_run_config, weight_at
 from .errors import SplatVLMError
 from .files import atomic_path, atomic_write_text, check_output_dir
-from .models import device_name
+from .hub import device_name
 from .prompts import read_prompts
 
 COMPONENTS = ("render", "sds", "vlm", "backward", "densify", "viewer")
@@ -74,10 +74,11 @@ def random_weights(cfg: RunConfig) -> RunConfig:
 
 
 def reference_config(cfg: RunConfig) -> RunConfig:
-    """The straightforward path: processor-style preprocessing, full LM head, no compile, reward every step."""
-    vlm = replace(cfg.vlm, every=1, fast=False, compile=False, cuda_graph=False)
+    """The straightforward path: processor-style preprocessing, full LM head, no compile, no padding, no
+    CUDA graphs or streams, reward every step."""
+    vlm = replace(cfg.vlm, every=1, fast=False, compile=False, cuda_graph=False, pad_gemm=False)
     sds = replace(cfg.sds, compile=False, channels_last=False, cuda_graph=False)
-    return replace(cfg, vlm=vlm, sds=sds)
+    return replace(cfg, vlm=vlm, sds=sds, parallel_terms=False)
 
 
 @dataclass
@@ -201,6 +202,35 @@ def time_prompt(
     return result
 
 
+def gradient_probe(prompt: str, cfg: RunConfig, guidance: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """Each term's gradient to the pixels of one fixed render, at the full step's resolution (on CPU).
+
+    The render, cameras, step and RNG are seeded, so the same call on the reference path is comparable:
+    the prior's noise and timestep are drawn in the same order on both paths.
+    """
+    from .gaussians.cameras import sample_orbit
+
+    terms = guidance.terms(prompt)
+    phase = max(recipe_phases(cfg), key=lambda p: (p.reward, p.resolution))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    cams = sample_orbit(cfg.camera, phase.num_views, phase.resolution, gen).to(device)
+    rgb = torch.rand(phase.num_views, phase.resolution, phase.resolution, 3, generator=gen).to(device)
+    grads = {}
+    for name, term in terms.items():
+        x = rgb.clone().requires_grad_(True)
+        views = x if term.num_views is None else x[: term.num_views]
+        torch.manual_seed(cfg.seed)
+        out = term.fn(views, cams if term.num_views is None else cams[: term.num_views], phase.start)
+        loss = sum(v for k, v in out.items() if k.startswith("loss_"))
+        (g,) = torch.autograd.grad(loss, x)
+        grads[name] = g.detach().float().cpu()
+    return grads
+
+
+def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.nn.functional.cosine_similarity(a.flatten(), b.flatten(), dim=0))
+
+
 def full_step(result: dict[str, Any]) -> dict[str, Any]:
     """The phase whose step runs every term at the highest resolution (reward included where the recipe has it)."""
     phases = result["phases"]
@@ -255,6 +285,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         variants.append(("viewer", cfg, args.viewer_every))
     if args.reference:
         variants.append(("reference", reference_config(cfg), None))
+    probes: dict[str, dict[str, torch.Tensor]] = {}
     with distributed.process_group(info, device) as group:
         for name, vcfg, viewer_every in variants:
             t_pass = time.perf_counter()
@@ -270,6 +301,8 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
                     res.update(index=i, rank=info.rank, bench_wall_s=time.perf_counter() - t0)
                     results[i] = res
                     bar.update(task, advance=1, description=f"bench {name}: {full_step(res)['step_ms']:.1f} ms/step")
+            if args.reference and name in ("ours", "reference") and info.is_main and mine:
+                probes[name] = gradient_probe(prompts[mine[0]], vcfg, guidance, device)
             # Every rank's results, prompts back in index order.
             parts = distributed.gather(
                 {"results": results, "load_s": guidance.loaded, "device": distributed.device_label(device, vlm_device)},
@@ -309,6 +342,10 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         }
         report["reference_asset_s"] = _median([r["asset_s"] for r in ref])
         report["speedup"] = report["reference_full_step_ms"] / max(report["full_step_ms"], 1e-9)
+        for term in probes.get("ours", {}):
+            if term in probes.get("reference", {}):
+                # The pixel gradient of each term on one fixed render: ours against the eager reference.
+                report[f"grad_cosine_{term}"] = cosine(probes["ours"][term], probes["reference"][term])
     else:
         report["reference_full_step_ms"] = None
     if args.viewer:

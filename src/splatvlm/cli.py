@@ -202,7 +202,7 @@ def cmd_generate(argv: list[str]) -> int:
 
     guidance = make_guidance(args.run, control)  # devices first: a bad --placement fails before any file
     prompt, output, run_dir = prepare_single(args.prompt, args.output, args.run, control, args.run_dir)
-    check_sources(args.run, [prompt])
+    guidance.sources = check_sources(args.run, [prompt])
     _demo_notice(args.run)
     summary = run_one(prompt, args.run, output, run_dir, guidance, control)
     _print_summary([summary])
@@ -239,7 +239,7 @@ def cmd_fit(argv: list[str]) -> int:
     from .fit import run_fit
     from .gaussians.ply import load_ply, save_ply
     from .generate import console
-    from .models import pick_device
+    from .hub import pick_device
 
     args: FitArgs = _parse(FitArgs, argv, "splatvlm fit")
     output = check_output_path(args.output, args.overwrite, suffixes=(".ply",))
@@ -270,7 +270,7 @@ def cmd_render(argv: list[str]) -> int:
     from .gaussians.cameras import CameraConfig
     from .gaussians.ply import load_ply
     from .gaussians.render import RenderConfig
-    from .models import pick_device
+    from .hub import pick_device
 
     args: RenderArgs = _parse(RenderArgs, argv, "splatvlm render")
     output = check_output_path(args.output, args.overwrite, suffixes=(".gif", ".mp4", ".png"))
@@ -295,7 +295,7 @@ def cmd_view(argv: list[str]) -> int:
 
 
 def cmd_train_reward(argv: list[str]) -> int:
-    from .lora import TrainRewardConfig, train_reward
+    from .train_reward import TrainRewardConfig, train_reward
 
     args = _parse(TrainRewardConfig, argv, "splatvlm train-reward")
     train_reward(args)

@@ -94,6 +94,9 @@ class RunConfig:
     weights: Weights = field(default_factory=Weights)
     log_every: int = 10
     """Steps between progress-bar / JSONL log updates."""
+    parallel_terms: bool = True
+    """On CUDA, run the loss terms of a step on their own CUDA streams, overlapping the prior and the reward
+    (they are independent given the renders); ignored on CPU."""
     checkpoint_every: int = 500
     """Steps between checkpoints (0: only at the end and on interrupt)."""
     max_bad_steps: int = 20

@@ -17,13 +17,14 @@ from typing import Any, Literal
 import torch
 from rich.console import Console
 
-from . import distributed, export
+from . import distributed, export, models
 from .config import RunConfig, apply_overrides, read_yaml, validate_run_config
 from .errors import SplatVLMError
 from .files import atomic_write_text, check_output_dir, check_output_path
 from .gaussians.cameras import Cameras
 from .gaussians.ply import save_ply
 from .gaussians.scene import init_ball, num_gaussians
+from .models import Sources
 from .prompts import check_prompt, slugify
 from .trainer import (
     Term,
@@ -66,6 +67,7 @@ class Guidance:
     vlm: Any = None
     loaded: dict[str, float] = field(default_factory=dict)
     vlm_device: torch.device | None = None  # the reward's, when not `device` (--placement split)
+    sources: Sources | None = None  # resolved once per run by check_sources; None = resolve on first use
 
     def terms(self, prompt: str) -> dict[str, Term]:
         active = terms_active(self.cfg)
@@ -85,8 +87,11 @@ class Guidance:
                 from .guidance.reward import VLMReward
 
                 t0 = time.perf_counter()
+                src = self.sources.vlm if self.sources is not None and self.sources.vlm is not None else None
+                if src is None:
+                    src = models.check_reward_source(self.cfg.vlm)
                 with distributed.on_device(vlm_device):
-                    self.vlm = VLMReward(self.cfg.vlm, vlm_device)
+                    self.vlm = VLMReward(self.cfg.vlm, src, vlm_device)
                 self.loaded["vlm_s"] = time.perf_counter() - t0
             self.vlm.set_prompt(prompt)
             reward, main = self.vlm, self.device
@@ -111,20 +116,10 @@ class Guidance:
         return terms
 
 
-def check_sources(cfg: RunConfig, prompts: list[str] = ()) -> None:
-    """Validate model ids/paths, and that each prompt fits the models' context, before any heavy work."""
+def check_sources(cfg: RunConfig, prompts: list[str] = ()) -> Sources:
+    """Validate the active terms' model sources and that each prompt fits, once, before any heavy work."""
     active = terms_active(cfg)
-    if active["sds"]:
-        from .guidance.sds import check_prompt_length, check_sds_source
-
-        check_sds_source(cfg.sds)
-        check_prompt_length(cfg.sds, list(prompts))
-    if active["vlm"]:
-        from .guidance.reward import check_reward_source
-
-        check_reward_source(cfg.vlm)
-        for prompt in prompts:
-            check_reward_source(cfg.vlm, prompt)
+    return models.check_sources(cfg, prompts, sds=active["sds"], vlm=active["vlm"])
 
 
 def run_one(
@@ -279,17 +274,19 @@ def resume_run(run_dir: Path, control: RunControl) -> dict[str, Any]:
     info = json.loads(info_path.read_text(encoding="utf-8"))
     cfg = apply_overrides(RunConfig(), read_yaml(run_dir / "config.yaml"))
     validate_run_config(cfg)
-    check_sources(cfg, [info["prompt"]])
-    guidance = make_guidance(cfg, control)
+    sources = check_sources(cfg, [info["prompt"]])
+    guidance = make_guidance(cfg, control, sources=sources)
     return run_one(info["prompt"], cfg, Path(info["output"]), run_dir, guidance, control, resume=True)
 
 
-def make_guidance(cfg: RunConfig, control: RunControl, info: distributed.DistInfo | None = None) -> Guidance:
+def make_guidance(
+    cfg: RunConfig, control: RunControl, info: distributed.DistInfo | None = None, sources: Sources | None = None
+) -> Guidance:
     """Guidance on the devices that ``cfg.device`` and ``control.placement`` pick (this torchrun rank's)."""
     info = distributed.dist_info() if info is None else info
     device, vlm_device = distributed.placement_devices(cfg.device, control.placement, info)
     distributed.use_device(device)
-    return Guidance(cfg, device, vlm_device=None if vlm_device == device else vlm_device)
+    return Guidance(cfg, device, vlm_device=None if vlm_device == device else vlm_device, sources=sources)
 
 
 def run_batch(prompts: list[str], cfg: RunConfig, out_dir: Path, control: RunControl) -> list[dict[str, Any]]:
@@ -302,9 +299,9 @@ def run_batch(prompts: list[str], cfg: RunConfig, out_dir: Path, control: RunCon
     info = distributed.dist_info()
     if control.viewer and info.world_size > 1:
         raise SplatVLMError("--viewer serves one run; it cannot be used with several torchrun processes")
-    check_sources(cfg, prompts)
+    sources = check_sources(cfg, prompts)
     out_dir = check_output_dir(out_dir)
-    guidance = make_guidance(cfg, control, info)
+    guidance = make_guidance(cfg, control, info, sources)
     if not info.is_main:
         control = replace(control, progress=False)  # one progress bar per terminal
     tag = f"rank {info.rank}: " if info.world_size > 1 else ""

@@ -1,85 +1,339 @@
-"""Shared helpers for loading heavy models: devices, dtypes, where weights come from, clear errors.
+"""Model sources, resolved once per run: which weights each guidance term loads, checked before any
+heavy work, with one clear line when they cannot be found.
 
-Every model loads through ``from_pretrained`` from an HF id or a local folder; the tiny demo models
-are built from config, saved under the user cache and then loaded through that same code path.
+- the prior (``--sds.model``): a diffusers folder or HF id, MVDream's original checkpoint (plus
+  ``--sds.base-model``), ``demo`` or ``random``: ``check_sds_source``;
+- the reward (``--vlm.model``): a Qwen2.5-VL folder or HF id, ``demo``, ``random-7b`` / ``random-3b``:
+  ``check_reward_source`` returns the ``VLMSource`` the reward is built from;
+- ``check_sources(cfg, prompts)`` does both for a run or a batch, loading each tokenizer once.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
-import torch
-
+from .demo import demo_vlm_path, ensure_demo_models, vlm_config
 from .errors import SplatVLMError
+from .guidance import adapters
+from .guidance.components import _HF_FILE, _what, local_files_only, uses_base_model
+from .guidance.reward import (
+    RewardConfig,
+    VLMSource,
+    answer_token_ids,
+    check_context,
+    query_ids,
+    question_text,
+    target_ids,
+)
+from .guidance.sds import SDSConfig, check_config, check_prompt_tokens
+from .hub import hf_offline, hub_reachable, is_local, missing_weights_error, quiet_model_io, short_error
 
-DType = Literal["auto", "float32", "float16", "bfloat16"]
+# ---------------------------------------------------------------------------------------------------
+# The prior
 
-
-def pick_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SplatVLMError(f"device {device} asked for, but CUDA is not available; use --device cpu")
-    return dev
-
-
-def pick_dtype(dtype: DType, device: torch.device) -> torch.dtype:
-    """bf16 on CUDA by default, fp32 on CPU (CPU half-precision kernels are slow or missing)."""
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-
-
-def device_name(device: torch.device) -> str:
-    """What reports record as the device: the GPU's name, or the CPU's."""
-    import platform
-
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
-def cache_dir() -> Path:
-    """Where splatvlm keeps generated demo models (``$SPLATVLM_CACHE`` or ``~/.cache/splatvlm``)."""
-    root = os.environ.get("SPLATVLM_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "splatvlm"
-    )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def is_local(source: str) -> bool:
-    """True when ``source`` names something on disk rather than an HF hub id."""
-    return source.startswith((".", "/", "~")) or os.path.exists(os.path.expanduser(source))
-
-
-def missing_weights_error(source: str, what: str, flag: str, detail: str = "") -> SplatVLMError:
-    """The one message for weights that cannot be found or read."""
-    where = "local path" if is_local(source) else "HF id"
-    tail = f" ({detail})" if detail else ""
-    return SplatVLMError(
-        f"cannot load {what} from {where} '{source}'{tail}; download it where you have network "
-        f"(e.g. `huggingface-cli download {source if not is_local(source) else '<id>'}`) and pass the "
-        f"local folder with {flag} /path"
-    )
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect to the HF hub instead of the hub client's retries (about 25 s when offline)."""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    url = urlparse(constants.ENDPOINT)
+def _check_local_file(path: Path, source: str, what: str, flag: str) -> None:
+    if path.suffix.lower() not in (".pt", ".pth", ".ckpt", ".bin", ".safetensors"):
+        raise missing_weights_error(source, what, flag, "a file must be a .pt/.ckpt/.safetensors checkpoint")
     try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
+        with open(path, "rb") as f:
+            head = f.read(9)
+    except OSError as e:
+        raise missing_weights_error(source, what, flag, f"cannot read it: {e.strerror}") from None
+    zip_or_pickle = head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
+    safetensors = len(head) == 9 and head[8:9] == b"{"
+    if not (zip_or_pickle or safetensors):
+        raise missing_weights_error(source, what, flag, "not a PyTorch or safetensors checkpoint")
 
 
-def hf_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+def _check_local_folder(path: Path, source: str, what: str, flag: str, parts: tuple[str, ...]) -> None:
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise missing_weights_error(source, what, flag, "folder is not readable")
+    missing = [p for p in parts if not (path / p).exists()]
+    if missing:
+        raise missing_weights_error(source, what, flag, f"missing {', '.join(missing)}")
+
+
+def _check_hub(source: str, filename: str, what: str, flag: str) -> None:
+    from huggingface_hub import HfApi, try_to_load_from_cache
+
+    repo = _HF_FILE.match(source).group(1) if _HF_FILE.match(source) else source
+    if isinstance(try_to_load_from_cache(repo, filename), str):
+        return
+    if hf_offline():
+        raise missing_weights_error(
+            source, what, flag, "HF_HUB_OFFLINE is set and it is not in the local HF cache"
+        )
+    if not hub_reachable():
+        raise missing_weights_error(
+            source, what, flag, "the HF hub is unreachable and it is not in the local HF cache"
+        )
+    try:
+        exists = HfApi().file_exists(repo, filename)
+    except Exception as e:  # gated / private / network: every hub failure means the same to the user
+        raise missing_weights_error(source, what, flag, short_error(e)) from None
+    if not exists:
+        raise missing_weights_error(source, what, flag, f"no {filename} in that repository")
+
+
+COMPONENT_PARTS = (
+    "text_encoder/config.json",
+    "tokenizer",
+    "vae/config.json",
+    "scheduler/scheduler_config.json",
+)
+
+
+def _check_source(source: str, what: str, flag: str, parts: tuple[str, ...], allow_file: bool) -> None:
+    if is_local(source):
+        path = Path(os.path.expanduser(source))
+        if not path.exists():
+            raise missing_weights_error(source, what, flag, "no such file or folder")
+        if path.is_file():
+            if not allow_file:
+                raise missing_weights_error(source, what, flag, "expected a folder of diffusers components")
+            _check_local_file(path, source, what, flag)
+        else:
+            _check_local_folder(path, source, what, flag, parts)
+    elif _HF_FILE.match(source) and allow_file:
+        _check_hub(source, _HF_FILE.match(source).group(2), what, flag)
+    elif _HF_ID.match(source):
+        _check_hub(source, parts[0], what, flag)
+    else:
+        raise missing_weights_error(
+            source, what, flag, "neither an existing path nor an HF id like owner/name"
+        )
+
+
+def check_sds_source(cfg: SDSConfig) -> None:
+    """Cheap check that the weights can be found (path exists and has the right files, HF id cached or
+    reachable) before any heavy work; raises ``SplatVLMError`` with one line naming the source."""
+    check_config(cfg)
+    if cfg.model in ("demo", "random"):
+        return
+    what = _what(cfg)
+    _check_source(
+        cfg.model, what, "--sds.model", ("unet/config.json",) + COMPONENT_PARTS, cfg.kind == "mvdream"
+    )
+    if uses_base_model(cfg):
+        base_what = f"the text encoder, tokenizer, VAE and scheduler for {what}"
+        _check_source(cfg.base_model, base_what, "--sds.base-model", COMPONENT_PARTS, allow_file=False)
+
+
+def check_prompt_length(cfg: SDSConfig, prompts: list[str]) -> None:
+    """Reject prompts longer than the text encoder's context before any model loads (only the tokenizer).
+
+    Where the tokenizer cannot be read here, nothing is said: loading the prior reports that clearly.
+    """
+    from transformers import CLIPTokenizer
+
+    if cfg.model == "random" or not prompts:
+        return
+    source = str(ensure_demo_models(cfg.kind)) if cfg.model == "demo" else cfg.model
+    if uses_base_model(cfg):
+        source = cfg.base_model
+    try:
+        with quiet_model_io():
+            tokenizer = CLIPTokenizer.from_pretrained(
+                source, subfolder="tokenizer", local_files_only=local_files_only(source)
+            )
+    except Exception:  # noqa: BLE001 - reported by the full load with the source named
+        return
+    for prompt in prompts:
+        check_prompt_tokens(tokenizer, prompt)
+
+
+# ---------------------------------------------------------------------------------------------------
+# The reward
+
+
+def _resolve(model: str) -> tuple[str, str]:
+    """(kind, source): kind is "demo", "random", "local" or "hub"."""
+    if model == "demo":
+        return "demo", str(demo_vlm_path())
+    if model in ("random-7b", "random-3b"):
+        return "random", str(demo_vlm_path())  # the demo tokenizer/processor serve the random models
+    if is_local(model):
+        return "local", os.path.expanduser(model)
+    return "hub", model
+
+
+def _hub_file(repo: str, filename: str) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    hit = try_to_load_from_cache(repo, filename)
+    return hit if isinstance(hit, str) else None
+
+
+def _check_weights_present(kind: str, source: str, model: str) -> None:
+    """Missing weights -> the one missing-weights message, before anything heavy is loaded."""
+    if kind == "local":
+        if not os.path.exists(source):
+            raise missing_weights_error(model, "the reward VLM", "--vlm.model", "no such file or folder")
+        if not os.path.isdir(source) or not os.path.exists(os.path.join(source, "config.json")):
+            raise missing_weights_error(model, "the reward VLM", "--vlm.model", "no config.json in it")
+        names = os.listdir(source)
+        if not any(n.endswith((".safetensors", ".bin")) for n in names):
+            raise missing_weights_error(
+                model, "the reward VLM", "--vlm.model", "no *.safetensors weights in it"
+            )
+    elif kind == "hub":
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(model)
+        except HFValidationError:
+            raise missing_weights_error(
+                model, "the reward VLM", "--vlm.model", "not a folder nor an HF id"
+            ) from None
+        cached = _hub_file(model, "config.json") and (
+            _hub_file(model, "model.safetensors.index.json") or _hub_file(model, "model.safetensors")
+        )
+        if not cached and hf_offline():
+            raise missing_weights_error(
+                model, "the reward VLM", "--vlm.model", "not in the HF cache, HF_HUB_OFFLINE is set"
+            )
+        if not cached and not hub_reachable():
+            raise missing_weights_error(
+                model, "the reward VLM", "--vlm.model", "not in the HF cache and the hub is unreachable"
+            )
+
+
+def _chat_template(kind: str, source: str, tokenizer) -> str | None:
+    """The processor's chat template (chat_template.jinja / chat_template.json), else the tokenizer's."""
+    for name in ("chat_template.jinja", "chat_template.json"):
+        path = os.path.join(source, name) if kind != "hub" else _hub_file(source, name)
+        if path and os.path.isfile(path):
+            text = Path(path).read_text(encoding="utf-8")
+            return json.loads(text)["chat_template"] if name.endswith(".json") else text
+    return getattr(tokenizer, "chat_template", None)
+
+
+def check_reward_source(cfg: RewardConfig, prompt: str | None = None) -> VLMSource:
+    """Validate the reward config, model id/path and (if given) the prompt length before heavy work.
+
+    Loads only the config, tokenizer and image-processor settings. Raises SplatVLMError with one line.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    # 1. plain config values
+    if cfg.size < 28 or cfg.size % 28:
+        raise SplatVLMError(f"--vlm.size {cfg.size} must be a positive multiple of 28 (e.g. 252 or 448)")
+    if cfg.num_views < 1:
+        raise SplatVLMError(f"--vlm.num-views must be at least 1, got {cfg.num_views}")
+    if cfg.every < 1:
+        raise SplatVLMError(f"--vlm.every must be at least 1, got {cfg.every}")
+    if cfg.lora_weights and len(cfg.lora_weights) != len(cfg.lora):
+        raise SplatVLMError(
+            f"got {len(cfg.lora_weights)} --vlm.lora-weights for {len(cfg.lora)} --vlm.lora adapters; give one each"
+        )
+    if cfg.kind == "answer_ll" and not cfg.target_answer.strip():
+        raise SplatVLMError("--vlm.kind answer_ll needs a non-empty --vlm.target-answer")
+
+    # 2. where the weights come from
+    kind, source = _resolve(cfg.model)
+    _check_weights_present(kind, source, cfg.model)
+    try:
+        config = AutoConfig.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        improc = Qwen2VLImageProcessorPil.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise missing_weights_error(cfg.model, "the reward VLM", "--vlm.model", detail) from None
+    if getattr(config, "model_type", None) != "qwen2_5_vl":
+        raise SplatVLMError(
+            f"--vlm.model {cfg.model} is a '{getattr(config, 'model_type', '?')}' model; the reward needs Qwen2.5-VL"
+        )
+    if kind == "random":
+        config = vlm_config(cfg.model.split("-")[1], tokenizer)
+    template = _chat_template(kind, source, tokenizer)
+    if not template:
+        raise SplatVLMError(f"--vlm.model {cfg.model} has no chat template (chat_template.jinja/.json)")
+    src = VLMSource(
+        model=cfg.model,
+        source="" if kind == "random" else source,
+        config=config,
+        tokenizer=tokenizer,
+        chat_template=template,
+        image_mean=tuple(improc.image_mean),
+        image_std=tuple(improc.image_std),
+        patch_size=int(improc.patch_size),
+        merge_size=int(improc.merge_size),
+        temporal_patch_size=int(improc.temporal_patch_size),
+    )
+    vc = config.vision_config
+    if (vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size) != (
+        src.patch_size, src.merge_size, src.temporal_patch_size,
+    ):  # fmt: skip
+        raise SplatVLMError(
+            f"--vlm.model {cfg.model}: image processor and vision config disagree on patch sizes"
+        )
+    answer_token_ids(tokenizer)
+
+    # 3. adapters: folders and configs now; shapes against a weightless copy of the model
+    if cfg.lora:
+        adapters.check_adapters(cfg.lora, config, cfg.model)
+
+    # 4. the prompt must fit the context with all its image tokens
+    if prompt is not None:
+        check_prompt_fits(cfg, src, prompt)
+    return src
+
+
+def check_prompt_fits(cfg: RewardConfig, src: VLMSource, prompt: str) -> None:
+    """The reward query for ``prompt`` (all its image tokens included) fits the VLM's context."""
+    ids = query_ids(src, question_text(cfg.question, prompt, cfg.num_views), cfg.num_views,
+                    (cfg.size // src.patch_size,) * 2, target_ids(cfg, src.tokenizer))  # fmt: skip
+    check_context(src, ids.shape[-1], cfg.model)
+
+
+# ---------------------------------------------------------------------------------------------------
+# A run
+
+
+@dataclass
+class Sources:
+    """What a run's guidance terms load, resolved once (None = that term is off for the whole run)."""
+
+    vlm: VLMSource | None = None
+
+
+def check_sources(cfg, prompts: Sequence[str] = (), sds: bool = True, vlm: bool = True) -> Sources:
+    """Validate model ids/paths, and that each prompt fits the models' context, before any heavy work.
+
+    ``cfg`` is a RunConfig; ``sds``/``vlm`` say which terms are active. Each tokenizer loads once.
+    """
+    out = Sources()
+    if sds:
+        check_sds_source(cfg.sds)
+        check_prompt_length(cfg.sds, list(prompts))
+    if vlm:
+        src = check_reward_source(cfg.vlm)
+        for prompt in prompts:
+            check_prompt_fits(cfg.vlm, src, prompt)
+        out.vlm = src
+    return out
+
+
+def load_reward(cfg: RewardConfig, device="auto"):
+    """Resolve the reward's source and build it (the library's one-call entry point)."""
+    from .guidance.reward import VLMReward
+
+    return VLMReward(cfg, check_reward_source(cfg), device)
+
+
+def load_prior(cfg: SDSConfig, device="auto"):
+    """Check the prior's source and load it (the library's one-call entry point)."""
+    from .guidance.sds import SDSGuidance
+    from .hub import pick_device
+
+    check_sds_source(cfg)
+    return SDSGuidance(cfg, pick_device(device) if isinstance(device, str) else device).load()

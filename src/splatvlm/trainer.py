@@ -242,6 +242,32 @@ def weighted_sum(
     return total, logs
 
 
+def term_streams(terms: dict[str, Term], device: torch.device) -> dict[str, torch.cuda.Stream]:
+    """One CUDA stream per loss term when there are several (none on CPU)."""
+    if device.type != "cuda" or len(terms) < 2:
+        return {}
+    return {name: torch.cuda.Stream(device) for name in terms}
+
+
+@contextlib.contextmanager
+def on_stream(stream: torch.cuda.Stream | None) -> Iterator[None]:
+    """Run the block on ``stream`` after the work queued so far on the current stream (the renders)."""
+    if stream is None:
+        yield
+        return
+    stream.wait_stream(torch.cuda.current_stream(stream.device))
+    with torch.cuda.stream(stream):
+        yield
+
+
+def join_streams(streams: dict[str, torch.cuda.Stream], device: torch.device) -> None:
+    """The current stream waits for every term's stream (the weighted sum and backward follow on it)."""
+    if streams:
+        current = torch.cuda.current_stream(device)
+        for s in streams.values():
+            current.wait_stream(s)
+
+
 def grads_finite(params: torch.nn.ParameterDict) -> bool:
     flags = [torch.isfinite(p.grad).all() for p in params.values() if p.grad is not None]
     return bool(torch.stack(flags).all()) if flags else True
@@ -285,6 +311,7 @@ def train(
     ]
     t_last, n_last = time.perf_counter(), state.step
     params = state.params
+    streams = term_streams(terms, device) if cfg.parallel_terms else {}
     with _SignalFlag() as flag, Progress(*columns, disable=not progress, transient=False) as bar:
         task = bar.add_task("train", total=cfg.steps, completed=state.step, info="")
         try:
@@ -308,7 +335,7 @@ def train(
                         cfg.strategy, state.strategy, params, state.optimizers, state.strategy_state, step, out.info
                     )
 
-                # 4. Loss terms that are due and weighted this step.
+                # 4. Loss terms that are due and weighted this step (each on its own stream on CUDA).
                 outputs: dict[str, dict[str, Any]] = {}
                 for name, term in terms.items():
                     if step % term.every:
@@ -317,8 +344,9 @@ def train(
                         continue
                     rgb = out.rgb if term.num_views is None else out.rgb[: term.num_views]
                     views = cams if term.num_views is None else cams[: term.num_views]
-                    with timer(name):
+                    with on_stream(streams.get(name)), timer(name):
                         outputs[name] = term.fn(rgb, views, step)
+                join_streams(streams, device)
 
                 # 5. Combine with the scheduled weights.
                 loss, logs = weighted_sum(outputs, weights, every, step)

@@ -14,14 +14,7 @@ under the user cache on first use.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import re
-import shutil
 from dataclasses import dataclass
-from pathlib import Path
-from pickle import UnpicklingError
 from typing import Literal
 
 import torch
@@ -30,7 +23,12 @@ from torch import Tensor
 
 from ..errors import SplatVLMError
 from ..gaussians.cameras import Cameras
-from ..models import DType, cache_dir, hf_offline, hub_reachable, is_local, missing_weights_error, pick_dtype
+from ..hub import (
+    DType,
+    pick_dtype,
+    quiet_model_io,
+)
+from .components import SDComponents, load_components
 from .graphs import GraphedGrad, surrogate_loss
 
 # threestudio-mvdream's negative prompt, which the VLM3D recipe inherits (a hyperparameter value).
@@ -87,8 +85,9 @@ class SDSConfig:
     """Attention kernel: torch scaled_dot_product_attention or the explicit softmax (for comparisons)."""
     channels_last: bool = False
     """Run the UNet and VAE in channels-last memory format (often faster on CUDA)."""
-    compile: bool = False
-    """torch.compile the UNet (CUDA; the first steps are slow while it compiles)."""
+    compile: bool = True
+    """torch.compile the UNet (CUDA only, ignored on CPU; about 30 s of compiling at the first step, paid once
+    per process)."""
     cuda_graph: bool = True
     """Capture the SDS step (VAE encode, noising, CFG UNet, target, and the gradient to the pixels) in one
     CUDA graph per render shape and replay it (the first step of each shape captures it); ignored on CPU.
@@ -171,312 +170,16 @@ def target_loss(latents: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Components: full-size configs, tiny demo models, loading
+# Checks
 
 
-SD21_VAE_CONFIG: dict = dict(
-    in_channels=3,
-    out_channels=3,
-    down_block_types=("DownEncoderBlock2D",) * 4,
-    up_block_types=("UpDecoderBlock2D",) * 4,
-    block_out_channels=(128, 256, 512, 512),
-    layers_per_block=2,
-    act_fn="silu",
-    latent_channels=4,
-    norm_num_groups=32,
-    sample_size=512,
-    scaling_factor=0.18215,
-)
-SD21_TEXT_ENCODER_CONFIG: dict = dict(
-    vocab_size=49408,
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_hidden_layers=23,
-    num_attention_heads=16,
-    max_position_embeddings=77,
-    hidden_act="gelu",
-    projection_dim=512,
-)
-SD_SCHEDULER_CONFIG: dict = dict(
-    num_train_timesteps=1000,
-    beta_start=0.00085,
-    beta_end=0.012,
-    beta_schedule="scaled_linear",
-    prediction_type="epsilon",
-    clip_sample=False,
-    steps_offset=1,
-)
-
-
-@dataclass
-class SDComponents:
-    """The diffusers / transformers parts of a latent diffusion prior."""
-
-    unet: torch.nn.Module
-    vae: torch.nn.Module
-    text_encoder: torch.nn.Module
-    tokenizer: object
-    scheduler: object
-
-
-def _byte_chars() -> list[str]:
-    # GPT-2/CLIP byte-level alphabet: printable bytes map to themselves, the rest to U+0100 onward.
-    keep = (
-        set(range(ord("!"), ord("~") + 1))
-        | set(range(ord("¡"), ord("¬") + 1))
-        | set(range(ord("®"), ord("ÿ") + 1))
-    )
-    out, n = [], 0
-    for b in range(256):
-        if b in keep:
-            out.append(chr(b))
-        else:
-            out.append(chr(256 + n))
-            n += 1
-    return out
-
-
-def tiny_clip_tokenizer():
-    """A CLIP BPE tokenizer over single bytes only (no merges), built locally for tests and the demo."""
-    from transformers import CLIPTokenizer
-
-    chars = _byte_chars()
-    vocab = {c: i for i, c in enumerate(chars)}
-    vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
-    vocab["<|startoftext|>"] = len(vocab)
-    vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=77)
-
-
-def tiny_unet_config(kind: Literal["mvdream", "sd"]) -> dict:
-    """A small UNet with SD-2.1's block structure (4 levels, 2 layers each); native size 64 px."""
-    from .mvdream import SD21_BASE_UNET_CONFIG, mvdream_unet_config
-
-    small = dict(
-        sample_size=8,
-        block_out_channels=(32, 32, 64, 64),
-        attention_head_dim=(2, 2, 4, 4),
-        cross_attention_dim=32,
-        norm_num_groups=8,
-    )
-    return mvdream_unet_config(**small) if kind == "mvdream" else dict(SD21_BASE_UNET_CONFIG, **small)
-
-
-def tiny_components(kind: Literal["mvdream", "sd"], seed: int = 0) -> SDComponents:
-    """Tiny random models of the real classes (seconds to build on CPU)."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    tokenizer = tiny_clip_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        unet = UNet2DConditionModel(**tiny_unet_config(kind))
-        vae = AutoencoderKL(
-            **dict(
-                SD21_VAE_CONFIG,
-                block_out_channels=(8, 16, 16, 16),
-                layers_per_block=1,
-                norm_num_groups=4,
-                sample_size=64,
-            )
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                max_position_embeddings=77,
-                hidden_act="gelu",
-                projection_dim=32,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
-    return SDComponents(unet, vae, text_encoder, tokenizer, DDPMScheduler(**SD_SCHEDULER_CONFIG))
-
-
-def random_components(
-    kind: Literal["mvdream", "sd"], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-) -> SDComponents:
-    """Full-size random-weight components (SD-2.1-base UNet/VAE/text encoder) for speed tests.
-
-    Built directly on ``device``; the tokenizer is the tiny local one (ids stay inside the vocab).
-    """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from .mvdream import SD21_BASE_UNET_CONFIG, mvdream_unet_config
-
-    unet_config = mvdream_unet_config() if kind == "mvdream" else dict(SD21_BASE_UNET_CONFIG)
-    # nn.Module.to: diffusers' own .to warns about fp32-only modules, which these models do not have.
-    with torch.device(device):
-        unet = torch.nn.Module.to(UNet2DConditionModel(**unet_config), dtype=dtype)
-        vae = torch.nn.Module.to(AutoencoderKL(**SD21_VAE_CONFIG), dtype=dtype)
-        text_encoder = CLIPTextModel(CLIPTextConfig(**SD21_TEXT_ENCODER_CONFIG)).to(dtype)
-    return SDComponents(unet, vae, text_encoder, tiny_clip_tokenizer(), DDPMScheduler(**SD_SCHEDULER_CONFIG))
-
-
-def save_components(components: SDComponents, folder: str | os.PathLike) -> None:
-    """Write components as a diffusers-style folder (unet/, vae/, text_encoder/, tokenizer/, scheduler/)."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
-        getattr(components, name).save_pretrained(folder / name)
-    index = {
-        "_class_name": "StableDiffusionPipeline",
-        "unet": ["diffusers", type(components.unet).__name__],
-        "vae": ["diffusers", type(components.vae).__name__],
-        "text_encoder": ["transformers", type(components.text_encoder).__name__],
-        "tokenizer": ["transformers", type(components.tokenizer).__name__],
-        "scheduler": ["diffusers", type(components.scheduler).__name__],
-    }
-    (folder / "model_index.json").write_text(json.dumps(index, indent=2))
-
-
-@contextlib.contextmanager
-def quiet_model_io():
-    """Hide diffusers' and transformers' per-file progress bars while loading or saving (downloads keep theirs)."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    libs = (diffusers_logging, transformers_logging)
-    was = [lib.is_progress_bar_enabled() for lib in libs]
-    for lib in libs:
-        lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib, on in zip(libs, was, strict=True):
-            if on:
-                lib.enable_progress_bar()
-
-
-DEMO_VERSION = 1
-
-
-def ensure_demo_models(kind: Literal["mvdream", "sd"]) -> Path:
-    """Folder of the tiny random demo models, built and saved under the user cache on first use."""
-    folder = cache_dir() / "demo" / f"{kind}-v{DEMO_VERSION}"
-    if (folder / "model_index.json").exists():
-        return folder
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}"
-    try:
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        shutil.rmtree(tmp, ignore_errors=True)
-        with quiet_model_io():
-            save_components(tiny_components(kind), tmp)
-        if folder.exists() and not (folder / "model_index.json").exists():
-            shutil.rmtree(folder)  # half-written by a crashed older run (model_index.json is written last)
-        try:
-            os.replace(tmp, folder)  # atomic: other processes see all of it or nothing
-        except OSError:
-            if not (folder / "model_index.json").exists():  # not just another process winning the race
-                raise
-    except OSError as e:
+def check_prompt_tokens(tokenizer, prompt: str) -> None:
+    """Reject a prompt longer than the text encoder's context (it would be truncated silently)."""
+    n = len(tokenizer(prompt, truncation=False, verbose=False).input_ids)  # start and end tokens included
+    limit = tokenizer.model_max_length
+    if n > limit:
         raise SplatVLMError(
-            f"cannot write the demo models to {folder} ({e.strerror or e}); set SPLATVLM_CACHE to a writable folder"
-        ) from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return folder
-
-
-_HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-_HF_FILE = re.compile(r"^([A-Za-z0-9][\w.-]*/[\w.-]+)/(.+\.(?:pt|pth|ckpt|bin|safetensors))$")
-
-
-def _what(cfg: SDSConfig) -> str:
-    return "the MVDream prior" if cfg.kind == "mvdream" else "the Stable Diffusion prior"
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    return hub_reachable(timeout)
-
-
-def _short(e: BaseException) -> str:
-    text = " ".join(str(e).split())
-    return f"{type(e).__name__}: {text[:160]}" if text else type(e).__name__
-
-
-def _uses_base_model(cfg: SDSConfig) -> bool:
-    return cfg.kind == "mvdream" and (
-        os.path.isfile(os.path.expanduser(cfg.model)) or bool(_HF_FILE.match(cfg.model))
-    )
-
-
-def _check_local_file(path: Path, source: str, what: str, flag: str) -> None:
-    if path.suffix.lower() not in (".pt", ".pth", ".ckpt", ".bin", ".safetensors"):
-        raise missing_weights_error(source, what, flag, "a file must be a .pt/.ckpt/.safetensors checkpoint")
-    try:
-        with open(path, "rb") as f:
-            head = f.read(9)
-    except OSError as e:
-        raise missing_weights_error(source, what, flag, f"cannot read it: {e.strerror}") from None
-    zip_or_pickle = head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")
-    safetensors = len(head) == 9 and head[8:9] == b"{"
-    if not (zip_or_pickle or safetensors):
-        raise missing_weights_error(source, what, flag, "not a PyTorch or safetensors checkpoint")
-
-
-def _check_local_folder(path: Path, source: str, what: str, flag: str, parts: tuple[str, ...]) -> None:
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise missing_weights_error(source, what, flag, "folder is not readable")
-    missing = [p for p in parts if not (path / p).exists()]
-    if missing:
-        raise missing_weights_error(source, what, flag, f"missing {', '.join(missing)}")
-
-
-def _check_hub(source: str, filename: str, what: str, flag: str) -> None:
-    from huggingface_hub import HfApi, try_to_load_from_cache
-
-    repo = _HF_FILE.match(source).group(1) if _HF_FILE.match(source) else source
-    if isinstance(try_to_load_from_cache(repo, filename), str):
-        return
-    if hf_offline():
-        raise missing_weights_error(
-            source, what, flag, "HF_HUB_OFFLINE is set and it is not in the local HF cache"
-        )
-    if not _hub_reachable():
-        raise missing_weights_error(
-            source, what, flag, "the HF hub is unreachable and it is not in the local HF cache"
-        )
-    try:
-        exists = HfApi().file_exists(repo, filename)
-    except Exception as e:  # gated / private / network: every hub failure means the same to the user
-        raise missing_weights_error(source, what, flag, _short(e)) from None
-    if not exists:
-        raise missing_weights_error(source, what, flag, f"no {filename} in that repository")
-
-
-COMPONENT_PARTS = (
-    "text_encoder/config.json",
-    "tokenizer",
-    "vae/config.json",
-    "scheduler/scheduler_config.json",
-)
-
-
-def _check_source(source: str, what: str, flag: str, parts: tuple[str, ...], allow_file: bool) -> None:
-    if is_local(source):
-        path = Path(os.path.expanduser(source))
-        if not path.exists():
-            raise missing_weights_error(source, what, flag, "no such file or folder")
-        if path.is_file():
-            if not allow_file:
-                raise missing_weights_error(source, what, flag, "expected a folder of diffusers components")
-            _check_local_file(path, source, what, flag)
-        else:
-            _check_local_folder(path, source, what, flag, parts)
-    elif _HF_FILE.match(source) and allow_file:
-        _check_hub(source, _HF_FILE.match(source).group(2), what, flag)
-    elif _HF_ID.match(source):
-        _check_hub(source, parts[0], what, flag)
-    else:
-        raise missing_weights_error(
-            source, what, flag, "neither an existing path nor an HF id like owner/name"
+            f"prompt is {n} tokens long; the diffusion prior's text encoder takes at most {limit}: shorten it"
         )
 
 
@@ -495,114 +198,6 @@ def check_config(cfg: SDSConfig) -> None:
         raise SplatVLMError(f"sds.guidance_scale must be >= 0, got {cfg.guidance_scale}")
 
 
-def check_sds_source(cfg: SDSConfig) -> None:
-    """Cheap check that the weights can be found (path exists and has the right files, HF id cached or
-    reachable) before any heavy work; raises ``SplatVLMError`` with one line naming the source."""
-    check_config(cfg)
-    if cfg.model in ("demo", "random"):
-        return
-    what = _what(cfg)
-    _check_source(
-        cfg.model, what, "--sds.model", ("unet/config.json",) + COMPONENT_PARTS, cfg.kind == "mvdream"
-    )
-    if _uses_base_model(cfg):
-        base_what = f"the text encoder, tokenizer, VAE and scheduler for {what}"
-        _check_source(cfg.base_model, base_what, "--sds.base-model", COMPONENT_PARTS, allow_file=False)
-
-
-def _local_files_only(*sources: str) -> bool:
-    hub = [s for s in sources if not is_local(s)]
-    return bool(hub) and (hf_offline() or not _hub_reachable())
-
-
-def load_components(cfg: SDSConfig, dtype: torch.dtype, device: torch.device | str = "cpu") -> SDComponents:
-    """Load (or build) the prior's components; any failure to find weights becomes one clear error."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from huggingface_hub.errors import EntryNotFoundError
-    from safetensors import SafetensorError
-    from transformers import CLIPTextModel, CLIPTokenizer
-
-    from .mvdream import load_mvdream_unet
-
-    if cfg.model == "random":
-        return random_components(cfg.kind, device, dtype)
-    source = str(ensure_demo_models(cfg.kind)) if cfg.model == "demo" else cfg.model
-    named, what, flag = source, _what(cfg), "--sds.model"
-    uses_base = _uses_base_model(cfg)
-    local_only = _local_files_only(source, cfg.base_model) if uses_base else _local_files_only(source)
-    try:
-        if cfg.kind == "mvdream":
-            m = _HF_FILE.match(source)
-            if m and not is_local(source):
-                from huggingface_hub import hf_hub_download
-
-                source = hf_hub_download(m.group(1), m.group(2), local_files_only=local_only)
-            unet = load_mvdream_unet(source, dtype, local_files_only=local_only)
-        else:
-            unet = UNet2DConditionModel.from_pretrained(
-                source, subfolder="unet", torch_dtype=dtype, local_files_only=local_only
-            )
-        if uses_base:
-            source = named = cfg.base_model
-            what = f"the text encoder, tokenizer, VAE and scheduler for {what}"
-            flag = "--sds.base-model"
-        vae = AutoencoderKL.from_pretrained(
-            source, subfolder="vae", torch_dtype=dtype, local_files_only=local_only
-        )
-        text_encoder = CLIPTextModel.from_pretrained(
-            source, subfolder="text_encoder", dtype=dtype, local_files_only=local_only
-        )
-        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local_only)
-        scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", local_files_only=local_only)
-    except SplatVLMError:
-        raise
-    except (
-        OSError,
-        ValueError,
-        KeyError,
-        RuntimeError,
-        EntryNotFoundError,
-        SafetensorError,
-        UnpicklingError,
-    ) as e:
-        # Hub errors (OSError subclasses), bad json, wrong or truncated files: the user needs the source
-        # named, not a traceback. Other exception types are bugs and keep their traceback.
-        raise missing_weights_error(named, what, flag, _short(e)) from None
-    return SDComponents(unet, vae, text_encoder, tokenizer, scheduler)
-
-
-def prompt_token_count(tokenizer, prompt: str) -> int:
-    """Tokens of ``prompt`` including the start and end tokens."""
-    return len(tokenizer(prompt, truncation=False, verbose=False).input_ids)
-
-
-def check_prompt_length(cfg: SDSConfig, prompts: list[str]) -> None:
-    """Reject prompts longer than the text encoder's context before any model loads (only the tokenizer).
-
-    Where the tokenizer cannot be read here, nothing is said: loading the prior reports that clearly.
-    """
-    from transformers import CLIPTokenizer
-
-    if cfg.model == "random" or not prompts:
-        return
-    source = str(ensure_demo_models(cfg.kind)) if cfg.model == "demo" else cfg.model
-    if _uses_base_model(cfg):
-        source = cfg.base_model
-    try:
-        with quiet_model_io():
-            tokenizer = CLIPTokenizer.from_pretrained(
-                source, subfolder="tokenizer", local_files_only=_local_files_only(source)
-            )
-    except Exception:  # noqa: BLE001 - reported by the full load with the source named
-        return
-    for prompt in prompts:
-        n, limit = prompt_token_count(tokenizer, prompt), tokenizer.model_max_length
-        if n > limit:
-            raise SplatVLMError(
-                f"prompt is {n} tokens long; the diffusion prior's text encoder takes at most {limit}: shorten it"
-            )
-
-
 # ---------------------------------------------------------------------------------------------
 # The guidance term
 
@@ -614,7 +209,7 @@ class SDSGuidance:
     """
 
     def __init__(self, cfg: SDSConfig, device: torch.device | str):
-        check_sds_source(cfg)
+        check_config(cfg)  # the weights' source is checked once per run (splatvlm.models.check_sds_source)
         self.cfg = cfg
         self.device = torch.device(device)
         self.dtype = pick_dtype(cfg.dtype, self.device)
@@ -660,7 +255,7 @@ class SDSGuidance:
         if self.cfg.channels_last:
             parts.unet.to(memory_format=torch.channels_last)
             parts.vae.to(memory_format=torch.channels_last)
-        if self.cfg.compile:
+        if self.cfg.compile and self.device.type == "cuda":
             parts.unet = torch.compile(parts.unet)
         self.alphas_cumprod = parts.scheduler.alphas_cumprod.to(self.device, torch.float32)  # [T]
         self.num_train_timesteps = int(parts.scheduler.config.num_train_timesteps)
@@ -699,12 +294,7 @@ class SDSGuidance:
         """Encode and cache the prompt (per view direction when view-dependent) and the negative prompt."""
         if prompt == self.prompt:
             return
-        tokenizer = self.load().parts.tokenizer
-        n, limit = prompt_token_count(tokenizer, prompt), tokenizer.model_max_length
-        if n > limit:
-            raise SplatVLMError(
-                f"prompt is {n} tokens long; the diffusion prior's text encoder takes at most {limit}: shorten it"
-            )
+        check_prompt_tokens(self.load().parts.tokenizer, prompt)
         texts = [prompt]
         if self.cfg.view_dependent_prompts:
             texts = [f"{prompt}, {suffix}" for suffix in VIEW_SUFFIXES]
@@ -922,7 +512,7 @@ class SDSGuidance:
                 self._graphed = GraphedGrad(self.static_loss)
             value, grad, aux = self._graphed(x)
             loss = surrogate_loss(x, value, grad)
-            return {"loss_sds": loss, "sds_t": float(t), "sds_grad_norm": float(aux["grad_norm"])}
+            return {"loss_sds": loss, "sds_t": float(t), "sds_grad_norm": aux["grad_norm"].detach().clone()}
         # 2. encode renders to latents (the gradient flows through the VAE encoder)
         latents = self.encode_images(x)
         # 3. one timestep for all views, CFG noise prediction, detached target, MSE

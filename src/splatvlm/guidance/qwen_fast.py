@@ -1,0 +1,338 @@
+"""The capture-safe Qwen2.5-VL forward of the reward: the model's own modules, called with every
+grid- and prompt-dependent index precomputed once per query, so forward and pixel gradient have fixed
+shapes and no host syncs (and can be captured in one CUDA graph).
+
+What it computes: pixels -> patches in the vision tower's window order -> vision blocks (window attention,
+full attention per image in ``fullatt_block_indexes``) -> merger -> image features written into the
+text embeddings -> decoder layers -> the last layer and the LM head only at the rows whose logits are read.
+
+It calls these transformers internals, checked by ``check_transformers`` when the reward loads (a one-line
+error instead of a TypeError inside a step):
+- ``transformers.masking_utils.create_causal_mask`` (its cache argument is ``cache`` from 5.2x,
+  ``past_key_values`` before; both are handled);
+- ``transformers.vision_utils.get_vision_window_index`` and ``get_vision_position_ids``;
+- ``modeling_qwen2_5_vl.apply_rotary_pos_emb_vision``, ``apply_rotary_pos_emb`` and ``repeat_kv``;
+- the model's ``visual.rotary_pos_emb``, ``visual.patch_embed.proj``, ``visual.blocks[i].{norm1, attn.qkv,
+  attn.proj, norm2, mlp}``, ``visual.merger``, ``language_model.{layers, norm, rotary_emb}`` and
+  ``model.get_rope_index``.
+When transformers renames one of these, the reward still runs with ``--vlm.no-fast`` (the plain HF
+forward); the fast path follows the release in this module only.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from ..errors import SplatVLMError
+
+TESTED_TRANSFORMERS = ("5.17.0", "5.24.0")
+
+
+def cache_kwarg_of(fn: Callable) -> str:
+    """The name of ``fn``'s KV-cache argument: ``cache`` (transformers 5.2x) or ``past_key_values`` (before)."""
+    return "cache" if "cache" in inspect.signature(fn).parameters else "past_key_values"
+
+
+@functools.cache
+def cache_kwarg() -> str:
+    """The (unused) KV-cache argument's name for create_causal_mask and the decoder layers."""
+    from transformers.masking_utils import create_causal_mask
+
+    return cache_kwarg_of(create_causal_mask)
+
+
+def check_transformers(model) -> None:
+    """Raise one line if this transformers lacks an internal the fast path calls (see the docstring)."""
+    import transformers
+
+    missing = []
+    try:
+        from transformers.masking_utils import create_causal_mask
+        from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as mq
+        from transformers.vision_utils import get_vision_position_ids, get_vision_window_index  # noqa: F401
+
+        for name in ("apply_rotary_pos_emb_vision", "apply_rotary_pos_emb", "repeat_kv"):
+            if not hasattr(mq, name):
+                missing.append(f"modeling_qwen2_5_vl.{name}")
+        params = inspect.signature(create_causal_mask).parameters
+        if not ({"cache", "past_key_values"} & set(params)):
+            missing.append("create_causal_mask(cache=... | past_key_values=...)")
+    except ImportError as e:
+        missing.append(str(e).split("'")[1] if "'" in str(e) else str(e))
+    inner = model.model
+    vis, lm = inner.visual, inner.language_model
+    blk = vis.blocks[0]
+    for owner, names in (
+        (vis, ("rotary_pos_emb", "patch_embed", "merger", "blocks", "fullatt_block_indexes")),
+        (blk, ("norm1", "norm2", "attn", "mlp")),
+        (blk.attn, ("qkv", "proj", "num_heads", "scaling")),
+        (lm, ("layers", "norm", "rotary_emb", "embed_tokens")),
+        (inner, ("get_rope_index", "get_input_embeddings")),
+    ):
+        missing += [f"{type(owner).__name__}.{n}" for n in names if not hasattr(owner, n)]
+    if missing:
+        raise SplatVLMError(
+            f"the reward's fast path does not know transformers {transformers.__version__} (missing "
+            f"{', '.join(missing[:3])}); install transformers {' or '.join(TESTED_TRANSFORMERS)}, or run with --vlm.no-fast"
+        )
+
+
+@dataclass
+class Segments:
+    """Packed attention segments (HF's cu_seqlens) laid out as a batch for one SDPA call, no host syncs.
+
+    Equal segments are a plain reshape; unequal ones are gathered into ``n`` slots of ``length`` tokens
+    (short ones padded with a copy of their first token) with a key mask, and scattered back.
+    """
+
+    n: int
+    length: int
+    gather: torch.Tensor | None  # [n * length] token index of each slot; None = equal segments
+    scatter: torch.Tensor | None  # [S] slot of each token
+    mask: torch.Tensor | None  # [n, 1, length, length] bool, True = real key
+
+
+def segment_layout(cu_seqlens: Sequence[int], device: torch.device) -> Segments:
+    """The batched layout of the segments [cu[i], cu[i+1]) (empty ones dropped)."""
+    bounds = [(a, b) for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:], strict=True) if b > a]
+    lengths = [b - a for a, b in bounds]
+    n, length = len(bounds), max(lengths)
+    if all(m == length for m in lengths):
+        return Segments(n, length, None, None, None)
+    slot = torch.arange(length)
+    starts = torch.tensor([a for a, _ in bounds])[:, None]
+    lens = torch.tensor(lengths)[:, None]
+    real = slot[None] < lens  # [n, length]
+    gather = torch.where(real, starts + slot, starts)  # padding slots repeat a real token: finite rows
+    scatter = (torch.arange(n)[:, None] * length + slot)[real]  # segments are in token order
+    mask = real[:, None, None, :].expand(n, 1, length, length).contiguous()
+    return Segments(n, length, gather.flatten().to(device), scatter.to(device), mask.to(device))
+
+
+def segment_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seg: Segments, scale: float
+) -> torch.Tensor:
+    """Attention within each segment: q, k, v [S, H, D] -> [S, H*D]."""
+    s, h, d = q.shape
+
+    def batched(t):  # [S, H, D] -> [n, H, length, D]
+        if seg.gather is not None:
+            t = t.index_select(0, seg.gather)
+        return t.reshape(seg.n, seg.length, h, d).transpose(1, 2)
+
+    o = F.scaled_dot_product_attention(batched(q), batched(k), batched(v), attn_mask=seg.mask, scale=scale)
+    o = o.transpose(1, 2).reshape(seg.n * seg.length, h * d)
+    return o if seg.scatter is None else o.index_select(0, seg.scatter)
+
+
+def vision_block(blk, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments) -> torch.Tensor:
+    """One Qwen2.5-VL vision block (the model's own modules) on window-ordered tokens x [S, Dv]."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
+
+    attn = blk.attn
+    qkv = attn.qkv(blk.norm1(x)).reshape(x.shape[0], 3, attn.num_heads, -1).permute(1, 0, 2, 3)
+    q, k = apply_rotary_pos_emb_vision(qkv[0], qkv[1], cos, sin)
+    x = x + attn.proj(segment_attention(q, k, qkv[2], seg, attn.scaling))
+    return x + blk.mlp(blk.norm2(x))
+
+
+def decoder_tail(
+    layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: slice, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """The last decoder layer, output only at positions ``rows``: h [1, L, D] -> [1, len(rows), D].
+
+    Keys and values still cover every position; the query, output projection and MLP run on ``rows``
+    alone, since no other position's output is read.
+    """
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb, repeat_kv
+
+    attn = layer.self_attn
+    b, length, _ = h.shape
+    n = rows.stop - rows.start
+    x = layer.input_layernorm(h)
+    q = attn.q_proj(x[:, rows]).view(b, n, -1, attn.head_dim).transpose(1, 2)  # [1, H, n, Dh]
+    k = attn.k_proj(x).view(b, length, -1, attn.head_dim).transpose(1, 2)  # [1, Hkv, L, Dh]
+    v = attn.v_proj(x).view(b, length, -1, attn.head_dim).transpose(1, 2)
+    q = apply_rotary_pos_emb(q, q, cos[:, rows], sin[:, rows])[0]
+    k = apply_rotary_pos_emb(k, k, cos, sin)[0]
+    k, v = repeat_kv(k, attn.num_key_value_groups), repeat_kv(v, attn.num_key_value_groups)
+    o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling)
+    h = h[:, rows] + attn.o_proj(o.transpose(1, 2).reshape(b, n, -1))
+    return h + layer.mlp(layer.post_attention_layernorm(h))
+
+
+@dataclass
+class StaticInputs:
+    """Pixel-independent device tensors of the capture-safe forward, built once per query.
+
+    Everything HF's modules would derive from the image grid and the token ids with host syncs (window
+    index, rotary tables, cu_seqlens splits, causal masks, image-token positions) is here.
+    """
+
+    mean: torch.Tensor  # [3] processor mean
+    std: torch.Tensor  # [3]
+    patch_order: torch.Tensor  # [S] pixel_values rows in the vision tower's window order
+    vision_cos: torch.Tensor  # [S, Dv_head] float32, window order
+    vision_sin: torch.Tensor  # [S, Dv_head]
+    windows: Segments  # window-attention blocks
+    images: Segments  # full-attention blocks (one segment per image)
+    feature_pos: torch.Tensor  # [N_img] sequence position of each merged vision token (window order)
+    text_cos: torch.Tensor  # [1, L, Dh] model dtype
+    text_sin: torch.Tensor  # [1, L, Dh]
+    masks: dict  # layer type -> decoder attention mask (None = SDPA's is_causal)
+    rows: slice  # positions whose last-layer output is read (answer, then target tokens)
+    rows_mask: torch.Tensor | None  # [1, 1, len(rows), L] bool causal mask of those rows; None = all keys
+    answer_ids: torch.Tensor  # [2] Yes, No token ids
+
+
+
+
+def static_inputs(
+    model,
+    image_mean: Sequence[float],
+    image_std: Sequence[float],
+    ids: torch.Tensor,  # [1, L] token ids
+    grid: torch.Tensor,  # [n_images, 3]
+    position_ids: torch.Tensor,  # [3, 1, L]
+    image_pos: torch.Tensor,  # [N_img]
+    answer_pos: int,
+    n_target: int,
+    answer_ids: tuple[int, int],
+) -> StaticInputs:
+    """Precompute (with host syncs, outside any graph) the fixed tensors of the capture-safe forward."""
+    from transformers.masking_utils import create_causal_mask
+    from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+
+    device = ids.device
+    vis = model.model.visual
+    lm = model.model.language_model
+    unit = vis.spatial_merge_size**2
+    # 1. vision tower: window order, rotary tables, attention segments
+    win, cu_win = get_vision_window_index(grid, vis.spatial_merge_size, vis.window_size, vis.patch_size)
+    win = win.to(device)
+    patch_order = (win[:, None] * unit + torch.arange(unit, device=device)).flatten()
+    pos = get_vision_position_ids(grid, vis.spatial_merge_size)
+    dummy = torch.empty(0, device=device)
+    cos, sin = vis.rotary_pos_emb(dummy, pos)
+    per_image = [int(t * h * w) for t, h, w in grid.tolist()]
+    cu_img = [0]
+    for m in per_image:
+        cu_img.append(cu_img[-1] + m)
+    # 2. language model: rotary tables, masks, the rows the answer is read from
+    length = ids.shape[1]
+    dtype = lm.embed_tokens.weight.dtype
+    text_cos, text_sin = lm.rotary_emb(torch.empty(0, dtype=dtype, device=device), position_ids)
+    shaped = torch.empty(1, length, 1, dtype=dtype, device=device)
+    kw = {"config": lm.config, "inputs_embeds": shaped, "attention_mask": torch.ones_like(ids), cache_kwarg(): None}
+    if set(lm.config.layer_types) != {"full_attention"}:
+        raise SplatVLMError(
+            "the reward's fast path needs a VLM with full attention in every layer; use --vlm.no-fast"
+        )
+    masks = {"full_attention": create_causal_mask(**kw)}  # None under SDPA: is_causal, no mask tensor
+    rows = slice(answer_pos, answer_pos + max(1, n_target))
+    rows_mask = None
+    if rows.stop != length or rows.stop - rows.start != 1:
+        keys = torch.arange(length, device=device)
+        rows_mask = (keys[None] <= torch.arange(rows.start, rows.stop, device=device)[:, None])[None, None]
+    return StaticInputs(
+        mean=torch.tensor(image_mean, dtype=torch.float32, device=device),
+        std=torch.tensor(image_std, dtype=torch.float32, device=device),
+        patch_order=patch_order,
+        vision_cos=cos.index_select(0, patch_order).float(),
+        vision_sin=sin.index_select(0, patch_order).float(),
+        windows=segment_layout(cu_win.tolist(), device),
+        images=segment_layout(cu_img, device),
+        feature_pos=image_pos.index_select(0, win),
+        text_cos=text_cos,
+        text_sin=text_sin,
+        masks=masks,
+        rows=rows,
+        rows_mask=rows_mask,
+        answer_ids=torch.tensor(answer_ids, dtype=torch.long, device=device),
+    )
+
+
+def fast_logits(
+    model,
+    st: StaticInputs,
+    input_ids: torch.Tensor,  # [1, L]
+    pixel_values: torch.Tensor,  # [S, 3 * T * P * P] model dtype, in the processor's patch order
+    n_target: int,
+    block_fn: Callable = vision_block,
+    checkpointing: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Patches -> (Yes/No logits [2], full-vocabulary logits [T, V] at the target rows, or None).
+
+    Capture-safe: fixed shapes, no host syncs; every index comes from ``st``.
+    """
+    inner = model.model
+    vis, lm = inner.visual, inner.language_model
+    # 1. patches in the vision tower's window order; the patch Conv3d (stride == kernel) as the GEMM it is
+    # (some cuDNN versions run that Conv3d very slowly in bf16)
+    pixel_values = pixel_values.index_select(0, st.patch_order)
+    proj = vis.patch_embed.proj
+    x = F.linear(pixel_values, proj.weight.reshape(proj.weight.shape[0], -1), proj.bias)  # [S, Dv]
+    # 2. vision blocks: window attention, full attention per image in fullatt_block_indexes
+    full = set(vis.fullatt_block_indexes)
+    for i, blk in enumerate(vis.blocks):
+        seg = st.images if i in full else st.windows
+        if checkpointing and torch.is_grad_enabled():
+            x = checkpoint(block_fn, blk, x, st.vision_cos, st.vision_sin, seg, use_reentrant=False)
+        else:
+            x = block_fn(blk, x, st.vision_cos, st.vision_sin, seg)
+    feats = vis.merger(x)  # [N_img, D] merged tokens, window order
+    # 3. text embeddings with the image features in place
+    h = inner.get_input_embeddings()(input_ids)  # [1, L, D]
+    h = h.index_copy(1, st.feature_pos, feats[None].to(h.dtype))
+    # 4. decoder layers; the last one only at the rows we read
+    pe = (st.text_cos, st.text_sin)
+    no_cache = {cache_kwarg(): None}
+    for layer, kind in zip(lm.layers[:-1], lm.config.layer_types, strict=False):
+        h = layer(h, attention_mask=st.masks[kind], position_embeddings=pe, position_ids=None, use_cache=False,
+                  **no_cache)  # fmt: skip
+    h = lm.norm(decoder_tail(lm.layers[-1], h, *pe, st.rows, st.rows_mask))[0]  # [len(rows), D]
+    # 5. LM head: the Yes/No rows at the answer position, the full vocabulary at target rows
+    head = model.get_output_embeddings().weight  # [V, D]
+    yn = F.linear(h[0], head.index_select(0, st.answer_ids)).float()
+    return yn, F.linear(h[:n_target], head).float() if n_target else None
+
+
+@torch.no_grad()
+def pad_vision_mlp(model, multiple: int = 64) -> int:
+    """Zero-pad the vision blocks' MLP width to a multiple of ``multiple``; returns the new width.
+
+    Qwen2.5-VL's vision MLP is 3420 wide, which no GEMM tile divides: on an H200 its bf16 matmuls ran at
+    145 TFLOP/s, and at 511 once padded to 3456 (FACTS.md). The padding is exact: the extra gate and up
+    rows are zero (with zero bias), act(0) * 0 = 0, and the extra down-projection columns are zero.
+    """
+    width = None
+    for blk in model.model.visual.blocks:
+        mlp = blk.mlp
+        n = mlp.gate_proj.out_features
+        pad = -n % multiple
+        if pad == 0 or float(mlp.act_fn(torch.zeros(()))) != 0.0:
+            return n
+        for name in ("gate_proj", "up_proj"):
+            old = getattr(mlp, name)
+            new = torch.nn.Linear(old.in_features, n + pad, bias=old.bias is not None, device=old.weight.device,
+                                  dtype=old.weight.dtype)  # fmt: skip
+            new.weight.zero_()[:n] = old.weight
+            if old.bias is not None:
+                new.bias.zero_()[:n] = old.bias
+            setattr(mlp, name, new.requires_grad_(False))
+        old = mlp.down_proj
+        new = torch.nn.Linear(n + pad, old.out_features, bias=old.bias is not None, device=old.weight.device,
+                              dtype=old.weight.dtype)  # fmt: skip
+        new.weight.zero_()[:, :n] = old.weight
+        if old.bias is not None:
+            new.bias.copy_(old.bias)
+        mlp.down_proj = new.requires_grad_(False)
+        mlp.intermediate_size = width = n + pad
+    return width
