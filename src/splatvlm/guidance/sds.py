@@ -85,9 +85,9 @@ class SDSConfig:
     """Attention kernel: torch scaled_dot_product_attention or the explicit softmax (for comparisons)."""
     channels_last: bool = False
     """Run the UNet and VAE in channels-last memory format (often faster on CUDA)."""
-    compile: bool = True
-    """torch.compile the UNet (CUDA only, ignored on CPU; about 30 s of compiling at the first step, paid once
-    per process)."""
+    compile: bool = False
+    """torch.compile the UNet (CUDA only, ignored on CPU). Off by default: it compiles once per render shape
+    (about 33 s each, two shapes in the vlm3d recipe) to save about 4 ms a step (H200, FACTS.md)."""
     cuda_graph: bool = True
     """Capture the SDS step (VAE encode, noising, CFG UNet, target, and the gradient to the pixels) in one
     CUDA graph per render shape and replay it (the first step of each shape captures it); ignored on CPU.
