@@ -11,6 +11,7 @@ Builders seed a forked RNG, so every machine builds the same demo models without
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -22,6 +23,16 @@ import torch
 
 from .errors import SplatVLMError
 from .hub import cache_dir, quiet_model_io
+
+
+@contextlib.contextmanager
+def seeded(device: torch.device | str, seed: int):
+    """Draw from torch's generators (CPU and ``device``) at ``seed``, leaving the caller's RNG as it was."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
 
 # ---------------------------------------------------------------------------------------------------
 # Diffusion priors (SD-2.1-base shapes, FACTS.md)
@@ -141,7 +152,8 @@ def tiny_components(kind: Literal["mvdream", "sd"], seed: int = 0) -> dict:
 
 
 def random_components(
-    kind: Literal["mvdream", "sd"], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    kind: Literal["mvdream", "sd"], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    seed: int = 0,
 ) -> dict:
     """Full-size random-weight components (SD-2.1-base UNet/VAE/text encoder) for speed tests.
 
@@ -154,7 +166,7 @@ def random_components(
 
     unet_config = mvdream_unet_config() if kind == "mvdream" else dict(SD21_BASE_UNET_CONFIG)
     # nn.Module.to: diffusers' own .to warns about fp32-only modules, which these models do not have.
-    with torch.device(device):
+    with seeded(device, seed), torch.device(device):
         unet = torch.nn.Module.to(UNet2DConditionModel(**unet_config), dtype=dtype)
         vae = torch.nn.Module.to(AutoencoderKL(**SD21_VAE_CONFIG), dtype=dtype)
         text_encoder = CLIPTextModel(CLIPTextConfig(**SD21_TEXT_ENCODER_CONFIG)).to(dtype)
@@ -368,11 +380,13 @@ def demo_vlm_path() -> Path:
 
 
 def build_random_vlm(
-    which: Literal["7b", "3b"], device: torch.device, dtype: torch.dtype, attn: str, tokenizer
+    which: Literal["7b", "3b"], device: torch.device, dtype: torch.dtype, attn: str, tokenizer, seed: int = 0
 ):
-    """Full-size Qwen2.5-VL with random weights, built directly on ``device`` in ``dtype`` (no fp32 CPU copy)."""
+    """Full-size Qwen2.5-VL with random weights, built directly on ``device`` in ``dtype`` (no fp32 CPU copy).
+
+    Seeded: two builds hold the same weights (the bench compares our path with the reference on them)."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     config = vlm_config(which, tokenizer)
-    with torch.device(device):
+    with seeded(device, seed), torch.device(device):
         return Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype, attn_implementation=attn)
