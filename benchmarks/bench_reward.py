@@ -83,7 +83,7 @@ def time_steps(reward: VLMReward, rgb: torch.Tensor, n: int) -> list[float]:
             start.record()
         else:
             t0 = time.perf_counter()
-        loss = reward(rgb, 0)["loss_vlm"]
+        loss = reward(rgb, None, 0)["loss_vlm"]
         loss.backward()
         rgb.grad = None
         if cuda:

@@ -153,7 +153,7 @@ class FakeReward:
     def set_prompt(self, prompt):
         self.prompt = prompt
 
-    def __call__(self, rgb, step):
+    def __call__(self, rgb, cams, step):
         FakeReward.seen.append(("call", rgb.device))
         weights = torch.arange(rgb.numel(), dtype=rgb.dtype, device=rgb.device).reshape(rgb.shape)
         loss = (rgb * weights).sum() if rgb.device.type != "meta" else torch.zeros(())

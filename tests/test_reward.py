@@ -84,7 +84,7 @@ def test_demo_loads_like_a_local_folder(demo_cache):
     b.set_prompt("a red cube")
     assert not any(p.requires_grad for p in a.model.parameters())
     rgb = torch.rand(4, 56, 56, 3)
-    assert float(a(rgb, 0)["reward"]) == pytest.approx(float(b(rgb, 0)["reward"]), abs=1e-6)
+    assert float(a(rgb, None, 0)["reward"]) == pytest.approx(float(b(rgb, None, 0)["reward"]), abs=1e-6)
 
 
 def test_query_layout_and_token_ids():
@@ -102,7 +102,7 @@ def test_query_layout_and_token_ids():
 def test_views_taken_evenly_from_batch():
     r = make_reward(num_views=2)
     rgb = torch.rand(4, 56, 56, 3)
-    out = r(rgb, 0)
+    out = r(rgb, None, 0)
     assert float(out["reward"]) == pytest.approx(float(r.score(rgb[[0, 2]])["reward"]), abs=1e-6)
     with pytest.raises(SplatVLMError, match="num-views"):
         r(rgb[:1], 0)
@@ -126,7 +126,7 @@ def test_random_full_size_configs_match_facts():
 def test_gradient_reaches_pixels():
     r = make_reward()
     rgb = torch.rand(4, 64, 64, 3, requires_grad=True)  # rendered size != VLM size: resize in the graph
-    out = r(rgb, 0)
+    out = r(rgb, None, 0)
     assert set(out) == {"loss_vlm", "reward", "p_yes"} and 0 < out["p_yes"] < 1
     out["loss_vlm"].backward()
     assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0
@@ -134,7 +134,7 @@ def test_gradient_reaches_pixels():
     # A step along -grad raises the reward (the gradient is the reward's, not noise).
     with torch.no_grad():
         better = (rgb - 0.5 * rgb.grad / rgb.grad.abs().max()).clamp(0, 1)
-    assert r(better, 0)["reward"] > out["reward"]
+    assert r(better, None, 0)["reward"] > out["reward"]
 
 
 @pytest.mark.parametrize("kind", ["logit_diff", "log_p_yes", "answer_ll"])
@@ -236,7 +236,7 @@ def test_gradient_checkpointing_same_gradient():
             return inner(*a, **k)
 
         mlp.forward = counted  # (forward hooks do not fire in the checkpoint's recompute)
-        (g,) = torch.autograd.grad(r(rgb, 0)["loss_vlm"], rgb)
+        (g,) = torch.autograd.grad(r(rgb, None, 0)["loss_vlm"], rgb)
         grads.append(g)
         calls.append(n[0])
     assert calls == [1, 2]  # checkpointing really recomputes the layer in the backward
@@ -246,11 +246,13 @@ def test_gradient_checkpointing_same_gradient():
 # ---- schedules -------------------------------------------------------------------------------------
 
 
-def test_every_k_steps():
-    r = make_reward(every=3)
-    assert [r.active(s) for s in range(7)] == [True, False, False, True, False, False, True]
-    skipped = r(torch.rand(4, 56, 56, 3), 1)
-    assert float(skipped["loss_vlm"]) == 0 and np.isnan(skipped["p_yes"])
+def test_every_k_steps_is_the_trainers():
+    from splatvlm.config import load_run_config
+    from splatvlm.generate import Guidance
+
+    cfg = load_run_config("demo")
+    cfg = dataclasses.replace(cfg, vlm=dataclasses.replace(cfg.vlm, every=3))
+    assert Guidance(cfg, torch.device("cpu")).terms("a red apple")["vlm"].every == 3
 
 
 # ---- errors ----------------------------------------------------------------------------------------
@@ -296,7 +298,7 @@ def test_cuda_bf16_matches_cpu():
     out = gpu(x, 0)
     out["loss_vlm"].backward()
     assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    assert float(out["p_yes"]) == pytest.approx(float(cpu(rgb, 0)["p_yes"]), abs=0.02)
+    assert float(out["p_yes"]) == pytest.approx(float(cpu(rgb, None, 0)["p_yes"]), abs=0.02)
     fast, ref = gpu.score(x, fast=True)["reward"], gpu.score(x, fast=False)["reward"]
     assert float(fast) == pytest.approx(float(ref), abs=0.05)
 
@@ -318,7 +320,7 @@ def test_cuda_graph_matches_reference(model, size):
     r.set_prompt("a DSLR photo of a corgi wearing a party hat")
     for step in range(2):  # the 2nd step replays the graph on new pixels
         x = torch.rand(4, 256, 256, 3, device="cuda", requires_grad=True)
-        out = r(x, 0)
+        out = r(x, None, 0)
         assert r.graphed(x) and r._graph is not None
         out["loss_vlm"].backward()
         g_graph = x.grad
@@ -397,7 +399,7 @@ def test_cuda_graph_recaptured_for_new_shape_and_prompt():
 
     def step(x):
         x = x.clone().requires_grad_(True)
-        out = r(x, 0)
+        out = r(x, None, 0)
         (g,) = torch.autograd.grad(out["loss_vlm"], x)
         e = r.score(x, fast=True)
         (ge,) = torch.autograd.grad(-e["reward"], x)

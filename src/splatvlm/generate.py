@@ -94,17 +94,7 @@ class Guidance:
                     self.vlm = VLMReward(self.cfg.vlm, src, vlm_device)
                 self.loaded["vlm_s"] = time.perf_counter() - t0
             self.vlm.set_prompt(prompt)
-            reward, main = self.vlm, self.device
-
-            def reward_term(rgb: torch.Tensor, cams: Cameras, step: int) -> dict[str, Any]:
-                if vlm_device == main:
-                    return reward(rgb, step)
-                # Split placement: the renders move to the reward's GPU (`.to` keeps autograd, and the
-                # graphed path's surrogate moves its gradient back); the loss comes back to the prior's.
-                with distributed.on_device(vlm_device):  # CUDA-graph capture and replay happen on the current device
-                    out = reward(rgb.to(vlm_device), step)
-                return {**out, "loss_vlm": out["loss_vlm"].to(main)}
-
+            reward_term = self.vlm if vlm_device == self.device else on_other_device(self.vlm, vlm_device, self.device)
             terms["vlm"] = Term(
                 reward_term,
                 weights=("vlm",),
@@ -114,6 +104,18 @@ class Guidance:
         if not terms:
             raise SplatVLMError("every loss weight is zero for the whole run; nothing to train")
         return terms
+
+
+def on_other_device(term, device: torch.device, main: torch.device):
+    """The term run on ``device`` (--placement split): the renders move there (``.to`` keeps autograd, and a
+    graphed term's surrogate moves its gradient back); the loss comes back to ``main``, the prior's GPU."""
+
+    def moved(rgb: torch.Tensor, cams: Cameras, step: int) -> dict[str, Any]:
+        with distributed.on_device(device):  # CUDA-graph capture and replay happen on the current device
+            out = term(rgb.to(device), cams, step)
+        return {**out, **{k: v.to(main) for k, v in out.items() if k.startswith("loss_")}}
+
+    return moved
 
 
 def check_sources(cfg: RunConfig, prompts: list[str] = ()) -> Sources:

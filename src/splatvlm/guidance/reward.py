@@ -492,19 +492,12 @@ class VLMReward:
         on_gpu = self.device.type == "cuda" and views.is_cuda
         return cfg.cuda_graph and cfg.fast and not cfg.gradient_checkpointing and on_gpu
 
-    def active(self, step: int) -> bool:
-        """Whether the reward runs at ``step`` (every k-th step, as the trainer counts)."""
-        return step % self.cfg.every == 0
+    def __call__(self, rgb: torch.Tensor, cams=None, step: int = 0) -> dict[str, torch.Tensor]:
+        """Rendered views [C, H, W, 3] in [0, 1] -> {"loss_vlm", "reward", "p_yes"} (0-d tensors).
 
-    def __call__(self, rgb: torch.Tensor, step: int) -> dict:
-        """Rendered views [C, H, W, 3] in [0, 1] -> {"loss_vlm": Tensor, "reward": float, "p_yes": float}.
-
-        loss_vlm = -reward, unweighted (the trainer applies weights.vlm). Steps that are not active (see
-        ``active``) return a zero loss and NaN diagnostics.
+        The loss-term shape ``term(rgb, cams, step)`` of every term; the reward reads neither the cameras nor
+        the step (the trainer runs it every ``cfg.every`` steps and applies weights.vlm). loss_vlm = -reward.
         """
-        if not self.active(step):
-            nan = float("nan")
-            return {"loss_vlm": torch.zeros((), device=rgb.device), "reward": nan, "p_yes": nan}
         c, n = rgb.shape[0], self.cfg.num_views
         if c < n:
             raise SplatVLMError(f"--vlm.num-views {n} is more than the {c} rendered views per step")

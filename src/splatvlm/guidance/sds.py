@@ -221,10 +221,6 @@ class SDSGuidance:
         self._graphed: GraphedGrad | None = None
 
     @property
-    def is_demo(self) -> bool:
-        return self.cfg.model in ("demo", "random")
-
-    @property
     def notice(self) -> str | None:
         """A line for the run's output when the weights are random (no real quality to expect)."""
         if self.cfg.model == "demo":
@@ -367,12 +363,6 @@ class SDSGuidance:
         return eps_cond, eps_uncond
 
     @torch.no_grad()
-    def predict_noise(self, z_t: Tensor, t: int, cams: Cameras) -> tuple[Tensor, Tensor]:
-        """Conditional and unconditional eps [C, 4, h, w] at integer timestep ``t``."""
-        cond, uncond = self.text_embeddings(cams)
-        timesteps = torch.full((2 * z_t.shape[0],), t, device=self.device, dtype=torch.long)
-        return self.unet_eps(z_t, timesteps, torch.cat([cond, uncond]), self.camera_labels(cams))
-
     # 4. the loss -----------------------------------------------------------------------------
 
     def sample_timestep(self, step: int) -> int:
