@@ -299,3 +299,28 @@ def test_trainer_logs_refinement_statistics(tmp_path):
         assert r["densify_grad_p50"] <= r["densify_grad_p90"] <= r["densify_grad_p99"]
         assert 0 < r["densify_grown"] <= int(0.02 * r["densify_count_before"])
         assert r["num_gaussians"] == r["densify_count"] <= 1600
+
+
+@cuda
+@pytest.mark.cuda
+def test_mcmc_bounds_and_statistics_on_cuda():
+    cfg = StrategyConfig(kind="mcmc", refine_start_iter=0, refine_every=2, cap_max=200, max_grow_frac=0.1)
+    params, optimizers, cams, white, target = setup("cuda")
+    strategy, state = make_strategy(cfg, True, params, optimizers)
+    counts, stats = [], []
+    for step in range(9):
+        out = render(params, cams, RenderConfig(), white)
+        step_pre_backward(cfg, strategy, params, optimizers, state, step, out.info)
+        (out.rgb - target).abs().mean().backward()
+        for opt in optimizers.values():
+            opt.step()
+        s = step_post_backward(cfg, strategy, params, optimizers, state, step, out.info)
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        counts.append(num_gaussians(params))
+        if s:
+            stats.append(s)
+    # refinements at 2, 4, 6, 8: +10% each (165, 181), then the cap (200)
+    assert counts[2] == 165 and counts[4] == 181 and counts[6] == 199 and counts[8] == 200
+    assert [s["densify_grown"] for s in stats] == [15, 16, 18, 1]
+    assert stats[0]["densify_relocated"] >= 10 and stats[0]["densify_opacity_p50"] > 0
