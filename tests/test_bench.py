@@ -1,5 +1,7 @@
 import json
+from dataclasses import replace
 
+import pytest
 from PIL import Image
 
 from splatvlm.bench import BenchArgs, Phase, recipe_phases, run_bench
@@ -40,3 +42,55 @@ def test_bench_demo_two_prompts_writes_reports(tmp_path):
     assert report["preset"] == "demo"
     # Same seeded render, cameras and noise on both paths: on CPU in fp32 the gradients agree.
     assert data["grad_cosine_sds"] > 0.999 and data["grad_cosine_vlm"] > 0.999
+    # Quick mode says it extrapolates, and times its steps on a scene at the cap (demo: 3000).
+    assert data["full_run"] is False and "extrapolated" in data and data["timed_at_gaussians"] == cfg.strategy.cap_max
+    row = data["ours"]["prompts"][0]
+    assert row["full_run"] is False and row["extrapolated"] is True and row["timed_at_gaussians"] == 3000
+    assert all(p["num_gaussians"] >= 3000 for p in row["phases"])
+    assert "extrapolated, steps timed at 3,000 Gaussians" in (out / "report.md").read_text()
+
+
+def test_bench_full_runs_the_whole_recipe(tmp_path):
+    prompts = tmp_path / "prompts.json"
+    prompts.write_text(json.dumps(["a red apple", "a wooden chair"]))
+    cfg = load_run_config("demo")
+    cfg = replace(
+        cfg,
+        steps=6,
+        scene=replace(cfg.scene, num_points=300),
+        camera=replace(cfg.camera, resolution=32, low_res_until=3, low_res=16, low_res_views=4),
+        strategy=replace(cfg.strategy, refine_start_iter=1, refine_every=2, refine_stop_iter=6, grow_grad2d=0.0,
+                         cap_max=420, max_grow_frac=0.25),
+    )
+    args = BenchArgs(output=tmp_path / "out", preset="demo", prompts=prompts, full=True, recipe=cfg)
+    run_bench(args)
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert data["full_run"] is True and "measured" in data and "extrapolated" not in data
+    rows = data["ours"]["prompts"]
+    assert len(rows) == 2
+    for row in rows:
+        for key in ("full_run", "asset_s", "load_s", "max_gaussians", "peak_gb", "device", "preset"):
+            assert key in row, key
+        assert row["full_run"] is True and row["preset"] == "demo" and row["device"] == data["device"]
+        assert row["steps"] == 6 and row["asset_s"] > 0
+        assert [p["timed_steps"] for p in row["phases"]] == [3, 3]  # every step of each phase, none extrapolated
+        assert row["asset_s"] >= sum(p["phase_s"] for p in row["phases"]) * 0.99
+        # refinements at steps 2 and 4, growth bounded by the budget and the cap
+        assert [r["step"] for r in row["refinements"]] == [2, 4]
+        assert row["gaussians_over_time"][0] == [0, 300] and row["gaussians_over_time"][-1][0] == 5
+        assert 300 < row["max_gaussians"] <= 420
+        assert row["max_gaussians"] == max(c for _, c in row["gaussians_over_time"])
+        for r in row["refinements"]:
+            assert r["densify_grown"] <= int(0.25 * (r["densify_count"] - r["densify_grown"] + r["densify_pruned"]))
+            assert r["densify_grad_p50"] <= r["densify_grad_p99"]
+    # Model loading happens once, for the first prompt, and is not in its asset time.
+    assert rows[0]["load_s"] > 0 and rows[1]["load_s"] == 0
+    assert data["max_gaussians"] == max(r["max_gaussians"] for r in rows)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "measured, whole recipe" in md and "Gaussians over time" in md
+    assert (tmp_path / "out" / "runs" / "ours" / "000" / "metrics.jsonl").exists()
+
+
+def test_bench_bad_gaussians(tmp_path):
+    with pytest.raises(Exception, match="--gaussians"):
+        run_bench(BenchArgs(output=tmp_path / "o", preset="demo", gaussians=-1, recipe=load_run_config("demo")))

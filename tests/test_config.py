@@ -103,3 +103,15 @@ def test_weight_in_a_file_replaces_the_whole_schedule():
     assert cfg.weights.vlm == Weight(0.0)
     for name in ("mvdream", "sd21", "fit"):
         assert not ever_active(load_run_config(name).weights.vlm, 10**6), name
+
+
+def test_score_distillation_presets_are_bounded():
+    """Issue 12: every score-distillation preset caps the count (<= 500k), bounds each refinement's
+    growth, and runs without opacity resets (large-Gaussian pruning does not depend on them)."""
+    from splatvlm.gaussians.densify import prune_scale3d_after
+
+    for name in ("vlm3d", "vlm3d-full", "vlm3d-3b", "mvdream", "sd21"):
+        s = load_run_config(name).strategy
+        assert s.kind == "default" and 0 < s.cap_max <= 500_000, name
+        assert s.max_grow_frac is not None and 0 < s.max_grow_frac <= 0.5, name
+        assert s.reset_every == 0 and prune_scale3d_after(s) == s.refine_start_iter < s.refine_stop_iter, name

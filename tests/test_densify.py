@@ -2,24 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
+from dataclasses import replace
 
 import pytest
 import torch
 from gsplat.strategy import MCMCStrategy
 
+from splatvlm.config import Weight, load_run_config
 from splatvlm.errors import SplatVLMError
 from splatvlm.gaussians.cameras import CameraConfig, eval_orbit
 from splatvlm.gaussians.densify import (
     MCMC_NEEDS_CUDA,
     StrategyConfig,
+    growth_budget,
     make_strategy,
+    pick_highest,
     step_post_backward,
     step_pre_backward,
 )
 from splatvlm.gaussians.render import RenderConfig, render
 from splatvlm.gaussians.scene import SceneConfig, init_ball, make_optimizers, num_gaussians
+from splatvlm.trainer import Term, new_state, train
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
@@ -163,3 +169,158 @@ def test_mcmc_on_cuda():
     assert counts[3] == 150 and counts[4] == int(1.05 * 150) and counts[-1] == int(1.05 * counts[4])
     assert torch.sigmoid(params["opacities"]).min() >= cfg.prune_opa - 1e-6
     assert losses[-1] < losses[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Bounds and statistics
+
+
+def test_growth_budget_and_highest_first():
+    assert growth_budget(100, 1000, None) == 900
+    assert growth_budget(100, 1000, 0.25) == 25
+    assert growth_budget(100, 110, 0.25) == 10
+    assert growth_budget(200, 150, 0.25) == 0  # above the cap already: no growth
+    qualify = torch.tensor([True, True, False, True, True])
+    score = torch.tensor([0.5, 0.9, 5.0, 0.1, 0.7])
+    assert pick_highest(qualify, score, 2).tolist() == [False, True, False, False, True]
+    assert pick_highest(qualify, score, 4).tolist() == qualify.tolist()
+    assert not pick_highest(qualify, score, 0).any()
+
+
+@pytest.mark.parametrize("cap,frac", [(400, 0.3), (1000, 0.5), (260, None)])
+def test_every_gaussian_qualifies_yet_bounds_hold(cap, frac):
+    """Threshold 0 (every seen Gaussian qualifies) and a refinement every 2 steps: the count never
+    exceeds the cap, and no refinement adds more than max_grow_frac of the count it started from."""
+    cfg = StrategyConfig(
+        refine_start_iter=0, refine_every=2, reset_every=0, grow_grad2d=0.0, grow_scale3d=0.05,
+        cap_max=cap, max_grow_frac=frac, prune_opa=0.0, prune_scale3d=1e9,
+    )
+    params, optimizers, cams, white, target = setup()
+    strategy, state = make_strategy(cfg, True, params, optimizers)
+    seen = []
+    for step in range(13):
+        n_before = num_gaussians(params)
+        out = render(params, cams, RenderConfig(), white)
+        step_pre_backward(cfg, strategy, params, optimizers, state, step, out.info)
+        (out.rgb - target).abs().mean().backward()
+        for opt in optimizers.values():
+            opt.step()
+        stats = step_post_backward(cfg, strategy, params, optimizers, state, step, out.info)
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        n = num_gaussians(params)
+        assert n <= cap
+        if stats:
+            seen.append(stats)
+            assert step % 2 == 0 and step > 0
+            assert stats["densify_count_before"] == n_before and stats["densify_count"] == n
+            assert n - n_before == stats["densify_grown"] - stats["densify_pruned"]
+            assert stats["densify_grown"] == stats["densify_duplicated"] + stats["densify_split"]
+            if frac is not None:
+                assert stats["densify_grown"] <= int(frac * n_before)
+            # everything seen qualifies; the budget, not the threshold, decides
+            assert stats["densify_qualified"] > stats["densify_grown"] or n == cap or frac is None
+        else:
+            assert n == n_before
+    assert len(seen) == 6  # steps 2, 4, ..., 12
+    assert num_gaussians(params) == cap  # growth was limited by the cap in the end
+
+
+def test_logged_statistics_on_a_known_case():
+    """Known accumulated gradients -> known quantiles, and the top-budget Gaussians grow."""
+    n = 10
+    cfg = StrategyConfig(
+        refine_start_iter=0, refine_every=1, reset_every=0, grow_grad2d=0.35, grow_scale3d=0.05,
+        cap_max=1000, max_grow_frac=0.3, prune_opa=0.01, prune_scale3d=0.5,
+    )
+    params, optimizers, *_ = setup(n=n)
+    with torch.no_grad():
+        params["scales"][:] = math.log(0.02)  # 0..4 small (duplicate), 5..9 large (split)
+        params["scales"][5:] = math.log(0.1)
+        params["scales"][9] = math.log(0.2)
+        params["opacities"][:] = 2.0
+        params["opacities"][0] = math.log(0.001 / 0.999)  # will be pruned (transparent)
+    strategy, state = make_strategy(cfg, True, params, optimizers)
+    grads = torch.tensor([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9])
+    state["grad2d"] = grads * 2  # seen twice each ...
+    state["count"] = torch.full((n,), 2.0)
+    state["count"][0] = 0.0  # ... except Gaussian 0, never seen (excluded from the quantiles)
+    strategy._grow_gs(params, optimizers, state, step=1)
+    stats_grow = dict(state["refine"])
+    seen = grads[1:]  # 0.1 .. 0.9
+    expect = torch.quantile(seen, torch.tensor([0.5, 0.9, 0.99]))
+    assert stats_grow["densify_grad_p50"] == pytest.approx(0.5)
+    assert stats_grow["densify_grad_p90"] == pytest.approx(float(expect[1]))  # 0.82
+    assert stats_grow["densify_grad_p99"] == pytest.approx(0.892)
+    # 0.4..0.9 qualify (6); budget int(0.3 * 10) = 3: the three highest (7, 8, 9) all large -> split
+    assert stats_grow["densify_qualified"] == 6 and stats_grow["densify_budget"] == 3
+    assert (stats_grow["densify_duplicated"], stats_grow["densify_split"], stats_grow["densify_grown"]) == (0, 3, 3)
+    assert num_gaussians(params) == 13
+    strategy._prune_gs(params, optimizers, state, step=1)
+    stats = state.pop("refine")
+    # Gaussian 0 (transparent); the split halves of 9 have scale 0.2 / 1.6 = 0.125 < 0.5: kept
+    assert stats["densify_pruned"] == 1 and stats["densify_pruned_large"] == 0
+    assert num_gaussians(params) == 12
+
+
+def test_large_gaussians_pruned_without_resets():
+    """gsplat prunes large Gaussians only after the first opacity reset; ours does with resets off."""
+    cfg = StrategyConfig(refine_start_iter=0, refine_every=2, reset_every=0, grow_grad2d=1e9, prune_scale3d=0.1)
+    _, _, counts, _ = fit(cfg, 3, RenderConfig())
+    assert counts[1] == 150 and counts[2] == 150 - 75 - 10 + 0  # the 75 large (0.12) and 10 transparent go
+    kept = StrategyConfig(refine_start_iter=0, refine_every=2, reset_every=0, grow_grad2d=1e9, prune_scale3d_after=100)
+    _, _, counts, _ = fit(kept, 3, RenderConfig())
+    assert counts[2] == 140
+
+
+def test_trainer_logs_refinement_statistics(tmp_path):
+    """metrics.jsonl carries the densify_* statistics at every refinement, even off the log period."""
+    cfg = load_run_config("demo")
+    cfg = replace(
+        cfg,
+        steps=9,
+        weights=replace(cfg.weights, l1=Weight(start=1.0)),
+        log_every=100,
+        checkpoint_every=0,
+        strategy=replace(cfg.strategy, refine_start_iter=0, refine_every=3, refine_stop_iter=100, grow_grad2d=0.0,
+                         cap_max=1600, max_grow_frac=0.02),
+    )
+    params = init_ball(cfg.scene, torch.Generator().manual_seed(0))
+    state = new_state(params, cfg, torch.device("cpu"))
+
+    def term(rgb, cams, step):
+        return {"loss_l1": rgb.mean()}
+
+    train(cfg, state, {"l1": Term(term, ("l1",))}, tmp_path, torch.device("cpu"), progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    refine_rows = [r for r in rows if "densify_grown" in r]
+    assert [r["step"] for r in refine_rows] == [3, 6]
+    for r in refine_rows:
+        assert r["densify_grad_p50"] <= r["densify_grad_p90"] <= r["densify_grad_p99"]
+        assert 0 < r["densify_grown"] <= int(0.02 * r["densify_count_before"])
+        assert r["num_gaussians"] == r["densify_count"] <= 1600
+
+
+@cuda
+@pytest.mark.cuda
+def test_mcmc_bounds_and_statistics_on_cuda():
+    cfg = StrategyConfig(kind="mcmc", refine_start_iter=0, refine_every=2, cap_max=200, max_grow_frac=0.1)
+    params, optimizers, cams, white, target = setup("cuda")
+    strategy, state = make_strategy(cfg, True, params, optimizers)
+    counts, stats = [], []
+    for step in range(9):
+        out = render(params, cams, RenderConfig(), white)
+        step_pre_backward(cfg, strategy, params, optimizers, state, step, out.info)
+        (out.rgb - target).abs().mean().backward()
+        for opt in optimizers.values():
+            opt.step()
+        s = step_post_backward(cfg, strategy, params, optimizers, state, step, out.info)
+        for opt in optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        counts.append(num_gaussians(params))
+        if s:
+            stats.append(s)
+    # refinements at 2, 4, 6, 8: +10% each (165, 181), then the cap (200)
+    assert counts[2] == 165 and counts[4] == 181 and counts[6] == 199 and counts[8] == 200
+    assert [s["densify_grown"] for s in stats] == [15, 16, 18, 1]
+    assert stats[0]["densify_relocated"] >= 10 and stats[0]["densify_opacity_p50"] > 0

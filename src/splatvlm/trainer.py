@@ -358,11 +358,12 @@ def train(
                 finite = loss is None or (bool(torch.isfinite(loss)) and grads_finite(params))
 
                 # 7. Optimizer step and densification (under the viewer's lock).
+                refined: dict[str, float] = {}
                 with timer("densify"), lock:
                     if finite:
                         for opt in state.optimizers.values():
                             opt.step()
-                        densify.step_post_backward(
+                        refined = densify.step_post_backward(
                             cfg.strategy, state.strategy, params, state.optimizers, state.strategy_state, step, out.info
                         )
                     for opt in state.optimizers.values():
@@ -381,6 +382,7 @@ def train(
                     num_gaussians=num_gaussians(params),
                     bad_step=not finite,
                 )
+                logs.update(refined)  # densify_* statistics, on refinement steps only
                 if viewer is not None:
                     with timer("viewer"):
                         viewer.update(params, step, logs)
@@ -390,7 +392,7 @@ def train(
                     on_step(step, logs)
                 if not finite:
                     logs["note"] = f"non-finite loss or gradient, step skipped ({consecutive_bad} in a row)"
-                if step % cfg.log_every == 0 or state.step == end_step or not finite:
+                if step % cfg.log_every == 0 or state.step == end_step or not finite or refined:
                     log_file.write(json.dumps(logs) + "\n")
                     log_file.flush()
                     if tb is not None:

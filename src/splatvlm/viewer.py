@@ -49,6 +49,14 @@ SaveFn = Callable[[Path], None]
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 P_YES_KEY = "p_yes"
 """Metrics key shown as p(Yes) (the VLM's probability of answering Yes)."""
+GAUSSIANS_KEY = "num_gaussians"
+"""Metrics key with the number of Gaussians (plotted)."""
+DENSIFY_CURVES = tuple(
+    f"densify_{k}"
+    for k in ("grad_p50", "grad_p90", "grad_p99", "opacity_p50", "opacity_p90", "opacity_p99")
+    + ("grown", "duplicated", "split", "pruned", "relocated")
+)
+"""Metrics keys of each refinement plotted (densify.step_post_backward's gradient quantiles and counts)."""
 STEP_TIME_KEY = "step_time"
 """Optional metrics key (seconds per step); measured between ``update`` calls when absent."""
 GUI_PERIOD_S = 0.2  # numbers at ~5 Hz
@@ -422,7 +430,7 @@ class Viewer:
 
         Call from the training thread, outside ``lock``. ``metrics`` should hold Python numbers
         (a tensor here would sync the GPU); other values (bools, strings) are ignored. Keys starting
-        with ``loss`` and ``p_yes`` are plotted; ``loss`` and ``p_yes`` are also shown as numbers.
+        with ``loss``, ``p_yes``, ``num_gaussians`` and DENSIFY_CURVES are plotted; ``loss`` and ``p_yes`` are also shown as numbers.
         """
         if self._closing:
             return
@@ -647,7 +655,7 @@ class Viewer:
 
 
 def _plotted(key: str) -> bool:
-    return key.startswith("loss") or key == P_YES_KEY
+    return key.startswith("loss") or key in (P_YES_KEY, GAUSSIANS_KEY) or key in DENSIFY_CURVES
 
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
