@@ -35,7 +35,7 @@ from splatvlm.config import load_run_config
 from splatvlm.files import atomic_write_text
 from splatvlm.gaussians.cameras import CameraConfig, sample_orbit
 from splatvlm.guidance.sds import SDSGuidance
-from splatvlm.models import device_name
+from splatvlm.hub import device_name
 
 Precision = Literal["float32", "bfloat16", "float16"]
 

@@ -52,7 +52,8 @@ class SDSConfig:
     base_model: str = "stabilityai/stable-diffusion-2-1-base"
     """Where the text encoder, tokenizer, VAE and scheduler come from when `model` is a .pt checkpoint."""
     dtype: DType = "auto"
-    """Weights dtype ('auto': bf16 on CUDA, fp32 on CPU)."""
+    """Weights dtype ('auto': fp16 on CUDA, which tracked fp32's SDS gradient best at bf16's speed on the H200
+    (benchmarks/RESULTS.md); fp32 on CPU)."""
     guidance_scale: float = 50.0
     """Classifier-free guidance scale (MVDream / VLM3D 50; VLM3D's SD-2.1 variant 100)."""
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
@@ -212,7 +213,7 @@ class SDSGuidance:
         check_config(cfg)  # the weights' source is checked once per run (splatvlm.models.check_sds_source)
         self.cfg = cfg
         self.device = torch.device(device)
-        self.dtype = pick_dtype(cfg.dtype, self.device)
+        self.dtype = torch.float16 if cfg.dtype == "auto" and self.device.type == "cuda" else pick_dtype(cfg.dtype, self.device)
         self.parts: SDComponents | None = None
         self.prompt: str | None = None
         self._cond: Tensor | None = None  # [1 or 4, L, D] prompt (or per-direction prompts)
