@@ -1,6 +1,7 @@
 """A latent-diffusion prior's components (UNet, VAE, text encoder, tokenizer, scheduler) and their loading:
 an HF id or a diffusers folder, MVDream's original checkpoint with ``--sds.base-model`` for the rest,
-the tiny ``demo`` models or full-size ``random`` ones (``splatvlm.demo``).
+the tiny ``demo`` models or full-size ``random`` ones (``splatvlm.demo``). ``cfg`` is always an ``SDSConfig``
+(not imported here: sds.py imports this module).
 """
 
 from __future__ import annotations
@@ -9,12 +10,8 @@ import os
 import re
 from dataclasses import dataclass
 from pickle import UnpicklingError
-from typing import TYPE_CHECKING
 
 import torch
-
-if TYPE_CHECKING:
-    from .sds import SDSConfig
 
 from ..demo import ensure_demo_models, random_components
 from ..errors import SplatVLMError
@@ -35,11 +32,11 @@ class SDComponents:
 _HF_FILE = re.compile(r"^([A-Za-z0-9][\w.-]*/[\w.-]+)/(.+\.(?:pt|pth|ckpt|bin|safetensors))$")
 
 
-def _what(cfg: SDSConfig) -> str:
+def _what(cfg) -> str:
     return "the MVDream prior" if cfg.kind == "mvdream" else "the Stable Diffusion prior"
 
 
-def uses_base_model(cfg: SDSConfig) -> bool:
+def uses_base_model(cfg) -> bool:
     """Whether the text encoder, VAE and scheduler come from ``cfg.base_model`` (an original .pt UNet)."""
     return cfg.kind == "mvdream" and (
         os.path.isfile(os.path.expanduser(cfg.model)) or bool(_HF_FILE.match(cfg.model))
@@ -52,7 +49,7 @@ def local_files_only(*sources: str) -> bool:
     return bool(hub) and (hf_offline() or not hub_reachable())
 
 
-def load_components(cfg: SDSConfig, dtype: torch.dtype, device: torch.device | str = "cpu") -> SDComponents:
+def load_components(cfg, dtype: torch.dtype, device: torch.device | str = "cpu") -> SDComponents:
     """Load (or build) the prior's components; any failure to find weights becomes one clear error."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from huggingface_hub.errors import EntryNotFoundError
