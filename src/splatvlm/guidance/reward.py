@@ -509,6 +509,33 @@ def check_reward_source(cfg: RewardConfig, prompt: str | None = None) -> VLMSour
     return src
 
 
+def check_reward_prompts(cfg: RewardConfig, src: VLMSource, prompts: Sequence[str], where: Sequence[str] = ()) -> None:
+    """Every prompt's reward query fits the context, with one tokenizer and one chat-template call.
+
+    The query is the template around the prompt, so its length is a fixed overhead plus the prompt's
+    tokens (give or take a merge at the seams); only prompts within a margin of the limit are built exactly.
+    """
+    if not prompts:
+        return
+    grid = (cfg.size // src.patch_size,) * 2
+    target = _target(cfg, src.tokenizer)
+    probe = "x"
+    base = query_ids(src, question_text(cfg.question, probe, cfg.num_views), cfg.num_views, grid, target).shape[-1]
+    base -= len(src.tokenizer.encode(probe, add_special_tokens=False))
+    ctx = int(src.config.text_config.max_position_embeddings)
+    from ..prompts import token_counts
+
+    lengths = token_counts(src.tokenizer, list(prompts), special_tokens=False)
+    for i, (prompt, n) in enumerate(zip(prompts, lengths, strict=True)):
+        if base + n + 8 <= ctx:
+            continue
+        ids = query_ids(src, question_text(cfg.question, prompt, cfg.num_views), cfg.num_views, grid, target)
+        try:
+            check_context(src, ids.shape[-1], cfg.model)
+        except SplatVLMError as e:
+            raise SplatVLMError(f"{where[i]}: {e}" if i < len(where) else str(e)) from None
+
+
 def check_context(src: VLMSource, n_tokens: int, model: str) -> None:
     ctx = int(src.config.text_config.max_position_embeddings)
     if n_tokens > ctx:

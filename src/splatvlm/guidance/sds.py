@@ -576,7 +576,7 @@ def prompt_token_count(tokenizer, prompt: str) -> int:
     return len(tokenizer(prompt, truncation=False, verbose=False).input_ids)
 
 
-def check_prompt_length(cfg: SDSConfig, prompts: list[str]) -> None:
+def check_prompt_length(cfg: SDSConfig, prompts: list[str], where: list[str] = ()) -> None:
     """Reject prompts longer than the text encoder's context before any model loads (only the tokenizer).
 
     Where the tokenizer cannot be read here, nothing is said: loading the prior reports that clearly.
@@ -595,11 +595,15 @@ def check_prompt_length(cfg: SDSConfig, prompts: list[str]) -> None:
             )
     except Exception:  # noqa: BLE001 - reported by the full load with the source named
         return
-    for prompt in prompts:
-        n, limit = prompt_token_count(tokenizer, prompt), tokenizer.model_max_length
+    limit = tokenizer.model_max_length
+    from ..prompts import token_counts
+
+    counts = token_counts(tokenizer, list(prompts))
+    for i, n in enumerate(counts):
         if n > limit:
+            name = where[i] if i < len(where) else "prompt"
             raise SplatVLMError(
-                f"prompt is {n} tokens long; the diffusion prior's text encoder takes at most {limit}: shorten it"
+                f"{name} is {n} tokens long; the diffusion prior's text encoder takes at most {limit}: shorten it"
             )
 
 
