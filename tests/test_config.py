@@ -103,3 +103,51 @@ def test_weight_in_a_file_replaces_the_whole_schedule():
     assert cfg.weights.vlm == Weight(0.0)
     for name in ("mvdream", "sd21", "fit"):
         assert not ever_active(load_run_config(name).weights.vlm, 10**6), name
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile configs (issue 14): each a one-line error in well under a second
+
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    import time
+
+    from splatvlm.config import load_run_config
+
+    levels = ["steps:", '  - &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 10):
+        refs = ",".join([f"*a{i - 1}"] * 9)
+        levels.append(f"  - &a{i} [{refs}]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(levels) + "\n")  # 9**10 strings under a typed key (an int)
+    t0 = time.perf_counter()
+    with pytest.raises(SplatVLMError, match="expands to more than") as info:
+        load_run_config("demo", bomb)
+    assert time.perf_counter() - t0 < 5 and len(str(info.value)) < 300
+
+
+def test_wrong_type_error_does_not_repr_a_huge_value(tmp_path):
+    from splatvlm.config import load_run_config
+
+    big = tmp_path / "big.yaml"
+    big.write_text("steps: [" + ",".join(["1"] * 50000) + "]\n")
+    with pytest.raises(SplatVLMError, match="'steps' must be an integer") as info:
+        load_run_config("demo", big)
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ({"seed": 2**64}, "--seed must be in"),
+        ({"seed": -1}, "--seed must be in"),
+        ({"scene": {"num_points": 10**15}}, "needs about .* GB, more than this machine"),
+        ({"scene": {"num_points": 0}}, "num-points must be positive"),
+    ],
+)
+def test_out_of_range_values(override, match):
+    from splatvlm.config import apply_overrides, load_run_config, validate_run_config
+
+    cfg = apply_overrides(load_run_config("demo"), override)
+    with pytest.raises(SplatVLMError, match=match):
+        validate_run_config(cfg)

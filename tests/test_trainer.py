@@ -162,3 +162,27 @@ def test_foreign_checkpoints_rejected(tmp_path, payload, message, capsys):
     with pytest.raises(SplatVLMError, match=message):
         load_checkpoint(path)
     assert "pwned" not in capsys.readouterr().out  # never unpickles arbitrary objects
+
+
+def test_structurally_wrong_checkpoints_are_one_line_errors(tmp_path):
+    from splatvlm.errors import SplatVLMError
+
+    cfg, terms, sample = fit_setup(4)
+    (tmp_path / "a").mkdir()
+    train(cfg, fresh_state(cfg), terms, tmp_path / "a", CPU, sample, progress=False)
+    good = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    path = tmp_path / "bad.pt"
+    broken = [
+        ({"version": 1, "step": 3}, "'params' is missing"),
+        ({**good, "params": {k: v for k, v in good["params"].items() if k != "quats"}}, "params 'quats'"),
+        ({**good, "rng": {}}, "random-number state"),
+        ({**good, "params": {**good["params"], "sh0": good["params"]["sh0"][:3]}}, "disagree on the number"),
+    ]
+    for payload, match in broken:
+        torch.save(payload, path)
+        with pytest.raises(SplatVLMError, match=match):
+            load_checkpoint(path)
+    # Structurally complete, but another run's optimizer state: restore says so in one line.
+    torch.save({**good, "optimizers": {k: {"state": {}, "param_groups": []} for k in good["optimizers"]}}, path)
+    with pytest.raises(SplatVLMError, match="does not fit this run's config"):
+        restore_state(load_checkpoint(path), cfg, CPU)

@@ -482,13 +482,14 @@ def test_signal_while_paused_stops_with_a_checkpoint(tmp_path):
     state = new_state(init_ball(cfg.scene, torch.Generator().manual_seed(0)), cfg, torch.device("cpu"))
     v = Viewer(ViewerConfig(port=0), black_render, tmp_path)
     steps_seen = []
+    unpause = threading.Timer(10.0, v.set_paused, (False,))  # were the signal ignored: fail, not hang
 
     def on_step(step, logs):
         steps_seen.append(step)
         if step == 1:
             v.set_paused(True)
             threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
-            threading.Timer(10.0, v.set_paused, (False,)).start()  # were the signal ignored: fail, not hang
+            unpause.start()
 
     t0 = time.monotonic()
     try:
@@ -496,6 +497,7 @@ def test_signal_while_paused_stops_with_a_checkpoint(tmp_path):
             train(cfg, state, {"l1": Term(term, weights=("l1",))}, tmp_path, torch.device("cpu"),
                   viewer=v, progress=False, on_step=on_step)  # fmt: skip
     finally:
+        unpause.cancel()
         v.close()
     assert time.monotonic() - t0 < 20
     assert info.value.exit_code == 143 and "SIGTERM" in str(info.value)

@@ -91,10 +91,14 @@ def check_models_fit(cfg, device: torch.device, vlm_device: torch.device | None 
         free, total = device_memory(dev)
         if total and need > free:
             where = "GPU" if dev.type == "cuda" else "RAM"
+            hint = (
+                "use a GPU with more memory, the 3B reward (--preset vlm3d-3b), or --placement split"
+                if dev.type == "cuda"
+                else "run it on a GPU (bf16 halves it), or use the 3B reward (--preset vlm3d-3b)"
+            )
             raise SplatVLMError(
                 f"the models need about {need / GB:.1f} GB of {where} on {dev} (estimate), but only "
-                f"{free / GB:.1f} GB of {total / GB:.1f} GB is available; use a GPU with more memory, the 3B "
-                "reward (--vlm.model random-3b / --preset vlm3d-3b), or --placement split"
+                f"{free / GB:.1f} GB of {total / GB:.1f} GB is available; {hint}"
             )
 
 
