@@ -326,3 +326,24 @@ def test_reward_precheck_agrees_with_the_exact_query_length():
     check_reward_prompts(cfg, src, ["a red cube", fits])
     with pytest.raises(SplatVLMError, match="^prompt 1: prompt too long"):
         check_reward_prompts(cfg, src, ["a red cube", too_long], ["prompt 0", "prompt 1"])
+
+
+def test_batch_out_dir_in_use_is_refused_before_any_model(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    code = (
+        "import sys, time; from splatvlm.files import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    monkeypatch.setattr(generate, "check_sources", lambda *a: pytest.fail("models checked before the lock"))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SplatVLMError, match=f"batch folder {out} is in use by process {holder.pid}"):
+            generate.run_batch(["a cat"], tiny_cfg(4), out, CONTROL)
+    finally:
+        holder.kill()
+        holder.wait()
