@@ -109,6 +109,7 @@ def test_failed_overwrite_leaves_the_old_run_whole(tmp_path, monkeypatch):
     assert json.loads((run_dir / "run.json").read_text())["prompt"] == "a blue chair"
     assert json.loads((run_dir / "summary.json").read_text())["finished"] is True
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ply", "a_run"]
+    assert not (run_dir / ".splatvlm.lock").exists()
 
 
 def test_swap_cut_between_renames_is_recovered(tmp_path):

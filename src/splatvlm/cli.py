@@ -236,8 +236,8 @@ def _check_resume_flags(argv: list[str], args: GenerateArgs) -> int | None:
     if args.prompt is not None:
         refused.append("a prompt")
     for token in argv:
-        if not token.startswith("-") or token == "-":
-            continue
+        if not token.startswith("-") or token == "-" or token.lstrip("-").replace(".", "", 1).isdigit():
+            continue  # a value (a negative number is one too)
         flag = token.split("=", 1)[0]
         if flag in RESUME_FLAGS:
             continue
