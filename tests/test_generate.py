@@ -165,6 +165,14 @@ def test_resume_refuses_an_edited_config_or_a_foreign_checkpoint(tmp_path, no_mo
     with pytest.raises(SplatVLMError, match=r"another config .* \(differs in: seed\)"):
         resume_run(run_dir, CONTROL)
     (run_dir / "config.yaml").write_text(text)
+    (tmp_path / "o").mkdir()
+    _, other, _ = fresh_run(tmp_path / "o", steps=4, stop_after=2, prompt="a blue chair")
+    good = (run_dir / "checkpoint.pt").read_bytes()
+    (run_dir / "checkpoint.pt").write_bytes((other / "checkpoint.pt").read_bytes())
+    with pytest.raises(SplatVLMError, match="belongs to another run .*'a blue chair'"):
+        resume_run(run_dir, CONTROL)
+    (run_dir / "checkpoint.pt").write_bytes(good)
+    resume_run(run_dir, CONTROL)  # its own checkpoint and config: accepted
     torch.save({"version": 1, "step": 2, "params": {}}, run_dir / "checkpoint.pt")
     with pytest.raises(SplatVLMError, match="not a complete splatvlm checkpoint"):
         resume_run(run_dir, CONTROL)

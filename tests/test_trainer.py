@@ -167,7 +167,7 @@ def test_foreign_checkpoints_rejected(tmp_path, payload, message, capsys):
 def test_structurally_wrong_checkpoints_are_one_line_errors(tmp_path):
     from splatvlm.errors import SplatVLMError
 
-    cfg, terms, sample = fit_setup(4)
+    cfg, terms, sample = fit_setup(1)
     (tmp_path / "a").mkdir()
     train(cfg, fresh_state(cfg), terms, tmp_path / "a", CPU, sample, progress=False)
     good = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)

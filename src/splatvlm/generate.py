@@ -216,6 +216,7 @@ def _run_one(
 
             params = load_ply(cfg.scene.init)
         state = new_state(params, cfg, device)
+        state.meta = {"prompt": prompt}
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run's log starts empty
     elapsed_before = state.elapsed_s
     # 4. Live viewer.
@@ -417,6 +418,12 @@ def resume_run(
             raise SplatVLMError(
                 f"{run_dir}/checkpoint.pt was written with another config than {run_dir}/config.yaml "
                 f"(differs in: {', '.join(changed[:8])}); restore config.yaml, or start a new run"
+            )
+        ckpt_prompt = (ckpt.get("meta") or {}).get("prompt")
+        if ckpt_prompt is not None and ckpt_prompt != info["prompt"]:
+            raise SplatVLMError(
+                f"{run_dir}/checkpoint.pt belongs to another run (prompt {str(ckpt_prompt)[:60]!r}, not "
+                f"{info['prompt'][:60]!r}); restore this run's checkpoint, or start a new run"
             )
         if steps is not None and steps != cfg.steps:
             if steps < max(cfg.steps, int(ckpt["step"])):

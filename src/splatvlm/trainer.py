@@ -55,6 +55,7 @@ class TrainState:
     generator: torch.Generator = field(default_factory=torch.Generator)
     bad_steps_total: int = 0
     elapsed_s: float = 0.0  # training time of the run so far, over every invocation (resumes)
+    meta: dict[str, str] = field(default_factory=dict)  # what the run is (its prompt), checked on resume
 
 
 # ---------------------------------------------------------------------------------------------
@@ -119,6 +120,7 @@ def save_checkpoint(path: Path, state: TrainState, cfg: RunConfig) -> None:
         "rng": rng,
         "bad_steps_total": state.bad_steps_total,
         "elapsed_s": state.elapsed_s,
+        "meta": dict(state.meta),
         "config": to_yaml(cfg),
     }
     with atomic_path(path) as tmp:
@@ -208,6 +210,7 @@ def _restore_state(ckpt: dict[str, Any], cfg: RunConfig, device: torch.device) -
         generator=generator,
         bad_steps_total=int(ckpt.get("bad_steps_total", 0)),
         elapsed_s=float(ckpt.get("elapsed_s", 0.0)),
+        meta=dict(ckpt.get("meta") or {}),
     )
 
 
