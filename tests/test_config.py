@@ -115,3 +115,51 @@ def test_score_distillation_presets_are_bounded():
         assert s.kind == "default" and 0 < s.cap_max <= 500_000, name
         assert s.max_grow_frac is not None and 0 < s.max_grow_frac <= 0.5, name
         assert s.reset_every == 0 and prune_scale3d_after(s) == s.refine_start_iter < s.refine_stop_iter, name
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile configs (issue 14): each a one-line error in well under a second
+
+
+def test_yaml_alias_bomb_is_refused_quickly(tmp_path):
+    import time
+
+    from splatvlm.config import load_run_config
+
+    levels = ["steps:", '  - &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    for i in range(1, 10):
+        refs = ",".join([f"*a{i - 1}"] * 9)
+        levels.append(f"  - &a{i} [{refs}]")
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(levels) + "\n")  # 9**10 strings under a typed key (an int)
+    t0 = time.perf_counter()
+    with pytest.raises(SplatVLMError, match="expands to more than") as info:
+        load_run_config("demo", bomb)
+    assert time.perf_counter() - t0 < 5 and len(str(info.value)) < 300
+
+
+def test_wrong_type_error_does_not_repr_a_huge_value(tmp_path):
+    from splatvlm.config import load_run_config
+
+    big = tmp_path / "big.yaml"
+    big.write_text("steps: [" + ",".join(["1"] * 50000) + "]\n")
+    with pytest.raises(SplatVLMError, match="'steps' must be an integer") as info:
+        load_run_config("demo", big)
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.parametrize(
+    "override, match",
+    [
+        ({"seed": 2**64}, "--seed must be in"),
+        ({"seed": -1}, "--seed must be in"),
+        ({"scene": {"num_points": 10**15}}, "needs about .* GB, more than this machine"),
+        ({"scene": {"num_points": 0}}, "num-points must be positive"),
+    ],
+)
+def test_out_of_range_values(override, match):
+    from splatvlm.config import apply_overrides, load_run_config, validate_run_config
+
+    cfg = apply_overrides(load_run_config("demo"), override)
+    with pytest.raises(SplatVLMError, match=match):
+        validate_run_config(cfg)

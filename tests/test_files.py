@@ -63,3 +63,98 @@ def test_outputs_get_umask_permissions(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (p.stat().st_mode & 0o777) == (0o666 & ~umask)
+
+
+# ----------------------------------------------------------------------------------------------
+# One writer per folder, leftovers of killed processes, inputs that are not files (issue 14)
+
+
+def test_second_process_is_refused_naming_the_holder(tmp_path):
+    import subprocess
+    import sys
+
+    from splatvlm.files import RunLock
+
+    code = (
+        "import sys, time; from splatvlm.files import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SplatVLMError, match=f"in use by process {holder.pid} "):
+            RunLock(tmp_path).acquire()
+    finally:
+        holder.kill()
+        holder.wait()
+    # The holder died with its lock file in place: the lock is taken over.
+    assert (tmp_path / ".splatvlm.lock").read_text().strip() == str(holder.pid)
+    with RunLock(tmp_path) as lock:
+        assert lock.path.read_text().strip() == str(os.getpid())
+        with RunLock(tmp_path):  # the same process again (a batch locks the out-dir, then run folders)
+            pass
+        assert lock.path.exists()
+    assert not (tmp_path / ".splatvlm.lock").exists()
+
+
+def test_lock_removes_temp_files_of_a_killed_writer(tmp_path):
+    from splatvlm.files import RunLock
+
+    (tmp_path / ".checkpoint.abc123.tmp.pt").write_bytes(b"half")
+    (tmp_path / ".scene.x.tmp.ply").write_bytes(b"half")
+    (tmp_path / "keep.ply").write_bytes(b"whole")
+    with RunLock(tmp_path):
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.ply"]
+
+
+def test_non_regular_files_are_refused_without_blocking(tmp_path):
+    from splatvlm.config import read_yaml
+    from splatvlm.gaussians.ply import load_ply
+    from splatvlm.prompts import read_prompts
+    from splatvlm.train_reward import read_reward_data
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for reader in (load_ply, read_prompts, read_yaml, read_reward_data):
+        with pytest.raises(SplatVLMError, match="not a regular file"):
+            reader(fifo)  # opening a FIFO would block forever
+
+
+def _png(path, size, **kw):
+    from PIL import Image
+
+    Image.new("RGB", size, (200, 10, 10)).save(path, **kw)
+    return path
+
+
+def test_check_image_refuses_bombs_huge_and_truncated_images(tmp_path):
+    from splatvlm.files import check_image
+
+    check_image(_png(tmp_path / "ok.png", (64, 48)), "data.jsonl:1")
+    jpg = tmp_path / "ok.jpg"
+    from PIL import Image
+
+    Image.new("RGB", (256, 256), (0, 90, 0)).save(jpg, quality=90)
+    check_image(jpg, "data.jsonl:1")
+    # A small file announcing a huge image (a decompression bomb): refused from the header alone.
+    big = _png(tmp_path / "big.png", (3000, 3000))
+    with pytest.raises(SplatVLMError, match=r"data.jsonl:2: image .* is 3000x3000 pixels"):
+        check_image(big, "data.jsonl:2", max_pixels=2000 * 2000)
+    # Truncated data: the header reads, the pixels do not.
+    data = jpg.read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(SplatVLMError, match="truncated or corrupt"):
+        check_image(tmp_path / "cut.jpg", "data.jsonl:3")
+    (tmp_path / "junk.png").write_bytes(b"not an image at all")
+    with pytest.raises(SplatVLMError, match="not a readable image"):
+        check_image(tmp_path / "junk.png", "data.jsonl:4")
+
+
+def test_os_error_line_names_path_and_errno():
+    import errno
+
+    from splatvlm.files import os_error_line
+
+    line = os_error_line(OSError(errno.ENOSPC, "No space left on device", "/data/run/checkpoint.pt"))
+    assert line == "cannot write or read /data/run/checkpoint.pt: No space left on device (errno 28 ENOSPC)"

@@ -187,3 +187,20 @@ def test_cli_shape_of_train_reward_config():
     cfg = tyro.cli(TrainRewardConfig, args=["data.jsonl", "-o", "out", "--vlm.model", "demo", "--steps", "3"])
     assert cfg.data == Path("data.jsonl") and cfg.output == Path("out") and cfg.vlm.model == "demo"
     assert cfg.steps == 3
+
+
+def test_jsonl_bytes_and_images_checked_before_any_model(tmp_path, dataset):
+    img = str(dataset / "yes0_0.png")
+    good = json.dumps({"images": [img], "prompt": "x", "label": "yes"})
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(good.encode() + b"\n" + b'{"prompt": "caf\xe9"}\n')
+    with pytest.raises(SplatVLMError, match=r"d\.jsonl:2: not UTF-8"):
+        read_reward_data(path)
+    path.write_text(good + "\n" + "[" * 50000 + "\n")
+    with pytest.raises(SplatVLMError, match=r"d\.jsonl:2: not a JSON record"):
+        read_reward_data(path)
+    data = (dataset / "yes0_0.png").read_bytes()
+    (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
+    path.write_text(json.dumps({"images": ["cut.png"], "prompt": "x", "label": "no"}) + "\n")
+    with pytest.raises(SplatVLMError, match=r"d\.jsonl:1: image .*cut\.png is truncated or corrupt"):
+        read_reward_data(path)

@@ -71,3 +71,26 @@ def test_fuzz_reader_only_clear_errors(tmp_path, data):
         assert "\n" not in str(e)
     else:
         assert prompts and all(isinstance(p, str) and p.strip() == p and p for p in prompts)
+
+
+def test_hostile_json_prompt_files(tmp_path):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SplatVLMError, match="nested too deeply"):
+        read_prompts(deep)
+    digits = tmp_path / "digits.json"
+    digits.write_text("[" + "7" * 5000 + "]")
+    with pytest.raises(SplatVLMError, match="not a list of prompts"):
+        read_prompts(digits)
+
+
+def test_prompts_remember_their_lines(tmp_path):
+    from splatvlm.prompts import where_of
+
+    p = tmp_path / "p.txt"
+    p.write_text("# header\na cat\n\na dog\n")
+    prompts = read_prompts(p)
+    assert prompts == ["a cat", "a dog"]
+    assert where_of(prompts) == [f"line 2 of {p}", f"line 4 of {p}"]
+    assert where_of(prompts[1:]) == [f"line 4 of {p}"]
+    assert where_of(["x"]) == ["prompt 0"]

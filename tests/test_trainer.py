@@ -181,3 +181,27 @@ def test_terms_on_their_own_streams_train_as_one_stream(tmp_path):
         finals.append({k: v.detach().cpu() for k, v in state.params.items()})
     for k in finals[0]:
         torch.testing.assert_close(finals[1][k], finals[0][k], rtol=1e-4, atol=1e-5)
+
+
+def test_structurally_wrong_checkpoints_are_one_line_errors(tmp_path):
+    from splatvlm.errors import SplatVLMError
+
+    cfg, terms, sample = fit_setup(1)
+    (tmp_path / "a").mkdir()
+    train(cfg, fresh_state(cfg), terms, tmp_path / "a", CPU, sample, progress=False)
+    good = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
+    path = tmp_path / "bad.pt"
+    broken = [
+        ({"version": 1, "step": 3}, "'params' is missing"),
+        ({**good, "params": {k: v for k, v in good["params"].items() if k != "quats"}}, "params 'quats'"),
+        ({**good, "rng": {}}, "random-number state"),
+        ({**good, "params": {**good["params"], "sh0": good["params"]["sh0"][:3]}}, "disagree on the number"),
+    ]
+    for payload, match in broken:
+        torch.save(payload, path)
+        with pytest.raises(SplatVLMError, match=match):
+            load_checkpoint(path)
+    # Structurally complete, but another run's optimizer state: restore says so in one line.
+    torch.save({**good, "optimizers": {k: {"state": {}, "param_groups": []} for k in good["optimizers"]}}, path)
+    with pytest.raises(SplatVLMError, match="does not fit this run's config"):
+        restore_state(load_checkpoint(path), cfg, CPU)

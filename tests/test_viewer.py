@@ -410,3 +410,106 @@ def test_update_ignores_non_numeric_metrics(viewer, tiny_scene):
     viewer.update(tiny_scene, 0, {"loss": 1, "bad_step": True, "note": "skipped", "step": 0}, force=True)
     assert viewer._metrics == {"loss": 1.0, "step": 0.0}
     assert set(viewer._plots) == {"loss"}
+
+
+# ----------------------------------------------------------------------------------------------
+# Who may connect (issue 14): a real websocket client, as a browser page on another site would be
+
+
+def _handshake(port, origin):
+    """Open viser's websocket with ``origin`` (None: no header); return the HTTP status (101 = open)."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    try:
+        with connect(
+            f"ws://127.0.0.1:{port}", origin=origin, subprotocols=[f"viser-v{viser.__version__}"], open_timeout=10
+        ) as ws:
+            assert ws.recv(timeout=10)  # the viewer's state arrives: this client is served
+            return 101
+    except InvalidStatus as e:
+        return e.response.status_code
+
+
+def test_foreign_origin_is_refused_own_origin_and_no_origin_accepted(tmp_path, capfd):
+    v = Viewer(ViewerConfig(port=0), black_render, tmp_path)
+    try:
+        port = v.port
+        assert _handshake(port, "http://evil.example") == 403
+        assert _handshake(port, f"http://127.0.0.1:{port + 1}") == 403  # another local port is another site
+        assert _handshake(port, "null") == 403  # sandboxed iframes, file:// pages
+        assert _handshake(port, f"http://127.0.0.1:{port}") == 101
+        assert _handshake(port, f"http://localhost:{port}") == 101
+        assert _handshake(port, None) == 101  # a local program, not a browser
+        # The page itself is still served over plain HTTP.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        v.close()
+    assert "refused a connection from 'http://evil.example'" in capfd.readouterr().err
+
+
+def test_allowed_origins_follow_the_chosen_host():
+    from splatvlm.viewer import allowed_origins, origin_allowed
+
+    assert origin_allowed("http://192.168.1.5:8080", "192.168.1.5", 8080)
+    assert not origin_allowed("http://192.168.1.5:8080", "127.0.0.1", 8080)
+    assert origin_allowed("HTTP://LOCALHOST:8080", "127.0.0.1", 8080)
+    assert not origin_allowed("https://localhost:8080", "127.0.0.1", 8080)
+    assert "http://[::1]:9000" in allowed_origins("::1", 9000)
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_share_request_ignored_unless_asked(tmp_path, share, monkeypatch):
+    from viser import _messages
+
+    v = Viewer(ViewerConfig(port=0, share=share), black_render, tmp_path)
+    try:
+        calls = []
+        monkeypatch.setattr(v.server, "request_share_url", lambda *a, **k: calls.append(1))
+        handlers = v.server._websock_server._incoming_handlers[_messages.ShareUrlRequest]
+        for h in handlers:
+            h(0, _messages.ShareUrlRequest())
+        assert wait_for(lambda: bool(calls), timeout=2.0) is share
+    finally:
+        v.close()
+
+
+def test_signal_while_paused_stops_with_a_checkpoint(tmp_path):
+    """SIGTERM while the viewer holds training paused: the run stops at once, with a checkpoint, code 143."""
+    import dataclasses
+
+    from splatvlm.config import load_run_config
+    from splatvlm.errors import StopRun
+    from splatvlm.trainer import Term, load_checkpoint, new_state, train
+
+    cfg = load_run_config("fit")
+    cfg = dataclasses.replace(cfg, steps=50, log_every=1, scene=dataclasses.replace(cfg.scene, num_points=64))
+
+    def term(rgb, cams, step):
+        return {"loss_l1": rgb.mean()}
+
+    state = new_state(init_ball(cfg.scene, torch.Generator().manual_seed(0)), cfg, torch.device("cpu"))
+    v = Viewer(ViewerConfig(port=0), black_render, tmp_path)
+    steps_seen = []
+    unpause = threading.Timer(10.0, v.set_paused, (False,))  # were the signal ignored: fail, not hang
+
+    def on_step(step, logs):
+        steps_seen.append(step)
+        if step == 1:
+            v.set_paused(True)
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            unpause.start()
+
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(StopRun) as info:
+            train(cfg, state, {"l1": Term(term, weights=("l1",))}, tmp_path, torch.device("cpu"),
+                  viewer=v, progress=False, on_step=on_step)  # fmt: skip
+    finally:
+        unpause.cancel()
+        v.close()
+    assert time.monotonic() - t0 < 20
+    assert info.value.exit_code == 143 and "SIGTERM" in str(info.value)
+    assert steps_seen[-1] == 1  # no step ran after the pause
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 2

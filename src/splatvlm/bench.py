@@ -390,6 +390,9 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     info = distributed.dist_info()
     device, vlm_device = distributed.placement_devices(cfg.device, args.placement, info)
     distributed.use_device(device)
+    from .resources import check_models_fit
+
+    check_models_fit(cfg, device, vlm_device)  # before building full-size models that cannot fit
     out = check_output_dir(args.output)
     mine = distributed.shard(range(len(prompts)), info.rank, info.world_size)
     command = "splatvlm bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])

@@ -47,6 +47,8 @@ class GenerateArgs:
     """Replace an existing output and run folder."""
     viewer: bool = False
     """Serve a live viser viewer during (and after) training."""
+    viewer_share: bool = False
+    """Let the viewer's "share" button open a public URL (a tunnel through share.viser.studio); off: ignored."""
     host: str = "127.0.0.1"
     """Viewer address; anything but loopback exposes an unauthenticated server."""
     port: int = 8080
@@ -118,6 +120,8 @@ class ViewArgs:
     """Address to bind; anything but loopback exposes an unauthenticated server."""
     port: int = 8080
     """Port to serve on."""
+    share: bool = False
+    """Let the viewer's "share" button open a public URL (a tunnel through share.viser.studio); off: ignored."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,6 +177,7 @@ def cmd_generate(argv: list[str]) -> int:
     args: GenerateArgs = _parse(GenerateArgs, argv, "splatvlm generate", GenerateArgs(preset=preset, run=run_cfg))
     control = RunControl(
         viewer=args.viewer,
+        viewer_share=args.viewer_share,
         host=args.host,
         port=args.port,
         viewer_every=args.viewer_every,
@@ -187,7 +192,8 @@ def cmd_generate(argv: list[str]) -> int:
     if args.prompts is None:
         require_one_process(dist_info(), "a single prompt or --resume")
     if args.resume is not None:
-        summary = resume_run(args.resume, control)
+        steps = _check_resume_flags(argv, args)
+        summary = resume_run(args.resume, control, steps)
         _print_summary([summary])
         return 0
     if args.prompts is not None:
@@ -201,12 +207,77 @@ def cmd_generate(argv: list[str]) -> int:
     from .generate import check_sources, make_guidance
 
     guidance = make_guidance(args.run, control)  # devices first: a bad --placement fails before any file
-    prompt, output, run_dir = prepare_single(args.prompt, args.output, args.run, control, args.run_dir)
+    prompt, output, run_dir, replaces = prepare_single(args.prompt, args.output, args.run, control, args.run_dir)
     guidance.sources = check_sources(args.run, [prompt])
     _demo_notice(args.run)
-    summary = run_one(prompt, args.run, output, run_dir, guidance, control)
+    summary = run_one(prompt, args.run, output, run_dir, guidance, control, replaces=replaces)
     _print_summary([summary])
     return 0
+
+
+# How to run, not what: these may be given with --resume.
+RESUME_FLAGS = {
+    "--resume", "--viewer", "--no-viewer", "--viewer-share", "--no-viewer-share", "--host", "--port",
+    "--viewer-every", "--stop-after", "--placement", "--gpteval3d", "--no-gpteval3d",
+}  # fmt: skip
+
+
+def _check_resume_flags(argv: list[str], args: GenerateArgs) -> int | None:
+    """Refuse flags that would change a resumed run's recipe (one line listing them); return a new --steps.
+
+    A run-config flag whose value equals the saved one is harmless; more --steps is applied, with a message.
+    """
+    from .config import apply_overrides, read_yaml
+
+    saved = None
+    if (Path(args.resume) / "config.yaml").is_file():
+        saved = apply_overrides(RunConfig(), read_yaml(Path(args.resume) / "config.yaml"))
+    refused, steps = [], None
+    if args.prompt is not None:
+        refused.append("a prompt")
+    for token in argv:
+        if not token.startswith("-") or token == "-" or token.lstrip("-").replace(".", "", 1).isdigit():
+            continue  # a value (a negative number is one too)
+        flag = token.split("=", 1)[0]
+        if flag in RESUME_FLAGS:
+            continue
+        if flag in ("-o", "--output", "--preset", "--config", "--prompts", "--out-dir", "--run-dir", "--overwrite"):
+            refused.append(flag)
+            continue
+        value, ok = _run_field(args.run, flag)
+        old, _ = _run_field(saved, flag) if saved is not None else (None, False)
+        if flag == "--steps" and ok:
+            if saved is None or value > saved.steps:
+                steps = value
+                continue
+        if not ok or saved is None or value != old:
+            refused.append(flag)
+    if refused:
+        raise SplatVLMError(
+            f"--resume continues a run with its saved recipe; these flags would change it: {', '.join(dict.fromkeys(refused))} "
+            "(only more --steps, and the viewer, --stop-after, --placement and --gpteval3d flags, may be given)"
+        )
+    return steps
+
+
+def _run_field(cfg, flag: str):
+    """The value a run-config flag (``--camera.num-views``, ``--no-vlm.fast``) sets in ``cfg``."""
+    if cfg is None:
+        return None, False
+    name = flag.lstrip("-")
+    for candidate in (name, name[3:] if name.startswith("no-") else None, name.replace(".no-", ".")):
+        if not candidate:
+            continue
+        obj, ok = cfg, True
+        for part in candidate.split("."):
+            attr = part.replace("-", "_")
+            if not hasattr(obj, attr):
+                ok = False
+                break
+            obj = getattr(obj, attr)
+        if ok:
+            return obj, True
+    return None, False
 
 
 def _check_control(control) -> None:
@@ -232,6 +303,8 @@ def _print_summary(summaries: list[dict]) -> None:
         status = "done" if s.get("finished", True) else f"stopped at step {s.get('steps')}"
         extra = f" p_yes={s['p_yes']:.3f}" if "p_yes" in s else ""
         print(f"{status}: {s.get('output')} ({s.get('num_gaussians')} Gaussians, {s.get('seconds')} s){extra}")
+        if s.get("resume"):
+            print(f"continue with: {s['resume']}")
 
 
 def cmd_fit(argv: list[str]) -> int:
@@ -290,7 +363,7 @@ def cmd_view(argv: list[str]) -> int:
     args: ViewArgs = _parse(ViewArgs, argv, "splatvlm view")
     if not 0 < args.port < 65536:
         raise SplatVLMError(f"--port must be in 1..65535, got {args.port}")
-    view_ply(args.input, ViewerConfig(enabled=True, host=args.host, port=args.port))
+    view_ply(args.input, ViewerConfig(enabled=True, host=args.host, port=args.port, share=args.share))
     return 0
 
 
@@ -372,6 +445,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as e:  # a full disk, a read-only folder, ...: the path and the errno, not a traceback
+        from .files import os_error_line
+        from .hub import cache_dir_path
+
+        msg = os_error_line(e)
+        if e.filename and str(e.filename).startswith(str(cache_dir_path())):
+            msg += "; set SPLATVLM_CACHE to a writable folder"
+        print(f"error: {msg}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -125,8 +125,47 @@ def list_presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CONFIG_NODES = 100_000  # values after YAML aliases are expanded (an alias bomb expands exponentially)
+
+
+def _expanded_size(data: Any, memo: dict[int, int], depth: int = 0) -> int:
+    """How many values ``data`` holds once aliases are expanded (shared objects counted per use)."""
+    if depth > 100:
+        return MAX_CONFIG_NODES + 1
+    if not isinstance(data, dict | list):
+        return 1
+    key = id(data)
+    if key not in memo:
+        memo[key] = MAX_CONFIG_NODES + 1  # a cycle (a recursive alias) is too big as well
+        children = list(data.values()) + list(data.keys()) if isinstance(data, dict) else data
+        total = 1
+        for child in children:
+            total += _expanded_size(child, memo, depth + 1)
+            if total > MAX_CONFIG_NODES:
+                break
+        memo[key] = total
+    return memo[key]
+
+
+def short_repr(value: Any, limit: int = 80) -> str:
+    """repr() for error messages, bounded however large (or aliased) ``value`` is."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxlist, r.maxdict, r.maxstring, r.maxother = 2, 4, 4, limit, limit
+    text = r.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
+    from .files import check_regular_file
+
     path = Path(path)
+    if path.exists():
+        check_regular_file(path, "config file")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise SplatVLMError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MB; not a run config")
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -141,8 +180,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""
         raise SplatVLMError(f"config file {path} is not valid YAML{where}") from None
+    except RecursionError:
+        raise SplatVLMError(f"config file {path} is nested too deeply") from None
     if data is None:
         return {}
+    if _expanded_size(data, {}) > MAX_CONFIG_NODES:
+        raise SplatVLMError(
+            f"config file {path} expands to more than {MAX_CONFIG_NODES:,} values (YAML aliases); not a run config"
+        )
     if not isinstance(data, dict):
         raise SplatVLMError(f"config file {path} must hold a mapping of keys, not {type(data).__name__}")
     return data
@@ -169,14 +214,14 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except SplatVLMError as e:
                 errors.append(e)
-        raise SplatVLMError(f"config key '{key}' has the wrong type: {value!r} is not {_type_name(tp)}")
+        raise SplatVLMError(f"config key '{key}' has the wrong type: {short_repr(value)} is not {_type_name(tp)}")
     if origin is Literal:
         if value not in args:
-            raise SplatVLMError(f"config key '{key}' must be one of {list(args)}, got {value!r}")
+            raise SplatVLMError(f"config key '{key}' must be one of {list(args)}, got {short_repr(value)}")
         return value
     if origin in (tuple, list):
         if not isinstance(value, list | tuple):
-            raise SplatVLMError(f"config key '{key}' must be a list, got {value!r}")
+            raise SplatVLMError(f"config key '{key}' must be a list, got {short_repr(value)}")
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise SplatVLMError(f"config key '{key}' must have {len(args)} items, got {len(value)}")
@@ -186,27 +231,27 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         return tuple(out) if origin is tuple else out
     if dataclasses.is_dataclass(tp):
         if not isinstance(value, dict):
-            raise SplatVLMError(f"config key '{key}' must be a mapping, got {value!r}")
+            raise SplatVLMError(f"config key '{key}' must be a mapping, got {short_repr(value)}")
         return apply_overrides(tp(), value, prefix=f"{key}.")
     if tp is bool:
         if not isinstance(value, bool):
-            raise SplatVLMError(f"config key '{key}' must be true or false, got {value!r}")
+            raise SplatVLMError(f"config key '{key}' must be true or false, got {short_repr(value)}")
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise SplatVLMError(f"config key '{key}' must be an integer, got {value!r}")
+            raise SplatVLMError(f"config key '{key}' must be an integer, got {short_repr(value)}")
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
-            raise SplatVLMError(f"config key '{key}' must be a number, got {value!r}")
+            raise SplatVLMError(f"config key '{key}' must be a number, got {short_repr(value)}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
-            raise SplatVLMError(f"config key '{key}' must be a string, got {value!r}")
+            raise SplatVLMError(f"config key '{key}' must be a string, got {short_repr(value)}")
         return value
     if tp is Path:
         if not isinstance(value, str):
-            raise SplatVLMError(f"config key '{key}' must be a path string, got {value!r}")
+            raise SplatVLMError(f"config key '{key}' must be a path string, got {short_repr(value)}")
         return Path(value)
     raise SplatVLMError(f"config key '{key}' has an unsupported type {_type_name(tp)}")
 
@@ -263,6 +308,13 @@ def validate_run_config(cfg: RunConfig) -> None:
     """Value checks that types alone cannot express; one line each, before any heavy work."""
     if cfg.steps <= 0:
         raise SplatVLMError(f"--steps must be positive, got {cfg.steps}")
+    if not 0 <= cfg.seed < 2**63:  # torch.manual_seed and numpy take 64-bit seeds
+        raise SplatVLMError(f"--seed must be in 0..2**63-1, got {short_repr(cfg.seed, 40)}")
+    if cfg.scene.num_points <= 0:
+        raise SplatVLMError(f"--scene.num-points must be positive, got {short_repr(cfg.scene.num_points, 40)}")
+    from .resources import check_scene_fits
+
+    check_scene_fits(cfg.scene.num_points)
     cam = cfg.camera
     for name in ("num_views", "resolution", "low_res_views", "low_res", "views_per_group"):
         if getattr(cam, name) <= 0:

@@ -8,7 +8,12 @@ Run folder layout (one per prompt):
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
+import os
+import shlex
+import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -18,14 +23,14 @@ import torch
 from rich.console import Console
 
 from . import distributed, export, models
-from .config import RunConfig, apply_overrides, read_yaml, validate_run_config
-from .errors import SplatVLMError
-from .files import atomic_write_text, check_output_dir, check_output_path
+from .config import RunConfig, apply_overrides, read_yaml, to_dict, validate_run_config
+from .errors import SplatVLMError, StopRun
+from .files import RunLock, atomic_write_text, check_output_dir, check_output_path, clean_temp_files
 from .gaussians.cameras import Cameras
 from .gaussians.ply import save_ply
 from .gaussians.scene import init_ball, num_gaussians
 from .models import Sources
-from .prompts import check_prompt, slugify
+from .prompts import check_prompt, slugify, where_of
 from .trainer import (
     Term,
     TrainState,
@@ -45,6 +50,7 @@ class RunControl:
     """How to run (not what to train): viewer, stopping, extra outputs. Not saved as part of the recipe."""
 
     viewer: bool = False
+    viewer_share: bool = False  # honour viser's share request (a public tunnel); off: ignored
     host: str = "127.0.0.1"
     port: int = 8080
     viewer_every: int = 50
@@ -119,9 +125,27 @@ def on_other_device(term, device: torch.device, main: torch.device):
 
 
 def check_sources(cfg: RunConfig, prompts: list[str] = ()) -> Sources:
-    """Validate the active terms' model sources and that each prompt fits, once, before any heavy work."""
+    """Validate the active terms' model sources, and that each prompt fits the models' context, once, before
+    any heavy work. Each tokenizer loads once and reads all prompts in one call; an error names the prompt's line.
+    """
     active = terms_active(cfg)
-    return models.check_sources(cfg, prompts, sds=active["sds"], vlm=active["vlm"])
+    many = len(prompts) >= 1000
+    if many:
+        console.print(f"checking {len(prompts):,} prompts against the models' context ...")
+    return models.check_sources(
+        cfg, prompts, sds=active["sds"], vlm=active["vlm"], where=where_of(prompts), say=console.print if many else None
+    )
+
+
+def recipe_hash(cfg: RunConfig) -> str:
+    """What identifies a recipe: a hash of the resolved config as saved in config.yaml."""
+    from .config import to_yaml
+
+    return hashlib.sha256(to_yaml(cfg).encode("utf-8")).hexdigest()[:16]
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"splatvlm generate --resume {shlex.quote(str(run_dir))}"
 
 
 def run_one(
@@ -133,19 +157,47 @@ def run_one(
     control: RunControl,
     resume: bool = False,
     prompt_id: int = 0,
+    replaces: Path | None = None,
 ) -> dict[str, Any]:
-    """Train one prompt into ``output`` (a .ply); everything else goes into ``run_dir``."""
+    """Train one prompt into ``output`` (a .ply); everything else goes into ``run_dir``.
+
+    ``replaces``: ``run_dir`` is being built aside to replace that run folder (--overwrite); the swap
+    happens only once the run has finished, so a failed or interrupted overwrite leaves the old run whole.
+    """
+    with RunLock(run_dir), (RunLock(replaces) if replaces is not None else contextlib.nullcontext()):
+        clean_temp_files(output.parent, output.stem)
+        try:
+            return _run_one(prompt, cfg, output, run_dir, guidance, control, resume, prompt_id, replaces)
+        except StopRun as e:
+            raise StopRun(f"{e}; continue with: {resume_command(run_dir)}", e.exit_code) from None
+
+
+def _run_one(
+    prompt: str,
+    cfg: RunConfig,
+    output: Path,
+    run_dir: Path,
+    guidance: Guidance,
+    control: RunControl,
+    resume: bool,
+    prompt_id: int,
+    replaces: Path | None,
+) -> dict[str, Any]:
     device = guidance.device
     t_start = time.perf_counter()
     # 1. Run folder and resolved config.
     if not resume:
-        write_run_files(run_dir, cfg, {"prompt": prompt, "output": str(output), "seed": cfg.seed})
+        info = {"prompt": prompt, "output": str(output), "seed": cfg.seed, "recipe": recipe_hash(cfg)}
+        if replaces is not None:
+            info["replaces"] = str(replaces)
+        write_run_files(run_dir, cfg, info)
     # 2. Guidance terms (models load once per batch).
     terms = guidance.terms(prompt)
     # 3. Scene: fresh or from the checkpoint.
     ckpt_path = run_dir / "checkpoint.pt"
     if resume and ckpt_path.exists():
         state: TrainState = restore_state(load_checkpoint(ckpt_path), cfg, device)
+        cut_metrics(run_dir / "metrics.jsonl", state.step)
         console.print(f"resuming {run_dir} at step {state.step}/{cfg.steps}")
     else:
         torch.manual_seed(cfg.seed)
@@ -157,17 +209,23 @@ def run_one(
 
             params = load_ply(cfg.scene.init)
         state = new_state(params, cfg, device)
+        state.meta = {"prompt": prompt}
+        (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run's log starts empty
+    elapsed_before = state.elapsed_s
     # 4. Live viewer.
     viewer = None
     if control.viewer:
         from .viewer import Viewer, ViewerConfig, make_render_fn
 
         viewer = Viewer(
-            ViewerConfig(enabled=True, host=control.host, port=control.port, refresh_every=control.viewer_every),
+            ViewerConfig(
+                enabled=True, host=control.host, port=control.port, refresh_every=control.viewer_every,
+                share=control.viewer_share,
+            ),
             make_render_fn(state.params, device, cfg.render),
             run_dir,
             lambda path: save_ply(state.params, path),
-        )
+        )  # fmt: skip
     # 5. Train.
     try:
         state = train(
@@ -182,7 +240,8 @@ def run_one(
             profile=control.profile,
         )
     except BaseException:
-        save_ply(state.params, run_dir / "interrupted.ply")
+        with contextlib.suppress(OSError):  # a full disk must not hide the first error
+            save_ply(state.params, run_dir / "interrupted.ply")
         if viewer is not None:
             viewer.close()
         raise
@@ -196,8 +255,13 @@ def run_one(
         "finished": finished,
         "num_gaussians": num_gaussians(state.params),
         "bad_steps": state.bad_steps_total,
-        "seconds": round(time.perf_counter() - t_start, 2),
+        # The whole run: earlier invocations' training time (from the checkpoint) + all of this one.
+        "seconds": round(elapsed_before + time.perf_counter() - t_start, 2),
+        "seconds_this_invocation": round(time.perf_counter() - t_start, 2),
     }
+    final_dir = replaces if replaces is not None else run_dir
+    if not finished:
+        summary["resume"] = resume_command(run_dir)
     if finished:
         if cfg.turntable_frames > 0:
             frames = export.render_turntable(
@@ -206,22 +270,25 @@ def run_one(
             export.save_video(frames, run_dir / "turntable.gif", fps=20)
             export.save_contact_sheet(frames[:: max(1, len(frames) // 8)][:8], run_dir / "contact.png", cols=4)
         if control.gpteval3d:
-            summary["gpteval3d"] = str(
-                export.export_gpteval3d(
-                    state.params,
-                    run_dir / "gpteval3d",
-                    control.gpteval3d_method,
-                    prompt_id,
-                    cfg.seed,
-                    render_cfg=cfg.render,
-                    device=device,
-                )
+            export.export_gpteval3d(
+                state.params,
+                run_dir / "gpteval3d",
+                control.gpteval3d_method,
+                prompt_id,
+                cfg.seed,
+                render_cfg=cfg.render,
+                device=device,
             )
+            summary["gpteval3d"] = str(final_dir / "gpteval3d")
         last = _last_metrics(run_dir)
         for key in ("p_yes", "reward", "loss_sds", "loss_vlm"):
             if key in last:
                 summary[key] = last[key]
+        for name in ("interrupted.ply", "partial.ply"):
+            (run_dir / name).unlink(missing_ok=True)
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+        if replaces is not None:
+            swap_in(run_dir, replaces)
     if viewer is not None:
         if finished:
             viewer.update(
@@ -231,6 +298,44 @@ def run_one(
             viewer.serve_forever()
         viewer.close()
     return summary
+
+
+def cut_metrics(path: Path, step: int) -> None:
+    """Drop the log records of steps at or after ``step`` (done after the checkpoint, so done again)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue  # a line cut short by a kill
+        if isinstance(rec, dict) and isinstance(rec.get("step"), int) and rec["step"] < step:
+            kept.append(line)
+    atomic_write_text(path, "".join(k + "\n" for k in kept))
+
+
+def aside_dir(run_dir: Path) -> Path:
+    """Where an --overwrite builds the new run before it replaces ``run_dir``."""
+    return run_dir.with_name(f".{run_dir.name}.overwrite")
+
+
+def swap_in(new: Path, target: Path) -> None:
+    """Replace run folder ``target`` by ``new``: two renames; the old folder is deleted last."""
+    old = target.with_name(f".{target.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.rename(target, old)
+    os.rename(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_swap(target: Path) -> None:
+    """Undo a swap cut between its two renames: the old run comes back."""
+    old = target.with_name(f".{target.name}.old")
+    if not target.exists() and old.is_dir():
+        os.rename(old, target)
+        console.print(f"restored {target} (an earlier --overwrite was cut off while replacing it)")
 
 
 def _last_metrics(run_dir: Path) -> dict[str, Any]:
@@ -246,8 +351,12 @@ def _last_metrics(run_dir: Path) -> dict[str, Any]:
 
 def prepare_single(
     prompt: str | None, output: Path | None, cfg: RunConfig, control: RunControl, run_dir: Path | None
-) -> tuple[str, Path, Path]:
-    """Validate a single-prompt run's inputs and pick its run folder (``<output stem>_run`` beside it)."""
+) -> tuple[str, Path, Path, Path | None]:
+    """Validate a single-prompt run's inputs and pick its run folder (``<output stem>_run`` beside it).
+
+    Returns (prompt, output, the folder to build in, the folder it replaces or None). With --overwrite
+    of an existing run the new run is built aside and swapped in when it finishes (see ``run_one``).
+    """
     if prompt is None:
         raise SplatVLMError("give a prompt (or --prompts FILE --out-dir DIR for a batch)")
     prompt = check_prompt(prompt)
@@ -256,29 +365,99 @@ def prepare_single(
     output = check_output_path(output, control.overwrite, suffixes=(".ply",))
     validate_run_config(cfg)
     run_dir = run_dir or output.with_name(output.stem + "_run")
-    if run_dir.exists() and (run_dir / "checkpoint.pt").exists() and not control.overwrite:
+    recover_swap(run_dir)
+    holds_run = run_dir.is_dir() and any((run_dir / n).exists() for n in ("checkpoint.pt", "summary.json", "run.json"))
+    if holds_run and not control.overwrite:
         raise SplatVLMError(f"run folder {run_dir} already holds a run; --resume {run_dir} or pass --overwrite")
     check_output_dir(run_dir)
-    if control.overwrite:
-        for name in ("checkpoint.pt", "metrics.jsonl", "summary.json"):
-            (run_dir / name).unlink(missing_ok=True)
-    return prompt, output, run_dir
+    if not holds_run:
+        return prompt, output, run_dir, None
+    with RunLock(run_dir):  # refuse now if another process is using it
+        pass
+    aside = aside_dir(run_dir)
+    if aside.exists():  # an earlier overwrite that did not finish: start it again
+        with RunLock(aside):
+            shutil.rmtree(aside)
+    check_output_dir(aside)
+    return prompt, output, aside, run_dir
 
 
-def resume_run(run_dir: Path, control: RunControl) -> dict[str, Any]:
-    """Continue a run folder exactly where its checkpoint left it, with its saved config."""
+def resume_run(
+    run_dir: Path, control: RunControl, steps: int | None = None
+) -> dict[str, Any]:
+    """Continue a run folder exactly where its checkpoint left it, with its saved config.
+
+    ``steps``: a larger total step count, applied deliberately (the only recipe change a resume takes).
+    """
     run_dir = Path(run_dir)
+    recover_swap(run_dir)
     info_path = run_dir / "run.json"
     if not info_path.is_file() or not (run_dir / "config.yaml").is_file():
         raise SplatVLMError(f"{run_dir} is not a splatvlm run folder (no run.json/config.yaml)")
     if not (run_dir / "checkpoint.pt").is_file():
         raise SplatVLMError(f"{run_dir} has no checkpoint.pt to resume from")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    cfg = apply_overrides(RunConfig(), read_yaml(run_dir / "config.yaml"))
-    validate_run_config(cfg)
-    sources = check_sources(cfg, [info["prompt"]])
-    guidance = make_guidance(cfg, control, sources=sources)
-    return run_one(info["prompt"], cfg, Path(info["output"]), run_dir, guidance, control, resume=True)
+    with RunLock(run_dir):
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise SplatVLMError(f"{info_path} is not valid JSON") from None
+        if not isinstance(info, dict) or not isinstance(info.get("prompt"), str) or "output" not in info:
+            raise SplatVLMError(f"{info_path} lacks the run's prompt and output")
+        cfg = apply_overrides(RunConfig(), read_yaml(run_dir / "config.yaml"))
+        validate_run_config(cfg)
+        ckpt = load_checkpoint(run_dir / "checkpoint.pt")
+        changed = config_differences(_yaml_dict(ckpt["config"]), to_dict(cfg))
+        if changed:
+            raise SplatVLMError(
+                f"{run_dir}/checkpoint.pt was written with another config than {run_dir}/config.yaml "
+                f"(differs in: {', '.join(changed[:8])}); restore config.yaml, or start a new run"
+            )
+        ckpt_prompt = (ckpt.get("meta") or {}).get("prompt")
+        if ckpt_prompt is not None and ckpt_prompt != info["prompt"]:
+            raise SplatVLMError(
+                f"{run_dir}/checkpoint.pt belongs to another run (prompt {str(ckpt_prompt)[:60]!r}, not "
+                f"{info['prompt'][:60]!r}); restore this run's checkpoint, or start a new run"
+            )
+        if steps is not None and steps != cfg.steps:
+            if steps < max(cfg.steps, int(ckpt["step"])):
+                raise SplatVLMError(f"--steps {steps} with --resume: the run has {cfg.steps} steps; only more are allowed")
+            console.print(
+                f"extending {run_dir} from {cfg.steps} to {steps} steps (--steps); the schedules that depend on "
+                "the total (the means learning rate) follow the new total from here"
+            )
+            cfg = replace(cfg, steps=steps)
+            from .config import to_yaml
+
+            atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
+        del ckpt
+        sources = check_sources(cfg, [info["prompt"]])
+        guidance = make_guidance(cfg, control, sources=sources)
+        replaces = Path(info["replaces"]) if info.get("replaces") else None
+        return run_one(
+            info["prompt"], cfg, Path(info["output"]), run_dir, guidance, control, resume=True, replaces=replaces
+        )
+
+
+def _yaml_dict(text: str) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def config_differences(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two config dicts."""
+    out = []
+    for key in sorted(set(a) | set(b), key=str):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}")
+    return out
 
 
 def make_guidance(
@@ -288,6 +467,9 @@ def make_guidance(
     info = distributed.dist_info() if info is None else info
     device, vlm_device = distributed.placement_devices(cfg.device, control.placement, info)
     distributed.use_device(device)
+    from .resources import check_models_fit
+
+    check_models_fit(cfg, device, vlm_device)
     return Guidance(cfg, device, vlm_device=None if vlm_device == device else vlm_device, sources=sources)
 
 
@@ -301,13 +483,67 @@ def run_batch(prompts: list[str], cfg: RunConfig, out_dir: Path, control: RunCon
     info = distributed.dist_info()
     if control.viewer and info.world_size > 1:
         raise SplatVLMError("--viewer serves one run; it cannot be used with several torchrun processes")
-    sources = check_sources(cfg, prompts)
     out_dir = check_output_dir(out_dir)
+    run_dirs = [out_dir / f"{index:03d}-{slugify(prompt)}" for index, prompt in enumerate(prompts)]
+    # One batch per out-dir: rank 0 holds its lock (torchrun's other ranks work under it, each run
+    # folder locked by the rank that runs it).
+    out_lock = RunLock(out_dir, "batch folder") if info.is_main else contextlib.nullcontext()
+    with out_lock:
+        check_batch_folders(prompts, run_dirs, cfg)
+        sources = check_sources(cfg, prompts)
+        return _run_batch(prompts, cfg, out_dir, run_dirs, control, info, sources)
+
+
+def check_batch_folders(prompts: list[str], run_dirs: list[Path], cfg: RunConfig) -> None:
+    """A run folder already in the out-dir must hold this prompt, made with this recipe.
+
+    "Done already" is then keyed by the prompt text and the recipe, not by the folder name: a changed
+    prompt or setting is refused with the reason, never silently answered with the old object.
+    """
+    where = where_of(prompts)
+    want = recipe_hash(cfg)
+    for i, (prompt, run_dir) in enumerate(zip(prompts, run_dirs, strict=True)):
+        info_path = run_dir / "run.json"
+        if not info_path.is_file():
+            continue
+        try:
+            info = json.loads(info_path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            raise SplatVLMError(f"{info_path} is not valid JSON; remove {run_dir} to re-run {where[i]}") from None
+        if not isinstance(info, dict):
+            raise SplatVLMError(f"{info_path} is not a run description; remove {run_dir} to re-run {where[i]}")
+        if info.get("prompt") != prompt:
+            raise SplatVLMError(
+                f"{where[i]} is {prompt[:60]!r} but {run_dir} holds {str(info.get('prompt'))[:60]!r}; "
+                "use another --out-dir (or move that folder away)"
+            )
+        have = info.get("recipe")
+        if have is None and (run_dir / "config.yaml").is_file():  # run folders from before the hash was kept
+            have = recipe_hash(apply_overrides(RunConfig(), read_yaml(run_dir / "config.yaml")))
+        if have != want:
+            changed = []
+            if (run_dir / "config.yaml").is_file():
+                changed = config_differences(read_yaml(run_dir / "config.yaml"), to_dict(cfg))
+            detail = f" (differs in: {', '.join(changed[:8])})" if changed else ""
+            raise SplatVLMError(
+                f"{run_dir} ({where[i]}) was made with another recipe{detail}; use another --out-dir, or "
+                "remove that folder to re-run it with this one"
+            )
+
+
+def _run_batch(
+    prompts: list[str],
+    cfg: RunConfig,
+    out_dir: Path,
+    run_dirs: list[Path],
+    control: RunControl,
+    info: distributed.DistInfo,
+    sources: Sources,
+) -> list[dict[str, Any]]:
     guidance = make_guidance(cfg, control, info, sources)
     if not info.is_main:
         control = replace(control, progress=False)  # one progress bar per terminal
     tag = f"rank {info.rank}: " if info.world_size > 1 else ""
-    run_dirs = [out_dir / f"{index:03d}-{slugify(prompt)}" for index, prompt in enumerate(prompts)]
     t_start = time.perf_counter()
     with distributed.process_group(info, guidance.device) as group:
         # What is pending as rank 0 sees it, so that every rank deals the same list.

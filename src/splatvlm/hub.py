@@ -42,13 +42,23 @@ def device_name(device: torch.device) -> str:
     return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
 
 
-def cache_dir() -> Path:
-    """Where splatvlm keeps generated demo models (``$SPLATVLM_CACHE`` or ``~/.cache/splatvlm``)."""
+def cache_dir_path() -> Path:
+    """``$SPLATVLM_CACHE`` or ``~/.cache/splatvlm`` (not created)."""
     root = os.environ.get("SPLATVLM_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "splatvlm"
     )
-    path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    return Path(root)
+
+
+def cache_dir() -> Path:
+    """Where splatvlm keeps generated demo models (``$SPLATVLM_CACHE`` or ``~/.cache/splatvlm``)."""
+    path = cache_dir_path()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SplatVLMError(
+            f"cannot create the cache folder {path} ({e.strerror}); set SPLATVLM_CACHE to a writable folder"
+        ) from None
     return path
 
 

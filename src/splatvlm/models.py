@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,9 @@ from .guidance.reward import (
     question_text,
     target_ids,
 )
-from .guidance.sds import SDSConfig, check_config, check_prompt_tokens
+from .guidance.sds import SDSConfig, check_config
 from .hub import hf_offline, hub_reachable, is_local, missing_weights_error, quiet_model_io, short_error
+from .prompts import token_counts
 
 # ---------------------------------------------------------------------------------------------------
 # The prior
@@ -127,8 +129,9 @@ def check_sds_source(cfg: SDSConfig) -> None:
         _check_source(cfg.base_model, base_what, "--sds.base-model", COMPONENT_PARTS, allow_file=False)
 
 
-def check_prompt_length(cfg: SDSConfig, prompts: list[str]) -> None:
-    """Reject prompts longer than the text encoder's context before any model loads (only the tokenizer).
+def check_prompt_length(cfg: SDSConfig, prompts: list[str], where: Sequence[str] = ()) -> None:
+    """Reject prompts longer than the text encoder's context before any model loads (only the tokenizer,
+    once, all prompts in one call); ``where[i]`` names prompt i in the error (its file and line).
 
     Where the tokenizer cannot be read here, nothing is said: loading the prior reports that clearly.
     """
@@ -146,8 +149,13 @@ def check_prompt_length(cfg: SDSConfig, prompts: list[str]) -> None:
             )
     except Exception:  # noqa: BLE001 - reported by the full load with the source named
         return
-    for prompt in prompts:
-        check_prompt_tokens(tokenizer, prompt)
+    limit = tokenizer.model_max_length
+    for i, n in enumerate(token_counts(tokenizer, list(prompts))):
+        if n > limit:
+            name = where[i] if i < len(where) else "prompt"
+            raise SplatVLMError(
+                f"{name} is {n} tokens long; the diffusion prior's text encoder takes at most {limit}: shorten it"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -288,6 +296,30 @@ def check_reward_source(cfg: RewardConfig, prompt: str | None = None) -> VLMSour
     return src
 
 
+def check_reward_prompts(cfg: RewardConfig, src: VLMSource, prompts: Sequence[str], where: Sequence[str] = ()) -> None:
+    """Every prompt's reward query fits the context, with one tokenizer and one chat-template call.
+
+    The query is the template around the prompt, so its length is a fixed overhead plus the prompt's
+    tokens (give or take a merge at the seams); only prompts within a margin of the limit are built exactly.
+    """
+    if not prompts:
+        return
+    grid = (cfg.size // src.patch_size,) * 2
+    target = target_ids(cfg, src.tokenizer)
+    probe = "x"
+    base = query_ids(src, question_text(cfg.question, probe, cfg.num_views), cfg.num_views, grid, target).shape[-1]
+    base -= len(src.tokenizer.encode(probe, add_special_tokens=False))
+    ctx = int(src.config.text_config.max_position_embeddings)
+    lengths = token_counts(src.tokenizer, list(prompts), special_tokens=False)
+    for i, (prompt, n) in enumerate(zip(prompts, lengths, strict=True)):
+        if base + n + 8 <= ctx:
+            continue
+        try:
+            check_prompt_fits(cfg, src, prompt)
+        except SplatVLMError as e:
+            raise SplatVLMError(f"{where[i]}: {e}" if i < len(where) else str(e)) from None
+
+
 def check_prompt_fits(cfg: RewardConfig, src: VLMSource, prompt: str) -> None:
     """The reward query for ``prompt`` (all its image tokens included) fits the VLM's context."""
     ids = query_ids(src, question_text(cfg.question, prompt, cfg.num_views), cfg.num_views,
@@ -306,19 +338,26 @@ class Sources:
     vlm: VLMSource | None = None
 
 
-def check_sources(cfg, prompts: Sequence[str] = (), sds: bool = True, vlm: bool = True) -> Sources:
+def check_sources(
+    cfg, prompts: Sequence[str] = (), sds: bool = True, vlm: bool = True, where: Sequence[str] = (), say=None
+) -> Sources:
     """Validate model ids/paths, and that each prompt fits the models' context, before any heavy work.
 
-    ``cfg`` is a RunConfig; ``sds``/``vlm`` say which terms are active. Each tokenizer loads once.
+    ``cfg`` is a RunConfig; ``sds``/``vlm`` say which terms are active; ``where[i]`` names prompt i in an error.
+    Each tokenizer loads once and reads all prompts in one call. ``say(line)`` reports progress (long batches).
     """
     out = Sources()
+    t0 = time.perf_counter()
     if sds:
         check_sds_source(cfg.sds)
-        check_prompt_length(cfg.sds, list(prompts))
+        check_prompt_length(cfg.sds, list(prompts), where)
+        if say:
+            say(f"  diffusion prior's text encoder: all fit ({time.perf_counter() - t0:.1f} s)")
     if vlm:
         src = check_reward_source(cfg.vlm)
-        for prompt in prompts:
-            check_prompt_fits(cfg.vlm, src, prompt)
+        check_reward_prompts(cfg.vlm, src, list(prompts), where)
+        if say:
+            say(f"  reward VLM's context: all fit ({time.perf_counter() - t0:.1f} s)")
         out.vlm = src
     return out
 

@@ -30,9 +30,31 @@ def check_prompt(prompt: str, where: str = "prompt") -> str:
     return text
 
 
-def read_prompts(path: str | Path) -> list[str]:
+class Prompts(list):
+    """The prompts of a file, with ``where[i]`` naming prompt i's place in it ("line 7 of p.txt")."""
+
+    def __init__(self, prompts: list[str], where: list[str]):
+        super().__init__(prompts)
+        self.where = where
+
+    def __getitem__(self, index):  # slices (--limit) keep their places
+        if isinstance(index, slice):
+            return Prompts(list.__getitem__(self, index), self.where[index])
+        return list.__getitem__(self, index)
+
+
+def where_of(prompts: list[str]) -> list[str]:
+    """Each prompt's place in its file, or its index when the list did not come from a file."""
+    return list(getattr(prompts, "where", [f"prompt {i}" for i in range(len(prompts))]))
+
+
+def read_prompts(path: str | Path) -> Prompts:
     """Read a prompt file; JSON when it starts with '[', else one prompt per non-empty line ('#' comments)."""
+    from .files import check_regular_file
+
     path = Path(path)
+    if path.exists():
+        check_regular_file(path, "prompt file")
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -53,19 +75,25 @@ def read_prompts(path: str | Path) -> list[str]:
             data = json.loads(stripped)
         except json.JSONDecodeError as e:
             raise SplatVLMError(f"prompt file {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
+        except RecursionError:
+            raise SplatVLMError(f"prompt file {path} is nested too deeply; it must hold a flat JSON list") from None
+        except ValueError as e:  # e.g. an integer of thousands of digits
+            raise SplatVLMError(f"prompt file {path} is not a list of prompts ({str(e)[:80]})") from None
         if not isinstance(data, list):
             raise SplatVLMError(f"prompt file {path} must hold a JSON list of strings, not {type(data).__name__}")
         if not data:
             raise SplatVLMError(f"prompt file {path} holds an empty list")
-        return [check_prompt(p, f"prompt {i} in {path}") for i, p in enumerate(data)]
-    prompts = []
+        where = [f"prompt {i} in {path}" for i in range(len(data))]
+        return Prompts([check_prompt(p, w) for p, w in zip(data, where, strict=True)], where)
+    prompts, where = [], []
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
-        prompts.append(check_prompt(line, f"line {lineno} of {path}"))
+        where.append(f"line {lineno} of {path}")
+        prompts.append(check_prompt(line, where[-1]))
     if not prompts:
         raise SplatVLMError(f"prompt file {path} has no prompts")
-    return prompts
+    return Prompts(prompts, where)
 
 
 def slugify(prompt: str, max_len: int = 48) -> str:
@@ -73,3 +101,12 @@ def slugify(prompt: str, max_len: int = 48) -> str:
     text = unicodedata.normalize("NFKD", prompt).encode("ascii", "ignore").decode("ascii").lower()
     slug = re.sub(r"[^a-z0-9]+", "-", text).strip("-")
     return slug[:max_len].rstrip("-") or "prompt"
+
+
+def token_counts(tokenizer, texts: list[str], special_tokens: bool = True) -> list[int]:
+    """Token count of each text, in one batched call (the Rust backend's, multi-threaded, when there is one)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and getattr(backend, "truncation", None) is None:
+        return [len(e.ids) for e in backend.encode_batch(list(texts), add_special_tokens=special_tokens)]
+    out = tokenizer(list(texts), add_special_tokens=special_tokens, truncation=False, verbose=False)
+    return [len(ids) for ids in out["input_ids"]]

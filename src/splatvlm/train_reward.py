@@ -61,7 +61,7 @@ class RewardExample:
 
 
 def _image_list(value, key: str, where: str, root: Path) -> list[Path]:
-    from PIL import Image, UnidentifiedImageError
+    from .files import check_image
 
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise SplatVLMError(f"{where}: '{key}' must be a non-empty list of image paths")
@@ -69,27 +69,30 @@ def _image_list(value, key: str, where: str, root: Path) -> list[Path]:
     for v in value:
         p = Path(os.path.expanduser(v))
         p = p if p.is_absolute() else root / p
-        if not p.is_file():
+        if not p.exists():
             raise SplatVLMError(f"{where}: image {v} not found")
-        try:
-            with Image.open(p):  # reads the header only
-                pass
-        except (UnidentifiedImageError, OSError):
-            raise SplatVLMError(f"{where}: {v} is not a readable image") from None
+        check_image(p, where)  # before any model loads: size, truncation, decompression bombs
         out.append(p)
     return out
 
 
 def read_reward_data(path: str | os.PathLike) -> list[RewardExample]:
     """Parse and validate the whole JSONL up front; any problem -> one-line error naming the line."""
+    from .files import check_regular_file
+
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise SplatVLMError(f"training data {path} not found")
+    check_regular_file(path, "training data")
     root = path.parent
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for i, raw in enumerate(f, start=1):
+    with open(path, "rb") as f:
+        for i, raw_bytes in enumerate(f, start=1):
             where = f"{path}:{i}"
+            try:
+                raw = raw_bytes.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise SplatVLMError(f"{where}: not UTF-8 text (bad byte at column {e.start + 1})") from None
             text = raw.strip()
             if not text or text.startswith("#"):
                 continue
@@ -97,6 +100,8 @@ def read_reward_data(path: str | os.PathLike) -> list[RewardExample]:
                 rec = json.loads(text)
             except json.JSONDecodeError as e:
                 raise SplatVLMError(f"{where}: not valid JSON ({e.msg})") from None
+            except (RecursionError, ValueError):
+                raise SplatVLMError(f"{where}: not a JSON record (nested too deeply or a number too long)") from None
             if not isinstance(rec, dict):
                 raise SplatVLMError(f"{where}: each line must be a JSON object")
             prompt = rec.get("prompt")

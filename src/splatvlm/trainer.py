@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -53,6 +54,8 @@ class TrainState:
     step: int = 0
     generator: torch.Generator = field(default_factory=torch.Generator)
     bad_steps_total: int = 0
+    elapsed_s: float = 0.0  # training time of the run so far, over every invocation (resumes)
+    meta: dict[str, str] = field(default_factory=dict)  # what the run is (its prompt), checked on resume
 
 
 # ---------------------------------------------------------------------------------------------
@@ -116,10 +119,22 @@ def save_checkpoint(path: Path, state: TrainState, cfg: RunConfig) -> None:
         },
         "rng": rng,
         "bad_steps_total": state.bad_steps_total,
+        "elapsed_s": state.elapsed_s,
+        "meta": dict(state.meta),
         "config": to_yaml(cfg),
     }
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        try:
+            torch.save(payload, tmp)
+        except RuntimeError as e:  # torch reports a failed write (full disk) as a RuntimeError
+            if "writ" not in str(e).lower():
+                raise
+            import errno
+            import shutil
+
+            full = shutil.disk_usage(path.parent).free < 64 * 2**20
+            code = errno.ENOSPC if full else errno.EIO
+            raise OSError(code, os.strerror(code), str(path)) from None
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -134,10 +149,45 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         raise SplatVLMError(
             f"checkpoint {path} has format version {found}, this splatvlm reads version {CHECKPOINT_VERSION}"
         )
+    problem = _checkpoint_problem(ckpt)
+    if problem:
+        raise SplatVLMError(f"checkpoint {path} is not a complete splatvlm checkpoint: {problem}")
+    ckpt["_path"] = str(path)
     return ckpt
 
 
+PARAM_KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN")
+
+
+def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
+    """What is missing or of the wrong type in a loaded checkpoint (None: the structure is right)."""
+    kinds = {"step": int, "params": dict, "optimizers": dict, "strategy_state": dict, "rng": dict, "config": str}
+    for key, kind in kinds.items():
+        if not isinstance(ckpt.get(key), kind):
+            return f"'{key}' is missing or not a {kind.__name__}"
+    for key in PARAM_KEYS:
+        if not isinstance(ckpt["params"].get(key), Tensor):
+            return f"params '{key}' is missing or not a tensor"
+    if not all(isinstance(ckpt["rng"].get(k), Tensor) for k in ("torch", "generator")):
+        return "the random-number state is missing"
+    n = ckpt["params"]["means"].shape[0]
+    if any(ckpt["params"][k].ndim == 0 or ckpt["params"][k].shape[0] != n for k in PARAM_KEYS):
+        return "the Gaussian parameters disagree on the number of Gaussians"
+    if ckpt["step"] < 0:
+        return f"step {ckpt['step']} is negative"
+    return None
+
+
 def restore_state(ckpt: dict[str, Any], cfg: RunConfig, device: torch.device) -> TrainState:
+    try:
+        return _restore_state(ckpt, cfg, device)
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:  # shapes/optimizer states of another run
+        where = ckpt.get("_path", "the checkpoint")
+        detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise SplatVLMError(f"{where} does not fit this run's config ({type(e).__name__}: {detail})") from None
+
+
+def _restore_state(ckpt: dict[str, Any], cfg: RunConfig, device: torch.device) -> TrainState:
     p = ckpt["params"]
     params = make_params(p["means"], p["quats"], p["scales"], p["opacities"], p["sh0"], p["shN"]).to(device)
     optimizers = make_optimizers(params, cfg.scene)
@@ -159,6 +209,8 @@ def restore_state(ckpt: dict[str, Any], cfg: RunConfig, device: torch.device) ->
         step=int(ckpt["step"]),
         generator=generator,
         bad_steps_total=int(ckpt.get("bad_steps_total", 0)),
+        elapsed_s=float(ckpt.get("elapsed_s", 0.0)),
+        meta=dict(ckpt.get("meta") or {}),
     )
 
 
@@ -310,6 +362,7 @@ def train(
         TimeRemainingColumn(),
     ]
     t_last, n_last = time.perf_counter(), state.step
+    t_train0, elapsed0 = t_last, state.elapsed_s
     params = state.params
     streams = term_streams(terms, device) if cfg.parallel_terms else {}
     with _SignalFlag() as flag, Progress(*columns, disable=not progress, transient=False) as bar:
@@ -320,7 +373,9 @@ def train(
                 t0 = time.perf_counter()
                 # 1. Viewer pause and learning-rate schedule.
                 if viewer is not None:
-                    viewer.wait_if_paused()
+                    viewer.wait_if_paused(lambda: flag.signum is not None)
+                    if flag.signum is not None:  # a signal while paused: stop before doing another step
+                        _stop_on_signal(flag.signum, ckpt_path, state, cfg)
                 for group in state.optimizers["means"].param_groups:
                     group["lr"] = means_lr(cfg.scene, step, cfg.steps)
 
@@ -374,6 +429,7 @@ def train(
                     consecutive_bad += 1
                     state.bad_steps_total += 1
                 state.step = step + 1
+                state.elapsed_s = elapsed0 + time.perf_counter() - t_train0
 
                 # 8. Log, viewer, checkpoint.
                 logs.update(
@@ -413,9 +469,7 @@ def train(
                 if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < end_step:
                     save_checkpoint(ckpt_path, state, cfg)
                 if flag.signum is not None:
-                    save_checkpoint(ckpt_path, state, cfg)
-                    name = signal.Signals(flag.signum).name
-                    raise StopRun(f"{name} at step {state.step}: checkpoint saved in {ckpt_path}", 128 + flag.signum)
+                    _stop_on_signal(flag.signum, ckpt_path, state, cfg)
         except torch.cuda.OutOfMemoryError:
             for opt in state.optimizers.values():
                 opt.zero_grad(set_to_none=True)
@@ -432,6 +486,12 @@ def train(
                 tb.close()
     save_checkpoint(ckpt_path, state, cfg)
     return state
+
+
+def _stop_on_signal(signum: int, ckpt_path: Path, state: TrainState, cfg: RunConfig) -> None:
+    save_checkpoint(ckpt_path, state, cfg)
+    name = signal.Signals(signum).name
+    raise StopRun(f"{name} at step {state.step}: checkpoint saved in {ckpt_path}", 128 + signum)
 
 
 def _progress_info(logs: dict[str, Any], its: float) -> str:

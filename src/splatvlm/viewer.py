@@ -17,6 +17,7 @@ viser is imported only when a ``Viewer`` is built, so ``import splatvlm`` stays 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import math
@@ -81,6 +82,8 @@ class ViewerConfig:
     """Height in pixels of the training-renderer preview that follows the browser camera."""
     keep_alive: bool = True
     """After training, keep serving until Ctrl-C so the result can be inspected."""
+    share: bool = False
+    """Honour viser's "share" request (a public tunnel to this viewer through share.viser.studio)."""
 
 
 def check_viewer_config(cfg: ViewerConfig) -> None:
@@ -132,6 +135,90 @@ def _check_bindable(host: str, port: int) -> bool:
                 return False
             raise SplatVLMError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
     return True
+
+
+def allowed_origins(host: str, port: int) -> set[str]:
+    """The browser origins of this viewer's own page: loopback names and the chosen host, on ``port``."""
+    names = {"127.0.0.1", "localhost", "[::1]"}
+    if host in ("0.0.0.0", "::", ""):  # every interface: the page may be opened by this machine's names
+        names |= {socket.gethostname(), socket.getfqdn()}
+    else:
+        names.add(f"[{host}]" if ":" in host else host)
+    return {f"http://{name.lower()}:{port}" for name in names}
+
+
+def origin_allowed(origin: str | None, host: str, port: int) -> bool:
+    """A websocket handshake is accepted without an Origin (a local program) or from our own page.
+
+    Browsers always send Origin; a page on another site that opens ``ws://127.0.0.1:PORT`` sends its
+    own, so this is what stops other sites from driving the viewer (cross-site websocket hijacking).
+    """
+    return origin is None or origin.lower() in allowed_origins(host, port)
+
+
+_SERVE_PATCH = threading.Lock()
+
+
+def _guarded_server(viser: Any, host: str, port: int, share: bool) -> Any:
+    """A ``viser.ViserServer`` whose websocket handshakes pass ``origin_allowed`` first.
+
+    viser 1.1.1 builds its websockets server inside ``ViserServer.__init__`` (on a thread, with
+    ``websockets.asyncio.server.serve(..., process_request=<its static-file server>)``) and offers
+    no hook. For the duration of that call only, ``serve`` gets a ``process_request`` that answers a
+    foreign Origin with 403 and hands everything else to viser's own. If viser stops building its
+    server that way, the viewer refuses to start rather than run unguarded.
+    """
+    import http
+
+    import websockets.asyncio.server as ws_server
+
+    original_serve = ws_server.serve
+    used = []
+
+    def guarded_serve(*args: Any, **kwargs: Any) -> Any:
+        inner = kwargs.get("process_request")
+
+        def process_request(connection: Any, request: Any) -> Any:
+            if request.headers.get("Upgrade", "").lower() == "websocket":
+                origin = request.headers.get("Origin")
+                bound = connection.local_address[1]
+                if not origin_allowed(origin, host, bound):
+                    print(f"viewer: refused a connection from {origin[:200]!r} (not this viewer's page)",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    return connection.respond(http.HTTPStatus.FORBIDDEN, "Origin not allowed\n")
+            return inner(connection, request) if inner is not None else None
+
+        kwargs["process_request"] = process_request
+        used.append(True)
+        return original_serve(*args, **kwargs)
+
+    with _SERVE_PATCH:
+        ws_server.serve = guarded_serve
+        try:
+            server = viser.ViserServer(host=host, port=port, verbose=False)
+        finally:
+            ws_server.serve = original_serve
+    if not used:
+        server.stop()
+        raise SplatVLMError(
+            f"viser {viser.__version__} did not start its server through websockets.serve; the viewer cannot "
+            "check Origin headers, so it is not started"
+        )
+    if not share:
+        from viser import _messages
+
+        ws = server._websock_server
+        with contextlib.suppress(AssertionError, KeyError):
+            ws.unregister_handler(_messages.ShareUrlRequest)
+
+        def ignore_share(client_id: int, message: Any) -> None:
+            print("viewer: ignored a request to share this viewer publicly (pass --viewer-share to allow it)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+        ws.register_handler(_messages.ShareUrlRequest, ignore_share)
+        with contextlib.suppress(Exception):  # only cosmetic: the request itself is ignored above
+            server.gui.configure_theme(show_share_button=False)
+    return server
 
 
 # ----------------------------------------------------------------------------------------------
@@ -345,7 +432,7 @@ class Viewer:
         import viser  # lazy: only when the viewer is on
 
         self._viser = viser
-        self.server = viser.ViserServer(host=cfg.host, port=cfg.port, verbose=False)
+        self.server = _guarded_server(viser, cfg.host, cfg.port, cfg.share)
         self.server.scene.set_up_direction("+z")
         # Start where the turntable renders look from (azimuth 0 = +x).
         cam = CameraConfig()
@@ -470,12 +557,14 @@ class Viewer:
                 self._dirty_clients.update(self._preview_images)  # previews show the new scene too
                 self._cond.notify()
 
-    def wait_if_paused(self) -> None:
-        """Block while "Pause" is on (returns at once otherwise, and when the viewer closes)."""
+    def wait_if_paused(self, should_stop: Callable[[], bool] | None = None) -> None:
+        """Block while "Pause" is on (returns at once otherwise, when the viewer closes, and as soon as
+        ``should_stop()`` is true: a signal must stop a paused run, not wait for "Resume")."""
         if self._resume.is_set():
             return
-        while not self._resume.wait(timeout=0.5):
-            pass
+        while not self._resume.wait(timeout=0.05):
+            if should_stop is not None and should_stop():
+                break
         self._last_step_time = None  # don't count the pause as step time
 
     def _push_numbers(self, n: int) -> None:

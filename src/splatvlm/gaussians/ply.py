@@ -225,6 +225,10 @@ def load_ply(path: str | os.PathLike) -> torch.nn.ParameterDict:
     one line naming the file and the problem for anything that is not a valid, finite splat file.
     """
     path = Path(path)
+    if path.exists():  # a FIFO would block open() forever
+        from ..files import check_regular_file
+
+        check_regular_file(path, ".ply")
     # 1. open and read at most the header's worth of bytes
     try:
         with open(path, "rb") as f:

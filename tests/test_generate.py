@@ -1,0 +1,354 @@
+"""Run folders (generate.py): overwrite builds aside, resume checks, batch keys, locks, write errors.
+
+The guidance here is a stand-in loss on the renders, so each run takes a fraction of a second; the
+model-loading paths are covered by test_cli.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from splatvlm import generate
+from splatvlm.config import apply_overrides, load_run_config, read_yaml, to_yaml
+from splatvlm.errors import SplatVLMError, StopRun
+from splatvlm.generate import (
+    RunControl,
+    check_batch_folders,
+    cut_metrics,
+    prepare_single,
+    recipe_hash,
+    resume_run,
+    run_one,
+)
+from splatvlm.models import Sources
+from splatvlm.prompts import Prompts
+from splatvlm.trainer import Term
+
+CPU = torch.device("cpu")
+
+
+class FakeGuidance:
+    """``Guidance``'s interface with a cheap loss; ``fail_at`` raises inside the loss at that step."""
+
+    def __init__(self, cfg, fail_at=None, error=None):
+        self.cfg, self.device, self.vlm_device, self.loaded = cfg, CPU, None, {}
+        self.fail_at, self.error = fail_at, error
+
+    def terms(self, prompt):
+        def loss(rgb, cams, step):
+            if step == self.fail_at:
+                raise self.error
+            return {"loss_sds": (rgb - 0.5).square().mean()}
+
+        return {"sds": Term(loss, weights=("sds",))}
+
+
+def tiny_cfg(steps=4, **kw):
+    cfg = load_run_config("demo")
+    return dataclasses.replace(
+        cfg,
+        steps=steps,
+        log_every=1,
+        turntable_frames=0,
+        checkpoint_every=0,
+        scene=dataclasses.replace(cfg.scene, num_points=64),
+        camera=dataclasses.replace(cfg.camera, num_views=1, low_res_views=1, views_per_group=1, resolution=16,
+                                   low_res=16),  # fmt: skip
+        **kw,
+    )
+
+
+CONTROL = RunControl(progress=False)
+
+
+def fresh_run(tmp_path, steps=4, stop_after=None, prompt="a red apple"):
+    cfg = tiny_cfg(steps)
+    control = dataclasses.replace(CONTROL, stop_after=stop_after)
+    prompt, output, run_dir, replaces = prepare_single(prompt, tmp_path / "a.ply", cfg, control, None)
+    summary = run_one(prompt, cfg, output, run_dir, FakeGuidance(cfg), control, replaces=replaces)
+    return cfg, run_dir, summary
+
+
+def steps_logged(run_dir: Path) -> list[int]:
+    return [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------
+# --overwrite
+
+
+def test_failed_overwrite_leaves_the_old_run_whole(tmp_path, monkeypatch):
+    cfg, run_dir, _ = fresh_run(tmp_path)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    ply_before = (tmp_path / "a.ply").read_bytes()
+    control = dataclasses.replace(CONTROL, overwrite=True)
+    prompt, output, build, replaces = prepare_single("a blue chair", tmp_path / "a.ply", cfg, control, None)
+    assert replaces == run_dir and build != run_dir
+    real_save = torch.save
+
+    def full_disk(obj, f):  # the disk fills up half-way through the checkpoint
+        with open(f, "wb") as fh:
+            fh.write(b"PK\x03\x04 half a checkpoint")
+        raise OSError(errno.ENOSPC, "No space left on device", str(f))
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run_one(prompt, cfg, output, build, FakeGuidance(cfg), control, replaces=replaces)
+    monkeypatch.setattr(torch, "save", real_save)
+    after = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    assert after == before and (tmp_path / "a.ply").read_bytes() == ply_before
+    assert not list(tmp_path.rglob("*.tmp*")), "temp files left behind"
+    # A second overwrite that finishes replaces the old run, and leaves nothing aside.
+    prompt, output, build, replaces = prepare_single("a blue chair", tmp_path / "a.ply", cfg, control, None)
+    run_one(prompt, cfg, output, build, FakeGuidance(cfg), control, replaces=replaces)
+    assert json.loads((run_dir / "run.json").read_text())["prompt"] == "a blue chair"
+    assert json.loads((run_dir / "summary.json").read_text())["finished"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.ply", "a_run"]
+    assert not (run_dir / ".splatvlm.lock").exists()
+
+
+def test_swap_cut_between_renames_is_recovered(tmp_path):
+    old = tmp_path / ".r.old"
+    old.mkdir()
+    (old / "summary.json").write_text("{}")
+    generate.recover_swap(tmp_path / "r")
+    assert (tmp_path / "r" / "summary.json").is_file() and not old.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# --resume
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    monkeypatch.setattr(generate, "check_sources", lambda cfg, prompts=(): Sources())
+    monkeypatch.setattr(generate, "make_guidance", lambda cfg, control, info=None, sources=None: FakeGuidance(cfg))
+
+
+def test_resume_cuts_metrics_counts_time_and_cleans_up(tmp_path, no_models, capsys):
+    cfg, run_dir, summary = fresh_run(tmp_path, steps=6, stop_after=3)
+    assert not summary["finished"] and summary["resume"] == f"splatvlm generate --resume {run_dir}"
+    # Steps logged after the checkpoint by a process that was then killed are done again on resume.
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 3, "loss": 1.0}) + "\n" + json.dumps({"step": 4, "loss": 1.0}) + "\n{\"st")
+    (run_dir / "interrupted.ply").write_bytes((run_dir / "partial.ply").read_bytes())
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    ckpt["elapsed_s"] = 1000.0  # as if the first part had trained for 1000 s
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    summary = resume_run(run_dir, CONTROL)
+    assert summary["finished"] and steps_logged(run_dir) == list(range(6))
+    assert summary["seconds"] >= 1000.0
+    assert not (run_dir / "interrupted.ply").exists() and not (run_dir / "partial.ply").exists()
+
+
+def test_resume_more_steps_is_applied_and_said(tmp_path, no_models, capsys):
+    _, run_dir, _ = fresh_run(tmp_path, steps=4, stop_after=2)
+    summary = resume_run(run_dir, CONTROL, steps=6)
+    assert summary["finished"] and summary["steps"] == 6
+    assert read_yaml(run_dir / "config.yaml")["steps"] == 6
+    assert "extending" in capsys.readouterr().err
+    (tmp_path / "x").mkdir()
+    _, run_dir2, _ = fresh_run(tmp_path / "x", steps=4, stop_after=2)
+    with pytest.raises(SplatVLMError, match="only more are allowed"):
+        resume_run(run_dir2, CONTROL, steps=3)
+
+
+def test_resume_refuses_an_edited_config_or_a_foreign_checkpoint(tmp_path, no_models):
+    cfg, run_dir, _ = fresh_run(tmp_path, steps=4, stop_after=2)
+    text = (run_dir / "config.yaml").read_text()
+    (run_dir / "config.yaml").write_text(text.replace("seed: 0", "seed: 7"))
+    with pytest.raises(SplatVLMError, match=r"another config .* \(differs in: seed\)"):
+        resume_run(run_dir, CONTROL)
+    (run_dir / "config.yaml").write_text(text)
+    (tmp_path / "o").mkdir()
+    _, other, _ = fresh_run(tmp_path / "o", steps=4, stop_after=2, prompt="a blue chair")
+    good = (run_dir / "checkpoint.pt").read_bytes()
+    (run_dir / "checkpoint.pt").write_bytes((other / "checkpoint.pt").read_bytes())
+    with pytest.raises(SplatVLMError, match="belongs to another run .*'a blue chair'"):
+        resume_run(run_dir, CONTROL)
+    (run_dir / "checkpoint.pt").write_bytes(good)
+    resume_run(run_dir, CONTROL)  # its own checkpoint and config: accepted
+    torch.save({"version": 1, "step": 2, "params": {}}, run_dir / "checkpoint.pt")
+    with pytest.raises(SplatVLMError, match="not a complete splatvlm checkpoint"):
+        resume_run(run_dir, CONTROL)
+
+
+def test_stop_message_prints_the_resume_command(tmp_path):
+    cfg = tiny_cfg(4)
+    prompt, output, run_dir, _ = prepare_single("a cat", tmp_path / "c.ply", cfg, CONTROL, None)
+    stopping = FakeGuidance(cfg, fail_at=1, error=StopRun("SIGTERM at step 1: checkpoint saved", 143))
+    with pytest.raises(StopRun) as info:
+        run_one(prompt, cfg, output, run_dir, stopping, CONTROL)
+    assert info.value.exit_code == 143
+    assert str(info.value).endswith(f"continue with: splatvlm generate --resume {run_dir}")
+
+
+def test_cli_resume_refuses_recipe_flags(tmp_path, capsys):
+    from splatvlm.cli import main
+
+    run_dir = tmp_path / "r"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(to_yaml(tiny_cfg(4)))
+    rc = main(["generate", "--resume", str(run_dir), "--seed", "5", "-o", "x.ply", "--vlm.every", "3",
+               "--log-every", "1", "--port", "9000"])  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and len(err.splitlines()) == 1
+    assert "--seed, -o, --vlm.every" in err and "--log-every" not in err and "--port" not in err
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches: done-already keyed by prompt and recipe; one batch per out-dir
+
+
+def test_batch_folder_of_another_prompt_or_recipe_is_refused(tmp_path):
+    cfg = tiny_cfg(4)
+    d = tmp_path / "000-a-red-apple"
+    d.mkdir()
+    (d / "config.yaml").write_text(to_yaml(cfg))
+    (d / "run.json").write_text(json.dumps({"prompt": "a red apple!", "recipe": recipe_hash(cfg)}))
+    prompts = Prompts(["a red apple"], ["line 3 of p.txt"])
+    with pytest.raises(SplatVLMError, match=r"line 3 of p.txt is 'a red apple' but .* holds 'a red apple!'"):
+        check_batch_folders(prompts, [d], cfg)
+    (d / "run.json").write_text(json.dumps({"prompt": "a red apple", "recipe": recipe_hash(cfg)}))
+    check_batch_folders(prompts, [d], cfg)  # same prompt, same recipe: done already
+    changed = dataclasses.replace(cfg, steps=8)
+    with pytest.raises(SplatVLMError, match=r"another recipe \(differs in: steps\)"):
+        check_batch_folders(prompts, [d], changed)
+    # Run folders written before the hash was kept: the recipe comes from their config.yaml.
+    (d / "run.json").write_text(json.dumps({"prompt": "a red apple"}))
+    check_batch_folders(prompts, [d], apply_overrides(cfg, {}))
+    with pytest.raises(SplatVLMError, match="another recipe"):
+        check_batch_folders(prompts, [d], changed)
+
+
+def test_run_folder_in_use_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    cfg = tiny_cfg(4)
+    prompt, output, run_dir, _ = prepare_single("a cat", tmp_path / "c.ply", cfg, CONTROL, None)
+    code = (
+        "import sys, time; from splatvlm.files import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(run_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SplatVLMError, match=f"run folder {run_dir} is in use by process {holder.pid}"):
+            run_one(prompt, cfg, output, run_dir, FakeGuidance(cfg), CONTROL)
+        assert not (run_dir / "metrics.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_cut_metrics_keeps_steps_before_the_checkpoint(tmp_path):
+    p = tmp_path / "metrics.jsonl"
+    p.write_text("".join(json.dumps({"step": s}) + "\n" for s in (0, 1, 2, 3, 2)) + '{"step": 9')
+    cut_metrics(p, 2)
+    assert [json.loads(x)["step"] for x in p.read_text().splitlines()] == [0, 1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Write errors and caches
+
+
+def test_os_error_is_one_line_with_path_and_errno(monkeypatch, capsys):
+    from splatvlm import cli
+
+    def full_disk(argv):
+        raise OSError(errno.ENOSPC, "No space left on device", "/runs/a_run/checkpoint.pt")
+
+    monkeypatch.setitem(cli.COMMANDS, "presets", full_disk)
+    assert cli.main(["presets"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == "error: cannot write or read /runs/a_run/checkpoint.pt: No space left on device (errno 28 ENOSPC)"
+
+
+def test_unusable_cache_folder_is_one_line(tmp_path, monkeypatch):
+    from splatvlm.hub import cache_dir
+
+    (tmp_path / "file").write_text("x")
+    monkeypatch.setenv("SPLATVLM_CACHE", str(tmp_path / "file" / "cache"))
+    with pytest.raises(SplatVLMError, match="set SPLATVLM_CACHE to a writable folder"):
+        cache_dir()
+
+
+# ---------------------------------------------------------------------------------------------
+# The pre-check of a batch's prompts
+
+
+def test_precheck_loads_each_tokenizer_once_and_names_the_line(monkeypatch):
+    import transformers
+
+    calls = {"auto": 0, "clip": 0}
+    for name, cls in (("auto", transformers.AutoTokenizer), ("clip", transformers.CLIPTokenizer)):
+        real = cls.from_pretrained.__func__
+
+        def counting(klass, *a, _real=real, _name=name, **k):
+            calls[_name] += 1
+            return _real(klass, *a, **k)
+
+        monkeypatch.setattr(cls, "from_pretrained", classmethod(counting))
+    cfg = load_run_config("demo")
+    n = 3000
+    prompts = Prompts([f"a small red apple number {i}" for i in range(n)], [f"line {i + 2} of p.txt" for i in range(n)])
+    generate.check_sources(cfg, prompts)
+    assert calls == {"auto": 1, "clip": 1}
+    prompts[1500] = "apple " * 100  # longer than CLIP's 77 tokens
+    with pytest.raises(SplatVLMError, match=r"^line 1502 of p.txt is \d+ tokens long"):
+        generate.check_sources(cfg, prompts)
+
+
+def test_reward_precheck_agrees_with_the_exact_query_length():
+    from splatvlm.guidance.reward import RewardConfig, query_ids, question_text
+    from splatvlm.guidance.reward import target_ids as _target
+    from splatvlm.models import check_reward_prompts, check_reward_source
+
+    cfg = RewardConfig(model="demo", size=56)
+    src = check_reward_source(cfg)
+    ctx = int(src.config.text_config.max_position_embeddings)
+
+    def exact(p):
+        grid = (cfg.size // src.patch_size,) * 2
+        return query_ids(src, question_text(cfg.question, p, cfg.num_views), cfg.num_views, grid, _target(cfg, src.tokenizer)).shape[-1]
+
+    base = exact("a red cube")
+    # Prompts whose query lands just under, at and just over the context.
+    words = [f"cube{i}" for i in range(4000)]
+    lo, hi = 1, 4000
+    while lo < hi:  # the most words that still fit
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if exact(" ".join(words[:mid])) <= ctx else (lo, mid - 1)
+    fits, too_long = " ".join(words[:lo]), " ".join(words[: lo + 1])
+    assert base < exact(fits) <= ctx < exact(too_long)
+    check_reward_prompts(cfg, src, ["a red cube", fits])
+    with pytest.raises(SplatVLMError, match="^prompt 1: prompt too long"):
+        check_reward_prompts(cfg, src, ["a red cube", too_long], ["prompt 0", "prompt 1"])
+
+
+def test_batch_out_dir_in_use_is_refused_before_any_model(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    out = tmp_path / "runs"
+    out.mkdir()
+    code = (
+        "import sys, time; from splatvlm.files import RunLock; RunLock(sys.argv[1]).acquire(); "
+        "print('held', flush=True); time.sleep(60)"
+    )
+    holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
+    monkeypatch.setattr(generate, "check_sources", lambda *a: pytest.fail("models checked before the lock"))
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(SplatVLMError, match=f"batch folder {out} is in use by process {holder.pid}"):
+            generate.run_batch(["a cat"], tiny_cfg(4), out, CONTROL)
+    finally:
+        holder.kill()
+        holder.wait()
