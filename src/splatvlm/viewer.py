@@ -37,6 +37,7 @@ from torch import Tensor
 
 from .errors import SplatVLMError
 from .gaussians.cameras import CameraConfig, Cameras
+from .gaussians.raster_torch import quat_to_rotmat
 from .gaussians.scene import num_gaussians, sh0_to_rgb
 
 if TYPE_CHECKING:
@@ -225,20 +226,6 @@ def _guarded_server(viser: Any, host: str, port: int, share: bool) -> Any:
 # Math: scene -> viser splats, viser camera -> our camera
 
 
-def quats_to_rotmats(quats: Tensor) -> Tensor:
-    """Rotation matrices [N, 3, 3] from (unnormalized) wxyz quaternions [N, 4]."""
-    w, x, y, z = torch.nn.functional.normalize(quats, dim=-1).unbind(-1)
-    return torch.stack(
-        [
-            1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-            2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-            2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-        ],
-        dim=-1,
-    ).reshape(-1, 3, 3)  # fmt: skip
-
-
-@torch.no_grad()
 def splats_to_numpy(params: torch.nn.ParameterDict) -> dict[str, np.ndarray]:
     """Activated splats as numpy, in the layout ``viser.SceneApi.add_gaussian_splats`` takes.
 
@@ -246,7 +233,7 @@ def splats_to_numpy(params: torch.nn.ParameterDict) -> dict[str, np.ndarray]:
     browser's sort). Returns centers [N, 3], covariances [N, 3, 3], rgbs [N, 3] in [0, 1] (from sh0
     only: the browser has no view-dependent color), opacities [N, 1].
     """
-    rot = quats_to_rotmats(params["quats"])  # [N, 3, 3]
+    rot = quat_to_rotmat(params["quats"])  # [N, 3, 3]
     var = torch.exp(2 * params["scales"])  # [N, 3]
     cov = (rot * var[:, None, :]) @ rot.transpose(1, 2)  # R diag(s^2) R^T
     rgb = sh0_to_rgb(params["sh0"][:, 0, :]).clamp(0, 1)
@@ -266,7 +253,7 @@ def splats_to_numpy(params: torch.nn.ParameterDict) -> dict[str, np.ndarray]:
 def wxyz_to_rotmat(wxyz: np.ndarray) -> np.ndarray:
     """Rotation matrix [3, 3] from one wxyz quaternion (normalized here)."""
     q = torch.as_tensor(np.asarray(wxyz, dtype=np.float64))[None]
-    return quats_to_rotmats(q)[0].numpy()
+    return quat_to_rotmat(q)[0].numpy()
 
 
 def viser_camera_to_viewmat(wxyz: np.ndarray, position: np.ndarray) -> Tensor:
