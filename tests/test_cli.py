@@ -123,7 +123,7 @@ def test_fit_and_render(tmp_path, toy_ply):
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "nope"], "unknown preset"),
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "demo", "--steps", "0"], "--steps must be positive"),
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "demo", "--camera.num-views", "-4"], "num_views must be positive"),
-        (["generate", "a cat", "-o", "{tmp}/missing/x.ply", "--preset", "demo"], "does not exist"),
+        (["generate", "a cat", "-o", "{tmp}/exists.ply/x.ply", "--preset", "demo"], "not a folder"),
         (["generate", "a cat", "-o", "{tmp}/exists.ply", "--preset", "demo"], "already exists"),
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--bogus-flag", "1"], "bogus"),
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--steps", "many"], "many"),

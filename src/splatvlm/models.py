@@ -61,7 +61,7 @@ def missing_weights_error(source: str, what: str, flag: str, detail: str = "") -
     tail = f" ({detail})" if detail else ""
     return SplatVLMError(
         f"cannot load {what} from {where} '{source}'{tail}; download it where you have network "
-        f"(e.g. `huggingface-cli download {source if not is_local(source) else '<id>'}`) and pass the "
+        f"(e.g. `hf download {source if not is_local(source) else '<id>'}`) and pass the "
         f"local folder with {flag} /path"
     )
 

@@ -10,6 +10,7 @@ import contextlib
 import json
 import math
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -198,6 +199,26 @@ class _SignalFlag:
             signal.signal(sig, old)
 
 
+@contextlib.contextmanager
+def deterministic_on_cpu(device: torch.device) -> Iterator[None]:
+    """Deterministic algorithms while training on the CPU, so that a seed (and a resume) repeats bit for bit.
+
+    Without it, the CPU backward of advanced indexing (``x[ids]`` in the pure-torch rasterizer) adds
+    into its output with atomic float adds on several threads once it is large enough, and the order
+    of those adds changes from run to run. On CUDA nothing is switched: gsplat's kernels use atomics
+    and have no deterministic mode (see the README).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -265,6 +286,7 @@ def train(
     Raises StopRun after saving a checkpoint on SIGINT/SIGTERM or too many bad steps.
     """
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.table import Column
 
     sample_views = sample_views or default_view_sampler(cfg)
     weights = {f.name: getattr(cfg.weights, f.name) for f in cfg.weights.__dataclass_fields__.values()}
@@ -276,16 +298,22 @@ def train(
     end_step = cfg.steps if stop_after is None else min(cfg.steps, state.step + stop_after)
     consecutive_bad = 0
     lock = viewer.lock if viewer is not None else contextlib.nullcontext()
+    # On a terminal a rich bar, with the times before the (truncatable) loss text so that they stay
+    # readable at 80 columns; off a terminal (file, pipe, nohup) a plain line every `log_every` steps.
+    tty = progress and sys.stdout.isatty()
     columns = [
-        TextColumn("[bold]step {task.completed}/{task.total}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("[bold]{task.completed}/{task.total}"),
+        BarColumn(bar_width=10),
         TimeElapsedColumn(),
+        TextColumn("eta"),
         TimeRemainingColumn(),
+        TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
     ]
     t_last, n_last = time.perf_counter(), state.step
+    t_begin, step_begin = t_last, state.step
     params = state.params
-    with _SignalFlag() as flag, Progress(*columns, disable=not progress, transient=False) as bar:
+    bar = Progress(*columns, disable=not tty, transient=False)
+    with _SignalFlag() as flag, deterministic_on_cpu(device), bar:
         task = bar.add_task("train", total=cfg.steps, completed=state.step, info="")
         try:
             while state.step < end_step:
@@ -373,6 +401,9 @@ def train(
                     its = (state.step - n_last) / max(now - t_last, 1e-9)
                     t_last, n_last = now, state.step
                     bar.update(task, completed=state.step, info=_progress_info(logs, its))
+                    if progress and not tty:
+                        line = _progress_line(state.step, cfg.steps, end_step, logs, its, now - t_begin, state.step - step_begin)
+                        print(line, flush=True)
                 if consecutive_bad >= cfg.max_bad_steps:
                     save_checkpoint(ckpt_path, state, cfg)
                     raise StopRun(
@@ -413,6 +444,21 @@ def _progress_info(logs: dict[str, Any], its: float) -> str:
     parts.append(f"#G={logs['num_gaussians']}")
     parts.append(f"{its:.2f} it/s")
     return " ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _progress_line(
+    step: int, total: int, end_step: int, logs: dict[str, Any], its: float, elapsed: float, done: int
+) -> str:
+    """The plain progress line written off a terminal: step/total, loss terms, #Gaussians, it/s, elapsed, ETA."""
+    rate = done / max(elapsed, 1e-9)
+    eta = (end_step - step) / rate if rate > 0 else float("nan")
+    eta_text = _clock(eta) if math.isfinite(eta) else "?"
+    return f"step {step}/{total} {_progress_info(logs, its)} elapsed {_clock(elapsed)} eta {eta_text}"
 
 
 def _tensorboard(run_dir: Path) -> Any:
