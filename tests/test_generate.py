@@ -1,11 +1,14 @@
-"""Whole runs in-process on the demo models: same seed -> same bytes, resume -> the uninterrupted bytes."""
+"""Runs and batches in-process: same seed -> same bytes, resume -> the uninterrupted bytes; batch failures and ids."""
 
 import dataclasses
+import json
 
 import pytest
 import torch
 
+from splatvlm import generate
 from splatvlm.config import load_run_config
+from splatvlm.errors import SplatVLMError
 from splatvlm.generate import RunControl, make_guidance, run_one
 
 CPU_CONTROL = RunControl(progress=False)
@@ -52,3 +55,54 @@ def test_same_seed_same_bytes_and_resume_is_exact(tmp_path, demo_setup):
     # Without deterministic algorithms the two fresh runs differ (by ~3e-5 after 4 steps on 2 threads).
     assert out["b"].read_bytes() == a, "same seed, same device: the .ply bytes differ"
     assert out["r"].read_bytes() == a, "a resumed run differs from the uninterrupted one"
+
+
+def _fake_run_one(fail_on):
+    """Stands in for training: writes the summary a finished run writes, or fails for one prompt."""
+
+    def fake(prompt, cfg, output, run_dir, guidance, control, resume=False, prompt_id=0):
+        if prompt == fail_on:
+            raise RuntimeError("boom")
+        summary = {"prompt": prompt, "output": str(output), "steps": cfg.steps, "finished": True, "prompt_id": prompt_id}
+        (run_dir / "summary.json").write_text(json.dumps(summary))
+        return summary
+
+    return fake
+
+
+def test_batch_goes_on_past_a_failed_prompt_and_reports_it(tmp_path, monkeypatch, capsys):
+    cfg = dataclasses.replace(load_run_config("demo"), device="cpu")
+    monkeypatch.setattr(generate, "run_one", _fake_run_one("a broken prompt"))
+    monkeypatch.setattr(generate, "check_sources", lambda cfg, prompts=(): None)
+    prompts = ["a red apple", "a broken prompt", "a blue chair"]
+    summaries = generate.run_batch(prompts, cfg, tmp_path, CPU_CONTROL)
+    assert [s["prompt"] for s in summaries] == ["a red apple", "a blue chair"]
+    report = json.loads((tmp_path / "batch_report.json").read_text())
+    assert [e["status"] for e in report["prompts"]] == ["done", "failed", "done"]
+    assert report["prompts"][1]["error"] == "RuntimeError: boom" and report["world_size"] == 1
+    err = capsys.readouterr().err
+    assert "batch: 2 done, 0 skipped (done before), 1 failed" in err
+    assert "failed [1] a broken prompt: RuntimeError: boom" in err
+    # --fail-fast: the first failure stops the batch.
+    (tmp_path / "001-a-broken-prompt" / "summary.json").unlink(missing_ok=True)
+    with pytest.raises(RuntimeError, match="boom"):
+        generate.run_batch(prompts, cfg, tmp_path, dataclasses.replace(CPU_CONTROL, fail_fast=True))
+
+
+def test_gpteval3d_ids_are_file_indices_and_two_files_never_collide(tmp_path, monkeypatch):
+    cfg = dataclasses.replace(load_run_config("demo"), device="cpu")
+    seen = []
+
+    def fake(prompt, cfg, output, run_dir, guidance, control, resume=False, prompt_id=0):
+        seen.append((control.gpteval3d_root.name, prompt_id, prompt))
+        return _fake_run_one(None)(prompt, cfg, output, run_dir, guidance, control, resume, prompt_id)
+
+    monkeypatch.setattr(generate, "run_one", fake)
+    monkeypatch.setattr(generate, "check_sources", lambda cfg, prompts=(): None)
+    control = dataclasses.replace(CPU_CONTROL, gpteval3d=True)
+    generate.run_batch(["a red apple", "a blue chair"], cfg, tmp_path, control, prompt_set="set-a")
+    generate.run_batch(["a dog", "a cat"], cfg, tmp_path, control, prompt_set="set-b")
+    assert seen == [("set-a", 0, "a red apple"), ("set-a", 1, "a blue chair"), ("set-b", 0, "a dog"), ("set-b", 1, "a cat")]
+    assert json.loads((tmp_path / "gpteval3d" / "set-b" / "prompts.json").read_text()) == ["a dog", "a cat"]
+    with pytest.raises(SplatVLMError, match="different prompt file named 'set-a'"):
+        generate.run_batch(["a fish"], cfg, tmp_path, control, prompt_set="set-a")

@@ -192,7 +192,9 @@ def _parse(cls: type, argv: list[str], prog: str, default=None):
         if e.code in (0, None):
             raise
         text = re.sub(r"[│╭╮╰╯─┃━]", " ", err.getvalue())
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        # rich draws the box in ASCII (+-|) on a stream it cannot tell is UTF-8.
+        lines = [ln.strip(" |") for ln in text.splitlines()]
+        lines = [ln.strip() for ln in lines if ln.strip() and not re.fullmatch(r"[-+=\s]+", ln)]
         # tyro's box: a title, the problem ("Unrecognized options: --stepz"), maybe "Perhaps you meant:" + flags.
         body = [ln for ln in lines[1:] if not ln.lower().startswith(("usage", "for full helptext", "for full help"))]
         msg = body[0] if body else (lines[0] if lines else "invalid arguments")

@@ -285,8 +285,7 @@ def train(
 
     Raises StopRun after saving a checkpoint on SIGINT/SIGTERM or too many bad steps.
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-    from rich.table import Column
+    from rich.progress import Progress
 
     sample_views = sample_views or default_view_sampler(cfg)
     weights = {f.name: getattr(cfg.weights, f.name) for f in cfg.weights.__dataclass_fields__.values()}
@@ -301,14 +300,7 @@ def train(
     # On a terminal a rich bar, with the times before the (truncatable) loss text so that they stay
     # readable at 80 columns; off a terminal (file, pipe, nohup) a plain line every `log_every` steps.
     tty = progress and sys.stdout.isatty()
-    columns = [
-        TextColumn("[bold]{task.completed}/{task.total}"),
-        BarColumn(bar_width=10),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}", table_column=Column(no_wrap=True, overflow="ellipsis")),
-    ]
+    columns = progress_columns()
     t_last, n_last = time.perf_counter(), state.step
     t_begin, step_begin = t_last, state.step
     params = state.params
@@ -444,6 +436,25 @@ def _progress_info(logs: dict[str, Any], its: float) -> str:
     parts.append(f"#G={logs['num_gaussians']}")
     parts.append(f"{its:.2f} it/s")
     return " ".join(parts)
+
+
+def progress_columns() -> list:
+    """The terminal bar: step, bar and times at fixed widths first, then the loss text, which is cut to fit."""
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.table import Column
+
+    def fixed(width: int) -> Column:
+        return Column(min_width=width, no_wrap=True)
+
+    columns = [
+        TextColumn("[bold]{task.completed}/{task.total}", table_column=fixed(9)),
+        BarColumn(bar_width=10, table_column=fixed(10)),
+        TimeElapsedColumn(table_column=fixed(7)),
+        TextColumn("eta", table_column=fixed(3)),
+        TimeRemainingColumn(table_column=fixed(7)),
+        TextColumn("{task.fields[info]}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+    ]
+    return columns
 
 
 def _clock(seconds: float) -> str:
