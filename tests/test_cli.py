@@ -2,32 +2,48 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
+from splatvlm.cli import main
+from splatvlm.config import list_presets, preset_description
 from splatvlm.gaussians.ply import load_ply, save_ply
 from splatvlm.gaussians.scene import init_toy
 
-FAST = ["--steps", "6", "--turntable-frames", "4", "--turntable-resolution", "32", "--log-every", "1"]
+FAST = ["--steps", "3", "--turntable-frames", "4", "--turntable-resolution", "32", "--log-every", "1", "--scene.num-points", "300"]
+# Set by splatvlm.cli.quiet_libraries when a test runs the CLI in-process; a subprocess must show that it quiets itself.
+QUIET_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "TRANSFORMERS_NO_ADVISORY_WARNINGS")
 
 
 def run(*args, timeout=600, **kw):
+    """The CLI in a subprocess, as a user runs it (stdout and stderr are pipes, not a terminal)."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    for name in QUIET_ENV:
+        env.pop(name, None)
     return subprocess.run(
         [sys.executable, "-m", "splatvlm.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, **kw
     )
 
 
-def one_line_error(proc):
-    assert proc.returncode == 2, proc.stderr
-    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
-    assert "Traceback" not in proc.stderr
+def cli(capsys, *args):
+    """The CLI in this process (no interpreter start-up or imports per call): (exit code, stdout, stderr)."""
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def one_line_error(code, err):
+    assert code == 2, err
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert "Traceback" not in err
     return lines[0]
 
 
@@ -39,46 +55,63 @@ def toy_ply(tmp_path_factory):
 
 
 def test_generate_demo_writes_ply_and_logs_p_yes(tmp_path):
-    out = tmp_path / "apple.ply"
-    proc = run("generate", "a red apple", "--preset", "demo", "-o", out, *FAST)
+    # No -o: the output is named after the prompt, in the current folder.
+    proc = run("generate", "a red apple", "--preset", "demo", *FAST, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "random weights" in proc.stderr or "randomly initialized" in proc.stderr
-    params = load_ply(out)
+    params = load_ply(tmp_path / "a-red-apple.ply")
     assert params["means"].shape[0] > 0 and torch.isfinite(params["means"]).all()
-    run_dir = tmp_path / "apple_run"
+    run_dir = tmp_path / "a-red-apple_run"
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("p_yes" in r and 0.0 < r["p_yes"] < 1.0 for r in records)
     assert any("loss_sds" in r for r in records)
     for name in ("config.yaml", "summary.json", "turntable.gif", "contact.png", "checkpoint.pt"):
         assert (run_dir / name).is_file(), name
-    assert json.loads((run_dir / "summary.json").read_text())["finished"] is True
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["finished"] is True
+    assert all(type(summary[k]) is int for k in ("steps", "num_gaussians", "bad_steps")), summary
+    # Off a terminal: one plain progress line per --log-every step, with the times.
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("step ")]
+    assert [ln.split()[1] for ln in lines] == ["1/3", "2/3", "3/3"], proc.stdout
+    assert all("#G=" in ln and "it/s" in ln and " elapsed " in ln and " eta " in ln for ln in lines), lines
+    # Quiet: no library progress bars or deprecation warnings.
+    for noise in ("Loading weights", "Writing model shards", "it/s]", "Warning"):
+        assert noise not in proc.stderr, proc.stderr
 
 
-def test_stop_after_then_resume(tmp_path):
-    out = tmp_path / "a.ply"
-    proc = run("generate", "a cat", "--preset", "demo", "-o", out, *FAST, "--stop-after", "3")
-    assert proc.returncode == 0, proc.stderr
-    assert not out.exists() and (tmp_path / "a_run" / "partial.ply").is_file()
-    assert torch.load(tmp_path / "a_run" / "checkpoint.pt", weights_only=True)["step"] == 3
-    proc = run("generate", "--resume", tmp_path / "a_run")
-    assert proc.returncode == 0, proc.stderr
-    assert "resuming" in proc.stderr and out.is_file()
+def test_stop_after_then_resume(tmp_path, capsys):
+    out = tmp_path / "new" / "folders" / "a.ply"  # -o makes the missing parent folders
+    code, _, err = cli(capsys, "generate", "a cat", "--preset", "demo", "-o", out, *FAST, "--stop-after", "2")
+    assert code == 0, err
+    run_dir = out.parent / "a_run"
+    assert not out.exists() and (run_dir / "partial.ply").is_file()
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=True)["step"] == 2
+    code, _, err = cli(capsys, "generate", "--resume", run_dir)
+    assert code == 0, err
+    assert "resuming" in err and out.is_file()
 
 
-def test_batch_skips_finished(tmp_path):
+def test_batch_skips_finished_and_reports(tmp_path, capsys):
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps(["a red apple", "a blue chair"]))
     out = tmp_path / "batch"
-    proc = run("generate", "--prompts", prompts, "--out-dir", out, "--preset", "demo", *FAST, "--turntable-frames", "0")
-    assert proc.returncode == 0, proc.stderr
-    folders = sorted(p.name for p in out.iterdir())
+    args = ("generate", "--prompts", prompts, "--out-dir", out, "--preset", "demo", *FAST, "--steps", "2", "--turntable-frames", "0")
+    code, _, err = cli(capsys, *args)
+    assert code == 0, err
+    folders = sorted(p.name for p in out.iterdir() if p.is_dir())
     assert folders == ["000-a-red-apple", "001-a-blue-chair"]
     assert all((out / f / "scene.ply").is_file() for f in folders)
+    report = json.loads((out / "batch_report.json").read_text())
+    assert [e["status"] for e in report["prompts"]] == ["done", "done"] and report["world_size"] == 1
+    assert "batch: 2 done, 0 skipped (done before), 0 failed" in err
     (out / folders[1] / "summary.json").unlink()  # pretend the second one was interrupted
-    proc = run("generate", "--prompts", prompts, "--out-dir", out, "--preset", "demo", *FAST, "--turntable-frames", "0")
-    assert proc.returncode == 0, proc.stderr
-    assert "done already: 000-a-red-apple" in proc.stderr
-    assert "done already: 001" not in proc.stderr
+    code, _, err = cli(capsys, *args)
+    assert code == 0, err
+    assert "done already: 000-a-red-apple" in err
+    assert "done already: 001" not in err
+    report = json.loads((out / "batch_report.json").read_text())
+    assert [e["status"] for e in report["prompts"]] == ["already_done", "done"]
+    assert "batch: 1 done, 1 skipped (done before), 0 failed" in err
 
 
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
@@ -86,7 +119,7 @@ def test_signal_saves_checkpoint_and_exits(tmp_path, sig, code):
     out = tmp_path / "s.ply"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "splatvlm.cli", "generate", "a dog", "--preset", "demo", "-o", str(out), "--steps", "5000", "--log-every", "1"],
+        [sys.executable, "-m", "splatvlm.cli", "generate", "a dog", "--preset", "demo", "-o", str(out), "--steps", "5000", "--log-every", "1", "--scene.num-points", "300"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     metrics = tmp_path / "s_run" / "metrics.jsonl"
@@ -102,17 +135,33 @@ def test_signal_saves_checkpoint_and_exits(tmp_path, sig, code):
     assert load_ply(tmp_path / "s_run" / "interrupted.ply")["means"].shape[0] > 0
 
 
-def test_fit_and_render(tmp_path, toy_ply):
+def test_fit_and_render(tmp_path, toy_ply, capsys):
     out = tmp_path / "fit.ply"
-    proc = run("fit", toy_ply, "-o", out, "--steps", "40", "--views", "8", "--heldout", "2", "--resolution", "32")
-    assert proc.returncode == 0, proc.stderr
-    assert "held-out PSNR:" in proc.stdout
+    code, stdout, err = cli(
+        capsys, "fit", toy_ply, "-o", out, "--steps", "20", "--views", "4", "--heldout", "2", "--resolution", "24",
+        "--scene.num-points", "200",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "held-out PSNR:" in stdout
+    assert type(json.loads((tmp_path / "fit_run" / "summary.json").read_text())["num_gaussians"]) is int
     load_ply(out)
     for suffix in (".gif", ".png"):
         target = tmp_path / f"turn{suffix}"
-        proc = run("render", out, "-o", target, "--frames", "4", "--resolution", "32")
-        assert proc.returncode == 0, proc.stderr
+        code, _, err = cli(capsys, "render", out, "-o", target, "--frames", "4", "--resolution", "32")
+        assert code == 0, err
         assert target.stat().st_size > 100
+    # A contact sheet defaults to 8 views: 4 columns x 2 rows.
+    import imageio.v3 as iio
+
+    code, _, err = cli(capsys, "render", out, "-o", tmp_path / "sheet.png", "--resolution", "16")
+    assert code == 0, err
+    assert iio.imread(tmp_path / "sheet.png").shape[:2] == (32, 64)
+    # GPTEval3D's folder for an existing .ply: 120 views, --resolution applies.
+    code, stdout, err = cli(capsys, "render", out, "--gpteval3d", tmp_path / "g" / "eval", "--resolution", "16", "--prompt-id", "7")
+    assert code == 0, err
+    folder = tmp_path / "g" / "eval" / "splatvlm" / "7" / "0"
+    assert sorted(p.name for p in folder.iterdir()) == sorted([f"rgb_{i}.png" for i in range(120)] + [f"normal_{i}.png" for i in range(120)])
+    assert iio.imread(folder / "rgb_119.png").shape[:2] == (16, 16)
 
 
 @pytest.mark.parametrize(
@@ -123,14 +172,14 @@ def test_fit_and_render(tmp_path, toy_ply):
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "nope"], "unknown preset"),
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "demo", "--steps", "0"], "--steps must be positive"),
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "demo", "--camera.num-views", "-4"], "num_views must be positive"),
-        (["generate", "a cat", "-o", "{tmp}/missing/x.ply", "--preset", "demo"], "does not exist"),
+        (["generate", "a cat", "-o", "{tmp}/exists.ply/x.ply", "--preset", "demo"], "not a folder"),
         (["generate", "a cat", "-o", "{tmp}/exists.ply", "--preset", "demo"], "already exists"),
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--bogus-flag", "1"], "bogus"),
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--steps", "many"], "many"),
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "demo", "--sds.model", "{tmp}/no-weights"], "--sds.model"),
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "demo", "--vlm.model", "{tmp}/no-weights"], "--vlm.model"),
         (["generate", "--prompts", "{tmp}/bad.txt", "--out-dir", "{tmp}/o", "--preset", "demo"], "not UTF-8"),
-        (["generate", "a cat", "-o", "{tmp}/x.ply", "--config", "{tmp}/bad.yaml"], "unknown config key"),
+        (["generate", "a cat", "-o", "{tmp}/x.ply", "--config", "{tmp}/bad.yaml"], "did you mean 'sds.model'"),
         (["generate", "--resume", "{tmp}"], "not a splatvlm run folder"),
         (["fit", "{tmp}/nope.ply", "-o", "{tmp}/x.ply"], "file not found"),
         (["fit", "{tmp}/exists.ply", "-o", "{tmp}/x.ply"], "cannot load"),
@@ -140,19 +189,77 @@ def test_fit_and_render(tmp_path, toy_ply):
         (["bench", "--preset", "demo", "--steps", "0", "-o", "{tmp}/b"], "--steps must be positive"),
     ],
 )
-def test_bad_input_one_line_error(tmp_path, args, message):
+def test_bad_input_one_line_error(tmp_path, capsys, args, message):
     (tmp_path / "exists.ply").write_text("not a ply")
     (tmp_path / "bad.txt").write_bytes(b"\xff\xfe\xfa")
-    (tmp_path / "bad.yaml").write_text("sds:\n  modle: x\n")
-    proc = run(*[a.format(tmp=tmp_path) for a in args], timeout=120)
-    line = one_line_error(proc)
+    (tmp_path / "bad.yaml").write_text("sds:\n  modell: x\n")
+    code, _, err = cli(capsys, *[a.format(tmp=tmp_path) for a in args])
+    line = one_line_error(code, err)
     assert message in line, line
     assert (tmp_path / "exists.ply").read_text() == "not a ply"  # never touched
 
 
-def test_unknown_command_and_help():
-    assert run("frobnicate").returncode == 2
-    proc = run("--help")
-    assert proc.returncode == 0 and "generate" in proc.stdout
-    proc = run("generate", "--help")
-    assert proc.returncode == 0 and "--vlm.lora" in proc.stdout and "--sds.model" in proc.stdout
+def test_unknown_command_and_help(capsys):
+    assert cli(capsys, "frobnicate")[0] == 2
+    code, out, _ = cli(capsys, "--help")
+    assert code == 0 and "generate" in out and "--verbose" in out
+    with pytest.raises(SystemExit) as e:
+        main(["generate", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--vlm.lora" in out and "--sds.model" in out
+    for name in list_presets():  # --preset's help names every preset
+        assert name in out.split("--preset", 1)[1].split("--", 1)[0].replace("\n", " ").replace("│", " "), name
+
+
+def _undocumented_flags(help_text: str) -> list[str]:
+    """Flags in tyro's help box whose only text is '(default: ...)' or '(required)'."""
+    entries: list[list[str]] = []
+    for line in help_text.splitlines():
+        m = re.match(r"^│ (.*?)\s*│$", line)
+        if not m:
+            continue
+        body = m.group(1)
+        if re.match(r"^(-|\[|[A-Z]+\b)", body):
+            entries.append([body])
+        elif entries:
+            entries[-1].append(body.strip())
+    bad = []
+    for entry in entries:
+        head = re.split(r"\s{2,}", entry[0], maxsplit=1)
+        text = " ".join(head[1:] + entry[1:])
+        if not re.sub(r"\((default|required|fixed)[^)]*\)", "", text).strip():
+            bad.append(head[0])
+    return bad
+
+
+@pytest.mark.parametrize("command", ["generate", "fit", "render", "view", "bench", "train-reward", "presets"])
+def test_every_flag_has_a_description(command, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "--help" in out
+    assert _undocumented_flags(out) == []
+    if command == "fit":  # only the sections fit reads
+        assert "--scene.lr-means" in out and "--weights.l1.start" in out
+        for unused in ("--sds.", "--vlm.", "--weights.sds", "--weights.vlm", "--turntable"):
+            assert unused not in out, unused
+
+
+def test_presets_list_their_descriptions_as_the_readme_does(capsys):
+    code, out, _ = cli(capsys, "presets")
+    assert code == 0
+    listed = dict(line.split(None, 1) for line in out.strip().splitlines())
+    assert sorted(listed) == list_presets()
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = readme.split("### Presets", 1)[1].split("\n\n", 2)[1]  # the table under the heading
+    rows = dict(re.findall(r"^\| `([\w-]+)`(?: \(default\))? \| (.+?) \|$", readme, flags=re.M))
+    assert sorted(rows) == list_presets()
+    for name in list_presets():
+        assert rows[name] == preset_description(name), name
+        assert listed[name].startswith(preset_description(name))
+    code, out, _ = cli(capsys, "presets", "demo")
+    assert code == 0 and "steps: 60" in out
+    with pytest.raises(SystemExit) as e:
+        main(["presets", "--help"])
+    assert e.value.code == 0 and "List the presets" in capsys.readouterr().out

@@ -47,8 +47,9 @@ def test_overrides_nested_and_typed():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ({"stepz": 1}, "unknown config key 'stepz'"),
-        ({"camera": {"fov": 1}}, "unknown config key 'camera.fov'"),
+        ({"stepz": 1}, "unknown config key 'stepz'; did you mean 'steps'\\?"),
+        ({"camera": {"fov": 1}}, "unknown config key 'camera.fov'$"),
+        ({"camera": {"resolutoin": 1}}, "unknown config key 'camera.resolutoin'; did you mean 'camera.resolution'\\?"),
         ({"steps": "many"}, "must be an integer"),
         ({"steps": True}, "must be an integer"),
         ({"background": "pink"}, "must be one of"),

@@ -31,8 +31,11 @@ def test_output_checks(tmp_path):
         check_output_path(existing, overwrite=False)
     assert existing.read_text() == "keep"
     assert check_output_path(existing, overwrite=True) == existing
-    with pytest.raises(SplatVLMError, match="does not exist"):
-        check_output_path(tmp_path / "missing" / "x.ply", overwrite=False)
+    nested = tmp_path / "missing" / "deeper" / "x.ply"
+    assert check_output_path(nested, overwrite=False) == nested and nested.parent.is_dir()
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(SplatVLMError, match="not a folder"):
+        check_output_path(tmp_path / "afile" / "x.ply", overwrite=False)
     with pytest.raises(SplatVLMError, match="must end in"):
         check_output_path(tmp_path / "x.obj", overwrite=False, suffixes=(".ply",))
     with pytest.raises(SplatVLMError, match="directory"):

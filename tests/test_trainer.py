@@ -205,3 +205,31 @@ def test_structurally_wrong_checkpoints_are_one_line_errors(tmp_path):
     torch.save({**good, "optimizers": {k: {"state": {}, "param_groups": []} for k in good["optimizers"]}}, path)
     with pytest.raises(SplatVLMError, match="does not fit this run's config"):
         restore_state(load_checkpoint(path), cfg, CPU)
+
+
+def test_terminal_bar_keeps_step_and_times_readable_at_80_columns():
+    import io
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from splatvlm.trainer import progress_columns
+
+    buf = io.StringIO()
+    console = Console(file=buf, width=80, force_terminal=True, color_system=None)
+    info = "sds=1.722e+05 vlm=0.1686 p_yes=0.458 #G=123456 0.91 it/s"
+    with Progress(*progress_columns(), console=console, auto_refresh=False) as bar:
+        bar.add_task("train", total=5000, completed=1234, info=info)
+        bar.refresh()
+    line = buf.getvalue().split("\r")[-1].split("\x1b[2K")[-1].splitlines()[0]
+    assert len(line) <= 80
+    assert line.startswith("1234/5000") and "0:00:00" in line and "eta -:--:--" in line, line
+    assert "sds=1.722e+05" in line  # the loss text gets what is left, cut at the edge
+
+
+def test_plain_progress_line_has_step_losses_gaussians_rate_and_eta():
+    from splatvlm.trainer import _progress_line
+
+    logs = {"loss_sds": 12.5, "loss_vlm": 0.25, "p_yes": 0.5, "num_gaussians": 4096}
+    line = _progress_line(250, 5000, 5000, logs, 10.0, elapsed=25.0, done=250)
+    assert line == "step 250/5000 sds=12.5 vlm=0.25 p_yes=0.500 #G=4096 10.00 it/s elapsed 0:00:25 eta 0:07:55"

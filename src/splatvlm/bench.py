@@ -32,7 +32,7 @@ from typing import Annotated, Any, Literal
 import torch
 import tyro
 
-from .config import RunConfig, to_dict, validate_run_config, weight_at
+from .config import RunConfig, preset_help, to_dict, validate_run_config, weight_at
 from .errors import SplatVLMError
 from .files import atomic_path, atomic_write_text, check_output_dir
 from .hub import device_name
@@ -48,8 +48,7 @@ class BenchArgs:
 
     output: Annotated[Path, tyro.conf.arg(aliases=["-o"])] = Path("bench-out")
     """Report folder: report.json, report.md, breakdown.png."""
-    preset: str = "vlm3d"
-    """Named preset whose recipe is timed."""
+    preset: Annotated[str, tyro.conf.arg(help=preset_help())] = "vlm3d"
     config: Path | None = None
     """A YAML config file applied on top of the preset."""
     prompts: Path | None = None

@@ -11,14 +11,18 @@ import io
 import json
 import re
 import sys
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
 import tyro
 
-from .config import RunConfig, list_presets, load_run_config, to_yaml
+from .config import RunConfig, Weight, list_presets, load_run_config, preset_description, preset_help, to_yaml
 from .errors import SplatVLMError, StopRun
+from .gaussians.cameras import CameraConfig
+from .gaussians.densify import StrategyConfig
+from .gaussians.render import RenderConfig
+from .gaussians.scene import SceneConfig
 
 DEFAULT_PRESET = "vlm3d"
 
@@ -30,9 +34,8 @@ class GenerateArgs:
     prompt: tyro.conf.Positional[str | None] = None
     """The text prompt."""
     output: Annotated[Path | None, tyro.conf.arg(aliases=["-o"])] = None
-    """Output .ply (single prompt)."""
-    preset: str = DEFAULT_PRESET
-    """Named preset from configs/ (vlm3d, vlm3d-3b, mvdream, sd21, demo)."""
+    """Output .ply of a single prompt (default: <prompt slug>.ply in the current folder); missing folders are made."""
+    preset: Annotated[str, tyro.conf.arg(help=preset_help())] = DEFAULT_PRESET
     config: Path | None = None
     """A YAML config file applied on top of the preset."""
     prompts: Path | None = None
@@ -56,13 +59,61 @@ class GenerateArgs:
     viewer_every: int = 50
     """Steps between splat refreshes in the viewer."""
     gpteval3d: bool = False
-    """Also write GPTEval3D's render folder (120 views, rgb_<i>.png and normal_<i>.png)."""
+    """Also write GPTEval3D's render folder (120 views, rgb_<i>.png and normal_<i>.png); in batch mode one
+    tree per prompt file, OUT_DIR/gpteval3d/<prompt file stem>/splatvlm/<index in the file>/<seed>."""
+    fail_fast: bool = False
+    """Batch mode: stop at the first failed prompt (default: report it and go on with the others)."""
     stop_after: int | None = None
     """Stop (with a checkpoint) after this many steps in this invocation; --resume continues."""
     placement: Literal["single", "split"] = "single"
     """'split': the VLM reward on cuda:1, prior + scene + renderer on cuda:0 (torchrun: GPUs 2*LOCAL_RANK, +1).
     Under torchrun a batch's prompts are shared out over the processes (see splatvlm.distributed)."""
     run: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=RunConfig)
+
+
+_FIT = load_run_config("fit")
+
+
+@dataclass
+class FitWeights:
+    """Weights of the photometric terms."""
+
+    l1: Weight = field(default_factory=lambda: _FIT.weights.l1)
+    """Photometric L1."""
+    ssim: Weight = field(default_factory=lambda: _FIT.weights.ssim)
+    """Photometric 1 - SSIM."""
+
+
+@dataclass
+class FitRecipe:
+    """The part of the run config that `fit` reads: the `fit` preset's values by default."""
+
+    steps: int = _FIT.steps
+    """Training steps."""
+    seed: int = _FIT.seed
+    """Random seed (views, initialization)."""
+    device: str = _FIT.device
+    """'auto' (CUDA when available), 'cuda', 'cuda:1' or 'cpu'."""
+    background: Literal["white", "black", "random"] = _FIT.background
+    """Background of the reference renders and of training."""
+    scene: SceneConfig = field(default_factory=lambda: _FIT.scene)
+    camera: CameraConfig = field(default_factory=lambda: _FIT.camera)
+    render: RenderConfig = field(default_factory=lambda: _FIT.render)
+    strategy: StrategyConfig = field(default_factory=lambda: _FIT.strategy)
+    weights: FitWeights = field(default_factory=FitWeights)
+    log_every: int = _FIT.log_every
+    """Steps between progress / JSONL log updates."""
+    checkpoint_every: int = _FIT.checkpoint_every
+    """Steps between checkpoints (0: only at the end and on interrupt)."""
+    max_bad_steps: int = _FIT.max_bad_steps
+    """Stop (with a checkpoint) after this many consecutive steps with a NaN/inf loss or gradient."""
+    tensorboard: bool = _FIT.tensorboard
+    """Also log scalars to TensorBoard (needs the tensorboard package)."""
+
+    def run_config(self) -> RunConfig:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "weights"}
+        weights = replace(_FIT.weights, l1=self.weights.l1, ssim=self.weights.ssim)
+        return replace(_FIT, **values, weights=weights)
 
 
 @dataclass
@@ -72,7 +123,7 @@ class FitArgs:
     reference: tyro.conf.Positional[Path]
     """The reference .ply."""
     output: Annotated[Path, tyro.conf.arg(aliases=["-o"])]
-    """Output .ply."""
+    """Output .ply; missing folders are made."""
     views: int = 24
     """Training views rendered from the reference."""
     heldout: int = 8
@@ -85,25 +136,33 @@ class FitArgs:
     """Replace an existing output."""
     run_dir: Path | None = None
     """Run folder (default: <output stem>_run beside the output)."""
-    run: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=lambda: load_run_config("fit"))
+    run: Annotated[FitRecipe, tyro.conf.arg(name="")] = field(default_factory=FitRecipe)
 
 
 @dataclass
 class RenderArgs:
-    """Render a .ply as a turntable (.gif / .mp4) or a contact sheet (.png)."""
+    """Render a .ply as a turntable (.gif / .mp4), a contact sheet (.png), or GPTEval3D's 120-view folder."""
 
     input: tyro.conf.Positional[Path]
     """The .ply to render."""
-    output: Annotated[Path, tyro.conf.arg(aliases=["-o"])]
-    """Output: .gif or .mp4 (turntable) or .png (contact sheet)."""
-    frames: int = 60
-    """Turntable frames (views in the contact sheet)."""
-    resolution: int = 256
-    """Square frame size in pixels."""
+    output: Annotated[Path | None, tyro.conf.arg(aliases=["-o"])] = None
+    """Output: .gif or .mp4 (turntable) or .png (contact sheet); missing folders are made."""
+    gpteval3d: Path | None = None
+    """Write GPTEval3D's render folder DIR/<method>/<prompt-id>/<seed>/ (rgb_<i>.png, normal_<i>.png) instead."""
+    frames: int | None = None
+    """Turntable frames, or views in the contact sheet (default: 60 for a video, 8 for a .png)."""
+    resolution: int | None = None
+    """Square frame size in pixels (default: 256; 512 for --gpteval3d, as GPTEval3D expects)."""
     elevation: float = 15.0
     """Camera elevation in degrees."""
     fps: int = 20
     """Frames per second of a video."""
+    method: str = "splatvlm"
+    """--gpteval3d: the method folder name."""
+    prompt_id: int = 0
+    """--gpteval3d: the prompt's index in GPTEval3D's prompts.json."""
+    seed: int = 0
+    """--gpteval3d: the seed folder name."""
     device: str = "auto"
     """'auto', 'cuda' or 'cpu'."""
     overwrite: bool = False
@@ -137,7 +196,9 @@ def _parse(cls: type, argv: list[str], prog: str, default=None):
         if e.code in (0, None):
             raise
         text = re.sub(r"[│╭╮╰╯─┃━]", " ", err.getvalue())
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+        # rich draws the box in ASCII (+-|) on a stream it cannot tell is UTF-8.
+        lines = [ln.strip(" |") for ln in text.splitlines()]
+        lines = [ln.strip() for ln in lines if ln.strip() and not re.fullmatch(r"[-+=\s]+", ln)]
         # tyro's box: a title, the problem ("Unrecognized options: --stepz"), maybe "Perhaps you meant:" + flags.
         body = [ln for ln in lines[1:] if not ln.lower().startswith(("usage", "for full helptext", "for full help"))]
         msg = body[0] if body else (lines[0] if lines else "invalid arguments")
@@ -171,7 +232,7 @@ def _preset_defaults(argv: list[str]) -> tuple[RunConfig, str]:
 
 def cmd_generate(argv: list[str]) -> int:
     from .generate import RunControl, prepare_single, resume_run, run_batch, run_one
-    from .prompts import read_prompts
+    from .prompts import read_prompts, slugify
 
     run_cfg, preset = _preset_defaults(argv)
     args: GenerateArgs = _parse(GenerateArgs, argv, "splatvlm generate", GenerateArgs(preset=preset, run=run_cfg))
@@ -185,6 +246,7 @@ def cmd_generate(argv: list[str]) -> int:
         gpteval3d=args.gpteval3d,
         overwrite=args.overwrite,
         placement=args.placement,
+        fail_fast=args.fail_fast,
     )
     _check_control(control)
     from .distributed import dist_info, require_one_process
@@ -201,7 +263,7 @@ def cmd_generate(argv: list[str]) -> int:
             raise SplatVLMError("batch mode takes --prompts FILE --out-dir DIR, not a prompt or -o")
         if args.out_dir is None:
             raise SplatVLMError("batch mode needs --out-dir DIR")
-        summaries = run_batch(read_prompts(args.prompts), args.run, args.out_dir, control)
+        summaries = run_batch(read_prompts(args.prompts), args.run, args.out_dir, control, slugify(args.prompts.stem))
         _print_summary(summaries)
         return 0
     from .generate import check_sources, make_guidance
@@ -315,24 +377,25 @@ def cmd_fit(argv: list[str]) -> int:
     from .hub import pick_device
 
     args: FitArgs = _parse(FitArgs, argv, "splatvlm fit")
+    run_cfg = args.run.run_config()
     output = check_output_path(args.output, args.overwrite, suffixes=(".ply",))
     for name in ("views", "heldout", "resolution", "batch"):
         if getattr(args, name) <= 0:
             raise SplatVLMError(f"--{name} must be positive, got {getattr(args, name)}")
     from .config import validate_run_config
 
-    validate_run_config(args.run)
+    validate_run_config(run_cfg)
     reference = load_ply(args.reference)
     run_dir = check_output_dir(args.run_dir or output.with_name(output.stem + "_run"))
-    device = pick_device(args.run.device)
+    device = pick_device(run_cfg.device)
     params, metrics = run_fit(
-        reference, args.run, run_dir, device, args.views, args.heldout, args.resolution, args.batch
+        reference, run_cfg, run_dir, device, args.views, args.heldout, args.resolution, args.batch
     )
     save_ply(params, output)
     from .files import atomic_write_text
 
     atomic_write_text(run_dir / "summary.json", json.dumps(metrics, indent=2))
-    console.print(f"wrote {output} ({int(metrics['num_gaussians'])} Gaussians) in {metrics['seconds']:.1f} s")
+    console.print(f"wrote {output} ({metrics['num_gaussians']} Gaussians) in {metrics['seconds']:.1f} s")
     print(f"held-out PSNR: {metrics['heldout_psnr']:.2f} dB (train {metrics['train_psnr']:.2f} dB)")
     return 0
 
@@ -340,19 +403,38 @@ def cmd_fit(argv: list[str]) -> int:
 def cmd_render(argv: list[str]) -> int:
     from .export import export_render
     from .files import check_output_path
-    from .gaussians.cameras import CameraConfig
     from .gaussians.ply import load_ply
-    from .gaussians.render import RenderConfig
     from .hub import pick_device
 
     args: RenderArgs = _parse(RenderArgs, argv, "splatvlm render")
-    output = check_output_path(args.output, args.overwrite, suffixes=(".gif", ".mp4", ".png"))
-    if args.frames <= 0 or args.resolution <= 0 or args.fps <= 0:
+    if (args.output is None) == (args.gpteval3d is None):
+        raise SplatVLMError("give one of -o OUT (.gif/.mp4/.png) or --gpteval3d DIR")
+    output = None
+    if args.output is not None:
+        output = check_output_path(args.output, args.overwrite, suffixes=(".gif", ".mp4", ".png"))
+    frames = args.frames if args.frames is not None else (8 if output is not None and output.suffix == ".png" else 60)
+    resolution = args.resolution if args.resolution is not None else (512 if args.gpteval3d is not None else 256)
+    if frames <= 0 or resolution <= 0 or args.fps <= 0:
         raise SplatVLMError("--frames, --resolution and --fps must be positive")
     params = load_ply(args.input)
     device = pick_device(args.device)
+    if args.gpteval3d is not None:
+        from .export import export_gpteval3d
+        from .files import check_output_dir
+
+        folder = args.gpteval3d / args.method / str(args.prompt_id) / str(args.seed)
+        if folder.is_dir() and any(folder.iterdir()) and not args.overwrite:
+            raise SplatVLMError(f"{folder} already holds renders; pass --overwrite to replace them")
+        args.gpteval3d.parent.mkdir(parents=True, exist_ok=True)
+        check_output_dir(args.gpteval3d)
+        folder = export_gpteval3d(
+            params.to(device), args.gpteval3d, args.method, args.prompt_id, args.seed,
+            device=device, resolution=resolution, elevation=args.elevation,
+        )  # fmt: skip
+        print(f"wrote {folder} (120 views)")
+        return 0
     cam_cfg = replace(CameraConfig(), eval_elevation=args.elevation)
-    export_render(params.to(device), output, args.frames, args.resolution, cam_cfg, RenderConfig(), device, fps=args.fps)
+    export_render(params.to(device), output, frames, resolution, cam_cfg, RenderConfig(), device, fps=args.fps)
     print(f"wrote {output}")
     return 0
 
@@ -384,12 +466,24 @@ def cmd_bench(argv: list[str]) -> int:
     return 0
 
 
+@dataclass
+class PresetsArgs:
+    """List the presets with their descriptions, or print one resolved as YAML."""
+
+    name: tyro.conf.Positional[str | None] = None
+    """A preset to print in full, resolved over the defaults (e.g. vlm3d)."""
+
+
 def cmd_presets(argv: list[str]) -> int:
-    """Print the presets, or one resolved preset as YAML."""
-    if argv:
-        print(to_yaml(load_run_config(argv[0])), end="")
-    else:
-        print("\n".join(list_presets()))
+    args: PresetsArgs = _parse(PresetsArgs, argv, "splatvlm presets")
+    if args.name is not None:
+        print(to_yaml(load_run_config(args.name)), end="")
+        return 0
+    names = list_presets()
+    width = max(len(n) for n in names)
+    for name in names:
+        tag = " (default)" if name == DEFAULT_PRESET else ""
+        print(f"{name:<{width}}  {preset_description(name)}{tag}")
     return 0
 
 
@@ -403,7 +497,9 @@ COMMANDS = {
     "presets": cmd_presets,
 }
 
-USAGE = """usage: splatvlm COMMAND [ARGS]  (splatvlm COMMAND --help for a command's flags)
+USAGE = """usage: splatvlm [--verbose] COMMAND [ARGS]  (splatvlm COMMAND --help for a command's flags)
+
+  --verbose     also show the model libraries' progress bars, info logs and deprecation warnings
 
 commands:
   generate      text prompt(s) -> 3D Gaussian splat .ply (VLM3D: MVDream SDS + Qwen2.5-VL reward)
@@ -416,8 +512,39 @@ commands:
 """
 
 
+def quiet_libraries() -> None:
+    """No loading/saving progress bars, info logs or deprecation warnings from the model libraries.
+
+    Hub lookups that fail offline are reported by our own one-line errors. ``--verbose`` keeps all of it.
+    Environment variables first: transformers and huggingface_hub read them when they are imported.
+    """
+    import logging
+    import os
+    import warnings
+
+    for name, value in (
+        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+        ("TRANSFORMERS_VERBOSITY", "error"),
+        ("DIFFUSERS_VERBOSITY", "error"),
+        ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+    ):
+        os.environ.setdefault(name, value)
+    for name in ("huggingface_hub", "transformers", "diffusers", "peft"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for module in ("transformers", "diffusers"):  # already imported (an embedding program): switch their bars off
+        lib = sys.modules.get(module)
+        if lib is not None:
+            lib.utils.logging.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in argv
+    argv = [a for a in argv if a != "--verbose"]
+    if not verbose:
+        quiet_libraries()
     if not argv or argv[0] in ("-h", "--help"):
         print(USAGE, end="")
         return 0 if argv else 2
@@ -426,10 +553,6 @@ def main(argv: list[str] | None = None) -> int:
 
         print(__version__)
         return 0
-    # Hub lookups that fail offline are reported by our own one-line errors; silence the library's warnings.
-    import logging
-
-    logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     command = COMMANDS.get(argv[0])
     if command is None:
         print(f"error: unknown command '{argv[0]}'; choose one of {', '.join(COMMANDS)}", file=sys.stderr)

@@ -7,6 +7,7 @@ command-line flags override the preset. Unknown keys and wrong types are rejecte
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
 from dataclasses import dataclass, field
@@ -158,6 +159,19 @@ def short_repr(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def preset_help() -> str:
+    """The --preset flag's help: every preset by name."""
+    return f"Named preset from configs/: {', '.join(list_presets())} (`splatvlm presets` describes each)."
+
+
+def preset_description(name: str) -> str:
+    """A preset's one-line description: the first line of its YAML file, a comment."""
+    first = preset_path(name).read_text(encoding="utf-8").splitlines()[0]
+    if not first.startswith("#"):
+        raise SplatVLMError(f"preset {name} has no description comment on its first line")
+    return first.lstrip("#").strip()
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     from .files import check_regular_file
 
@@ -263,7 +277,9 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> An
     changes = {}
     for key, value in overrides.items():
         if not isinstance(key, str) or key not in names:
-            raise SplatVLMError(f"unknown config key {prefix + str(key)!r}")
+            close = difflib.get_close_matches(str(key), sorted(names), n=1)
+            hint = f"; did you mean '{prefix + close[0]}'?" if close else ""
+            raise SplatVLMError(f"unknown config key {prefix + str(key)!r}{hint}")
         tp = hints[key]
         current = getattr(cfg, key)
         if dataclasses.is_dataclass(current) and isinstance(value, dict) and not isinstance(current, Weight):

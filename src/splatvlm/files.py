@@ -51,15 +51,19 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def check_output_path(path: str | os.PathLike, overwrite: bool, suffixes: tuple[str, ...] = ()) -> Path:
-    """Validate an output file path before any heavy work starts."""
+    """Validate an output file path before any heavy work starts; missing parent folders are created."""
     path = Path(path)
     if suffixes and path.suffix.lower() not in suffixes:
         raise SplatVLMError(f"output {path} must end in one of {', '.join(suffixes)}")
     if path.is_dir():
         raise SplatVLMError(f"output {path} is a directory; give a file path")
     parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise SplatVLMError(f"output folder {parent} does not exist")
+    if parent.exists() and not parent.is_dir():
+        raise SplatVLMError(f"output folder {parent} exists and is not a folder")
+    try:  # missing parent folders are made, as `mkdir -p` would
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SplatVLMError(f"cannot create output folder {parent}: {e.strerror}") from None
     if not os.access(parent, os.W_OK):
         raise SplatVLMError(f"output folder {parent} is not writable")
     if path.exists() and not overwrite:

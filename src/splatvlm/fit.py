@@ -73,7 +73,7 @@ def run_fit(
     resolution: int,
     batch: int,
     progress: bool = True,
-) -> tuple[torch.nn.ParameterDict, dict[str, float]]:
+) -> tuple[torch.nn.ParameterDict, dict[str, float | int]]:
     """Fit a fresh scene to renders of ``reference``; return it and held-out metrics."""
     t0 = time.perf_counter()
     reference = reference.to(device)
@@ -95,7 +95,7 @@ def run_fit(
     metrics = {
         "heldout_psnr": psnr(pred, held_targets),
         "train_psnr": psnr(render_views(state.params, views.train, cfg), targets),
-        "num_gaussians": float(num_gaussians(state.params)),
+        "num_gaussians": num_gaussians(state.params),
         "seconds": time.perf_counter() - t0,
     }
     return state.params, metrics

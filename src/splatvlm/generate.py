@@ -61,6 +61,8 @@ class RunControl:
     progress: bool = True
     profile: bool = False
     placement: Literal["single", "split"] = "single"  # split: the reward on its own GPU (see distributed.py)
+    fail_fast: bool = False  # batch: stop at the first failed prompt instead of going on with the others
+    gpteval3d_root: Path | None = None  # where GPTEval3D's <method>/<id>/<seed> tree goes (default: the run folder)
 
 
 @dataclass
@@ -270,14 +272,16 @@ def _run_one(
             export.save_video(frames, run_dir / "turntable.gif", fps=20)
             export.save_contact_sheet(frames[:: max(1, len(frames) // 8)][:8], run_dir / "contact.png", cols=4)
         if control.gpteval3d:
-            export.export_gpteval3d(
-                state.params,
-                run_dir / "gpteval3d",
-                control.gpteval3d_method,
-                prompt_id,
-                cfg.seed,
-                render_cfg=cfg.render,
-                device=device,
+            summary["gpteval3d"] = str(
+                export.export_gpteval3d(
+                    state.params,
+                    control.gpteval3d_root or run_dir / "gpteval3d",
+                    control.gpteval3d_method,
+                    prompt_id,
+                    cfg.seed,
+                    render_cfg=cfg.render,
+                    device=device,
+                )
             )
             summary["gpteval3d"] = str(final_dir / "gpteval3d")
         last = _last_metrics(run_dir)
@@ -294,7 +298,7 @@ def _run_one(
             viewer.update(
                 state.params, state.step, {"step": state.step, "num_gaussians": num_gaussians(state.params)}, force=True
             )
-            console.print(f"training done; viewer still serving at {viewer.url} (Ctrl-C to quit)")
+            console.print("training done")
             viewer.serve_forever()
         viewer.close()
     return summary
@@ -360,8 +364,8 @@ def prepare_single(
     if prompt is None:
         raise SplatVLMError("give a prompt (or --prompts FILE --out-dir DIR for a batch)")
     prompt = check_prompt(prompt)
-    if output is None:
-        raise SplatVLMError("give an output path with -o OUT.ply")
+    if output is None:  # named after the prompt, in the current folder
+        output = Path(f"{slugify(prompt)}.ply")
     output = check_output_path(output, control.overwrite, suffixes=(".ply",))
     validate_run_config(cfg)
     run_dir = run_dir or output.with_name(output.stem + "_run")
@@ -473,8 +477,15 @@ def make_guidance(
     return Guidance(cfg, device, vlm_device=None if vlm_device == device else vlm_device, sources=sources)
 
 
-def run_batch(prompts: list[str], cfg: RunConfig, out_dir: Path, control: RunControl) -> list[dict[str, Any]]:
+def run_batch(
+    prompts: list[str], cfg: RunConfig, out_dir: Path, control: RunControl, prompt_set: str = "prompts"
+) -> list[dict[str, Any]]:
     """One run folder per prompt (``DIR/<index>-<slug>``); finished ones are skipped, interrupted ones resumed.
+
+    A failed prompt is reported and the batch goes on (``control.fail_fast`` stops it). With
+    ``control.gpteval3d`` the renders of all prompts go into one GPTEval3D tree per prompt file,
+    ``DIR/gpteval3d/<prompt_set>/<method>/<index in the file>/<seed>/``, so that two prompt files sharing
+    ``DIR`` never write the same id; ``prompts.json`` there records the file the ids index into.
 
     Under torchrun each rank runs its share of the pending prompts (see ``distributed.py``); rank 0 then
     writes ``DIR/batch_report.json`` and returns every prompt's summary, the other ranks return [].
@@ -491,6 +502,8 @@ def run_batch(prompts: list[str], cfg: RunConfig, out_dir: Path, control: RunCon
     with out_lock:
         check_batch_folders(prompts, run_dirs, cfg)
         sources = check_sources(cfg, prompts)
+        if control.gpteval3d:
+            control = replace(control, gpteval3d_root=gpteval3d_tree(out_dir, prompt_set, prompts))
         return _run_batch(prompts, cfg, out_dir, run_dirs, control, info, sources)
 
 
@@ -565,23 +578,59 @@ def _run_batch(
             run_dir.mkdir(exist_ok=True)
             resume = (run_dir / "checkpoint.pt").is_file()
             console.print(f"{tag}[{index + 1}/{len(prompts)}] {prompt}")
-            summary = run_one(prompt, cfg, run_dir / "scene.ply", run_dir, guidance, control, resume=resume, prompt_id=index)
+            try:
+                summary = run_one(
+                    prompt, cfg, run_dir / "scene.ply", run_dir, guidance, control, resume=resume, prompt_id=index
+                )
+            except Exception as e:
+                # A signal stops the whole batch; anything else fails this prompt only (unless --fail-fast).
+                if control.fail_fast or (isinstance(e, StopRun) and e.exit_code != 3):
+                    raise
+                reason = str(e) if isinstance(e, SplatVLMError | StopRun) else f"{type(e).__name__}: {e}"
+                console.print(f"{tag}[{index + 1}/{len(prompts)}] failed: {reason}")
+                results[index] = ("failed", {"error": reason})
+                continue
             results[index] = ("done" if summary["finished"] else "stopped", summary)
-        if group is None:
-            return [results[i][1] for i in sorted(results)]
         label = distributed.device_label(guidance.device, guidance.vlm_device or guidance.device)
-        parts = distributed.gather({"rank": info.rank, "device": label, "results": results}, group)
+        mine_part = {"rank": info.rank, "device": label, "results": results}
+        parts = [mine_part] if group is None else distributed.gather(mine_part, group)
     if not info.is_main:
         return []
     report = batch_report(prompts, run_dirs, parts, control.placement, time.perf_counter() - t_start)
     atomic_write_text(out_dir / "batch_report.json", json.dumps(report, indent=2))
-    counts = {s: sum(e["status"] == s for e in report["prompts"]) for s in ("done", "already_done", "stopped", "missing")}
+    print_batch_summary(report, out_dir / "batch_report.json")
+    return [e["summary"] for e in report["prompts"] if e["summary"] and e["status"] != "failed"]
+
+
+def print_batch_summary(report: dict[str, Any], path: Path) -> None:
+    """The end-of-batch lines: counts by status, each failure with its reason, the total time."""
+    entries = report["prompts"]
+    counts = {s: sum(e["status"] == s for e in entries) for s in ("done", "already_done", "stopped", "failed", "missing")}
+    where = f" over {report['world_size']} processes" if report["world_size"] > 1 else ""
     console.print(
-        f"batch over {info.world_size} process(es): {counts['done']} done now, {counts['already_done']} done before, "
-        f"{counts['stopped']} stopped, {counts['missing']} missing; {report['prompts_per_hour']:.1f} prompts/hour; "
-        f"report in {out_dir / 'batch_report.json'}"
+        f"batch{where}: {counts['done']} done, {counts['already_done']} skipped (done before), "
+        f"{counts['failed']} failed, {counts['stopped']} stopped, {counts['missing']} missing; "
+        f"{report['wall_s']:.1f} s ({report['prompts_per_hour']:.1f} prompts/hour); report in {path}"
     )
-    return [e["summary"] for e in report["prompts"] if e["summary"]]
+    for e in entries:
+        if e["status"] == "failed":
+            console.print(f"  failed [{e['index']}] {e['prompt']}: {e['error']}")
+
+
+def gpteval3d_tree(out_dir: Path, prompt_set: str, prompts: list[str]) -> Path:
+    """``out_dir/gpteval3d/<prompt_set>``, made once per prompt file; another file of the same name is refused."""
+    root = check_output_dir(check_output_dir(out_dir / "gpteval3d") / prompt_set)
+    record = root / "prompts.json"
+    text = json.dumps(prompts, indent=1)
+    if record.is_file():
+        if json.loads(record.read_text(encoding="utf-8")) != prompts:
+            raise SplatVLMError(
+                f"{root} holds GPTEval3D renders of a different prompt file named '{prompt_set}'; "
+                "rename the prompt file or use another --out-dir"
+            )
+    else:
+        atomic_write_text(record, text)
+    return root
 
 
 def _read_summary(run_dir: Path) -> dict[str, Any]:
@@ -594,13 +643,15 @@ def batch_report(
     """Every prompt of a batch in index order, with its status, output and timing, from the ranks' results.
 
     status: 'done' (finished in this run), 'already_done' (finished before it), 'stopped' (--stop-after),
-    'missing' (no rank reported it; a re-run picks it up). ``seconds`` is the summary's run time (for
+    'failed' (``error`` says why; a re-run tries it again), 'missing' (no rank reported it; a re-run picks it up). ``seconds`` is the summary's run time (for
     'already_done', the earlier run's); ``prompts_per_hour`` counts the prompts finished in this run.
     """
     entries = []
     for index, prompt in enumerate(prompts):
         found = [(p["rank"], *p["results"][index]) for p in parts if index in p["results"]]
         rank, status, summary = found[0] if found else (None, "missing", {})
+        error = summary.get("error") if status == "failed" else None
+        summary = {} if status == "failed" else summary
         entries.append(
             {
                 "index": index,
@@ -611,6 +662,7 @@ def batch_report(
                 "output": summary.get("output"),
                 "steps": summary.get("steps"),
                 "seconds": summary.get("seconds"),
+                "error": error,
                 "summary": summary,
             }
         )

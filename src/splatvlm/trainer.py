@@ -11,6 +11,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -250,6 +251,26 @@ class _SignalFlag:
             signal.signal(sig, old)
 
 
+@contextlib.contextmanager
+def deterministic_on_cpu(device: torch.device) -> Iterator[None]:
+    """Deterministic algorithms while training on the CPU, so that a seed (and a resume) repeats bit for bit.
+
+    Without it, the CPU backward of advanced indexing (``x[ids]`` in the pure-torch rasterizer) adds
+    into its output with atomic float adds on several threads once it is large enough, and the order
+    of those adds changes from run to run. On CUDA nothing is switched: gsplat's kernels use atomics
+    and have no deterministic mode (see the README).
+    """
+    if device.type != "cpu":
+        yield
+        return
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 
@@ -342,7 +363,7 @@ def train(
 
     Raises StopRun after saving a checkpoint on SIGINT/SIGTERM or too many bad steps.
     """
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.progress import Progress
 
     sample_views = sample_views or default_view_sampler(cfg)
     weights = {f.name: getattr(cfg.weights, f.name) for f in cfg.weights.__dataclass_fields__.values()}
@@ -354,18 +375,17 @@ def train(
     end_step = cfg.steps if stop_after is None else min(cfg.steps, state.step + stop_after)
     consecutive_bad = 0
     lock = viewer.lock if viewer is not None else contextlib.nullcontext()
-    columns = [
-        TextColumn("[bold]step {task.completed}/{task.total}"),
-        BarColumn(),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    ]
+    # On a terminal a rich bar, with the times before the (truncatable) loss text so that they stay
+    # readable at 80 columns; off a terminal (file, pipe, nohup) a plain line every `log_every` steps.
+    tty = progress and sys.stdout.isatty()
+    columns = progress_columns()
     t_last, n_last = time.perf_counter(), state.step
     t_train0, elapsed0 = t_last, state.elapsed_s
+    t_begin, step_begin = t_last, state.step
     params = state.params
     streams = term_streams(terms, device) if cfg.parallel_terms else {}
-    with _SignalFlag() as flag, Progress(*columns, disable=not progress, transient=False) as bar:
+    bar = Progress(*columns, disable=not tty, transient=False)
+    with _SignalFlag() as flag, deterministic_on_cpu(device), bar:
         task = bar.add_task("train", total=cfg.steps, completed=state.step, info="")
         try:
             while state.step < end_step:
@@ -459,6 +479,9 @@ def train(
                     its = (state.step - n_last) / max(now - t_last, 1e-9)
                     t_last, n_last = now, state.step
                     bar.update(task, completed=state.step, info=_progress_info(logs, its))
+                    if progress and not tty:
+                        line = _progress_line(state.step, cfg.steps, end_step, logs, its, now - t_begin, state.step - step_begin)
+                        print(line, flush=True)
                 if consecutive_bad >= cfg.max_bad_steps:
                     save_checkpoint(ckpt_path, state, cfg)
                     raise StopRun(
@@ -503,6 +526,40 @@ def _progress_info(logs: dict[str, Any], its: float) -> str:
     parts.append(f"#G={logs['num_gaussians']}")
     parts.append(f"{its:.2f} it/s")
     return " ".join(parts)
+
+
+def progress_columns() -> list:
+    """The terminal bar: step, bar and times at fixed widths first, then the loss text, which is cut to fit."""
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.table import Column
+
+    def fixed(width: int) -> Column:
+        return Column(min_width=width, no_wrap=True)
+
+    columns = [
+        TextColumn("[bold]{task.completed}/{task.total}", table_column=fixed(9)),
+        BarColumn(bar_width=10, table_column=fixed(10)),
+        TimeElapsedColumn(table_column=fixed(7)),
+        TextColumn("eta", table_column=fixed(3)),
+        TimeRemainingColumn(table_column=fixed(7)),
+        TextColumn("{task.fields[info]}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+    ]
+    return columns
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _progress_line(
+    step: int, total: int, end_step: int, logs: dict[str, Any], its: float, elapsed: float, done: int
+) -> str:
+    """The plain progress line written off a terminal: step/total, loss terms, #Gaussians, it/s, elapsed, ETA."""
+    rate = done / max(elapsed, 1e-9)
+    eta = (end_step - step) / rate if rate > 0 else float("nan")
+    eta_text = _clock(eta) if math.isfinite(eta) else "?"
+    return f"step {step}/{total} {_progress_info(logs, its)} elapsed {_clock(elapsed)} eta {eta_text}"
 
 
 def _tensorboard(run_dir: Path) -> Any:

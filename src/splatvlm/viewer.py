@@ -705,7 +705,7 @@ class Viewer:
     def serve_forever(self) -> None:
         """Block until Ctrl-C (or ``close`` from another thread)."""
         try:  # the message is inside: a Ctrl-C right after it must still end quietly
-            print(f"viewer: serving {self.url}; press Ctrl-C to exit", flush=True)
+            print("viewer: still serving; press Ctrl-C to exit", flush=True)  # the URL was printed at start
             while not self._closing:
                 time.sleep(0.2)
         except KeyboardInterrupt:

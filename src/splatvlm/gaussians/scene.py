@@ -40,11 +40,17 @@ class SceneConfig:
     sh_degree: int = 0
     """Spherical-harmonic degree (0-3); 0 is view-independent color, best for text-to-3D."""
     lr_means: float = 1e-3
+    """Adam learning rate of the means at step 0 (decays to `lr_means_final`)."""
     lr_quats: float = 1e-3
+    """Adam learning rate of the rotations (quaternions)."""
     lr_scales: float = 5e-3
+    """Adam learning rate of the log-scales."""
     lr_opacities: float = 5e-2
+    """Adam learning rate of the opacity logits."""
     lr_sh0: float = 1e-2
+    """Adam learning rate of the base color (SH degree 0)."""
     lr_shN: float = 5e-4
+    """Adam learning rate of the higher SH coefficients (view-dependent color)."""
     lr_means_final: float = 2e-5
     """Means learning rate at the last step (exponential decay, as in 3DGS)."""
 
