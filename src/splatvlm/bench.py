@@ -32,11 +32,12 @@ from typing import Annotated, Any, Literal
 import torch
 import tyro
 
-from .config import RunConfig, preset_help, to_dict, validate_run_config, weight_at
+from .config import RunConfig, preset_help, to_dict, validate_run_config
 from .errors import SplatVLMError
 from .files import atomic_path, atomic_write_text, check_output_dir
 from .hub import device_name
 from .prompts import read_prompts
+from .schedules import weight_at
 
 COMPONENTS = ("render", "sds", "vlm", "backward", "densify", "viewer")
 SHIPPED_PROMPTS = Path(__file__).resolve().parent / "data" / "bench_prompts.json"

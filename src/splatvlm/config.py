@@ -23,41 +23,9 @@ from .gaussians.render import RenderConfig
 from .gaussians.scene import SceneConfig
 from .guidance.reward import RewardConfig
 from .guidance.sds import SDSConfig
+from .schedules import Weight
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
-
-
-@dataclass
-class Weight:
-    """A loss weight over training steps: linear from `start` to `end` over `ramp_steps`, 0 from `stop_after` on."""
-
-    start: float = 0.0
-    """Weight at step 0."""
-    end: float | None = None
-    """Weight at `ramp_steps` and after (None: constant `start`)."""
-    ramp_steps: int = 0
-    """Steps of the linear ramp from `start` to `end`."""
-    stop_after: int | None = None
-    """The weight is 0 from this step on (None: never)."""
-
-
-def weight_at(w: Weight, step: int) -> float:
-    if w.stop_after is not None and step >= w.stop_after:
-        return 0.0
-    if w.end is None or w.ramp_steps <= 0:
-        return w.start if w.end is None or step < w.ramp_steps else w.end
-    t = min(max(step / w.ramp_steps, 0.0), 1.0)
-    return w.start + t * (w.end - w.start)
-
-
-def ever_active(w: Weight, total_steps: int) -> bool:
-    """Whether the weight is non-zero at any step before ``total_steps``."""
-    last = total_steps if w.stop_after is None else min(total_steps, w.stop_after)
-    if last <= 0:
-        return False
-    if w.start != 0.0:
-        return True
-    return w.end is not None and w.end != 0.0 and last > 1
 
 
 @dataclass

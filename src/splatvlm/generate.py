@@ -31,13 +31,13 @@ from .gaussians.ply import save_ply
 from .gaussians.scene import init_ball, num_gaussians
 from .models import Sources
 from .prompts import check_prompt, slugify, where_of
+from .schedules import terms_active
 from .trainer import (
     Term,
     TrainState,
     load_checkpoint,
     new_state,
     restore_state,
-    terms_active,
     train,
     write_run_files,
 )

@@ -21,13 +21,14 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import RunConfig, Weight, ever_active, to_yaml, weight_at
+from .config import RunConfig, to_yaml
 from .errors import SplatVLMError, StopRun
 from .files import atomic_path, atomic_write_text
 from .gaussians import densify
 from .gaussians.cameras import Cameras, sample_orbit, views_at_step
 from .gaussians.render import RenderOutput, render
 from .gaussians.scene import make_optimizers, make_params, means_lr, num_gaussians
+from .schedules import Weight, ever_active, weight_at
 
 CHECKPOINT_VERSION = 1
 LossTerm = Callable[[Tensor, Cameras, int], dict[str, Any]]
