@@ -54,6 +54,7 @@ class RunControl:
     progress: bool = True
     profile: bool = False
     placement: Literal["single", "split"] = "single"  # split: the reward on its own GPU (see distributed.py)
+    mesh: Any = None  # a mesh.MeshConfig: also write <output stem>.glb beside the .ply
 
 
 @dataclass
@@ -220,6 +221,15 @@ def run_one(
                     device=device,
                 )
             )
+        if control.mesh is not None:
+            from .mesh import export_mesh
+
+            try:  # the splats are saved already: a scene with no surface yet costs the mesh, not the run
+                mesh = export_mesh(state.params, output.with_suffix(".glb"), replace(control.mesh, device=str(device)))
+                summary["mesh"] = mesh["output"]
+            except SplatVLMError as e:
+                summary["mesh_error"] = str(e)
+                console.print(f"warning: no mesh for {output}: {e}")
         last = _last_metrics(run_dir)
         for key in ("p_yes", "reward", "loss_sds", "loss_vlm"):
             if key in last:
