@@ -27,9 +27,13 @@ from splatvlm.errors import SplatVLMError  # noqa: E402
 from splatvlm.gaussians.ply import ply_field_names, save_ply  # noqa: E402
 from splatvlm.gaussians.scene import make_params, rgb_to_sh0  # noqa: E402
 from splatvlm.mesh import (  # noqa: E402
+    LARGE_RADIUS,
     Z_UP_TO_Y_UP,
+    Grid,
     MeshConfig,
-    export_mesh,
+    _gaussians,
+    density_grid,
+    fit_grid,
     save_mesh,
     splats_to_geometry,
     splats_to_mesh,
@@ -88,6 +92,43 @@ def sphere():
 
 
 FAST = MeshConfig(resolution=96, faces=4000, views_per_ring=4, view_resolution=64, device="cpu")
+
+
+def test_density_matches_brute_force():
+    # Rotated anisotropic Gaussians, small and large (the large one takes the clipped one-by-one path).
+    g = torch.Generator().manual_seed(0)
+    n = 6
+    params = splats(torch.rand(n, 3, generator=g) - 0.5, torch.rand(n, 3, generator=g), torch.zeros(n, 3))
+    params["quats"].data = torch.randn(n, 4, generator=g)
+    params["scales"].data = torch.log(torch.tensor([[0.05, 0.02, 0.03]] * (n - 1) + [[0.6, 0.3, 0.4]]))
+    grid = Grid(lo=np.array([-0.6, -0.6, -0.6]), voxel=0.02, shape=(61, 58, 60))
+    gs = {k: v.double() for k, v in _gaussians(params, 0.0, CPU).items()}
+    got = density_grid(
+        {k: v.float() for k, v in gs.items()}, grid, chunk=5000
+    ).numpy()  # small chunks: every batching path runs
+    gs = {k: v.numpy() for k, v in gs.items()}
+    radius = np.ceil(3 * np.sqrt(((gs["rot"] * gs["scales"][:, None, :]) ** 2).sum(-1)).max(-1) / grid.voxel)
+    assert (radius > LARGE_RADIUS).sum() == 1 and (radius <= LARGE_RADIUS).sum() == n - 1
+    axes = [grid.lo[i] + grid.voxel * np.arange(grid.shape[i]) for i in range(3)]
+    pts = np.stack(np.meshgrid(*axes, indexing="ij"), -1)  # [X, Y, Z, 3]
+    want = np.zeros(grid.shape)
+    edge = np.zeros(grid.shape, dtype=bool)  # points on a 3-sigma cutoff, where float32 may round either way
+    for i in range(n):
+        cov = (gs["rot"][i] * gs["scales"][i] ** 2) @ gs["rot"][i].T
+        d = pts - gs["means"][i]
+        m = np.einsum("...i,ij,...j->...", d, np.linalg.inv(cov), d)
+        want += np.where(m <= 9, float(gs["opacities"][i]) * np.exp(-0.5 * m), 0.0)
+        edge |= np.abs(m - 9) < 1e-3
+    assert edge.mean() < 1e-3 and (want > 0).mean() > 0.2
+    assert np.abs(got - want)[~edge].max() < 1e-4 * want.max()
+
+
+def test_grid_ignores_far_floaters(sphere):
+    gs = _gaussians(sphere, 0.01, CPU)
+    far = {k: torch.cat([v, v[:3]]) for k, v in gs.items()}
+    far["means"][-3:] = torch.tensor([[40.0, 0, 0], [0, -40.0, 0], [0, 0, 40.0]])
+    a, b = fit_grid(gs, 64), fit_grid(far, 64)
+    assert b.voxel < 1.1 * a.voxel and np.allclose(a.lo, b.lo, atol=0.1)  # not 80 units wide
 
 
 def test_sphere_is_watertight_with_the_true_radius(sphere):
@@ -294,7 +335,10 @@ def test_view_serves_a_glb(tmp_path, vertex_mesh):
     save_mesh(vertex_mesh, path)
     code = "import sys; from splatvlm.viewer import ViewerConfig, view_ply; view_ply(sys.argv[1], ViewerConfig(port=0))"
     proc = subprocess.Popen(
-        [sys.executable, "-u", "-c", code, str(path)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-u", "-c", code, str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         port, lines, t0 = None, [], time.monotonic()
@@ -338,9 +382,22 @@ def test_generate_mesh_writes_glb_beside_the_ply(tmp_path, monkeypatch):
     import splatvlm.cli
 
     # Few, small color views: the wiring is under test here, the coloring above.
-    monkeypatch.setattr(splatvlm.cli, "MeshConfig", functools.partial(MeshConfig, views_per_ring=2, view_resolution=32))
+    monkeypatch.setattr(
+        splatvlm.cli, "MeshConfig", functools.partial(MeshConfig, views_per_ring=2, view_resolution=32)
+    )
     out = tmp_path / "a.ply"
-    args = ["generate", "a red apple", "--preset", "demo", "-o", str(out), "--steps", "2", "--turntable-frames", "0"]
+    args = [
+        "generate",
+        "a red apple",
+        "--preset",
+        "demo",
+        "-o",
+        str(out),
+        "--steps",
+        "2",
+        "--turntable-frames",
+        "0",
+    ]
     args += ["--mesh", "--mesh-resolution", "32", "--faces", "500"]
     assert main(args) == 0
     glb = tmp_path / "a.glb"

@@ -31,6 +31,7 @@ from .errors import SplatVLMError
 from .files import atomic_path, atomic_write_bytes, atomic_write_text
 
 MESH_SUFFIXES = (".glb", ".obj", ".ply")
+LARGE_RADIUS = 24  # voxels: Gaussians with a larger 3-sigma box are splatted one by one, clipped to the grid
 Z_UP_TO_Y_UP = np.array(
     [[1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, -1.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
 )
@@ -86,7 +87,7 @@ def check_mesh_config(cfg: MeshConfig) -> None:
         raise SplatVLMError(f"--keep-fraction must be in [0, 1], got {cfg.keep_fraction}")
     if cfg.views_per_ring < 1 or cfg.view_resolution < 8:
         raise SplatVLMError("--views-per-ring must be at least 1 and --view-resolution at least 8")
-    if cfg.device != "auto" and not cfg.device.split(":")[0] in ("cuda", "cpu"):
+    if cfg.device != "auto" and cfg.device.split(":")[0] not in ("cuda", "cpu"):
         raise SplatVLMError(f"--device must be 'auto', 'cuda' or 'cpu', got {cfg.device!r}")
 
 
@@ -129,11 +130,18 @@ def _gaussians(params: torch.nn.ParameterDict, min_opacity: float, device: torch
 
 
 def fit_grid(g: dict[str, Tensor], resolution: int) -> Grid:
-    """A grid around the Gaussians' means, padded by 3 sigma of a typical Gaussian and two voxels."""
-    means = g["means"]
-    lo, hi = means.min(0).values.double().cpu().numpy(), means.max(0).values.double().cpu().numpy()
+    """A grid around the Gaussians' means, padded by 3 sigma of a typical Gaussian and two voxels.
+
+    The box spans the 0.1-99.9% quantiles of the means widened by 5% of its size on each side (and no
+    more than their full range), so a few far floaters do not coarsen the grid; they fall outside it.
+    """
+    means = g["means"][:: max(1, len(g["means"]) // (1 << 20))].double()  # torch.quantile's size limit
+    lo_q, hi_q = torch.quantile(means, 0.001, dim=0), torch.quantile(means, 0.999, dim=0)
+    margin = 0.05 * (hi_q - lo_q).max()
+    lo = torch.maximum(lo_q - margin, g["means"].min(0).values.double()).cpu().numpy()
+    hi = torch.minimum(hi_q + margin, g["means"].max(0).values.double()).cpu().numpy()
     sigma = g["scales"].max(-1).values
-    pad = 3.0 * float(torch.quantile(sigma[: 1 << 20].double(), 0.95))
+    pad = 3.0 * float(torch.quantile(sigma[:: max(1, len(sigma) // (1 << 20))].double(), 0.95))
     extent = float((hi - lo).max()) + 2 * pad
     if not math.isfinite(extent) or extent <= 0:
         raise SplatVLMError("the Gaussians have no extent (all at one point); nothing to mesh")
@@ -141,6 +149,21 @@ def fit_grid(g: dict[str, Tensor], resolution: int) -> Grid:
     lo = lo - pad - 2 * voxel
     shape = tuple(int(math.ceil((hi[i] + pad + 2 * voxel - lo[i]) / voxel)) + 1 for i in range(3))
     return Grid(lo=lo, voxel=voxel, shape=shape)
+
+
+def _splat(
+    out: Tensor, g: dict[str, Tensor], sel: Tensor, idx: Tensor, grid: Grid, lo: Tensor, scales: Tensor
+):
+    """Add Gaussians ``sel`` [G] at grid indices ``idx`` [G, K, 3] into the flat grid ``out``."""
+    X, Y, Z = grid.shape
+    d = lo + idx.float() * grid.voxel - g["means"][sel, None, :]
+    local = torch.einsum("gkj,gjl->gkl", d, g["rot"][sel]) / scales[sel, None, :]  # R^T d / s
+    m = (local * local).sum(-1)  # [G, K] Mahalanobis distance squared
+    w = g["opacities"][sel, None] * torch.exp(-0.5 * m)
+    shape_t = torch.tensor(grid.shape, device=out.device)
+    inside = (m <= 9.0) & ((idx >= 0) & (idx < shape_t)).all(-1)
+    flat = (idx[..., 0] * Y + idx[..., 1]) * Z + idx[..., 2]
+    out.index_add_(0, flat[inside], w[inside])
 
 
 @torch.no_grad()
@@ -157,26 +180,35 @@ def density_grid(g: dict[str, Tensor], grid: Grid, chunk: int = 1 << 21) -> Tens
     lo = torch.tensor(grid.lo, dtype=torch.float32, device=device)
     h = grid.voxel
     scales = g["scales"].clamp_min(0.5 * h)
-    rot = g["rot"]  # [N, 3, 3], columns = the Gaussian's axes
-    half = 3.0 * torch.sqrt(((rot * scales[:, None, :]) ** 2).sum(-1))  # [N, 3] world half-extents
+    half = 3.0 * torch.sqrt(((g["rot"] * scales[:, None, :]) ** 2).sum(-1))  # [N, 3] world half-extents
     radius = torch.ceil(half.max(-1).values / h).long().clamp_min(1)  # [N] box half-size in voxels
     center = torch.round((g["means"] - lo) / h).long()  # [N, 3]
-    shape_t = torch.tensor(grid.shape, device=device)
-    for r in torch.unique(radius).tolist():
+    # Small Gaussians (nearly all): batched, one shared cube of offsets per radius.
+    for r in torch.unique(radius[radius <= LARGE_RADIUS]).tolist():
         ids = torch.nonzero(radius == r).squeeze(1)
         ax = torch.arange(-r, r + 1, device=device)
         off = torch.stack(torch.meshgrid(ax, ax, ax, indexing="ij"), -1).reshape(-1, 3)  # [K, 3]
         step = max(1, chunk // off.shape[0])
         for start in range(0, len(ids), step):
             sel = ids[start : start + step]
-            idx = center[sel, None, :] + off[None]  # [G, K, 3]
-            d = lo + idx.float() * h - g["means"][sel, None, :]
-            local = torch.einsum("gkj,gjl->gkl", d, rot[sel]) / scales[sel, None, :]  # R^T d / s
-            m = (local * local).sum(-1)  # [G, K]
-            w = g["opacities"][sel, None] * torch.exp(-0.5 * m)
-            inside = (m <= 9.0) & ((idx >= 0) & (idx < shape_t)).all(-1)
-            flat = (idx[..., 0] * Y + idx[..., 1]) * Z + idx[..., 2]
-            out.index_add_(0, flat[inside], w[inside])
+            _splat(out, g, sel, center[sel, None, :] + off[None], grid, lo, scales)
+    # Large ones: one at a time, their box clipped to the grid, in slabs of at most `chunk` points.
+    shape_t = torch.tensor(grid.shape, device=device)
+    for i in torch.nonzero(radius > LARGE_RADIUS).squeeze(1).tolist():
+        a = (center[i] - radius[i]).clamp(0, None)
+        b = torch.minimum(center[i] + radius[i] + 1, shape_t)
+        if bool((b <= a).any()):
+            continue  # entirely off the grid
+        ys, zs = (
+            torch.arange(int(a[1]), int(b[1]), device=device),
+            torch.arange(int(a[2]), int(b[2]), device=device),
+        )
+        plane = torch.stack(torch.meshgrid(ys, zs, indexing="ij"), -1).reshape(-1, 2)  # [P, 2]
+        rows = max(1, chunk // len(plane))
+        for x0 in range(int(a[0]), int(b[0]), rows):
+            xs = torch.arange(x0, min(x0 + rows, int(b[0])), device=device)
+            idx = torch.cat([xs.repeat_interleave(len(plane))[:, None], plane.repeat(len(xs), 1)], 1)
+            _splat(out, g, torch.tensor([i], device=device), idx[None], grid, lo, scales)
     return out.reshape(X, Y, Z)
 
 
@@ -255,7 +287,9 @@ def decimate(mesh, faces: int):
     if faces <= 0 or len(mesh.faces) <= faces:
         return mesh
     v, f = fast_simplification.simplify(
-        np.asarray(mesh.vertices, dtype=np.float64), np.asarray(mesh.faces, dtype=np.int32), target_count=faces
+        np.asarray(mesh.vertices, dtype=np.float64),
+        np.asarray(mesh.faces, dtype=np.int32),
+        target_count=faces,
     )
     # Edge collapses can fold a thin spot into two back-to-back copies of one triangle; both go.
     _, inverse, counts = np.unique(np.sort(f, axis=1), axis=0, return_inverse=True, return_counts=True)
@@ -267,20 +301,30 @@ def decimate(mesh, faces: int):
     return out
 
 
-def splats_to_geometry(params: torch.nn.ParameterDict, cfg: MeshConfig, device: torch.device | None = None):
+def splats_to_geometry(
+    params: torch.nn.ParameterDict,
+    cfg: MeshConfig,
+    device: torch.device | None = None,
+    timings: dict[str, float] | None = None,
+):
     """Steps 1-4: the uncolored mesh (z-up world, the .ply's units) and the grid it came from."""
     device = device or mesh_device(cfg.device)
+    t0 = time.perf_counter()
     g = _gaussians(params, cfg.min_opacity, device)
     grid = fit_grid(g, cfg.resolution)
     density = density_grid(g, grid, cfg.chunk).cpu().numpy()
+    t1 = time.perf_counter()
     close = 0
     if cfg.close_holes > 0:
         close = max(1, math.ceil(cfg.close_holes * typical_spacing(g["means"]) / grid.voxel))
     mesh = extract_surface(density, grid, cfg.threshold, close)
+    t2 = time.perf_counter()
     mesh = keep_main_components(mesh, cfg.keep_fraction)
     mesh = decimate(mesh, cfg.faces)
     if len(mesh.faces) == 0:
         raise SplatVLMError("the mesh came out empty after cleanup")
+    if timings is not None:
+        timings.update(density_s=t1 - t0, surface_s=t2 - t1, cleanup_s=time.perf_counter() - t2)
     return mesh, grid
 
 
@@ -288,19 +332,18 @@ def splats_to_geometry(params: torch.nn.ParameterDict, cfg: MeshConfig, device: 
 # the whole export
 
 
-def splats_to_mesh(
-    params: torch.nn.ParameterDict, cfg: MeshConfig, timings: dict[str, float] | None = None
-):
+def splats_to_mesh(params: torch.nn.ParameterDict, cfg: MeshConfig, timings: dict[str, float] | None = None):
     """Gaussian scene -> colored trimesh.Trimesh (z-up, the .ply's units), per-vertex or textured.
 
-    ``timings``, when given, receives seconds per phase (density+surface+cleanup+decimation, colors).
+    ``timings``, when given, receives seconds per phase: density, surface (fill + marching cubes), cleanup
+    (components + decimation), geometry (their sum), color (renders + sampling or baking), total.
     """
     from .mesh_color import bake_texture, color_views, vertex_colors
 
     check_mesh_config(cfg)
     device = mesh_device(cfg.device)
     t0 = time.perf_counter()
-    mesh, grid = splats_to_geometry(params, cfg, device)
+    mesh, grid = splats_to_geometry(params, cfg, device, timings)
     watertight = bool(mesh.is_watertight)  # before a texture's seams split vertices
     t1 = time.perf_counter()
     views = color_views(params, mesh, cfg, device)
@@ -373,5 +416,3 @@ def export_mesh(
         "watertight": mesh.metadata["watertight"],
         **{k: round(v, 3) for k, v in timings.items()},
     }
-
-

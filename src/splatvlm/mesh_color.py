@@ -59,7 +59,9 @@ def view_cameras(radius: float, views_per_ring: int, resolution: int) -> Cameras
 
 
 @torch.no_grad()
-def color_views(params: torch.nn.ParameterDict, mesh, cfg, device: torch.device, batch: int = 4) -> ColorViews:
+def color_views(
+    params: torch.nn.ParameterDict, mesh, cfg, device: torch.device, batch: int = 4
+) -> ColorViews:
     """Render the splats for coloring ``mesh`` (``cfg`` is a ``mesh.MeshConfig``)."""
     radius = float(np.linalg.norm(np.asarray(mesh.vertices), axis=1).max())
     cams = view_cameras(radius, cfg.views_per_ring, cfg.view_resolution)
@@ -95,7 +97,9 @@ def sample_colors(
     images = views.rgb.permute(0, 3, 1, 2)  # [C, 3, H, W]
     for start in range(0, len(points), chunk):
         p = torch.from_numpy(np.asarray(points[start : start + chunk], dtype=np.float32))
-        n = torch.nn.functional.normalize(torch.from_numpy(np.asarray(normals[start : start + chunk], np.float32)), dim=-1)
+        n = torch.nn.functional.normalize(
+            torch.from_numpy(np.asarray(normals[start : start + chunk], np.float32)), dim=-1
+        )
         acc = torch.zeros(len(p), 3)
         wsum = torch.zeros(len(p))
         for c in range(C):
@@ -109,7 +113,12 @@ def sample_colors(
             pxc, pyc = px.clamp(0, W - 1), py.clamp(0, H - 1)
             seen_depth = views.depth[c, pyc, pxc]
             cos = (n * torch.nn.functional.normalize(centers[c] - p, dim=-1)).sum(-1)
-            visible = inb & (views.alpha[c, pyc, pxc] > 0.5) & ((z - seen_depth).abs() < views.tolerance) & (cos > 0)
+            visible = (
+                inb
+                & (views.alpha[c, pyc, pxc] > 0.5)
+                & ((z - seen_depth).abs() < views.tolerance)
+                & (cos > 0)
+            )
             grid = torch.stack([u / W * 2 - 1, v / H * 2 - 1], -1)[None, :, None, :]  # [1, P, 1, 2]
             col = torch.nn.functional.grid_sample(
                 images[c : c + 1], grid, mode="bilinear", padding_mode="border", align_corners=False
@@ -158,7 +167,9 @@ def vertex_colors(mesh, views: ColorViews, params) -> np.ndarray:
 # UV texture
 
 
-def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int, chunk: int = 1 << 22) -> tuple[np.ndarray, np.ndarray]:
+def rasterize_uv(
+    uv: np.ndarray, faces: np.ndarray, size: int, chunk: int = 1 << 22
+) -> tuple[np.ndarray, np.ndarray]:
     """Which triangle covers each texel center, and where: face ids [S, S] (-1: none) and barycentrics [S, S, 3].
 
     Row 0 of the image is v = 1 (trimesh's and OBJ's convention: v points up in the image).
@@ -188,7 +199,13 @@ def rasterize_uv(uv: np.ndarray, faces: np.ndarray, size: int, chunk: int = 1 <<
             w1 = ((xs[:, 2] - px) * (ys[:, 0] - py) - (xs[:, 0] - px) * (ys[:, 2] - py)) / a
             w2 = 1.0 - w0 - w1
             cxb, cyb = np.broadcast_to(cx, w0.shape), np.broadcast_to(cy, w0.shape)
-            inside = (w0 >= -1e-6) & (w1 >= -1e-6) & (w2 >= -1e-6) & (cxb <= x1[f, None, None]) & (cyb <= y1[f, None, None])
+            inside = (
+                (w0 >= -1e-6)
+                & (w1 >= -1e-6)
+                & (w2 >= -1e-6)
+                & (cxb <= x1[f, None, None])
+                & (cyb <= y1[f, None, None])
+            )
             t_idx = np.broadcast_to(f[:, None, None], w0.shape)[inside]
             rows, cols = cyb[inside], cxb[inside]
             face_id[rows, cols] = t_idx
@@ -233,6 +250,8 @@ def bake_texture(mesh, views: ColorViews, params, cfg):
         _, (iy, ix) = ndimage.distance_transform_edt(~mask, return_indices=True)
         texture = texture[iy, ix]
     image = Image.fromarray(np.round(np.clip(texture, 0, 1) * 255).astype(np.uint8))
-    material = trimesh.visual.material.PBRMaterial(baseColorTexture=image, metallicFactor=0.0, roughnessFactor=1.0)
+    material = trimesh.visual.material.PBRMaterial(
+        baseColorTexture=image, metallicFactor=0.0, roughnessFactor=1.0
+    )
     visual = trimesh.visual.TextureVisuals(uv=uv, material=material)
     return trimesh.Trimesh(vertices=verts, faces=faces, vertex_normals=normals, visual=visual, process=False)
