@@ -269,6 +269,18 @@ def test_obj_and_ply_outputs(tmp_path, colored, vertex_mesh, sphere):
     assert np.array_equal(ply.visual.vertex_colors, vertex_mesh.visual.vertex_colors)
     with pytest.raises(SplatVLMError, match="vertex colors only"):
         save_mesh(textured, tmp_path / "x.ply")
+    # The texture survives glTF's flipped v axis: colors read back from the .glb follow each half again.
+    save_mesh(textured, tmp_path / "t.glb")
+    back = trimesh.load(tmp_path / "t.glb", force="mesh", process=False)
+    assert back.visual.kind == "texture" and len(back.faces) == len(textured.faces)
+    faces = np.asarray(back.faces)
+    texel = trimesh.visual.color.uv_to_color(
+        back.visual.uv[faces].mean(1), back.visual.material.baseColorTexture
+    )
+    _halves_match(
+        trimesh.transform_points(back.vertices, np.linalg.inv(Z_UP_TO_Y_UP))[faces].mean(1),
+        texel[:, :3] / 255,
+    )
 
 
 def test_cli_mesh_writes_glb(tmp_path, capsys):

@@ -294,11 +294,29 @@ def decimate(mesh, faces: int):
     # Edge collapses can fold a thin spot into two back-to-back copies of one triangle; both go.
     _, inverse, counts = np.unique(np.sort(f, axis=1), axis=0, return_inverse=True, return_counts=True)
     f = f[counts[inverse.reshape(-1)] == 1]
-    out = trimesh.Trimesh(vertices=v, faces=f, process=True)
+    out = repair_nonmanifold(trimesh.Trimesh(vertices=v, faces=f, process=True))
     out.remove_unreferenced_vertices()
     if out.volume < 0:
         out.invert()
     return out
+
+
+def repair_nonmanifold(mesh, rounds: int = 4):
+    """Remove the triangles on edges shared by more than two (pinches left by edge collapses), then fill
+    the small holes that leaves (trimesh); a few rounds, as filling can pinch again."""
+    import trimesh
+
+    for _ in range(rounds):
+        edges = np.sort(mesh.edges, axis=1)  # [3F, 2], edge i belongs to face i // 3
+        _, inverse, counts = np.unique(edges, axis=0, return_inverse=True, return_counts=True)
+        bad = np.nonzero(counts[inverse.reshape(-1)] > 2)[0]
+        if len(bad) == 0:
+            break
+        keep = np.ones(len(mesh.faces), dtype=bool)
+        keep[bad // 3] = False
+        mesh = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces[keep], process=True)
+        trimesh.repair.fill_holes(mesh)
+    return mesh
 
 
 def splats_to_geometry(
