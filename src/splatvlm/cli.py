@@ -23,6 +23,7 @@ from .gaussians.cameras import CameraConfig
 from .gaussians.densify import StrategyConfig
 from .gaussians.render import RenderConfig
 from .gaussians.scene import SceneConfig
+from .mesh import MeshConfig
 
 DEFAULT_PRESET = "vlm3d"
 
@@ -65,6 +66,14 @@ class GenerateArgs:
     """Batch mode: stop at the first failed prompt (default: report it and go on with the others)."""
     stop_after: int | None = None
     """Stop (with a checkpoint) after this many steps in this invocation; --resume continues."""
+    mesh: bool = False
+    """Also export a colored mesh, <output stem>.glb (batch: scene.glb in each run folder); see `splatvlm mesh`."""
+    mesh_resolution: int = 256
+    """--mesh: marching-cubes cells along the object's longest side."""
+    faces: int = 100_000
+    """--mesh: decimate to at most this many triangles (0: keep all)."""
+    texture: int = 0
+    """--mesh: bake a UV texture of this many pixels square (0: per-vertex colors)."""
     placement: Literal["single", "split"] = "single"
     """'split': the VLM reward on cuda:1, prior + scene + renderer on cuda:0 (torchrun: GPUs 2*LOCAL_RANK, +1).
     Under torchrun a batch's prompts are shared out over the processes (see splatvlm.distributed)."""
@@ -170,11 +179,24 @@ class RenderArgs:
 
 
 @dataclass
-class ViewArgs:
-    """Serve a finished .ply in the browser (viser)."""
+class MeshArgs:
+    """Export splats (.ply) as a colored triangle mesh: .glb (y-up, as glTF), .obj (y-up) or .ply (z-up)."""
 
     input: tyro.conf.Positional[Path]
-    """The .ply to view."""
+    """The splat .ply."""
+    output: Annotated[Path, tyro.conf.arg(aliases=["-o"])]
+    """Output mesh: .glb, .obj or .ply (vertex colors only)."""
+    overwrite: bool = False
+    """Replace an existing output."""
+    mesh: Annotated[MeshConfig, tyro.conf.arg(name="")] = field(default_factory=MeshConfig)
+
+
+@dataclass
+class ViewArgs:
+    """Serve a finished .ply in the browser (viser), or a mesh (.glb, .obj, mesh .ply)."""
+
+    input: tyro.conf.Positional[Path]
+    """The .ply (splats or mesh), .glb or .obj to view."""
     host: str = "127.0.0.1"
     """Address to bind; anything but loopback exposes an unauthenticated server."""
     port: int = 8080
@@ -247,6 +269,7 @@ def cmd_generate(argv: list[str]) -> int:
         overwrite=args.overwrite,
         placement=args.placement,
         fail_fast=args.fail_fast,
+        mesh=_mesh_control(args),
     )
     _check_control(control)
     from .distributed import dist_info, require_one_process
@@ -340,6 +363,19 @@ def _run_field(cfg, flag: str):
         if ok:
             return obj, True
     return None, False
+
+
+def _mesh_control(args: GenerateArgs) -> MeshConfig | None:
+    if not args.mesh:
+        return None
+    from .files import check_output_path
+    from .mesh import check_mesh_config
+
+    cfg = MeshConfig(resolution=args.mesh_resolution, faces=args.faces, texture=args.texture)
+    check_mesh_config(cfg)
+    if args.output is not None and args.prompts is None:
+        check_output_path(args.output.with_suffix(".glb"), args.overwrite)
+    return cfg
 
 
 def _check_control(control) -> None:
@@ -439,6 +475,23 @@ def cmd_render(argv: list[str]) -> int:
     return 0
 
 
+def cmd_mesh(argv: list[str]) -> int:
+    from .files import check_output_path
+    from .gaussians.ply import load_ply
+    from .mesh import check_mesh_config, check_mesh_output, export_mesh
+
+    args: MeshArgs = _parse(MeshArgs, argv, "splatvlm mesh")
+    check_mesh_config(args.mesh)
+    output = check_output_path(args.output, args.overwrite)
+    check_mesh_output(output, args.mesh)
+    summary = export_mesh(load_ply(args.input), output, args.mesh)
+    print(
+        f"wrote {output} ({summary['vertices']:,} vertices, {summary['faces']:,} triangles, "
+        f"{'watertight' if summary['watertight'] else 'not watertight'}) in {summary['total_s'] + summary['write_s']:.1f} s"
+    )
+    return 0
+
+
 def cmd_view(argv: list[str]) -> int:
     from .viewer import ViewerConfig, view_ply
 
@@ -491,6 +544,7 @@ COMMANDS = {
     "generate": cmd_generate,
     "fit": cmd_fit,
     "render": cmd_render,
+    "mesh": cmd_mesh,
     "view": cmd_view,
     "train-reward": cmd_train_reward,
     "bench": cmd_bench,
@@ -505,7 +559,8 @@ commands:
   generate      text prompt(s) -> 3D Gaussian splat .ply (VLM3D: MVDream SDS + Qwen2.5-VL reward)
   fit           fit a fresh scene to orbit renders of a reference .ply (held-out PSNR)
   render        turntable .gif/.mp4 or contact-sheet .png of a .ply
-  view          serve a .ply in the browser
+  mesh          export a .ply as a colored mesh (.glb / .obj / .ply)
+  view          serve a .ply (splats or mesh) or a .glb/.obj in the browser
   train-reward  fine-tune a LoRA adapter for the reward VLM on labeled renders
   bench         speed benchmark over a prompt set (GPTEval3D format)
   presets       list presets, or print one resolved (splatvlm presets vlm3d)

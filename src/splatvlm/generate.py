@@ -63,6 +63,7 @@ class RunControl:
     placement: Literal["single", "split"] = "single"  # split: the reward on its own GPU (see distributed.py)
     fail_fast: bool = False  # batch: stop at the first failed prompt instead of going on with the others
     gpteval3d_root: Path | None = None  # where GPTEval3D's <method>/<id>/<seed> tree goes (default: the run folder)
+    mesh: Any = None  # a mesh.MeshConfig: also write <output stem>.glb beside the .ply
 
 
 @dataclass
@@ -272,7 +273,7 @@ def _run_one(
             export.save_video(frames, run_dir / "turntable.gif", fps=20)
             export.save_contact_sheet(frames[:: max(1, len(frames) // 8)][:8], run_dir / "contact.png", cols=4)
         if control.gpteval3d:
-            summary["gpteval3d"] = str(
+            written = str(
                 export.export_gpteval3d(
                     state.params,
                     control.gpteval3d_root or run_dir / "gpteval3d",
@@ -283,7 +284,17 @@ def _run_one(
                     device=device,
                 )
             )
-            summary["gpteval3d"] = str(final_dir / "gpteval3d")
+            # Inside the run folder (one prompt), the folder being built moves to final_dir when it is complete.
+            summary["gpteval3d"] = written if control.gpteval3d_root else str(final_dir / "gpteval3d")
+        if control.mesh is not None:
+            from .mesh import export_mesh
+
+            try:  # the splats are saved already: a scene with no surface yet costs the mesh, not the run
+                mesh = export_mesh(state.params, output.with_suffix(".glb"), replace(control.mesh, device=str(device)))
+                summary["mesh"] = mesh["output"]
+            except SplatVLMError as e:
+                summary["mesh_error"] = str(e)
+                console.print(f"warning: no mesh for {output}: {e}")
         last = _last_metrics(run_dir)
         for key in ("p_yes", "reward", "loss_sds", "loss_vlm"):
             if key in last:
