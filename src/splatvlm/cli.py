@@ -311,6 +311,21 @@ def cmd_bench(argv: list[str]) -> int:
     return 0
 
 
+def cmd_toyworld(argv: list[str]) -> int:
+    """`toyworld build` (re)trains the shipped toy models; `toyworld eval` scores the toy presets."""
+    if not argv or argv[0] not in ("build", "eval"):
+        raise SplatVLMError("usage: splatvlm toyworld {build,eval} [ARGS] (see --help of each)")
+    if argv[0] == "build":
+        from .toyworld.models import BuildConfig, build
+
+        build(_parse(BuildConfig, argv[1:], "splatvlm toyworld build"))
+    else:
+        from .toyworld.eval import EvalConfig, run_eval
+
+        run_eval(_parse(EvalConfig, argv[1:], "splatvlm toyworld eval"), argv[1:])
+    return 0
+
+
 def cmd_presets(argv: list[str]) -> int:
     """Print the presets, or one resolved preset as YAML."""
     if argv:
@@ -328,6 +343,7 @@ COMMANDS = {
     "train-reward": cmd_train_reward,
     "bench": cmd_bench,
     "presets": cmd_presets,
+    "toyworld": cmd_toyworld,
 }
 
 USAGE = """usage: splatvlm COMMAND [ARGS]  (splatvlm COMMAND --help for a command's flags)
@@ -339,6 +355,7 @@ commands:
   view          serve a .ply in the browser
   train-reward  fine-tune a LoRA adapter for the reward VLM on labeled renders
   bench         speed benchmark over a prompt set (GPTEval3D format)
+  toyworld      toy-world benchmark: build (train the toy models), eval (score the toy presets)
   presets       list presets, or print one resolved (splatvlm presets vlm3d)
 """
 

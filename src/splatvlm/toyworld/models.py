@@ -356,7 +356,7 @@ def build(cfg: BuildConfig, log=print) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
     data = {o.name: render_groups(object_params(o, seed=cfg.seed), cfg.groups, gen, cfg.device) for o in objs}
-    janus = {o.name: render_groups(object_params(janus_variant(o), seed=cfg.seed), max(8, cfg.groups // 2), gen, cfg.device)
+    janus = {o.name: render_groups(object_params(janus_variant(o), seed=cfg.seed), max(4, cfg.groups // 2), gen, cfg.device)
              for o in objs if o.front_back}  # fmt: skip
     blob_list = [render_groups(blob_params(cfg.seed + 100 + k), 2, gen, cfg.device) for k in range(8)]
     blobs = Renders(*(torch.cat([getattr(b, f) for b in blob_list]) for f in ("rgb", "alpha", "cameras")))

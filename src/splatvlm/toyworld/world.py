@@ -186,7 +186,7 @@ def _surface_points(p: Part, n: int, g: torch.Generator) -> Tensor:  # [n, 3]
     return pts + torch.tensor(p.center)
 
 
-def object_params(obj: ToyObject, num_points: int = 3000, seed: int = 0) -> torch.nn.ParameterDict:
+def object_params(obj: ToyObject, num_points: int = 1500, seed: int = 0) -> torch.nn.ParameterDict:
     """The object as a Gaussian scene: points on every part's surface, about evenly spaced, opaque.
 
     Front-feature parts get at least 60 points each so small features stay solid.
@@ -216,7 +216,7 @@ def object_params(obj: ToyObject, num_points: int = 3000, seed: int = 0) -> torc
     )
 
 
-def front_part_mask(obj: ToyObject, num_points: int = 3000, seed: int = 0) -> Tensor:
+def front_part_mask(obj: ToyObject, num_points: int = 1500, seed: int = 0) -> Tensor:
     """[N] bool: which Gaussians of ``object_params(obj, ...)`` belong to front-feature parts."""
     areas = [_area(p) for p in obj.parts]
     total = sum(areas)
