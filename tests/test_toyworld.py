@@ -87,7 +87,7 @@ def test_toy_run_config_scales_the_preset():
     cfg = toy_run_config("vlm3d", 500, 3, "cpu", WEIGHTS_DIR)
     assert cfg.steps == 500 and cfg.seed == 3
     assert cfg.weights.vlm.stop_after == 250 and cfg.weights.vlm.ramp_steps == 250  # 2500 of 5000
-    assert cfg.strategy.refine_every == 10
+    assert cfg.strategy.refine_every == 100 and cfg.strategy.refine_start_iter == 30
     assert cfg.camera.resolution == 32 and cfg.camera.low_res_until == 0
     prior = toy_run_config("mvdream", 500, 0, "cpu", WEIGHTS_DIR)
     assert prior.weights.vlm.start == 0.0

@@ -90,7 +90,9 @@ def toy_run_config(method: Method, steps: int, seed: int, device: str, weights: 
         "strategy": {
             "refine_start_iter": _scaled(st.refine_start_iter, s),
             "refine_stop_iter": _scaled(st.refine_stop_iter, s),
-            "refine_every": _scaled(st.refine_every, s),
+            # Not scaled: every refinement can double the count, so the toy keeps the preset's spacing
+            # (a few refinements in a few hundred steps) rather than its number of refinements.
+            "refine_every": st.refine_every,
             "reset_every": _scaled(st.reset_every, s) if st.reset_every else 0,
         },
         "sds": {

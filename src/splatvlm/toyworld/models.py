@@ -9,9 +9,11 @@
   caption dropout to the empty caption (the toy presets use "" as the negative prompt, so CFG works).
 - Reward (``weights/reward``, a Qwen2.5-VL folder ``VLMReward`` loads): the demo-size Qwen2.5-VL, fully
   fine-tuned to answer Yes for 4 views of the captioned object and No for other objects, for the
-  object's Janus variant (front feature copied onto the back) and for the initial random blobs. A LoRA
-  on a random base cannot learn this (nothing in the frozen random vision tower separates the objects;
-  see ``benchmarks/RESULTS.md``), hence the full fine-tune.
+  object's Janus variant (front feature copied onto the back) and for the initial random blobs. Full
+  fine-tune, not `train-reward`'s LoRA: that adapts only the language model's projections and never the
+  vision tower, which in a random base gives random features, so every visual distinction would have to
+  be read out of a frozen random encoder by low-rank updates. (Not compared here for lack of CPU time;
+  ``benchmarks/RESULTS.md`` says how to compare.)
 """
 
 from __future__ import annotations
@@ -58,19 +60,21 @@ class BuildConfig:
     """'cpu' or 'cuda'."""
     seed: int = 0
     """Seed of the renders, the initializations and the batches."""
-    groups: int = 48
+    groups: int = 8
     """4-view groups rendered per object (the Janus variants get half as many)."""
-    vae_steps: int = 400
+    vae_steps: int = 150
     """Autoencoder reconstruction steps."""
-    prior_steps: int = 2500
+    vae_batch: int = 2
+    """4-view groups per autoencoder step."""
+    prior_steps: int = 300
     """Prior (UNet + text encoder) steps."""
-    prior_batch: int = 4
+    prior_batch: int = 2
     """Objects (4-view groups) per prior step."""
     prior_lr: float = 1e-3
     """Prior AdamW learning rate (cosine decay to 10 %)."""
     caption_dropout: float = 0.1
     """Share of prior training groups whose caption is replaced by "" (for classifier-free guidance)."""
-    reward_steps: int = 600
+    reward_steps: int = 120
     """Reward VLM steps (batch of 4 records each)."""
     reward_lr: float = 5e-4
     """Reward AdamW learning rate."""
@@ -136,7 +140,7 @@ def vae_config() -> dict:
         SD21_VAE_CONFIG,
         down_block_types=("DownEncoderBlock2D",) * 2,
         up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(32, 64),
+        block_out_channels=(16, 32),
         layers_per_block=1,
         norm_num_groups=8,
         sample_size=RESOLUTION,
@@ -176,7 +180,7 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
     vae = AutoencoderKL(**vae_config()).to(dev)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
     for step in range(cfg.vae_steps):
-        x, _, _ = batch(8)
+        x, _, _ = batch(cfg.vae_batch)
         x = x.to(dev)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
@@ -184,8 +188,8 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step % 100 == 0 or step == cfg.vae_steps - 1:
-            log(f"vae step {step} recon mse {float(F.mse_loss(rec, x)):.4f}")
+        if step % 50 == 0 or step == cfg.vae_steps - 1:
+            log(f"vae step {step} recon mse {float(F.mse_loss(rec.detach(), x)):.4f}")
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         x, _, _ = batch(16)
@@ -232,11 +236,13 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        ema.append(float(loss))
-        if step % 250 == 0 or step == cfg.prior_steps - 1:
+        ema.append(float(loss.detach()))
+        if step % 50 == 0 or step == cfg.prior_steps - 1:
             log(f"prior step {step} eps mse {sum(ema[-100:]) / len(ema[-100:]):.4f}")
     unet_s = time.perf_counter() - t0
-    unet.set_default_attn_processor()
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet.set_attn_processor(AttnProcessor2_0())  # saved plain; SDSGuidance sets the multi-view one on load
     parts = SDComponents(unet.cpu().eval(), vae.cpu().eval(), text_encoder.cpu().eval(), tokenizer, scheduler)
     return parts, {"vae_s": round(vae_s, 1), "prior_s": round(unet_s, 1), "final_eps_mse": round(sum(ema[-100:]) / len(ema[-100:]), 4)}
 
@@ -323,12 +329,12 @@ def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, 
         for rec in batch:
             loss, hit = loss_of(rec)
             (loss / len(batch)).backward()
-            total += float(loss) / len(batch)
+            total += float(loss.detach()) / len(batch)
             hist.append(hit)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        if step % 100 == 0 or step == cfg.reward_steps - 1:
-            log(f"reward step {step} loss {total:.4f} train acc (last 400) {sum(hist[-400:]) / len(hist[-400:]):.2f}")
+        if step % 20 == 0 or step == cfg.reward_steps - 1:
+            log(f"reward step {step} loss {total:.4f} train acc (last 80) {sum(hist[-80:]) / len(hist[-80:]):.2f}")
     reward.model.eval()
     acc: dict[str, list[bool]] = {}
     with torch.no_grad():
@@ -350,6 +356,7 @@ def build(cfg: BuildConfig, log=print) -> dict:
     from ..guidance.sds import quiet_model_io, save_components
 
     torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
     t_start = time.perf_counter()
     objs: list[ToyObject] = world()
     captions = {o.name: o.caption for o in objs}
