@@ -25,6 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -68,18 +69,22 @@ class BuildConfig:
     """4-view groups per autoencoder step."""
     prior_steps: int = 300
     """Prior (UNet + text encoder) steps."""
+    prior_max_s: float = 420.0
+    """Stop the prior's training after this many seconds (0: no limit); build.json records the steps done."""
     prior_batch: int = 2
     """Objects (4-view groups) per prior step."""
     prior_lr: float = 1e-3
     """Prior AdamW learning rate (cosine decay to 10 %)."""
     caption_dropout: float = 0.1
     """Share of prior training groups whose caption is replaced by "" (for classifier-free guidance)."""
-    reward_steps: int = 120
+    reward_steps: int = 800
     """Reward VLM steps (batch of 4 records each)."""
-    reward_lr: float = 5e-4
+    reward_lr: float = 1e-3
     """Reward AdamW learning rate."""
     threads: int = 2
     """CPU threads for torch (the machine is shared)."""
+    only: Literal["all", "prior", "reward"] = "all"
+    """Train only one model (two processes can then run the stages side by side; copy the folders together)."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,7 +223,12 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
         opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.prior_steps)))
     )
     ema = []
+    done = 0
     for step in range(cfg.prior_steps):
+        if cfg.prior_max_s and time.perf_counter() - t0 > cfg.prior_max_s:
+            log(f"prior: time limit after {step} steps")
+            break
+        done = step + 1
         x, cams, who = batch(cfg.prior_batch)
         texts = ["" if torch.rand(1, generator=gen).item() < cfg.caption_dropout else captions[n] for n in who]
         ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
@@ -237,14 +247,15 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
         opt.step()
         sched.step()
         ema.append(float(loss.detach()))
-        if step % 50 == 0 or step == cfg.prior_steps - 1:
+        if step % 10 == 0 or step == cfg.prior_steps - 1:
             log(f"prior step {step} eps mse {sum(ema[-100:]) / len(ema[-100:]):.4f}")
     unet_s = time.perf_counter() - t0
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     unet.set_attn_processor(AttnProcessor2_0())  # saved plain; SDSGuidance sets the multi-view one on load
     parts = SDComponents(unet.cpu().eval(), vae.cpu().eval(), text_encoder.cpu().eval(), tokenizer, scheduler)
-    return parts, {"vae_s": round(vae_s, 1), "prior_s": round(unet_s, 1), "final_eps_mse": round(sum(ema[-100:]) / len(ema[-100:]), 4)}
+    return parts, {"vae_s": round(vae_s, 1), "prior_s": round(unet_s, 1), "prior_steps_done": done,
+                  "final_eps_mse": round(sum(ema[-100:]) / len(ema[-100:]), 4)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,11 +385,15 @@ def build(cfg: BuildConfig, log=print) -> dict:
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    parts, prior_log = train_prior(data, captions, cfg, log)
-    with quiet_model_io():
-        save_components(parts, tmp / "prior")
-        build_reward_folder(tmp / "reward", cfg.seed)
-    reward_log = train_reward_model(tmp / "reward", data, janus, blobs, captions, cfg, log)
+    prior_log, reward_log = {}, {}
+    if cfg.only in ("all", "prior"):
+        parts, prior_log = train_prior(data, captions, cfg, log)
+        with quiet_model_io():
+            save_components(parts, tmp / "prior")
+    if cfg.only in ("all", "reward"):
+        with quiet_model_io():
+            build_reward_folder(tmp / "reward", cfg.seed)
+        reward_log = train_reward_model(tmp / "reward", data, janus, blobs, captions, cfg, log)
     info = {
         "device": cfg.device,
         "threads": cfg.threads,
@@ -387,10 +402,11 @@ def build(cfg: BuildConfig, log=print) -> dict:
         **reward_log,
         "total_s": round(time.perf_counter() - t_start, 1),
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items() if k != "out"},
+        "command": "splatvlm toyworld build" + (f" --device {cfg.device}" if cfg.device != "cpu" else ""),
     }
-    (tmp / "build.json").write_text(json.dumps(info, indent=2))
+    (tmp / f"build{'' if cfg.only == 'all' else '-' + cfg.only}.json").write_text(json.dumps(info, indent=2))
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    log(f"wrote {out} in {info['total_s']:.0f} s")
+    log(f"wrote {out} in {info['total_s']:.0f} s: {json.dumps({k: v for k, v in info.items() if k != 'config'})}")
     return info
