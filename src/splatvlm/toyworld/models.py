@@ -77,9 +77,9 @@ class BuildConfig:
     """Prior AdamW learning rate (cosine decay to 10 %)."""
     caption_dropout: float = 0.1
     """Share of prior training groups whose caption is replaced by "" (for classifier-free guidance)."""
-    reward_steps: int = 800
+    reward_steps: int = 3000
     """Reward VLM steps (batch of 4 records each)."""
-    reward_lr: float = 1e-3
+    reward_lr: float = 2e-4
     """Reward AdamW learning rate."""
     threads: int = 2
     """CPU threads for torch (the machine is shared)."""
