@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from splatvlm.toyworld import metrics
-from splatvlm.toyworld.eval import back_cameras, held_out_cameras, render_white, score, toy_run_config
+from splatvlm.toyworld.eval import held_out_cameras, render_white, score, toy_run_config
 from splatvlm.toyworld.models import WEIGHTS_DIR
 from splatvlm.toyworld.world import get_objects, janus_variant, mirrored, object_params, world
 

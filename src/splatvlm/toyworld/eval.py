@@ -29,7 +29,7 @@ from ..files import atomic_write_text
 from ..gaussians.cameras import Cameras, eval_orbit, orbit_cameras
 from ..gaussians.render import RenderConfig, render
 from . import metrics
-from .models import CAMERA_OVERRIDES, REWARD_SIZE, RESOLUTION, WEIGHTS_DIR, toy_camera
+from .models import CAMERA_OVERRIDES, RESOLUTION, REWARD_SIZE, WEIGHTS_DIR, toy_camera
 from .world import ToyObject, get_objects, janus_variant, object_params
 
 Method = Literal["mvdream", "vlm3d"]
@@ -229,8 +229,8 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 
 def run_eval(cfg: EvalConfig, argv: list[str] | None = None) -> dict[str, Any]:
-    from ..generate import Guidance, RunControl, check_sources, run_one
     from ..gaussians.ply import load_ply
+    from ..generate import Guidance, RunControl, check_sources, run_one
     from ..models import device_name, pick_device
 
     # 1. check inputs
@@ -249,7 +249,7 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None) -> dict[str, Any]:
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
     configs = {m: toy_run_config(m, cfg.steps, cfg.seeds[0], cfg.device, cfg.weights, cfg.set) for m in cfg.methods}
-    for m, c in configs.items():
+    for c in configs.values():
         check_sources(c, [o.caption for o in objs])
     # 2. guidance per method, the prior shared (same SDS config)
     guidance = {m: Guidance(c, device) for m, c in configs.items()}
