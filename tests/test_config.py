@@ -6,15 +6,14 @@ from splatvlm.config import (
     RunConfig,
     Weight,
     apply_overrides,
-    ever_active,
     list_presets,
     load_run_config,
     read_yaml,
     to_dict,
     to_yaml,
-    weight_at,
 )
 from splatvlm.errors import SplatVLMError
+from splatvlm.schedules import ever_active, weight_at
 
 
 def test_vlm3d_weight_schedule():

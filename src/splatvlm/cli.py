@@ -519,6 +519,21 @@ def cmd_bench(argv: list[str]) -> int:
     return 0
 
 
+def cmd_toyworld(argv: list[str]) -> int:
+    """`toyworld build` (re)trains the shipped toy models; `toyworld eval` scores the toy presets."""
+    if not argv or argv[0] not in ("build", "eval"):
+        raise SplatVLMError("usage: splatvlm toyworld {build,eval} [ARGS] (see --help of each)")
+    if argv[0] == "build":
+        from .toyworld.models import BuildConfig, build
+
+        build(_parse(BuildConfig, argv[1:], "splatvlm toyworld build"))
+    else:
+        from .toyworld.eval import EvalConfig, run_eval
+
+        run_eval(_parse(EvalConfig, argv[1:], "splatvlm toyworld eval"), argv[1:])
+    return 0
+
+
 @dataclass
 class PresetsArgs:
     """List the presets with their descriptions, or print one resolved as YAML."""
@@ -549,6 +564,7 @@ COMMANDS = {
     "train-reward": cmd_train_reward,
     "bench": cmd_bench,
     "presets": cmd_presets,
+    "toyworld": cmd_toyworld,
 }
 
 USAGE = """usage: splatvlm [--verbose] COMMAND [ARGS]  (splatvlm COMMAND --help for a command's flags)
@@ -563,6 +579,7 @@ commands:
   view          serve a .ply (splats or mesh) or a .glb/.obj in the browser
   train-reward  fine-tune a LoRA adapter for the reward VLM on labeled renders
   bench         speed benchmark over a prompt set (GPTEval3D format)
+  toyworld      toy-world benchmark: build (train the toy models), eval (score the toy presets)
   presets       list presets, or print one resolved (splatvlm presets vlm3d)
 """
 

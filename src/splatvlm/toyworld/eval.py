@@ -1,0 +1,293 @@
+"""`splatvlm toyworld eval`: the real `generate` path on every toy caption, scored against ground truth.
+
+For each object, method and seed: a RunConfig made from the real preset (`mvdream`: prior only; `vlm3d`:
+prior + reward) with the toy models and the toy world's camera and size (every schedule's step counts
+scaled to `--steps`), trained by ``generate.run_one`` (the trainer, the SDS and reward terms); the
+resulting .ply is rendered on held-out cameras and scored with ``metrics.py``. Writes DIR/report.json,
+DIR/report.md, DIR/<object>.png (rows: ground truth, then each method's first seed, from 4 sides) and
+the run folders under DIR/runs/.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import shlex
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import torch
+import tyro
+
+from ..config import RunConfig, apply_overrides, load_run_config, validate_run_config
+from ..errors import SplatVLMError
+from ..files import atomic_write_text
+from ..gaussians.cameras import Cameras, eval_orbit, orbit_cameras
+from ..gaussians.render import RenderConfig, render
+from . import metrics
+from .models import CAMERA_OVERRIDES, RESOLUTION, REWARD_SIZE, WEIGHTS_DIR, toy_camera
+from .world import ToyObject, get_objects, janus_variant, object_params
+
+Method = Literal["mvdream", "vlm3d"]
+SCENE_POINTS = 1500  # initial Gaussians of the toy runs (the presets' 4096 is more than 32 px renders need)
+HELD_OUT_ELEVATION = 20.0  # the training sampler never repeats a camera; these are fixed and evenly spaced
+HELD_OUT_VIEWS = 8
+BACK_AZIMUTHS = (160.0, 180.0, 200.0)
+
+
+@dataclass
+class EvalConfig:
+    """Run the toy presets on the toy world and score them against the ground truth."""
+
+    output: Annotated[Path, tyro.conf.arg(aliases=["-o"])]
+    """Folder for report.json, report.md, the pictures and the run folders."""
+    limit: int | None = None
+    """Only the first N objects of the world."""
+    objects: list[str] = field(default_factory=list)
+    """Only these objects (by name; empty: all)."""
+    steps: int = 400
+    """Training steps per run (the presets' schedules are scaled to it)."""
+    seeds: list[int] = field(default_factory=lambda: [0])
+    """Seeds to run each object and method with."""
+    methods: list[Method] = field(default_factory=lambda: ["mvdream", "vlm3d"])
+    """Presets to compare: mvdream (prior only), vlm3d (prior + reward)."""
+    device: str = "cpu"
+    """'cpu', 'cuda' or 'auto'."""
+    weights: Path = WEIGHTS_DIR
+    """Folder with the toy prior/ and reward/ (as `toyworld build` writes)."""
+    set: list[str] = field(default_factory=list)
+    """Extra overrides of the toy run config as KEY=YAML (e.g. strategy.grow_grad2d=0.001), for recipe studies."""
+    threads: int = 2
+    """CPU threads for torch."""
+
+
+def _scaled(value: int, scale: float) -> int:
+    return max(1, round(value * scale))
+
+
+def toy_run_config(method: Method, steps: int, seed: int, device: str, weights: Path, extra: list[str] = ()) -> RunConfig:
+    """The real preset with the toy models, camera and size; its step counts scaled to ``steps``."""
+    import yaml
+
+    base = load_run_config(method)
+    s = steps / base.steps
+    st, w = base.strategy, base.weights.vlm
+    vlm_weight: dict[str, Any] = {"start": w.start, "end": w.end, "ramp_steps": _scaled(w.ramp_steps, s) if w.ramp_steps else 0,
+                                  "stop_after": None if w.stop_after is None else _scaled(w.stop_after, s)}  # fmt: skip
+    overrides: dict[str, Any] = {
+        "steps": steps,
+        "seed": seed,
+        "device": device,
+        "log_every": max(1, steps // 10),
+        "checkpoint_every": 0,
+        "turntable_frames": 0,
+        "scene": {"num_points": SCENE_POINTS},
+        "camera": dict(CAMERA_OVERRIDES),
+        "strategy": {
+            "refine_start_iter": _scaled(st.refine_start_iter, s),
+            "refine_stop_iter": _scaled(st.refine_stop_iter, s),
+            # Not scaled: every refinement can double the count, so the toy keeps the preset's spacing
+            # (a few refinements in a few hundred steps) rather than its number of refinements.
+            "refine_every": st.refine_every,
+            "reset_every": _scaled(st.reset_every, s) if st.reset_every else 0,
+        },
+        "sds": {
+            "model": str(Path(weights) / "prior"),
+            "negative_prompt": "",  # the toy prior's unconditional branch is the empty caption
+            "anneal_steps": _scaled(base.sds.anneal_steps, s),
+            "image_size": 0,
+        },
+        "vlm": {"model": str(Path(weights) / "reward"), "size": REWARD_SIZE, "dtype": "float32"},
+        "weights": {"vlm": vlm_weight},
+    }
+    cfg = apply_overrides(base, overrides)
+    for item in extra:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SplatVLMError(f"--set needs KEY=VALUE, got {item!r}")
+        nested: dict[str, Any] = {}
+        node = nested
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = yaml.safe_load(value)
+        cfg = apply_overrides(cfg, nested)
+    validate_run_config(cfg)
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------
+# Scoring
+
+
+def held_out_cameras() -> Cameras:
+    return eval_orbit(toy_camera(), HELD_OUT_VIEWS, RESOLUTION, elevation=HELD_OUT_ELEVATION)
+
+
+def back_cameras() -> Cameras:
+    cam = toy_camera()
+    n = len(BACK_AZIMUTHS)
+    fovy = torch.full((n,), cam.eval_fovy, dtype=torch.float64)
+    dist = torch.full((n,), cam.eval_distance, dtype=torch.float64) / torch.tan(0.5 * torch.deg2rad(fovy))
+    return orbit_cameras(torch.full((n,), cam.eval_elevation, dtype=torch.float64),
+                         torch.tensor(BACK_AZIMUTHS, dtype=torch.float64), dist, fovy, RESOLUTION, RESOLUTION)  # fmt: skip
+
+
+def side_cameras(resolution: int = RESOLUTION) -> Cameras:
+    return eval_orbit(toy_camera(), 4, resolution)
+
+
+@torch.no_grad()
+def render_white(params: torch.nn.ParameterDict, cams: Cameras, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    params = params.to(device)
+    out = render(params, cams, RenderConfig(), torch.ones(len(cams), 3, device=device))
+    return out.rgb.clamp(0, 1).cpu(), out.alpha.cpu()
+
+
+def score(params: torch.nn.ParameterDict, obj: ToyObject, device: torch.device) -> dict[str, Any]:
+    """psnr, iou (held-out cameras) and janus (back cameras; None without a front feature)."""
+    gt = object_params(obj)
+    cams = held_out_cameras()
+    rgb, alpha = render_white(params, cams, device)
+    gt_rgb, gt_alpha = render_white(gt, cams, device)
+    out: dict[str, Any] = {
+        "psnr": round(metrics.masked_psnr(rgb, alpha, gt_rgb, gt_alpha), 3),
+        "iou": round(metrics.silhouette_iou(alpha, gt_alpha), 4),
+        "janus": None,
+    }
+    if obj.front_back:
+        back = back_cameras()
+        r, _ = render_white(params, back, device)
+        b, _ = render_white(gt, back, device)
+        j, _ = render_white(object_params(janus_variant(obj)), back, device)
+        out["janus"] = round(metrics.janus_score(r, b, j), 4)
+    return out
+
+
+def picture(rows: list[torch.nn.ParameterDict], path: Path, device: torch.device, scale: int = 3) -> None:
+    """One PNG: a row per scene (ground truth first), 4 sides each, upscaled for viewing."""
+    from ..export import save_png, to_uint8
+
+    cams = side_cameras()
+    images = []
+    for p in rows:
+        rgb, _ = render_white(p, cams, device)  # [4, H, W, 3]
+        images.append(torch.cat(list(rgb), dim=1))  # [H, 4W, 3]
+    sheet = torch.cat(images, dim=0)
+    sheet = sheet.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
+    save_png(to_uint8(sheet[None])[0], path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The benchmark
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Medians per method: IoU and PSNR over all results, Janus over the front/back objects."""
+    out: dict[str, dict[str, float | None]] = {}
+    for method in sorted({r["method"] for r in results}):
+        rs = [r for r in results if r["method"] == method]
+        janus = [r["janus"] for r in rs if r["front_back"] and r["janus"] is not None]
+        out[method] = {
+            "runs": len(rs),
+            "median_iou": round(statistics.median(r["iou"] for r in rs), 4),
+            "median_psnr": round(statistics.median(r["psnr"] for r in rs), 3),
+            "median_janus_front_back": round(statistics.median(janus), 4) if janus else None,
+            "mean_janus_front_back": round(statistics.fmean(janus), 4) if janus else None,
+            "median_seconds": round(statistics.median(r["seconds"] for r in rs), 1),
+        }
+    return out
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Toy world report",
+        "",
+        f"- date: {report['date']}",
+        f"- device: {report['device']}",
+        f"- command: `{report['command']}`",
+        "",
+        "## Medians per method",
+        "",
+        "| method | runs | median IoU | median masked PSNR (dB) | median Janus (front/back objects) | mean Janus | median s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, s in summarize(report["results"]).items():
+        lines.append(f"| {method} | {s['runs']} | {s['median_iou']} | {s['median_psnr']} | "
+                     f"{s['median_janus_front_back']} | {s['mean_janus_front_back']} | {s['median_seconds']} |")  # fmt: skip
+    lines += ["", "## Runs", "", "| object | method | seed | IoU | PSNR | Janus | Gaussians | s |", "|---|---|---|---|---|---|---|---|"]
+    for r in report["results"]:
+        lines.append(f"| {r['object']} | {r['method']} | {r['seed']} | {r['iou']} | {r['psnr']} | {r['janus']} | "
+                     f"{r['num_gaussians']} | {r['seconds']} |")  # fmt: skip
+    lines += ["", "Pictures (`<object>.png`): rows are the ground truth, then each method's first seed; "
+              "columns are azimuth 0 (front), 90, 180 (back), 270.", ""]  # fmt: skip
+    return "\n".join(lines)
+
+
+def run_eval(cfg: EvalConfig, argv: list[str] | None = None) -> dict[str, Any]:
+    from ..gaussians.ply import load_ply
+    from ..generate import Guidance, RunControl, check_sources, run_one
+    from ..models import device_name, pick_device
+
+    # 1. check inputs
+    torch.set_num_threads(cfg.threads)
+    objs = get_objects(cfg.objects)
+    if cfg.limit is not None:
+        if cfg.limit < 1:
+            raise SplatVLMError(f"--limit must be at least 1, got {cfg.limit}")
+        objs = objs[: cfg.limit]
+    if not cfg.seeds or not cfg.methods:
+        raise SplatVLMError("give at least one --seeds and one --methods")
+    for part in ("prior/model_index.json", "reward/config.json"):
+        if not (Path(cfg.weights) / part).is_file():
+            raise SplatVLMError(f"no toy weights in {cfg.weights} (missing {part}); run `splatvlm toyworld build`")
+    device = pick_device(cfg.device)
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    configs = {m: toy_run_config(m, cfg.steps, cfg.seeds[0], cfg.device, cfg.weights, cfg.set) for m in cfg.methods}
+    for c in configs.values():
+        check_sources(c, [o.caption for o in objs])
+    # 2. guidance per method, the prior shared (same SDS config)
+    guidance = {m: Guidance(c, device) for m, c in configs.items()}
+    control = RunControl(progress=False, overwrite=True)
+    results = []
+    for obj in objs:
+        firsts = [object_params(obj)]
+        for method in cfg.methods:
+            for seed in cfg.seeds:
+                run_cfg = toy_run_config(method, cfg.steps, seed, cfg.device, cfg.weights, cfg.set)
+                run_dir = out / "runs" / f"{obj.name}-{method}-s{seed}"
+                run_dir.mkdir(parents=True, exist_ok=True)
+                t0 = time.perf_counter()
+                g = guidance[method]
+                summary = run_one(obj.caption, run_cfg, run_dir / "scene.ply", run_dir, g, control)
+                seconds = time.perf_counter() - t0
+                for other in guidance.values():  # load the prior once for every method
+                    if other.sds is None and g.sds is not None:
+                        other.sds = g.sds
+                params = load_ply(run_dir / "scene.ply")
+                s = score(params, obj, device)
+                results.append({"object": obj.name, "caption": obj.caption, "method": method, "seed": seed,
+                                **s, "front_back": obj.front_back, "num_gaussians": summary["num_gaussians"],
+                                "seconds": round(seconds, 2)})  # fmt: skip
+                print(f"{obj.name} {method} seed {seed}: IoU {s['iou']:.3f} PSNR {s['psnr']:.2f} "
+                      f"Janus {s['janus']} ({seconds:.0f} s)", flush=True)  # fmt: skip
+                if seed == cfg.seeds[0]:
+                    firsts.append(params)
+        picture(firsts, out / f"{obj.name}.png", device)
+    # 3. reports
+    command = "splatvlm toyworld eval " + shlex.join(argv if argv is not None else sys.argv[3:])
+    report = {
+        "suite": "toyworld",
+        "device": device_name(device),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "command": command,
+        "results": results,
+    }
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+    atomic_write_text(out / "report.md", report_markdown(report))
+    return report

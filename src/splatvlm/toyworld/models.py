@@ -1,0 +1,412 @@
+"""The toy world's models, trained here from its renders: a tiny MVDream prior and a tiny reward VLM.
+
+- Data: 4-view groups from the recipe's orbit sampler (``sample_orbit``) at the toy camera settings,
+  rendered with our renderer (RGB on black plus alpha, composited over random backgrounds when used).
+- Prior (``weights/prior``, a diffusers folder ``SDSGuidance`` loads as any MVDream model): a small
+  AutoencoderKL (2 levels: 32 px images -> 16x16 latents) trained for reconstruction first, then the
+  stock ``UNet2DConditionModel`` with the camera projection (MVDream's cameras as ``class_labels``) and
+  our multi-view attention, trained jointly with a tiny CLIP text encoder on eps-prediction, with 10 %
+  caption dropout to the empty caption (the toy presets use "" as the negative prompt, so CFG works).
+- Reward (``weights/reward``, a Qwen2.5-VL folder ``VLMReward`` loads): the demo-size Qwen2.5-VL, fully
+  fine-tuned to answer Yes for 4 views of the captioned object and No for other objects, for the
+  object's Janus variant (front feature copied onto the back) and for the initial random blobs. Full
+  fine-tune, not `train-reward`'s LoRA: that adapts only the language model's projections and never the
+  vision tower, which in a random base gives random features, so every visual distinction would have to
+  be read out of a frozen random encoder by low-rank updates. (Not compared here for lack of CPU time;
+  ``benchmarks/RESULTS.md`` says how to compare.)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..gaussians.cameras import CameraConfig, sample_orbit
+from ..gaussians.render import RenderConfig, render
+from ..gaussians.scene import SceneConfig, init_ball
+from .world import ToyObject, janus_variant, object_params, world
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+RESOLUTION = 32  # render size of the whole toy world (CPU-friendly)
+REWARD_SIZE = 56  # views to the reward VLM: 4x4 patches, 4 merged tokens each
+# The recipe's camera sampler with the camera a little closer, so objects fill 32 px renders.
+CAMERA_OVERRIDES = dict(
+    num_views=4, resolution=RESOLUTION, low_res_until=0, distance_range=[0.55, 0.7], eval_distance=0.62
+)
+
+
+def toy_camera() -> CameraConfig:
+    from ..config import apply_overrides
+
+    return apply_overrides(CameraConfig(), CAMERA_OVERRIDES)
+
+
+@dataclass
+class BuildConfig:
+    """How `splatvlm toyworld build` rebuilds the shipped weights (seeded; the defaults are what ships)."""
+
+    out: Path = WEIGHTS_DIR
+    """Folder to write prior/ and reward/ into."""
+    device: str = "cpu"
+    """'cpu' or 'cuda'."""
+    seed: int = 0
+    """Seed of the renders, the initializations and the batches."""
+    groups: int = 8
+    """4-view groups rendered per object (the Janus variants get half as many)."""
+    vae_steps: int = 150
+    """Autoencoder reconstruction steps."""
+    vae_batch: int = 2
+    """4-view groups per autoencoder step."""
+    prior_steps: int = 300
+    """Prior (UNet + text encoder) steps."""
+    prior_max_s: float = 420.0
+    """Stop the prior's training after this many seconds (0: no limit); build.json records the steps done."""
+    prior_batch: int = 2
+    """Objects (4-view groups) per prior step."""
+    prior_lr: float = 1e-3
+    """Prior AdamW learning rate (cosine decay to 10 %)."""
+    caption_dropout: float = 0.1
+    """Share of prior training groups whose caption is replaced by "" (for classifier-free guidance)."""
+    reward_steps: int = 3000
+    """Reward VLM steps (batch of 4 records each)."""
+    reward_lr: float = 2e-4
+    """Reward AdamW learning rate."""
+    threads: int = 2
+    """CPU threads for torch (the machine is shared)."""
+    only: Literal["all", "prior", "reward"] = "all"
+    """Train only one model (two processes can then run the stages side by side; copy the folders together)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+@dataclass
+class Renders:
+    rgb: Tensor  # [G, 4, H, W, 3] on black
+    alpha: Tensor  # [G, 4, H, W, 1]
+    cameras: Tensor  # [G, 4, 16] MVDream's camera input
+
+
+@torch.no_grad()
+def render_groups(params: torch.nn.ParameterDict, groups: int, gen: torch.Generator, device: str = "cpu") -> Renders:
+    from ..guidance.mvdream import mvdream_cameras
+
+    cam_cfg = toy_camera()
+    params = params.to(device)
+    rgbs, alphas, cams_out = [], [], []
+    for start in range(0, groups, 8):
+        n = min(8, groups - start)
+        cams = sample_orbit(cam_cfg, 4 * n, RESOLUTION, gen)
+        out = render(params, cams, RenderConfig(), torch.zeros(4 * n, 3))
+        rgbs.append(out.rgb.cpu())
+        alphas.append(out.alpha.cpu())
+        cams_out.append(mvdream_cameras(cams))
+    shape = (groups, 4)
+    return Renders(
+        torch.cat(rgbs).reshape(*shape, RESOLUTION, RESOLUTION, 3),
+        torch.cat(alphas).reshape(*shape, RESOLUTION, RESOLUTION, 1),
+        torch.cat(cams_out).reshape(*shape, 16),
+    )
+
+
+def composite(rgb: Tensor, alpha: Tensor, gen: torch.Generator) -> Tensor:
+    """Groups [G, 4, H, W, 3] over one random background per group (half of them white), as the trainer does."""
+    g = rgb.shape[0]
+    color = torch.rand(g, 3, generator=gen)
+    white = torch.rand(g, generator=gen) < 0.5
+    color[white] = 1.0
+    return rgb + (1 - alpha) * color[:, None, None, None, :]
+
+
+def blob_params(seed: int) -> torch.nn.ParameterDict:
+    """An initial scene of the toy presets (a noisy gray ball): what every run starts from."""
+    return init_ball(SceneConfig(num_points=1500, radius=0.4, color_noise=0.3, opacity=0.5), torch.Generator().manual_seed(seed))
+
+
+# ---------------------------------------------------------------------------------------------
+# The prior
+
+
+def vae_config() -> dict:
+    from ..guidance.sds import SD21_VAE_CONFIG
+
+    return dict(
+        SD21_VAE_CONFIG,
+        down_block_types=("DownEncoderBlock2D",) * 2,
+        up_block_types=("UpDecoderBlock2D",) * 2,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=RESOLUTION,
+    )
+
+
+def unet_config() -> dict:
+    from ..guidance.sds import tiny_unet_config
+
+    return dict(tiny_unet_config("mvdream"), sample_size=RESOLUTION // 2)
+
+
+def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildConfig, log) -> tuple:
+    """Autoencoder, then UNet + text encoder; returns the SDComponents (on the CPU) and a log dict."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from ..guidance.mvdream import set_multiview_attention
+    from ..guidance.sds import SD_SCHEDULER_CONFIG, SDComponents, tiny_clip_tokenizer
+
+    dev = torch.device(cfg.device)
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    torch.manual_seed(cfg.seed)
+    names = list(data)
+    all_rgb = torch.cat([data[n].rgb for n in names])  # [G, 4, H, W, 3]
+    all_alpha = torch.cat([data[n].alpha for n in names])
+    all_cams = torch.cat([data[n].cameras for n in names])
+    owner = [n for n in names for _ in range(data[n].rgb.shape[0])]
+
+    def batch(k: int) -> tuple[Tensor, Tensor, list[str]]:
+        idx = torch.randint(len(owner), (k,), generator=gen)
+        x = composite(all_rgb[idx], all_alpha[idx], gen)  # [k, 4, H, W, 3]
+        return x.reshape(-1, RESOLUTION, RESOLUTION, 3).permute(0, 3, 1, 2) * 2 - 1, all_cams[idx].reshape(-1, 16), [owner[i] for i in idx]
+
+    # 1. autoencoder
+    t0 = time.perf_counter()
+    vae = AutoencoderKL(**vae_config()).to(dev)
+    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    for step in range(cfg.vae_steps):
+        x, _, _ = batch(cfg.vae_batch)
+        x = x.to(dev)
+        post = vae.encode(x).latent_dist
+        rec = vae.decode(post.sample()).sample
+        loss = F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if step % 50 == 0 or step == cfg.vae_steps - 1:
+            log(f"vae step {step} recon mse {float(F.mse_loss(rec.detach(), x)):.4f}")
+    vae.eval().requires_grad_(False)
+    with torch.no_grad():
+        x, _, _ = batch(16)
+        z = vae.encode(x.to(dev)).latent_dist.mean
+        scale = float(1.0 / z.std())
+    vae.register_to_config(scaling_factor=scale)
+    vae_s = time.perf_counter() - t0
+
+    # 2. UNet + text encoder
+    t0 = time.perf_counter()
+    tokenizer = tiny_clip_tokenizer()
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, max_position_embeddings=77, hidden_act="gelu", projection_dim=32,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        )  # fmt: skip
+    ).to(dev)
+    unet = UNet2DConditionModel(**unet_config()).to(dev)
+    set_multiview_attention(unet, 4)
+    scheduler = DDPMScheduler(**SD_SCHEDULER_CONFIG)
+    alphas = scheduler.alphas_cumprod.to(dev)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.prior_lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.prior_steps)))
+    )
+    ema = []
+    done = 0
+    for step in range(cfg.prior_steps):
+        if cfg.prior_max_s and time.perf_counter() - t0 > cfg.prior_max_s:
+            log(f"prior: time limit after {step} steps")
+            break
+        done = step + 1
+        x, cams, who = batch(cfg.prior_batch)
+        texts = ["" if torch.rand(1, generator=gen).item() < cfg.caption_dropout else captions[n] for n in who]
+        ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        with torch.no_grad():
+            z = vae.encode(x.to(dev)).latent_dist.sample() * scale
+        emb = text_encoder(ids.to(dev))[0].repeat_interleave(4, dim=0)
+        t = torch.randint(0, 1000, (cfg.prior_batch,), generator=gen).repeat_interleave(4).to(dev)
+        noise = torch.randn(z.shape, generator=gen).to(dev)
+        ab = alphas[t][:, None, None, None]
+        z_t = ab.sqrt() * z + (1 - ab).sqrt() * noise
+        eps = unet(z_t, t, encoder_hidden_states=emb, class_labels=cams.to(dev)).sample
+        loss = F.mse_loss(eps, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        ema.append(float(loss.detach()))
+        if step % 10 == 0 or step == cfg.prior_steps - 1:
+            log(f"prior step {step} eps mse {sum(ema[-100:]) / len(ema[-100:]):.4f}")
+    unet_s = time.perf_counter() - t0
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    unet.set_attn_processor(AttnProcessor2_0())  # saved plain; SDSGuidance sets the multi-view one on load
+    parts = SDComponents(unet.cpu().eval(), vae.cpu().eval(), text_encoder.cpu().eval(), tokenizer, scheduler)
+    return parts, {"vae_s": round(vae_s, 1), "prior_s": round(unet_s, 1), "prior_steps_done": done,
+                  "final_eps_mse": round(sum(ema[-100:]) / len(ema[-100:]), 4)}
+
+
+# ---------------------------------------------------------------------------------------------
+# The reward
+
+
+def build_reward_folder(folder: Path, seed: int) -> None:
+    """A fresh demo-size Qwen2.5-VL (seeded) with the demo tokenizer and image processor."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
+
+    from ..guidance.reward import build_demo_tokenizer, vlm_config
+
+    tok = build_demo_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Qwen2_5_VLForConditionalGeneration._from_config(vlm_config("demo", tok), dtype=torch.float32)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    Qwen2VLImageProcessorPil().save_pretrained(folder)
+
+
+def reward_records(data: dict[str, Renders], janus: dict[str, Renders], blobs: Renders, captions: dict[str, str],
+                   held: bool) -> list[tuple[str, str, int, int]]:  # fmt: skip
+    """(caption object, source, source object or blob, group) with source in positive/other/janus/blob.
+
+    The last quarter of every object's groups is held out (``held=True`` lists those).
+    """
+    recs = []
+    names = list(data)
+    for n in names:
+        g = data[n].rgb.shape[0]
+        split = (3 * g) // 4
+        for i in range(split, g) if held else range(split):
+            recs.append((n, "positive", names.index(n), i))
+            recs.append((n, "other", (names.index(n) + 1 + i % (len(names) - 1)) % len(names), i))
+            if n in janus:
+                gj = janus[n].rgb.shape[0]
+                recs.append((n, "janus", names.index(n), (3 * gj) // 4 + i % (gj - (3 * gj) // 4) if held else i % ((3 * gj) // 4)))
+            else:
+                recs.append((n, "other", (names.index(n) + 2 + i % (len(names) - 2)) % len(names), i))
+            gb = blobs.rgb.shape[0]
+            recs.append((n, "blob", 0, (3 * gb) // 4 + i % (gb - (3 * gb) // 4) if held else i % ((3 * gb) // 4)))
+    return recs
+
+
+def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, Renders], blobs: Renders,
+                       captions: dict[str, str], cfg: BuildConfig, log) -> dict:  # fmt: skip
+    """Fully fine-tune the tiny VLM in ``folder`` on the toy records; saves it back; returns a log dict."""
+    from ..guidance.reward import RewardConfig, VLMReward
+
+    t0 = time.perf_counter()
+    names = list(data)
+    reward = VLMReward(RewardConfig(model=str(folder), size=REWARD_SIZE, dtype="float32", cuda_graph=False), cfg.device)
+    reward.model.requires_grad_(True)
+    params = [p for p in reward.model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=cfg.reward_lr, weight_decay=0.0)
+    rng = random.Random(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + 2)
+    train, held = reward_records(data, janus, blobs, captions, False), reward_records(data, janus, blobs, captions, True)
+
+    def views(rec) -> tuple[Tensor, bool]:
+        n, kind, j, i = rec
+        src = {"positive": data[n], "janus": janus.get(n), "other": data[names[j]], "blob": blobs}[kind]
+        return composite(src.rgb[i : i + 1], src.alpha[i : i + 1], gen)[0], kind == "positive"
+
+    def loss_of(rec) -> tuple[Tensor, bool]:
+        v, label = views(rec)
+        s = reward.score(v, captions[rec[0]], fast=True)
+        d = s["logit_yes"] - s["logit_no"]
+        return (F.softplus(-d) if label else F.softplus(d)), bool((d > 0) == label)
+
+    # Positives are a quarter of the records; weight them to half of the loss.
+    pos = [r for r in train if r[1] == "positive"]
+    neg = [r for r in train if r[1] != "positive"]
+    hist = []
+    reward.model.train()
+    for step in range(cfg.reward_steps):
+        opt.zero_grad(set_to_none=True)
+        batch = [rng.choice(pos), rng.choice(pos), rng.choice(neg), rng.choice(neg)]
+        total = 0.0
+        for rec in batch:
+            loss, hit = loss_of(rec)
+            (loss / len(batch)).backward()
+            total += float(loss.detach()) / len(batch)
+            hist.append(hit)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        if step % 20 == 0 or step == cfg.reward_steps - 1:
+            log(f"reward step {step} loss {total:.4f} train acc (last 80) {sum(hist[-80:]) / len(hist[-80:]):.2f}")
+    reward.model.eval()
+    acc: dict[str, list[bool]] = {}
+    with torch.no_grad():
+        for rec in held:
+            acc.setdefault(rec[1], []).append(loss_of(rec)[1])
+    accuracy = {k: round(sum(v) / len(v), 3) for k, v in acc.items()}
+    log(f"reward held-out accuracy {accuracy}")
+    reward.model.requires_grad_(False)
+    reward.model.save_pretrained(folder)
+    return {"reward_s": round(time.perf_counter() - t0, 1), "reward_heldout_accuracy": accuracy}
+
+
+# ---------------------------------------------------------------------------------------------
+# Build
+
+
+def build(cfg: BuildConfig, log=print) -> dict:
+    """Render the world, train both models, write ``cfg.out/{prior,reward,build.json}``; returns build.json."""
+    from ..guidance.sds import quiet_model_io, save_components
+
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    t_start = time.perf_counter()
+    objs: list[ToyObject] = world()
+    captions = {o.name: o.caption for o in objs}
+    gen = torch.Generator().manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    data = {o.name: render_groups(object_params(o, seed=cfg.seed), cfg.groups, gen, cfg.device) for o in objs}
+    janus = {o.name: render_groups(object_params(janus_variant(o), seed=cfg.seed), max(4, cfg.groups // 2), gen, cfg.device)
+             for o in objs if o.front_back}  # fmt: skip
+    blob_list = [render_groups(blob_params(cfg.seed + 100 + k), 2, gen, cfg.device) for k in range(8)]
+    blobs = Renders(*(torch.cat([getattr(b, f) for b in blob_list]) for f in ("rgb", "alpha", "cameras")))
+    render_s = time.perf_counter() - t0
+    log(f"rendered {sum(r.rgb.shape[0] for r in data.values())} + {sum(r.rgb.shape[0] for r in janus.values())} janus groups in {render_s:.0f} s")
+
+    out = Path(cfg.out)
+    tmp = out.parent / f".{out.name}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    prior_log, reward_log = {}, {}
+    if cfg.only in ("all", "prior"):
+        parts, prior_log = train_prior(data, captions, cfg, log)
+        with quiet_model_io():
+            save_components(parts, tmp / "prior")
+    if cfg.only in ("all", "reward"):
+        with quiet_model_io():
+            build_reward_folder(tmp / "reward", cfg.seed)
+        reward_log = train_reward_model(tmp / "reward", data, janus, blobs, captions, cfg, log)
+    info = {
+        "device": cfg.device,
+        "threads": cfg.threads,
+        "render_s": round(render_s, 1),
+        **prior_log,
+        **reward_log,
+        "total_s": round(time.perf_counter() - t_start, 1),
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items() if k != "out"},
+        "command": "splatvlm toyworld build" + (f" --device {cfg.device}" if cfg.device != "cpu" else ""),
+    }
+    (tmp / f"build{'' if cfg.only == 'all' else '-' + cfg.only}.json").write_text(json.dumps(info, indent=2))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    log(f"wrote {out} in {info['total_s']:.0f} s: {json.dumps({k: v for k, v in info.items() if k != 'config'})}")
+    return info

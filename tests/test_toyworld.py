@@ -1,0 +1,145 @@
+"""The toy world: its geometry, the metrics on known cases, the shipped weights and the eval smoke run."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from splatvlm.toyworld import metrics
+from splatvlm.toyworld.eval import held_out_cameras, render_white, score, toy_run_config
+from splatvlm.toyworld.models import WEIGHTS_DIR
+from splatvlm.toyworld.world import get_objects, janus_variant, mirrored, object_params, world
+
+CPU = torch.device("cpu")
+
+
+def test_world_has_captioned_objects_with_fronts():
+    objs = world()
+    assert len(objs) >= 12
+    assert len({o.name for o in objs}) == len(objs)
+    assert all(o.caption and len(o.caption) < 77 for o in objs)
+    assert sum(o.front_back for o in objs) >= 4
+
+
+def test_objects_fit_the_unit_ball_and_fronts_face_plus_x():
+    for obj in world():
+        p = object_params(obj)
+        assert p["means"].norm(dim=-1).max() < 0.75, obj.name
+        for part in obj.parts:
+            if part.front:
+                assert part.center[0] > 0, obj.name  # the front feature is on the front (+x)
+
+
+def test_janus_variant_puts_the_front_feature_on_the_back():
+    obj = get_objects(["snowman"])[0]
+    j = janus_variant(obj)
+    fronts = [p for p in j.parts if p.front]
+    assert len(fronts) == 2 * len([p for p in obj.parts if p.front])
+    assert any(p.center[0] < 0 for p in fronts)
+
+
+def test_renders_show_the_object():
+    obj = get_objects(["mug"])[0]
+    rgb, alpha = render_white(object_params(obj), held_out_cameras(), CPU)
+    cover = (alpha > 0.5).float().mean()
+    assert 0.05 < cover < 0.8
+    assert rgb[..., 2].mean() < rgb[..., 0].mean() + 0.5  # a blue mug is not white
+
+
+def test_metrics_perfect_result():
+    obj = get_objects(["bird"])[0]
+    s = score(object_params(obj), obj, CPU)
+    assert s["iou"] == 1.0
+    assert s["janus"] == 0.0
+    assert math.isinf(s["psnr"])
+
+
+def test_metrics_janus_and_mirrored_objects_score_high():
+    for name in ("snowman", "robot"):
+        obj = get_objects([name])[0]
+        assert score(object_params(janus_variant(obj)), obj, CPU)["janus"] > 0.95
+        assert score(object_params(mirrored(obj)), obj, CPU)["janus"] > 0.5
+
+
+def test_metrics_other_object_scores_lower():
+    snowman, table = get_objects(["snowman", "table"])
+    s = score(object_params(table), snowman, CPU)
+    assert s["iou"] < 0.6
+    assert s["psnr"] < 15
+
+
+def test_janus_score_known_values():
+    b = torch.zeros(1, 4, 4, 3)
+    j = b.clone()
+    j[:, :2] = 1.0
+    assert metrics.janus_score(b, b, j) == 0.0
+    assert metrics.janus_score(j, b, j) == 1.0
+    assert abs(metrics.janus_score(0.5 * j, b, j) - 0.5) < 1e-6
+    assert metrics.janus_score(b, b, b) == 0.0  # no front feature footprint
+
+
+def test_toy_run_config_scales_the_preset():
+    cfg = toy_run_config("vlm3d", 500, 3, "cpu", WEIGHTS_DIR)
+    assert cfg.steps == 500 and cfg.seed == 3
+    assert cfg.weights.vlm.stop_after == 250 and cfg.weights.vlm.ramp_steps == 250  # 2500 of 5000
+    assert cfg.strategy.refine_every == 100 and cfg.strategy.refine_start_iter == 30
+    assert cfg.camera.resolution == 32 and cfg.camera.low_res_until == 0
+    prior = toy_run_config("mvdream", 500, 0, "cpu", WEIGHTS_DIR)
+    assert prior.weights.vlm.start == 0.0
+    tweaked = toy_run_config("mvdream", 500, 0, "cpu", WEIGHTS_DIR, ["strategy.grow_grad2d=0.001"])
+    assert tweaked.strategy.grow_grad2d == 0.001
+
+
+def test_shipped_weights_load_and_run():
+    from splatvlm.guidance.reward import RewardConfig, VLMReward
+    from splatvlm.guidance.sds import SDSConfig, SDSGuidance
+    from splatvlm.toyworld.eval import side_cameras
+
+    files = [p for p in WEIGHTS_DIR.rglob("*") if p.is_file()]
+    assert sum(p.stat().st_size for p in files) <= 40 * 2**20
+    build = json.loads((WEIGHTS_DIR / "build.json").read_text())
+    assert build["total_s"] > 0
+    sds = SDSGuidance(SDSConfig(model=str(WEIGHTS_DIR / "prior"), negative_prompt=""), "cpu").load()
+    assert sds.image_size == 32
+    sds.set_prompt("a snowman with an orange nose")
+    obj = get_objects(["snowman"])[0]
+    cams = side_cameras()
+    rgb, _ = render_white(object_params(obj), cams, CPU)
+    out = sds(rgb.requires_grad_(), cams, 100)
+    assert torch.isfinite(out["loss_sds"])
+    reward = VLMReward(RewardConfig(model=str(WEIGHTS_DIR / "reward"), size=56, dtype="float32"), "cpu")
+    reward.set_prompt(obj.caption)
+    s = reward.score(rgb, obj.caption)
+    assert torch.isfinite(s["reward"])
+
+
+def test_eval_smoke_cli(tmp_path: Path):
+    """The CI smoke run: one object, both presets, 30 steps, on CPU; a valid report."""
+    from splatvlm.cli import main
+
+    t0 = time.perf_counter()
+    assert main(["toyworld", "eval", "--limit", "1", "--steps", "30", "--device", "cpu", "-o", str(tmp_path)]) == 0
+    seconds = time.perf_counter() - t0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["suite"] == "toyworld" and report["command"].startswith("splatvlm toyworld eval")
+    assert {r["method"] for r in report["results"]} == {"mvdream", "vlm3d"}
+    keys = {"object", "caption", "method", "seed", "psnr", "iou", "janus", "front_back", "num_gaussians", "seconds"}
+    for r in report["results"]:
+        assert set(r) == keys
+        assert 0.0 <= r["iou"] <= 1.0 and r["num_gaussians"] > 0
+    assert (tmp_path / "report.md").is_file()
+    assert (tmp_path / f"{report['results'][0]['object']}.png").is_file()
+    print(f"toyworld smoke eval: {seconds:.1f} s")
+
+
+def test_eval_rejects_unknown_objects(tmp_path: Path):
+    from splatvlm.errors import SplatVLMError
+    from splatvlm.toyworld.eval import EvalConfig, run_eval
+
+    with pytest.raises(SplatVLMError, match="unknown toy object"):
+        run_eval(EvalConfig(output=tmp_path, objects=["unicorn"]))
