@@ -345,7 +345,7 @@ def test_view_serves_a_glb(tmp_path, vertex_mesh):
     pytest.importorskip("viser")
     path = tmp_path / "m.glb"
     save_mesh(vertex_mesh, path)
-    code = "import sys; from splatvlm.viewer import ViewerConfig, view_ply; view_ply(sys.argv[1], ViewerConfig(port=0))"
+    code = "import sys; from splatvlm.view import view_ply; from splatvlm.viewer import ViewerConfig; view_ply(sys.argv[1], ViewerConfig(port=0))"
     proc = subprocess.Popen(
         [sys.executable, "-u", "-c", code, str(path)],
         stdout=subprocess.PIPE,
@@ -373,7 +373,7 @@ def test_view_serves_a_glb(tmp_path, vertex_mesh):
 
 
 def test_view_mesh_loads_z_up(tmp_path, sphere, vertex_mesh):
-    from splatvlm.viewer import is_mesh_file, load_mesh_for_view
+    from splatvlm.view import is_mesh_file, load_mesh_for_view
 
     mesh = vertex_mesh
     for name in ("m.glb", "m.ply"):

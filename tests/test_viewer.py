@@ -26,11 +26,13 @@ from splatvlm.viewer import (
     Viewer,
     ViewerConfig,
     _Curve,
+    splats_to_numpy,
+)
+from splatvlm.viewer_cameras import (
     pinhole_K,
     preview_cameras,
     preview_size,
     rotmat_to_wxyz,
-    splats_to_numpy,
     viser_camera_to_viewmat,
 )
 
@@ -349,7 +351,7 @@ def test_view_ply_serves_until_ctrl_c(tmp_path, tiny_scene):
     path = tmp_path / "scene.ply"
     ply.save_ply(tiny_scene, path)
     code = (
-        "import sys; from splatvlm.viewer import ViewerConfig, view_ply; "
+        "import sys; from splatvlm.view import view_ply; from splatvlm.viewer import ViewerConfig; "
         "view_ply(sys.argv[1], ViewerConfig(port=0))"
     )
     proc = subprocess.Popen(
@@ -387,7 +389,7 @@ def test_view_ply_rejects_bad_file_before_binding(tmp_path):
     pytest.importorskip("splatvlm.gaussians.ply")
     bad = tmp_path / "bad.ply"
     bad.write_bytes(b"not a ply")
-    from splatvlm.viewer import view_ply
+    from splatvlm.view import view_ply
 
     with pytest.raises(SplatVLMError):
         view_ply(bad, ViewerConfig(port=0))
@@ -450,7 +452,7 @@ def test_foreign_origin_is_refused_own_origin_and_no_origin_accepted(tmp_path, c
 
 
 def test_allowed_origins_follow_the_chosen_host():
-    from splatvlm.viewer import allowed_origins, origin_allowed
+    from splatvlm.viewer_guard import allowed_origins, origin_allowed
 
     assert origin_allowed("http://192.168.1.5:8080", "192.168.1.5", 8080)
     assert not origin_allowed("http://192.168.1.5:8080", "127.0.0.1", 8080)

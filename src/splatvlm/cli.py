@@ -493,7 +493,8 @@ def cmd_mesh(argv: list[str]) -> int:
 
 
 def cmd_view(argv: list[str]) -> int:
-    from .viewer import ViewerConfig, view_ply
+    from .view import view_ply
+    from .viewer import ViewerConfig
 
     args: ViewArgs = _parse(ViewArgs, argv, "splatvlm view")
     if not 0 < args.port < 65536:

@@ -17,12 +17,8 @@ viser is imported only when a ``Viewer`` is built, so ``import splatvlm`` stays 
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import ipaddress
 import math
 import numbers
-import socket
 import sys
 import threading
 import time
@@ -36,9 +32,11 @@ import torch
 from torch import Tensor
 
 from .errors import SplatVLMError
-from .gaussians.cameras import CameraConfig, Cameras
+from .gaussians.cameras import CameraConfig
 from .gaussians.raster_torch import quat_to_rotmat
 from .gaussians.scene import num_gaussians, sh0_to_rgb
+from .viewer_cameras import pinhole_K, preview_cameras, preview_size, viser_camera_to_viewmat
+from .viewer_guard import check_bindable, guarded_server, is_loopback, url
 
 if TYPE_CHECKING:
     from .gaussians.render import RenderConfig
@@ -48,7 +46,6 @@ RenderFn = Callable[[Tensor, Tensor, int, int], np.ndarray]
 SaveFn = Callable[[Path], None]
 """Writes the current scene as a .ply at the given path."""
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 P_YES_KEY = "p_yes"
 """Metrics key shown as p(Yes) (the VLM's probability of answering Yes)."""
 GAUSSIANS_KEY = "num_gaussians"
@@ -99,133 +96,11 @@ def check_viewer_config(cfg: ViewerConfig) -> None:
         raise SplatVLMError("viewer host is empty")
 
 
-def is_loopback(host: str) -> bool:
-    if host in LOOPBACK_HOSTS:
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _url(host: str, port: int) -> str:
-    if host in ("0.0.0.0", "::", ""):
-        host = "localhost"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{port}"
-
-
-def _check_bindable(host: str, port: int) -> bool:
-    """Raise a clear error if we can't listen on ``host``; return False if only the port is busy.
-
-    viser retries bind failures on the next port up to 1000 times and, if all fail, never returns,
-    so a typo in the host would hang instead of failing: check it here first.
-    """
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except socket.gaierror as e:
-        raise SplatVLMError(f"viewer host {host!r} is not a valid address: {e.strerror}") from None
-    family, _, _, _, addr = infos[0]
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(addr)
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                return False
-            raise SplatVLMError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
-    return True
-
-
-def allowed_origins(host: str, port: int) -> set[str]:
-    """The browser origins of this viewer's own page: loopback names and the chosen host, on ``port``."""
-    names = {"127.0.0.1", "localhost", "[::1]"}
-    if host in ("0.0.0.0", "::", ""):  # every interface: the page may be opened by this machine's names
-        names |= {socket.gethostname(), socket.getfqdn()}
-    else:
-        names.add(f"[{host}]" if ":" in host else host)
-    return {f"http://{name.lower()}:{port}" for name in names}
-
-
-def origin_allowed(origin: str | None, host: str, port: int) -> bool:
-    """A websocket handshake is accepted without an Origin (a local program) or from our own page.
-
-    Browsers always send Origin; a page on another site that opens ``ws://127.0.0.1:PORT`` sends its
-    own, so this is what stops other sites from driving the viewer (cross-site websocket hijacking).
-    """
-    return origin is None or origin.lower() in allowed_origins(host, port)
-
-
-_SERVE_PATCH = threading.Lock()
-
-
-def _guarded_server(viser: Any, host: str, port: int, share: bool) -> Any:
-    """A ``viser.ViserServer`` whose websocket handshakes pass ``origin_allowed`` first.
-
-    viser 1.1.1 builds its websockets server inside ``ViserServer.__init__`` (on a thread, with
-    ``websockets.asyncio.server.serve(..., process_request=<its static-file server>)``) and offers
-    no hook. For the duration of that call only, ``serve`` gets a ``process_request`` that answers a
-    foreign Origin with 403 and hands everything else to viser's own. If viser stops building its
-    server that way, the viewer refuses to start rather than run unguarded.
-    """
-    import http
-
-    import websockets.asyncio.server as ws_server
-
-    original_serve = ws_server.serve
-    used = []
-
-    def guarded_serve(*args: Any, **kwargs: Any) -> Any:
-        inner = kwargs.get("process_request")
-
-        def process_request(connection: Any, request: Any) -> Any:
-            if request.headers.get("Upgrade", "").lower() == "websocket":
-                origin = request.headers.get("Origin")
-                bound = connection.local_address[1]
-                if not origin_allowed(origin, host, bound):
-                    print(f"viewer: refused a connection from {origin[:200]!r} (not this viewer's page)",
-                          file=sys.stderr, flush=True)  # fmt: skip
-                    return connection.respond(http.HTTPStatus.FORBIDDEN, "Origin not allowed\n")
-            return inner(connection, request) if inner is not None else None
-
-        kwargs["process_request"] = process_request
-        used.append(True)
-        return original_serve(*args, **kwargs)
-
-    with _SERVE_PATCH:
-        ws_server.serve = guarded_serve
-        try:
-            server = viser.ViserServer(host=host, port=port, verbose=False)
-        finally:
-            ws_server.serve = original_serve
-    if not used:
-        server.stop()
-        raise SplatVLMError(
-            f"viser {viser.__version__} did not start its server through websockets.serve; the viewer cannot "
-            "check Origin headers, so it is not started"
-        )
-    if not share:
-        from viser import _messages
-
-        ws = server._websock_server
-        with contextlib.suppress(AssertionError, KeyError):
-            ws.unregister_handler(_messages.ShareUrlRequest)
-
-        def ignore_share(client_id: int, message: Any) -> None:
-            print("viewer: ignored a request to share this viewer publicly (pass --viewer-share to allow it)",
-                  file=sys.stderr, flush=True)  # fmt: skip
-
-        ws.register_handler(_messages.ShareUrlRequest, ignore_share)
-        with contextlib.suppress(Exception):  # only cosmetic: the request itself is ignored above
-            server.gui.configure_theme(show_share_button=False)
-    return server
-
-
 # ----------------------------------------------------------------------------------------------
 # Math: scene -> viser splats, viser camera -> our camera
 
 
+@torch.no_grad()
 def splats_to_numpy(params: torch.nn.ParameterDict) -> dict[str, np.ndarray]:
     """Activated splats as numpy, in the layout ``viser.SceneApi.add_gaussian_splats`` takes.
 
@@ -248,79 +123,6 @@ def splats_to_numpy(params: torch.nn.ParameterDict) -> dict[str, np.ndarray]:
         "rgbs": np.ascontiguousarray(packed[:, 12:15]),
         "opacities": np.ascontiguousarray(packed[:, 15:16]),
     }
-
-
-def wxyz_to_rotmat(wxyz: np.ndarray) -> np.ndarray:
-    """Rotation matrix [3, 3] from one wxyz quaternion (normalized here)."""
-    q = torch.as_tensor(np.asarray(wxyz, dtype=np.float64))[None]
-    return quat_to_rotmat(q)[0].numpy()
-
-
-def viser_camera_to_viewmat(wxyz: np.ndarray, position: np.ndarray) -> Tensor:
-    """OpenCV world-to-camera [4, 4] (float32) from a viser camera's ``wxyz`` and ``position``.
-
-    viser's pair is already an OpenCV camera-to-world (see the module docstring), so this inverts it.
-    """
-    rot = wxyz_to_rotmat(wxyz)  # camera-to-world rotation
-    t = np.asarray(position, dtype=np.float64)
-    viewmat = np.eye(4)
-    viewmat[:3, :3] = rot.T
-    viewmat[:3, 3] = -rot.T @ t
-    return torch.from_numpy(viewmat).float()
-
-
-def rotmat_to_wxyz(rot: np.ndarray) -> np.ndarray:
-    """wxyz quaternion of a rotation matrix [3, 3] (Shepperd's method, w >= 0)."""
-    m = np.asarray(rot, dtype=np.float64)
-    tr = np.trace(m)
-    if tr > 0:
-        s = 2.0 * math.sqrt(1.0 + tr)
-        q = [0.25 * s, (m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        q = [(m[2, 1] - m[1, 2]) / s, 0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        q = [(m[0, 2] - m[2, 0]) / s, (m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s]
-    else:
-        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        q = [(m[1, 0] - m[0, 1]) / s, (m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s]
-    q = np.asarray(q)
-    return q if q[0] >= 0 else -q
-
-
-def pinhole_K(fovy_rad: float, width: int, height: int) -> Tensor:
-    """Pixel intrinsics [3, 3] for a vertical field of view in radians, square pixels."""
-    focal = 0.5 * height / math.tan(0.5 * fovy_rad)
-    return torch.tensor([[focal, 0.0, width / 2.0], [0.0, focal, height / 2.0], [0.0, 0.0, 1.0]])
-
-
-def preview_size(resolution: int, aspect: float) -> tuple[int, int]:
-    """(width, height) of a preview ``resolution`` pixels high with the browser's aspect ratio."""
-    if not math.isfinite(aspect) or aspect <= 0:
-        aspect = 1.0
-    width = int(min(max(round(resolution * aspect), 16), 4 * resolution))
-    return width, resolution
-
-
-def preview_cameras(viewmat: Tensor, K: Tensor, width: int, height: int) -> Cameras:
-    """One-camera ``Cameras`` from a viewmat [4, 4] and K [3, 3] (orbit angles derived from the pose)."""
-    viewmat = viewmat.float()
-    center = torch.linalg.inv(viewmat.double())[:3, 3]
-    distance = center.norm().clamp_min(1e-12)
-    elevation = torch.rad2deg(torch.asin((center[2] / distance).clamp(-1, 1)))
-    azimuth = torch.remainder(torch.rad2deg(torch.atan2(center[1], center[0])), 360.0)
-    fovy = torch.rad2deg(2 * torch.atan(0.5 * height / K[1, 1].double()))
-    return Cameras(
-        viewmats=viewmat[None],
-        Ks=K.float()[None],
-        width=width,
-        height=height,
-        elevation=elevation.float()[None],
-        azimuth=azimuth.float()[None],
-        distance=distance.float()[None],
-        fovy=fovy.float()[None],
-    )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -415,11 +217,11 @@ class Viewer:
                 file=sys.stderr,
                 flush=True,
             )
-        port_free = _check_bindable(cfg.host, cfg.port)
+        port_free = check_bindable(cfg.host, cfg.port)
         import viser  # lazy: only when the viewer is on
 
         self._viser = viser
-        self.server = _guarded_server(viser, cfg.host, cfg.port, cfg.share)
+        self.server = guarded_server(viser, cfg.host, cfg.port, cfg.share)
         self.server.scene.set_up_direction("+z")
         # Start where the turntable renders look from (azimuth 0 = +x).
         cam = CameraConfig()
@@ -476,7 +278,7 @@ class Viewer:
 
     @property
     def url(self) -> str:
-        return _url(self.cfg.host, self.port)
+        return url(self.cfg.host, self.port)
 
     @property
     def step(self) -> int:
@@ -766,84 +568,3 @@ def make_render_fn(
         return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
     return render_fn
-
-
-def view_ply(path: str | Path, cfg: ViewerConfig) -> None:
-    """Serve a finished .ply until Ctrl-C (``splatvlm view IN.ply``); a mesh (.glb, .obj, mesh .ply) too."""
-    from .gaussians.ply import load_ply
-
-    path = Path(path)
-    if is_mesh_file(path):
-        view_mesh(path, cfg)
-        return
-    params = load_ply(path)  # validates the file before anything binds a port
-    viewer = Viewer(cfg, make_render_fn(params), run_dir=None, save_fn=None, training=False)
-    try:
-        viewer.update(params, 0, {}, force=True)
-        print(f"viewer: showing {path} ({num_gaussians(params):,} Gaussians)", flush=True)
-        viewer.serve_forever()
-    finally:
-        viewer.close()
-
-
-# ----------------------------------------------------------------------------------------------
-# splatvlm view OUT.glb
-
-
-def is_mesh_file(path: Path) -> bool:
-    """A .glb / .obj, or a .ply whose header has faces (a mesh, not splats)."""
-    suffix = path.suffix.lower()
-    if suffix in (".glb", ".gltf", ".obj"):
-        return True
-    if suffix != ".ply" or not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        head = f.read(64 * 1024)
-    end = head.find(b"end_header")
-    return b"\nelement face " in head[: end if end >= 0 else len(head)]
-
-
-def load_mesh_for_view(path: Path):
-    """The mesh in splatvlm's z-up world (.glb and .obj are y-up files; see ``mesh.py``)."""
-    import trimesh
-
-    from .mesh import Z_UP_TO_Y_UP
-
-    if not path.is_file():
-        raise SplatVLMError(f"cannot load {path}: file not found")
-    try:
-        mesh = trimesh.load(path, force="mesh", process=False)
-    except Exception as e:  # trimesh raises many types for bad files
-        raise SplatVLMError(f"cannot load {path}: not a readable mesh ({type(e).__name__})") from None
-    if not isinstance(mesh, trimesh.Trimesh) or len(mesh.faces) == 0:
-        raise SplatVLMError(f"cannot load {path}: it holds no triangles")
-    if path.suffix.lower() != ".ply":
-        mesh.apply_transform(np.linalg.inv(Z_UP_TO_Y_UP))
-    return mesh
-
-
-def view_mesh(path: Path, cfg: ViewerConfig) -> None:
-    """Serve a mesh until Ctrl-C, z-up like the splats."""
-    check_viewer_config(cfg)
-    mesh = load_mesh_for_view(path)  # before anything binds a port
-    if not is_loopback(cfg.host):
-        print(f"warning: the viewer listens on {cfg.host} without authentication", file=sys.stderr, flush=True)
-    port_free = _check_bindable(cfg.host, cfg.port)
-    import viser
-
-    server = viser.ViserServer(host=cfg.host, port=cfg.port, verbose=False)
-    try:
-        server.scene.set_up_direction("+z")
-        server.scene.add_mesh_trimesh("/mesh", mesh)
-        if not port_free:
-            print(f"viewer: port {cfg.port} is busy, using {server.get_port()}", flush=True)
-        url = _url(cfg.host, server.get_port())
-        print(f"viewer: {url}", flush=True)
-        print(f"viewer: showing {path} ({len(mesh.faces):,} triangles)", flush=True)
-        print(f"viewer: serving {url}; press Ctrl-C to exit", flush=True)
-        while True:
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()

@@ -1,0 +1,143 @@
+"""The viewer's network guard: where it may listen, and which pages may talk to it.
+
+Binding to loopback does not stop a browser: a page on any other site can open ``ws://127.0.0.1:PORT``.
+So every websocket handshake must come from this viewer's own page (or from a local program that sends no
+Origin), and viser's public share tunnel is refused unless asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import socket
+import sys
+import threading
+from typing import Any
+
+from .errors import SplatVLMError
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def url(host: str, port: int) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        host = "localhost"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+def check_bindable(host: str, port: int) -> bool:
+    """Raise a clear error if we can't listen on ``host``; return False if only the port is busy.
+
+    viser retries bind failures on the next port up to 1000 times and, if all fail, never returns,
+    so a typo in the host would hang instead of failing: check it here first.
+    """
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise SplatVLMError(f"viewer host {host!r} is not a valid address: {e.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                return False
+            raise SplatVLMError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return True
+
+
+def allowed_origins(host: str, port: int) -> set[str]:
+    """The browser origins of this viewer's own page: loopback names and the chosen host, on ``port``."""
+    names = {"127.0.0.1", "localhost", "[::1]"}
+    if host in ("0.0.0.0", "::", ""):  # every interface: the page may be opened by this machine's names
+        names |= {socket.gethostname(), socket.getfqdn()}
+    else:
+        names.add(f"[{host}]" if ":" in host else host)
+    return {f"http://{name.lower()}:{port}" for name in names}
+
+
+def origin_allowed(origin: str | None, host: str, port: int) -> bool:
+    """A websocket handshake is accepted without an Origin (a local program) or from our own page.
+
+    Browsers always send Origin; a page on another site that opens ``ws://127.0.0.1:PORT`` sends its
+    own, so this is what stops other sites from driving the viewer (cross-site websocket hijacking).
+    """
+    return origin is None or origin.lower() in allowed_origins(host, port)
+
+
+_SERVE_PATCH = threading.Lock()
+
+
+def guarded_server(viser: Any, host: str, port: int, share: bool) -> Any:
+    """A ``viser.ViserServer`` whose websocket handshakes pass ``origin_allowed`` first.
+
+    viser 1.1.1 builds its websockets server inside ``ViserServer.__init__`` (on a thread, with
+    ``websockets.asyncio.server.serve(..., process_request=<its static-file server>)``) and offers
+    no hook. For the duration of that call only, ``serve`` gets a ``process_request`` that answers a
+    foreign Origin with 403 and hands everything else to viser's own. If viser stops building its
+    server that way, the viewer refuses to start rather than run unguarded.
+    """
+    import http
+
+    import websockets.asyncio.server as ws_server
+
+    original_serve = ws_server.serve
+    used = []
+
+    def guarded_serve(*args: Any, **kwargs: Any) -> Any:
+        inner = kwargs.get("process_request")
+
+        def process_request(connection: Any, request: Any) -> Any:
+            if request.headers.get("Upgrade", "").lower() == "websocket":
+                origin = request.headers.get("Origin")
+                bound = connection.local_address[1]
+                if not origin_allowed(origin, host, bound):
+                    print(f"viewer: refused a connection from {origin[:200]!r} (not this viewer's page)",
+                          file=sys.stderr, flush=True)  # fmt: skip
+                    return connection.respond(http.HTTPStatus.FORBIDDEN, "Origin not allowed\n")
+            return inner(connection, request) if inner is not None else None
+
+        kwargs["process_request"] = process_request
+        used.append(True)
+        return original_serve(*args, **kwargs)
+
+    with _SERVE_PATCH:
+        ws_server.serve = guarded_serve
+        try:
+            server = viser.ViserServer(host=host, port=port, verbose=False)
+        finally:
+            ws_server.serve = original_serve
+    if not used:
+        server.stop()
+        raise SplatVLMError(
+            f"viser {viser.__version__} did not start its server through websockets.serve; the viewer cannot "
+            "check Origin headers, so it is not started"
+        )
+    if not share:
+        from viser import _messages
+
+        ws = server._websock_server
+        with contextlib.suppress(AssertionError, KeyError):
+            ws.unregister_handler(_messages.ShareUrlRequest)
+
+        def ignore_share(client_id: int, message: Any) -> None:
+            print("viewer: ignored a request to share this viewer publicly (pass --viewer-share to allow it)",
+                  file=sys.stderr, flush=True)  # fmt: skip
+
+        ws.register_handler(_messages.ShareUrlRequest, ignore_share)
+        with contextlib.suppress(Exception):  # only cosmetic: the request itself is ignored above
+            server.gui.configure_theme(show_share_button=False)
+    return server
