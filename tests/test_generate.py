@@ -17,17 +17,10 @@ import torch
 from splatvlm import generate
 from splatvlm.config import apply_overrides, load_run_config, read_yaml, to_yaml
 from splatvlm.errors import SplatVLMError, StopRun
-from splatvlm.generate import (
-    RunControl,
-    check_batch_folders,
-    cut_metrics,
-    prepare_single,
-    recipe_hash,
-    resume_run,
-    run_one,
-)
+from splatvlm.generate import RunControl, prepare_single, resume_run, run_one
 from splatvlm.models import Sources
 from splatvlm.prompts import Prompts
+from splatvlm.runs import check_batch_folders, cut_metrics, recipe_hash
 from splatvlm.trainer import Term
 
 CPU = torch.device("cpu")

@@ -32,14 +32,14 @@ from typing import Annotated, Any, Literal
 import torch
 import tyro
 
+from .bench_report import COMPONENTS, report_markdown, save_breakdown_png
 from .config import RunConfig, preset_help, to_dict, validate_run_config
 from .errors import SplatVLMError
-from .files import atomic_path, atomic_write_text, check_output_dir
+from .files import atomic_write_text, check_output_dir
 from .hub import device_name
 from .prompts import read_prompts
 from .schedules import weight_at
 
-COMPONENTS = ("render", "sds", "vlm", "backward", "densify", "viewer")
 SHIPPED_PROMPTS = Path(__file__).resolve().parent / "data" / "bench_prompts.json"
 
 
@@ -529,103 +529,3 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     save_breakdown_png(report, out / "breakdown.png")
     print(report_markdown(report).split("\n## Per prompt")[0])
     return report
-
-
-def report_markdown(report: dict[str, Any]) -> str:
-    lines = [
-        f"# splatvlm bench: {report['preset']} ({report['weights']} weights)",
-        "",
-        f"- device: {report['device']}, torch {report['torch']}, date {report['date']}",
-        f"- command: `{report['command']}`",
-        f"- full step ({report['full_step_phase']}): **{report['full_step_ms']:.1f} ms** "
-        f"({report['it_per_s']:.2f} it/s), peak {report['peak_gb']:.1f} GB",
-        (
-            f"- asset time (measured, whole recipe): **{report['asset_s']:.0f} s** (median over prompts), "
-            f"max {report['max_gaussians']:,} Gaussians"
-            if report["full_run"]
-            else f"- asset time (extrapolated, steps timed at {report['timed_at_gaussians']:,} Gaussians): "
-            f"{report['asset_s']:.0f} s"
-        ),
-    ]
-    if "prompts_per_hour" in report:
-        lines.append(
-            f"- {report['world_size']} process(es), placement {report['placement']} ({', '.join(report['devices'])}): "
-            f"{report['prompts_per_hour']:.1f} bench prompts/hour ({len(report['ours']['prompts'])} prompts in "
-            f"{report['bench_wall_s']:.0f} s, model loading included)"
-        )
-    if "viewer_slowdown" in report:
-        lines.append(
-            f"- with the live viewer (refresh every {report['config_viewer_every']} steps, no browser attached): "
-            f"asset {report['viewer_asset_s']:.0f} s, slowdown {100 * report['viewer_slowdown']:.1f}%"
-        )
-    if report.get("reference_full_step_ms") is not None:
-        lines.append(
-            f"- reference eager path: {report['reference_full_step_ms']:.1f} ms/step, "
-            f"asset {report['reference_asset_s']:.0f} s; speed-up **{report['speedup']:.2f}x**"
-        )
-    lines += ["", "| component | ms (full step) |" + (" reference ms |" if "reference_per_component_ms" in report else "")]
-    lines.append("|---|---|" + ("---|" if "reference_per_component_ms" in report else ""))
-    for c in COMPONENTS:
-        row = f"| {c} | {report['per_component_ms'][c]:.1f} |"
-        if "reference_per_component_ms" in report:
-            row += f" {report['reference_per_component_ms'][c]:.1f} |"
-        lines.append(row)
-    lines += ["", "## Per prompt", "", "| # | prompt | phase | ms/step | it/s | peak GB | #G | asset s |", "|---|---|---|---|---|---|---|---|"]
-    for n, r in enumerate(report["ours"]["prompts"]):
-        for p in r["phases"]:
-            lines.append(
-                f"| {r.get('index', n)} | {r['prompt'][:40]} | {p['label']} | {p['step_ms']:.1f} | {p['it_per_s']:.2f} | "
-                f"{p['peak_gb']:.1f} | {p['num_gaussians']} | {r['asset_s']:.0f} |"
-            )
-    if report["full_run"]:
-        lines += ["", "## Gaussians over time", "", "| # | step: count |", "|---|---|"]
-        for n, r in enumerate(report["ours"]["prompts"]):
-            series = ", ".join(f"{s}: {c:,}" for s, c in r["gaussians_over_time"])
-            lines.append(f"| {r.get('index', n)} | {series} |")
-    lines.append("")
-    lines.append((report["measured"] if report["full_run"] else report["extrapolated"]) + ".")
-    return "\n".join(lines) + "\n"
-
-
-def save_breakdown_png(report: dict[str, Any], path: Path) -> None:
-    """Stacked horizontal bars of the per-component ms of each timed phase (ours, and the reference)."""
-    from PIL import Image, ImageDraw
-
-    colors = {
-        "render": (76, 114, 176),
-        "sds": (221, 132, 82),
-        "vlm": (85, 168, 104),
-        "backward": (196, 78, 82),
-        "densify": (129, 114, 179),
-        "viewer": (147, 120, 96),
-    }
-    rows: list[tuple[str, dict[str, float]]] = []
-    for name in ("ours", "reference"):
-        if name in report:
-            r = report[name]["prompts"][0]
-            for p in r["phases"]:
-                rows.append((f"{name} {p['label']}", p["per_component_ms"]))
-    total_max = max((sum(c.values()) for _, c in rows), default=1.0) or 1.0
-    w, row_h, left, top = 900, 34, 230, 40
-    img = Image.new("RGB", (w, top + row_h * len(rows) + 60), "white")
-    d = ImageDraw.Draw(img)
-    d.text((10, 10), f"ms per step by component ({report['device']}, prompt 0)", fill="black")
-    scale = (w - left - 80) / total_max
-    for i, (label, comps) in enumerate(rows):
-        y = top + i * row_h
-        d.text((10, y + 8), label[:34], fill="black")
-        x = left
-        for c in COMPONENTS:
-            length = comps.get(c, 0.0) * scale
-            if length > 0:
-                d.rectangle([x, y + 4, x + length, y + row_h - 6], fill=colors[c])
-                x += length
-        d.text((x + 6, y + 8), f"{sum(comps.values()):.1f}", fill="black")
-    y = top + row_h * len(rows) + 15
-    x = 10
-    for c in COMPONENTS:
-        d.rectangle([x, y, x + 14, y + 14], fill=colors[c])
-        d.text((x + 18, y + 2), c, fill="black")
-        x += 110
-    with atomic_path(path) as tmp:
-        img.save(tmp, format="PNG")

@@ -1,0 +1,206 @@
+"""The commands' flags: one dataclass per command, parsed by tyro (every field's comment is its --help line)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Annotated, Literal
+
+import tyro
+
+from .config import RunConfig, Weight, load_run_config, preset_help
+from .gaussians.cameras import CameraConfig
+from .gaussians.densify import StrategyConfig
+from .gaussians.render import RenderConfig
+from .gaussians.scene import SceneConfig
+from .mesh import MeshConfig
+
+DEFAULT_PRESET = "vlm3d"
+
+
+@dataclass
+class GenerateArgs:
+    """Generate a 3D Gaussian splat from a text prompt (or a file of prompts)."""
+
+    prompt: tyro.conf.Positional[str | None] = None
+    """The text prompt."""
+    output: Annotated[Path | None, tyro.conf.arg(aliases=["-o"])] = None
+    """Output .ply of a single prompt (default: <prompt slug>.ply in the current folder); missing folders are made."""
+    preset: Annotated[str, tyro.conf.arg(help=preset_help())] = DEFAULT_PRESET
+    config: Path | None = None
+    """A YAML config file applied on top of the preset."""
+    prompts: Path | None = None
+    """Batch mode: a prompt file (one per line, or a JSON list as GPTEval3D ships)."""
+    out_dir: Path | None = None
+    """Batch mode: one run folder per prompt is made in here; finished ones are skipped on re-run."""
+    resume: Path | None = None
+    """Continue the run in this run folder from its checkpoint (its saved config is used)."""
+    run_dir: Path | None = None
+    """Run folder of a single-prompt run (default: <output stem>_run beside the output)."""
+    overwrite: bool = False
+    """Replace an existing output and run folder."""
+    viewer: bool = False
+    """Serve a live viser viewer during (and after) training."""
+    viewer_share: bool = False
+    """Let the viewer's "share" button open a public URL (a tunnel through share.viser.studio); off: ignored."""
+    host: str = "127.0.0.1"
+    """Viewer address; anything but loopback exposes an unauthenticated server."""
+    port: int = 8080
+    """Viewer port."""
+    viewer_every: int = 50
+    """Steps between splat refreshes in the viewer."""
+    gpteval3d: bool = False
+    """Also write GPTEval3D's render folder (120 views, rgb_<i>.png and normal_<i>.png); in batch mode one
+    tree per prompt file, OUT_DIR/gpteval3d/<prompt file stem>/splatvlm/<index in the file>/<seed>."""
+    fail_fast: bool = False
+    """Batch mode: stop at the first failed prompt (default: report it and go on with the others)."""
+    stop_after: int | None = None
+    """Stop (with a checkpoint) after this many steps in this invocation; --resume continues."""
+    mesh: bool = False
+    """Also export a colored mesh, <output stem>.glb (batch: scene.glb in each run folder); see `splatvlm mesh`."""
+    mesh_resolution: int = 256
+    """--mesh: marching-cubes cells along the object's longest side."""
+    faces: int = 100_000
+    """--mesh: decimate to at most this many triangles (0: keep all)."""
+    texture: int = 0
+    """--mesh: bake a UV texture of this many pixels square (0: per-vertex colors)."""
+    placement: Literal["single", "split"] = "single"
+    """'split': the VLM reward on cuda:1, prior + scene + renderer on cuda:0 (torchrun: GPUs 2*LOCAL_RANK, +1).
+    Under torchrun a batch's prompts are shared out over the processes (see splatvlm.distributed)."""
+    run: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=RunConfig)
+
+
+_FIT = load_run_config("fit")
+
+
+@dataclass
+class FitWeights:
+    """Weights of the photometric terms."""
+
+    l1: Weight = field(default_factory=lambda: _FIT.weights.l1)
+    """Photometric L1."""
+    ssim: Weight = field(default_factory=lambda: _FIT.weights.ssim)
+    """Photometric 1 - SSIM."""
+
+
+@dataclass
+class FitRecipe:
+    """The part of the run config that `fit` reads: the `fit` preset's values by default."""
+
+    steps: int = _FIT.steps
+    """Training steps."""
+    seed: int = _FIT.seed
+    """Random seed (views, initialization)."""
+    device: str = _FIT.device
+    """'auto' (CUDA when available), 'cuda', 'cuda:1' or 'cpu'."""
+    background: Literal["white", "black", "random"] = _FIT.background
+    """Background of the reference renders and of training."""
+    scene: SceneConfig = field(default_factory=lambda: _FIT.scene)
+    camera: CameraConfig = field(default_factory=lambda: _FIT.camera)
+    render: RenderConfig = field(default_factory=lambda: _FIT.render)
+    strategy: StrategyConfig = field(default_factory=lambda: _FIT.strategy)
+    weights: FitWeights = field(default_factory=FitWeights)
+    log_every: int = _FIT.log_every
+    """Steps between progress / JSONL log updates."""
+    checkpoint_every: int = _FIT.checkpoint_every
+    """Steps between checkpoints (0: only at the end and on interrupt)."""
+    max_bad_steps: int = _FIT.max_bad_steps
+    """Stop (with a checkpoint) after this many consecutive steps with a NaN/inf loss or gradient."""
+    tensorboard: bool = _FIT.tensorboard
+    """Also log scalars to TensorBoard (needs the tensorboard package)."""
+
+    def run_config(self) -> RunConfig:
+        values = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "weights"}
+        weights = replace(_FIT.weights, l1=self.weights.l1, ssim=self.weights.ssim)
+        return replace(_FIT, **values, weights=weights)
+
+
+@dataclass
+class FitArgs:
+    """Fit a fresh scene to orbit renders of a reference .ply and report held-out PSNR."""
+
+    reference: tyro.conf.Positional[Path]
+    """The reference .ply."""
+    output: Annotated[Path, tyro.conf.arg(aliases=["-o"])]
+    """Output .ply; missing folders are made."""
+    views: int = 24
+    """Training views rendered from the reference."""
+    heldout: int = 8
+    """Held-out views for the final PSNR."""
+    resolution: int = 64
+    """Render size of the training and held-out views."""
+    batch: int = 1
+    """Views per step."""
+    overwrite: bool = False
+    """Replace an existing output."""
+    run_dir: Path | None = None
+    """Run folder (default: <output stem>_run beside the output)."""
+    run: Annotated[FitRecipe, tyro.conf.arg(name="")] = field(default_factory=FitRecipe)
+
+
+@dataclass
+class RenderArgs:
+    """Render a .ply as a turntable (.gif / .mp4), a contact sheet (.png), or GPTEval3D's 120-view folder."""
+
+    input: tyro.conf.Positional[Path]
+    """The .ply to render."""
+    output: Annotated[Path | None, tyro.conf.arg(aliases=["-o"])] = None
+    """Output: .gif or .mp4 (turntable) or .png (contact sheet); missing folders are made."""
+    gpteval3d: Path | None = None
+    """Write GPTEval3D's render folder DIR/<method>/<prompt-id>/<seed>/ (rgb_<i>.png, normal_<i>.png) instead."""
+    frames: int | None = None
+    """Turntable frames, or views in the contact sheet (default: 60 for a video, 8 for a .png)."""
+    resolution: int | None = None
+    """Square frame size in pixels (default: 256; 512 for --gpteval3d, as GPTEval3D expects)."""
+    elevation: float = 15.0
+    """Camera elevation in degrees."""
+    fps: int = 20
+    """Frames per second of a video."""
+    method: str = "splatvlm"
+    """--gpteval3d: the method folder name."""
+    prompt_id: int = 0
+    """--gpteval3d: the prompt's index in GPTEval3D's prompts.json."""
+    seed: int = 0
+    """--gpteval3d: the seed folder name."""
+    device: str = "auto"
+    """'auto', 'cuda' or 'cpu'."""
+    overwrite: bool = False
+    """Replace an existing output."""
+
+
+@dataclass
+class MeshArgs:
+    """Export splats (.ply) as a colored triangle mesh: .glb (y-up, as glTF), .obj (y-up) or .ply (z-up)."""
+
+    input: tyro.conf.Positional[Path]
+    """The splat .ply."""
+    output: Annotated[Path, tyro.conf.arg(aliases=["-o"])]
+    """Output mesh: .glb, .obj or .ply (vertex colors only)."""
+    overwrite: bool = False
+    """Replace an existing output."""
+    mesh: Annotated[MeshConfig, tyro.conf.arg(name="")] = field(default_factory=MeshConfig)
+
+
+@dataclass
+class ViewArgs:
+    """Serve a finished .ply in the browser (viser), or a mesh (.glb, .obj, mesh .ply)."""
+
+    input: tyro.conf.Positional[Path]
+    """The .ply (splats or mesh), .glb or .obj to view."""
+    host: str = "127.0.0.1"
+    """Address to bind; anything but loopback exposes an unauthenticated server."""
+    port: int = 8080
+    """Port to serve on."""
+    share: bool = False
+    """Let the viewer's "share" button open a public URL (a tunnel through share.viser.studio); off: ignored."""
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PresetsArgs:
+    """List the presets with their descriptions, or print one resolved as YAML."""
+
+    name: tyro.conf.Positional[str | None] = None
+    """A preset to print in full, resolved over the defaults (e.g. vlm3d)."""
