@@ -24,14 +24,33 @@ def test_bench_demo_two_prompts_writes_reports(tmp_path):
     prompts.write_text(json.dumps(["a red apple", "a wooden chair", "not used"]))
     cfg = load_run_config("demo")
     args = BenchArgs(
-        output=tmp_path / "out", preset="demo", prompts=prompts, limit=2, steps=2, warmup=1, reference=True, recipe=cfg
+        output=tmp_path / "out",
+        preset="demo",
+        prompts=prompts,
+        limit=2,
+        steps=2,
+        warmup=1,
+        reference=True,
+        recipe=cfg,
     )
     report = run_bench(args)
     out = tmp_path / "out"
     data = json.loads((out / "report.json").read_text())
-    for key in ("device", "date", "command", "preset", "full_step_ms", "reference_full_step_ms", "peak_gb", "asset_s", "per_component_ms"):
+    for key in (
+        "device",
+        "date",
+        "command",
+        "preset",
+        "full_step_ms",
+        "reference_full_step_ms",
+        "peak_gb",
+        "asset_s",
+        "per_component_ms",
+    ):
         assert key in data, key
-    assert len(data["ours"]["prompts"]) == 2 and data["full_step_ms"] > 0 and data["reference_full_step_ms"] > 0
+    assert (
+        len(data["ours"]["prompts"]) == 2 and data["full_step_ms"] > 0 and data["reference_full_step_ms"] > 0
+    )
     assert data["per_component_ms"]["vlm"] > 0 and data["per_component_ms"]["sds"] > 0
     phase = data["ours"]["prompts"][0]["phases"][0]
     assert phase["timed_steps"] == 2 and phase["label"] == "4x64px +reward"
@@ -43,7 +62,11 @@ def test_bench_demo_two_prompts_writes_reports(tmp_path):
     # Same seeded render, cameras and noise on both paths: on CPU in fp32 the gradients agree.
     assert data["grad_cosine_sds"] > 0.999 and data["grad_cosine_vlm"] > 0.999
     # Quick mode says it extrapolates, and times its steps on a scene at the cap (demo: 3000).
-    assert data["full_run"] is False and "extrapolated" in data and data["timed_at_gaussians"] == cfg.strategy.cap_max
+    assert (
+        data["full_run"] is False
+        and "extrapolated" in data
+        and data["timed_at_gaussians"] == cfg.strategy.cap_max
+    )
     row = data["ours"]["prompts"][0]
     assert row["full_run"] is False and row["extrapolated"] is True and row["timed_at_gaussians"] == 3000
     assert all(p["num_gaussians"] >= 3000 for p in row["phases"])
@@ -59,8 +82,15 @@ def test_bench_full_runs_the_whole_recipe(tmp_path):
         steps=6,
         scene=replace(cfg.scene, num_points=300),
         camera=replace(cfg.camera, resolution=32, low_res_until=3, low_res=16, low_res_views=4),
-        strategy=replace(cfg.strategy, refine_start_iter=1, refine_every=2, refine_stop_iter=6, grow_grad2d=0.0,
-                         cap_max=420, max_grow_frac=0.25),
+        strategy=replace(
+            cfg.strategy,
+            refine_start_iter=1,
+            refine_every=2,
+            refine_stop_iter=6,
+            grow_grad2d=0.0,
+            cap_max=420,
+            max_grow_frac=0.25,
+        ),
     )
     args = BenchArgs(output=tmp_path / "out", preset="demo", prompts=prompts, full=True, recipe=cfg)
     run_bench(args)
@@ -73,7 +103,10 @@ def test_bench_full_runs_the_whole_recipe(tmp_path):
             assert key in row, key
         assert row["full_run"] is True and row["preset"] == "demo" and row["device"] == data["device"]
         assert row["steps"] == 6 and row["asset_s"] > 0
-        assert [p["timed_steps"] for p in row["phases"]] == [3, 3]  # every step of each phase, none extrapolated
+        assert [p["timed_steps"] for p in row["phases"]] == [
+            3,
+            3,
+        ]  # every step of each phase, none extrapolated
         assert row["asset_s"] >= sum(p["phase_s"] for p in row["phases"]) * 0.99
         # refinements at steps 2 and 4, growth bounded by the budget and the cap
         assert [r["step"] for r in row["refinements"]] == [2, 4]
@@ -81,7 +114,9 @@ def test_bench_full_runs_the_whole_recipe(tmp_path):
         assert 300 < row["max_gaussians"] <= 420
         assert row["max_gaussians"] == max(c for _, c in row["gaussians_over_time"])
         for r in row["refinements"]:
-            assert r["densify_grown"] <= int(0.25 * (r["densify_count"] - r["densify_grown"] + r["densify_pruned"]))
+            assert r["densify_grown"] <= int(
+                0.25 * (r["densify_count"] - r["densify_grown"] + r["densify_pruned"])
+            )
             assert r["densify_grad_p50"] <= r["densify_grad_p99"]
     # Model loading happens once, for the first prompt, and is not in its asset time.
     assert rows[0]["load_s"] > 0 and rows[1]["load_s"] == 0
@@ -93,4 +128,6 @@ def test_bench_full_runs_the_whole_recipe(tmp_path):
 
 def test_bench_bad_gaussians(tmp_path):
     with pytest.raises(Exception, match="--gaussians"):
-        run_bench(BenchArgs(output=tmp_path / "o", preset="demo", gaussians=-1, recipe=load_run_config("demo")))
+        run_bench(
+            BenchArgs(output=tmp_path / "o", preset="demo", gaussians=-1, recipe=load_run_config("demo"))
+        )

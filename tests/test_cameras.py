@@ -31,7 +31,12 @@ def test_point_in_front_projects_inside_image():
 
 def test_origin_at_image_center_and_up_is_up():
     cams = orbit_cameras(
-        torch.tensor([10.0, 45.0]), torch.tensor([0.0, 200.0]), torch.tensor([3.0, 2.0]), torch.tensor([40.0, 40.0]), 80, 60
+        torch.tensor([10.0, 45.0]),
+        torch.tensor([0.0, 200.0]),
+        torch.tensor([3.0, 2.0]),
+        torch.tensor([40.0, 40.0]),
+        80,
+        60,
     )
     uv, _ = project(cams, torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.3]]))
     torch.testing.assert_close(uv[:, 0], torch.tensor([[40.0, 30.0]] * 2), atol=1e-4, rtol=0)
@@ -40,7 +45,9 @@ def test_origin_at_image_center_and_up_is_up():
 
 def test_camera_position_matches_spherical_angles():
     el, az, d = 30.0, 60.0, 2.5
-    cams = orbit_cameras(torch.tensor([el]), torch.tensor([az]), torch.tensor([d]), torch.tensor([45.0]), 32, 32)
+    cams = orbit_cameras(
+        torch.tensor([el]), torch.tensor([az]), torch.tensor([d]), torch.tensor([45.0]), 32, 32
+    )
     pos = cams.c2w[0, :3, 3]
     e, a = math.radians(el), math.radians(az)
     expected = torch.tensor([d * math.cos(e) * math.cos(a), d * math.cos(e) * math.sin(a), d * math.sin(e)])

@@ -17,9 +17,25 @@ from splatvlm.config import list_presets, preset_description
 from splatvlm.gaussians.ply import load_ply, save_ply
 from splatvlm.gaussians.scene import init_toy
 
-FAST = ["--steps", "3", "--turntable-frames", "4", "--turntable-resolution", "32", "--log-every", "1", "--scene.num-points", "300"]
+FAST = [
+    "--steps",
+    "3",
+    "--turntable-frames",
+    "4",
+    "--turntable-resolution",
+    "32",
+    "--log-every",
+    "1",
+    "--scene.num-points",
+    "300",
+]
 # Set by splatvlm.cli.quiet_libraries when a test runs the CLI in-process; a subprocess must show that it quiets itself.
-QUIET_ENV = ("HF_HUB_DISABLE_PROGRESS_BARS", "TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY", "TRANSFORMERS_NO_ADVISORY_WARNINGS")
+QUIET_ENV = (
+    "HF_HUB_DISABLE_PROGRESS_BARS",
+    "TRANSFORMERS_VERBOSITY",
+    "DIFFUSERS_VERBOSITY",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS",
+)
 
 
 def run(*args, timeout=600, **kw):
@@ -28,7 +44,12 @@ def run(*args, timeout=600, **kw):
     for name in QUIET_ENV:
         env.pop(name, None)
     return subprocess.run(
-        [sys.executable, "-m", "splatvlm.cli", *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env, **kw
+        [sys.executable, "-m", "splatvlm.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        **kw,
     )
 
 
@@ -95,7 +116,20 @@ def test_batch_skips_finished_and_reports(tmp_path, capsys):
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps(["a red apple", "a blue chair"]))
     out = tmp_path / "batch"
-    args = ("generate", "--prompts", prompts, "--out-dir", out, "--preset", "demo", *FAST, "--steps", "2", "--turntable-frames", "0")
+    args = (
+        "generate",
+        "--prompts",
+        prompts,
+        "--out-dir",
+        out,
+        "--preset",
+        "demo",
+        *FAST,
+        "--steps",
+        "2",
+        "--turntable-frames",
+        "0",
+    )
     code, _, err = cli(capsys, *args)
     assert code == 0, err
     folders = sorted(p.name for p in out.iterdir() if p.is_dir())
@@ -119,8 +153,27 @@ def test_signal_saves_checkpoint_and_exits(tmp_path, sig, code):
     out = tmp_path / "s.ply"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "splatvlm.cli", "generate", "a dog", "--preset", "demo", "-o", str(out), "--steps", "5000", "--log-every", "1", "--scene.num-points", "300"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "splatvlm.cli",
+            "generate",
+            "a dog",
+            "--preset",
+            "demo",
+            "-o",
+            str(out),
+            "--steps",
+            "5000",
+            "--log-every",
+            "1",
+            "--scene.num-points",
+            "300",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     metrics = tmp_path / "s_run" / "metrics.jsonl"
     deadline = time.time() + 300
@@ -157,10 +210,22 @@ def test_fit_and_render(tmp_path, toy_ply, capsys):
     assert code == 0, err
     assert iio.imread(tmp_path / "sheet.png").shape[:2] == (32, 64)
     # GPTEval3D's folder for an existing .ply: 120 views, --resolution applies.
-    code, stdout, err = cli(capsys, "render", out, "--gpteval3d", tmp_path / "g" / "eval", "--resolution", "16", "--prompt-id", "7")
+    code, stdout, err = cli(
+        capsys,
+        "render",
+        out,
+        "--gpteval3d",
+        tmp_path / "g" / "eval",
+        "--resolution",
+        "16",
+        "--prompt-id",
+        "7",
+    )
     assert code == 0, err
     folder = tmp_path / "g" / "eval" / "splatvlm" / "7" / "0"
-    assert sorted(p.name for p in folder.iterdir()) == sorted([f"rgb_{i}.png" for i in range(120)] + [f"normal_{i}.png" for i in range(120)])
+    assert sorted(p.name for p in folder.iterdir()) == sorted(
+        [f"rgb_{i}.png" for i in range(120)] + [f"normal_{i}.png" for i in range(120)]
+    )
     assert iio.imread(folder / "rgb_119.png").shape[:2] == (16, 16)
 
 
@@ -170,16 +235,31 @@ def test_fit_and_render(tmp_path, toy_ply, capsys):
         (["generate", "   ", "-o", "{tmp}/x.ply", "--preset", "demo"], "prompt is empty"),
         (["generate", " ".join(["apple"] * 100), "-o", "{tmp}/x.ply", "--preset", "demo"], "tokens long"),
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "nope"], "unknown preset"),
-        (["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "demo", "--steps", "0"], "--steps must be positive"),
-        (["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "demo", "--camera.num-views", "-4"], "num_views must be positive"),
+        (
+            ["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "demo", "--steps", "0"],
+            "--steps must be positive",
+        ),
+        (
+            ["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "demo", "--camera.num-views", "-4"],
+            "num_views must be positive",
+        ),
         (["generate", "a cat", "-o", "{tmp}/exists.ply/x.ply", "--preset", "demo"], "not a folder"),
         (["generate", "a cat", "-o", "{tmp}/exists.ply", "--preset", "demo"], "already exists"),
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--bogus-flag", "1"], "bogus"),
         (["generate", "a cat", "-o", "{tmp}/x.ply", "--steps", "many"], "many"),
-        (["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "demo", "--sds.model", "{tmp}/no-weights"], "--sds.model"),
-        (["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "demo", "--vlm.model", "{tmp}/no-weights"], "--vlm.model"),
+        (
+            ["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "demo", "--sds.model", "{tmp}/no-weights"],
+            "--sds.model",
+        ),
+        (
+            ["generate", "a cat", "-o", "{tmp}/x.ply", "--preset", "demo", "--vlm.model", "{tmp}/no-weights"],
+            "--vlm.model",
+        ),
         (["generate", "--prompts", "{tmp}/bad.txt", "--out-dir", "{tmp}/o", "--preset", "demo"], "not UTF-8"),
-        (["generate", "a cat", "-o", "{tmp}/x.ply", "--config", "{tmp}/bad.yaml"], "did you mean 'sds.model'"),
+        (
+            ["generate", "a cat", "-o", "{tmp}/x.ply", "--config", "{tmp}/bad.yaml"],
+            "did you mean 'sds.model'",
+        ),
         (["generate", "--resume", "{tmp}"], "not a splatvlm run folder"),
         (["fit", "{tmp}/nope.ply", "-o", "{tmp}/x.ply"], "file not found"),
         (["fit", "{tmp}/exists.ply", "-o", "{tmp}/x.ply"], "cannot load"),
@@ -208,7 +288,9 @@ def test_unknown_command_and_help(capsys):
     out = capsys.readouterr().out
     assert e.value.code == 0 and "--vlm.lora" in out and "--sds.model" in out
     for name in list_presets():  # --preset's help names every preset
-        assert name in out.split("--preset", 1)[1].split("--", 1)[0].replace("\n", " ").replace("│", " "), name
+        assert name in out.split("--preset", 1)[1].split("--", 1)[0].replace("\n", " ").replace("│", " "), (
+            name
+        )
 
 
 def _undocumented_flags(help_text: str) -> list[str]:

@@ -39,7 +39,9 @@ def test_every_preset_loads_and_round_trips(tmp_path):
 
 
 def test_overrides_nested_and_typed():
-    cfg = apply_overrides(RunConfig(), {"steps": 7, "camera": {"elevation_range": [5, 10]}, "weights": {"vlm": {"start": 2}}})
+    cfg = apply_overrides(
+        RunConfig(), {"steps": 7, "camera": {"elevation_range": [5, 10]}, "weights": {"vlm": {"start": 2}}}
+    )
     assert cfg.steps == 7 and cfg.camera.elevation_range == (5.0, 10.0) and cfg.weights.vlm.start == 2.0
 
 
@@ -48,7 +50,10 @@ def test_overrides_nested_and_typed():
     [
         ({"stepz": 1}, "unknown config key 'stepz'; did you mean 'steps'\\?"),
         ({"camera": {"fov": 1}}, "unknown config key 'camera.fov'$"),
-        ({"camera": {"resolutoin": 1}}, "unknown config key 'camera.resolutoin'; did you mean 'camera.resolution'\\?"),
+        (
+            {"camera": {"resolutoin": 1}},
+            "unknown config key 'camera.resolutoin'; did you mean 'camera.resolution'\\?",
+        ),
         ({"steps": "many"}, "must be an integer"),
         ({"steps": True}, "must be an integer"),
         ({"background": "pink"}, "must be one of"),
@@ -88,7 +93,11 @@ keys = st.sampled_from(list(to_dict(RunConfig()).keys()) + ["bogus"])
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.dictionaries(keys, yaml_values | st.dictionaries(st.text(max_size=12), yaml_values, max_size=3), max_size=4))
+@given(
+    st.dictionaries(
+        keys, yaml_values | st.dictionaries(st.text(max_size=12), yaml_values, max_size=3), max_size=4
+    )
+)
 def test_fuzz_config_loader_only_clear_errors(overrides):
     try:
         cfg = apply_overrides(RunConfig(), overrides)

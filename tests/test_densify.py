@@ -192,8 +192,15 @@ def test_every_gaussian_qualifies_yet_bounds_hold(cap, frac):
     """Threshold 0 (every seen Gaussian qualifies) and a refinement every 2 steps: the count never
     exceeds the cap, and no refinement adds more than max_grow_frac of the count it started from."""
     cfg = StrategyConfig(
-        refine_start_iter=0, refine_every=2, reset_every=0, grow_grad2d=0.0, grow_scale3d=0.05,
-        cap_max=cap, max_grow_frac=frac, prune_opa=0.0, prune_scale3d=1e9,
+        refine_start_iter=0,
+        refine_every=2,
+        reset_every=0,
+        grow_grad2d=0.0,
+        grow_scale3d=0.05,
+        cap_max=cap,
+        max_grow_frac=frac,
+        prune_opa=0.0,
+        prune_scale3d=1e9,
     )
     params, optimizers, cams, white, target = setup()
     strategy, state = make_strategy(cfg, True, params, optimizers)
@@ -230,8 +237,15 @@ def test_logged_statistics_on_a_known_case():
     """Known accumulated gradients -> known quantiles, and the top-budget Gaussians grow."""
     n = 10
     cfg = StrategyConfig(
-        refine_start_iter=0, refine_every=1, reset_every=0, grow_grad2d=0.35, grow_scale3d=0.05,
-        cap_max=1000, max_grow_frac=0.3, prune_opa=0.01, prune_scale3d=0.5,
+        refine_start_iter=0,
+        refine_every=1,
+        reset_every=0,
+        grow_grad2d=0.35,
+        grow_scale3d=0.05,
+        cap_max=1000,
+        max_grow_frac=0.3,
+        prune_opa=0.01,
+        prune_scale3d=0.5,
     )
     params, optimizers, *_ = setup(n=n)
     with torch.no_grad():
@@ -254,7 +268,11 @@ def test_logged_statistics_on_a_known_case():
     assert stats_grow["densify_grad_p99"] == pytest.approx(0.892)
     # 0.4..0.9 qualify (6); budget int(0.3 * 10) = 3: the three highest (7, 8, 9) all large -> split
     assert stats_grow["densify_qualified"] == 6 and stats_grow["densify_budget"] == 3
-    assert (stats_grow["densify_duplicated"], stats_grow["densify_split"], stats_grow["densify_grown"]) == (0, 3, 3)
+    assert (stats_grow["densify_duplicated"], stats_grow["densify_split"], stats_grow["densify_grown"]) == (
+        0,
+        3,
+        3,
+    )
     assert num_gaussians(params) == 13
     strategy._prune_gs(params, optimizers, state, step=1)
     stats = state.pop("refine")
@@ -265,10 +283,14 @@ def test_logged_statistics_on_a_known_case():
 
 def test_large_gaussians_pruned_without_resets():
     """gsplat prunes large Gaussians only after the first opacity reset; ours does with resets off."""
-    cfg = StrategyConfig(refine_start_iter=0, refine_every=2, reset_every=0, grow_grad2d=1e9, prune_scale3d=0.1)
+    cfg = StrategyConfig(
+        refine_start_iter=0, refine_every=2, reset_every=0, grow_grad2d=1e9, prune_scale3d=0.1
+    )
     _, _, counts, _ = fit(cfg, 3, RenderConfig())
     assert counts[1] == 150 and counts[2] == 150 - 75 - 10 + 0  # the 75 large (0.12) and 10 transparent go
-    kept = StrategyConfig(refine_start_iter=0, refine_every=2, reset_every=0, grow_grad2d=1e9, prune_scale3d_after=100)
+    kept = StrategyConfig(
+        refine_start_iter=0, refine_every=2, reset_every=0, grow_grad2d=1e9, prune_scale3d_after=100
+    )
     _, _, counts, _ = fit(kept, 3, RenderConfig())
     assert counts[2] == 140
 
@@ -282,8 +304,15 @@ def test_trainer_logs_refinement_statistics(tmp_path):
         weights=replace(cfg.weights, l1=Weight(start=1.0)),
         log_every=100,
         checkpoint_every=0,
-        strategy=replace(cfg.strategy, refine_start_iter=0, refine_every=3, refine_stop_iter=100, grow_grad2d=0.0,
-                         cap_max=1600, max_grow_frac=0.02),
+        strategy=replace(
+            cfg.strategy,
+            refine_start_iter=0,
+            refine_every=3,
+            refine_stop_iter=100,
+            grow_grad2d=0.0,
+            cap_max=1600,
+            max_grow_frac=0.02,
+        ),
     )
     params = init_ball(cfg.scene, torch.Generator().manual_seed(0))
     state = new_state(params, cfg, torch.device("cpu"))

@@ -12,7 +12,14 @@ def test_fit_reaches_25db_on_heldout_views(tmp_path):
     # 150 steps at 32 px reach 29.3 dB here (300 steps at 40 px: 33.3 dB in 4x the time).
     cfg = dataclasses.replace(cfg, steps=150, scene=dataclasses.replace(cfg.scene, num_points=600))
     params, metrics = run_fit(
-        init_toy(1000), cfg, tmp_path, torch.device("cpu"), num_train=12, num_heldout=4, resolution=32, batch=1,
+        init_toy(1000),
+        cfg,
+        tmp_path,
+        torch.device("cpu"),
+        num_train=12,
+        num_heldout=4,
+        resolution=32,
+        batch=1,
         progress=False,
     )
     print(metrics)

@@ -51,8 +51,9 @@ def tiny_cfg(steps=4, **kw):
         turntable_frames=0,
         checkpoint_every=0,
         scene=dataclasses.replace(cfg.scene, num_points=64),
-        camera=dataclasses.replace(cfg.camera, num_views=1, low_res_views=1, views_per_group=1, resolution=16,
-                                   low_res=16),  # fmt: skip
+        camera=dataclasses.replace(
+            cfg.camera, num_views=1, low_res_views=1, views_per_group=1, resolution=16, low_res=16
+        ),  # fmt: skip
         **kw,
     )
 
@@ -121,7 +122,9 @@ def test_swap_cut_between_renames_is_recovered(tmp_path):
 @pytest.fixture
 def no_models(monkeypatch):
     monkeypatch.setattr(generate, "check_sources", lambda cfg, prompts=(): Sources())
-    monkeypatch.setattr(generate, "make_guidance", lambda cfg, control, info=None, sources=None: FakeGuidance(cfg))
+    monkeypatch.setattr(
+        generate, "make_guidance", lambda cfg, control, info=None, sources=None: FakeGuidance(cfg)
+    )
 
 
 def test_resume_cuts_metrics_counts_time_and_cleans_up(tmp_path, no_models, capsys):
@@ -129,7 +132,7 @@ def test_resume_cuts_metrics_counts_time_and_cleans_up(tmp_path, no_models, caps
     assert not summary["finished"] and summary["resume"] == f"splatvlm generate --resume {run_dir}"
     # Steps logged after the checkpoint by a process that was then killed are done again on resume.
     with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": 3, "loss": 1.0}) + "\n" + json.dumps({"step": 4, "loss": 1.0}) + "\n{\"st")
+        f.write(json.dumps({"step": 3, "loss": 1.0}) + "\n" + json.dumps({"step": 4, "loss": 1.0}) + '\n{"st')
     (run_dir / "interrupted.ply").write_bytes((run_dir / "partial.ply").read_bytes())
     ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     ckpt["elapsed_s"] = 1000.0  # as if the first part had trained for 1000 s
@@ -261,7 +264,10 @@ def test_os_error_is_one_line_with_path_and_errno(monkeypatch, capsys):
     monkeypatch.setitem(cli.COMMANDS, "presets", full_disk)
     assert cli.main(["presets"]) == 1
     err = capsys.readouterr().err.strip()
-    assert err == "error: cannot write or read /runs/a_run/checkpoint.pt: No space left on device (errno 28 ENOSPC)"
+    assert (
+        err
+        == "error: cannot write or read /runs/a_run/checkpoint.pt: No space left on device (errno 28 ENOSPC)"
+    )
 
 
 def test_unusable_cache_folder_is_one_line(tmp_path, monkeypatch):
@@ -291,7 +297,9 @@ def test_precheck_loads_each_tokenizer_once_and_names_the_line(monkeypatch):
         monkeypatch.setattr(cls, "from_pretrained", classmethod(counting))
     cfg = load_run_config("demo")
     n = 3000
-    prompts = Prompts([f"a small red apple number {i}" for i in range(n)], [f"line {i + 2} of p.txt" for i in range(n)])
+    prompts = Prompts(
+        [f"a small red apple number {i}" for i in range(n)], [f"line {i + 2} of p.txt" for i in range(n)]
+    )
     generate.check_sources(cfg, prompts)
     assert calls == {"auto": 1, "clip": 1}
     prompts[1500] = "apple " * 100  # longer than CLIP's 77 tokens
@@ -310,7 +318,13 @@ def test_reward_precheck_agrees_with_the_exact_query_length():
 
     def exact(p):
         grid = (cfg.size // src.patch_size,) * 2
-        return query_ids(src, question_text(cfg.question, p, cfg.num_views), cfg.num_views, grid, _target(cfg, src.tokenizer)).shape[-1]
+        return query_ids(
+            src,
+            question_text(cfg.question, p, cfg.num_views),
+            cfg.num_views,
+            grid,
+            _target(cfg, src.tokenizer),
+        ).shape[-1]
 
     base = exact("a red cube")
     # Prompts whose query lands just under, at and just over the context.

@@ -65,7 +65,13 @@ def _fake_run_one(fail_on):
     def fake(prompt, cfg, output, run_dir, guidance, control, resume=False, prompt_id=0):
         if prompt == fail_on:
             raise RuntimeError("boom")
-        summary = {"prompt": prompt, "output": str(output), "steps": cfg.steps, "finished": True, "prompt_id": prompt_id}
+        summary = {
+            "prompt": prompt,
+            "output": str(output),
+            "steps": cfg.steps,
+            "finished": True,
+            "prompt_id": prompt_id,
+        }
         (run_dir / "summary.json").write_text(json.dumps(summary))
         return summary
 
@@ -104,7 +110,12 @@ def test_gpteval3d_ids_are_file_indices_and_two_files_never_collide(tmp_path, mo
     control = dataclasses.replace(CPU_CONTROL, gpteval3d=True)
     generate.run_batch(["a red apple", "a blue chair"], cfg, tmp_path, control, prompt_set="set-a")
     generate.run_batch(["a dog", "a cat"], cfg, tmp_path, control, prompt_set="set-b")
-    assert seen == [("set-a", 0, "a red apple"), ("set-a", 1, "a blue chair"), ("set-b", 0, "a dog"), ("set-b", 1, "a cat")]
+    assert seen == [
+        ("set-a", 0, "a red apple"),
+        ("set-a", 1, "a blue chair"),
+        ("set-b", 0, "a dog"),
+        ("set-b", 1, "a cat"),
+    ]
     assert json.loads((tmp_path / "gpteval3d" / "set-b" / "prompts.json").read_text()) == ["a dog", "a cat"]
     with pytest.raises(SplatVLMError, match="different prompt file named 'set-a'"):
         generate.run_batch(["a fish"], cfg, tmp_path, control, prompt_set="set-a")

@@ -31,12 +31,25 @@ def _imports(path: pathlib.Path) -> set[str]:
 def test_no_import_cycles_and_the_flow_points_down():
     modules = {".".join(p.relative_to(SRC.parent).with_suffix("").parts): p for p in SRC.rglob("*.py")}
     modules = {k.removesuffix(".__init__"): v for k, v in modules.items()}
-    graph = {m: {i for i in _imports(p) if i in modules and i != m and i != "splatvlm"} for m, p in modules.items()}
-    for m, deps in graph.items():  # gaussians/ knows nothing of guidance, the trainer or the CLI; guidance/ of the trainer
+    graph = {
+        m: {i for i in _imports(p) if i in modules and i != m and i != "splatvlm"} for m, p in modules.items()
+    }
+    for (
+        m,
+        deps,
+    ) in (
+        graph.items()
+    ):  # gaussians/ knows nothing of guidance, the trainer or the CLI; guidance/ of the trainer
         if m.startswith("splatvlm.gaussians"):
-            assert not {d for d in deps if not d.startswith(("splatvlm.gaussians", "splatvlm.errors", "splatvlm.files"))}, m
+            assert not {
+                d
+                for d in deps
+                if not d.startswith(("splatvlm.gaussians", "splatvlm.errors", "splatvlm.files"))
+            }, m
         if m.startswith("splatvlm.guidance"):
-            assert not {d for d in deps if d.split(".")[1] in ("trainer", "cli", "viewer", "generate", "bench")}, m
+            assert not {
+                d for d in deps if d.split(".")[1] in ("trainer", "cli", "viewer", "generate", "bench")
+            }, m
     state: dict[str, int] = {}
 
     def visit(m, stack):

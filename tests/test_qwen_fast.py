@@ -36,7 +36,9 @@ def test_missing_internal_is_one_line_naming_the_version(tiny_vlm, monkeypatch):
     with pytest.raises(SplatVLMError) as e:
         check_transformers(tiny_vlm)
     msg = str(e.value)
-    assert "\n" not in msg and "repeat_kv" in msg and transformers.__version__ in msg and "--vlm.no-fast" in msg
+    assert (
+        "\n" not in msg and "repeat_kv" in msg and transformers.__version__ in msg and "--vlm.no-fast" in msg
+    )
 
 
 def test_missing_module_attribute_is_reported(tiny_vlm, monkeypatch):

@@ -36,7 +36,10 @@ def test_bench_random_weights_refused_when_ram_is_short(monkeypatch, tmp_path):
     args = BenchArgs(output=tmp_path / "bench", recipe=load_run_config("vlm3d"), weights="random")
     args.recipe.device = "cpu"
     t0 = time.perf_counter()
-    with pytest.raises(SplatVLMError, match=r"need about \d+\.\d GB of RAM on cpu \(estimate\), but only 10\.0 GB of 16\.0 GB"):
+    with pytest.raises(
+        SplatVLMError,
+        match=r"need about \d+\.\d GB of RAM on cpu \(estimate\), but only 10\.0 GB of 16\.0 GB",
+    ):
         run_bench(args)
     assert time.perf_counter() - t0 < 10
     assert not (tmp_path / "bench").exists()  # refused before writing anything

@@ -365,7 +365,9 @@ def test_fast_path_matches_reference_fp32_7b():
         (g_fast,) = torch.autograd.grad(fast["reward"], x)
         (g_ref,) = torch.autograd.grad(ref["reward"], x)
         c = cosine(g_fast, g_ref)
-        print(f"\nrandom-7b fp32: reward fast {float(fast['reward']):.5f} reference {float(ref['reward']):.5f}, cosine {c:.6f}")
+        print(
+            f"\nrandom-7b fp32: reward fast {float(fast['reward']):.5f} reference {float(ref['reward']):.5f}, cosine {c:.6f}"
+        )
         assert float(fast["reward"]) == pytest.approx(float(ref["reward"]), abs=1e-3)
         assert c >= 0.9999
     finally:

@@ -452,7 +452,9 @@ def test_load_errors_become_one_line(tmp_path):
 
 def test_base_model_load_errors_name_the_base_model(tmp_path, monkeypatch):
     # The .pt route always builds the full-size UNet; stand in the tiny one to reach the base-model step.
-    monkeypatch.setattr("splatvlm.guidance.mvdream.load_mvdream_unet", lambda *a, **k: tiny_components("mvdream")["unet"])
+    monkeypatch.setattr(
+        "splatvlm.guidance.mvdream.load_mvdream_unet", lambda *a, **k: tiny_components("mvdream")["unet"]
+    )
     torch.save({"x": torch.zeros(1)}, tmp_path / "mv.pt")
     save_components(tiny_components("sd"), tmp_path / "base")
     (tmp_path / "base" / "text_encoder" / "config.json").write_text("{ not json")

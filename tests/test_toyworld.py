@@ -123,12 +123,26 @@ def test_eval_smoke_cli(tmp_path: Path):
     from splatvlm.cli import main
 
     t0 = time.perf_counter()
-    assert main(["toyworld", "eval", "--limit", "1", "--steps", "30", "--device", "cpu", "-o", str(tmp_path)]) == 0
+    assert (
+        main(["toyworld", "eval", "--limit", "1", "--steps", "30", "--device", "cpu", "-o", str(tmp_path)])
+        == 0
+    )
     seconds = time.perf_counter() - t0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["suite"] == "toyworld" and report["command"].startswith("splatvlm toyworld eval")
     assert {r["method"] for r in report["results"]} == {"mvdream", "vlm3d"}
-    keys = {"object", "caption", "method", "seed", "psnr", "iou", "janus", "front_back", "num_gaussians", "seconds"}
+    keys = {
+        "object",
+        "caption",
+        "method",
+        "seed",
+        "psnr",
+        "iou",
+        "janus",
+        "front_back",
+        "num_gaussians",
+        "seconds",
+    }
     for r in report["results"]:
         assert set(r) == keys
         assert 0.0 <= r["iou"] <= 1.0 and r["num_gaussians"] > 0

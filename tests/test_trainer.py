@@ -63,7 +63,14 @@ def test_checkpoint_loads_weights_only(tmp_path):
     cfg, terms, sample = fit_setup(3)
     train(cfg, fresh_state(cfg), terms, tmp_path, CPU, sample, progress=False)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    assert ckpt["step"] == 3 and set(ckpt["params"]) == {"means", "quats", "scales", "opacities", "sh0", "shN"}
+    assert ckpt["step"] == 3 and set(ckpt["params"]) == {
+        "means",
+        "quats",
+        "scales",
+        "opacities",
+        "sh0",
+        "shN",
+    }
 
 
 def test_nan_steps_are_skipped_then_stop(tmp_path):
@@ -128,10 +135,24 @@ def test_out_of_memory_saves_checkpoint_and_advises(tmp_path):
         return {"loss_l1": rgb.mean()}
 
     with pytest.raises(SplatVLMError) as e:
-        train(cfg, fresh_state(cfg), {"t": Term(oom_at_3, weights=("l1",))}, tmp_path, CPU, sample, progress=False)
+        train(
+            cfg,
+            fresh_state(cfg),
+            {"t": Term(oom_at_3, weights=("l1",))},
+            tmp_path,
+            CPU,
+            sample,
+            progress=False,
+        )
     msg = str(e.value)
     assert "\n" not in msg and "out of memory at step 3" in msg
-    for advice in ("--camera.num-views", "--vlm.size", "vlm3d-3b", "--vlm.gradient-checkpointing", "--resume"):
+    for advice in (
+        "--camera.num-views",
+        "--vlm.size",
+        "vlm3d-3b",
+        "--vlm.gradient-checkpointing",
+        "--resume",
+    ):
         assert advice in msg
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
 
@@ -202,7 +223,9 @@ def test_structurally_wrong_checkpoints_are_one_line_errors(tmp_path):
         with pytest.raises(SplatVLMError, match=match):
             load_checkpoint(path)
     # Structurally complete, but another run's optimizer state: restore says so in one line.
-    torch.save({**good, "optimizers": {k: {"state": {}, "param_groups": []} for k in good["optimizers"]}}, path)
+    torch.save(
+        {**good, "optimizers": {k: {"state": {}, "param_groups": []} for k in good["optimizers"]}}, path
+    )
     with pytest.raises(SplatVLMError, match="does not fit this run's config"):
         restore_state(load_checkpoint(path), cfg, CPU)
 
@@ -232,4 +255,6 @@ def test_plain_progress_line_has_step_losses_gaussians_rate_and_eta():
 
     logs = {"loss_sds": 12.5, "loss_vlm": 0.25, "p_yes": 0.5, "num_gaussians": 4096}
     line = _progress_line(250, 5000, 5000, logs, 10.0, elapsed=25.0, done=250)
-    assert line == "step 250/5000 sds=12.5 vlm=0.25 p_yes=0.500 #G=4096 10.00 it/s elapsed 0:00:25 eta 0:07:55"
+    assert (
+        line == "step 250/5000 sds=12.5 vlm=0.25 p_yes=0.500 #G=4096 10.00 it/s elapsed 0:00:25 eta 0:07:55"
+    )

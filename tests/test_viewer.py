@@ -126,12 +126,21 @@ def test_update_uploads_splats_every_refresh(viewer, tiny_scene):
     steps, values = viewer._plots["loss"].data
     assert steps[0] == 0 and steps[-1] == 35 and values[-1] == pytest.approx(0.5)
     # Refinement statistics (densify.step_post_backward's keys, only on refinement steps) are curves too.
-    refine = {"densify_grad_p50": 0.1, "densify_grad_p90": 0.4, "densify_grad_p99": 0.9, "densify_grown": 12,
-              "densify_split": 5, "densify_pruned": 3, "densify_budget": 20}
+    refine = {
+        "densify_grad_p50": 0.1,
+        "densify_grad_p90": 0.4,
+        "densify_grad_p99": 0.9,
+        "densify_grown": 12,
+        "densify_split": 5,
+        "densify_pruned": 3,
+        "densify_budget": 20,
+    }
     viewer.update(tiny_scene, 36, {"loss": 0.4, "num_gaussians": n, **refine}, force=True)
     viewer.update(tiny_scene, 37, {"loss": 0.4, "num_gaussians": n}, force=True)
     assert set(DENSIFY_CURVES) >= set(refine) - {"densify_budget"}
-    assert set(viewer._plots) == {"loss", "loss_sds", "p_yes", "num_gaussians"} | (set(refine) - {"densify_budget"})
+    assert set(viewer._plots) == {"loss", "loss_sds", "p_yes", "num_gaussians"} | (
+        set(refine) - {"densify_budget"}
+    )
     steps, values = viewer._plots["densify_grad_p90"].data
     assert list(steps) == [36] and list(values) == [0.4]
 
@@ -425,7 +434,10 @@ def _handshake(port, origin):
 
     try:
         with connect(
-            f"ws://127.0.0.1:{port}", origin=origin, subprotocols=[f"viser-v{viser.__version__}"], open_timeout=10
+            f"ws://127.0.0.1:{port}",
+            origin=origin,
+            subprotocols=[f"viser-v{viser.__version__}"],
+            open_timeout=10,
         ) as ws:
             assert ws.recv(timeout=10)  # the viewer's state arrives: this client is served
             return 101

@@ -21,10 +21,25 @@ from splatvlm.cli import main
 preset, extra = sys.argv[1], sys.argv[2:]
 out = Path(os.environ.get("OUT", ".")) / "preset_table"
 out.mkdir(parents=True, exist_ok=True)
-vlm = ["--vlm.model", "random-3b" if preset.endswith("3b") else "random-7b"] if preset.startswith("vlm3d") else []
+vlm = (
+    ["--vlm.model", "random-3b" if preset.endswith("3b") else "random-7b"]
+    if preset.startswith("vlm3d")
+    else []
+)
 ply = out / f"{preset}.ply"
-args = ["generate", "a ceramic teapot painted with blue flowers", "--preset", preset, "-o", str(ply), "--overwrite",
-        "--sds.model", "random", *vlm, *extra]
+args = [
+    "generate",
+    "a ceramic teapot painted with blue flowers",
+    "--preset",
+    preset,
+    "-o",
+    str(ply),
+    "--overwrite",
+    "--sds.model",
+    "random",
+    *vlm,
+    *extra,
+]
 torch.cuda.reset_peak_memory_stats()
 t0 = time.perf_counter()
 code = main(args)

@@ -70,7 +70,9 @@ class Args:
     """Where to write the JSON results."""
 
 
-def smooth_renders(views: int, size: int, device: torch.device, seed: int = 0) -> torch.Tensor:  # [V, H, W, 3]
+def smooth_renders(
+    views: int, size: int, device: torch.device, seed: int = 0
+) -> torch.Tensor:  # [V, H, W, 3]
     g = torch.Generator().manual_seed(seed)
     low = torch.rand(views, 3, 8, 8, generator=g)
     img = F.interpolate(low, (size, size), mode="bicubic", align_corners=False).clamp(0, 1)
@@ -88,7 +90,9 @@ def pixel_grad(
     return x.grad.detach().float(), float(out["loss_sds"].detach())
 
 
-def time_steps(g: SDSGuidance, rgb: torch.Tensor, cams, graph: bool, args: Args, device: torch.device) -> dict:
+def time_steps(
+    g: SDSGuidance, rgb: torch.Tensor, cams, graph: bool, args: Args, device: torch.device
+) -> dict:
     """Median ms of one SDS step (forward + pixel gradient) on the eager or the graph path."""
     g.cfg.cuda_graph = graph
     x = rgb.detach().clone().requires_grad_(True)
@@ -120,7 +124,9 @@ def time_steps(g: SDSGuidance, rgb: torch.Tensor, cams, graph: bool, args: Args,
     return {"ms_median": statistics.median(ms) if ms else 0.0, "warmup_s": warmup_s}
 
 
-def build(base, dtype: Precision, device: torch.device, weights_from: SDSGuidance | None, prompt: str) -> SDSGuidance:
+def build(
+    base, dtype: Precision, device: torch.device, weights_from: SDSGuidance | None, prompt: str
+) -> SDSGuidance:
     g = SDSGuidance(replace(base, dtype=dtype), device).load()
     if weights_from is not None:  # the same weights in every precision (random builds differ otherwise)
         for name in ("unet", "vae", "text_encoder"):

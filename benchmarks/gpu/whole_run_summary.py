@@ -47,7 +47,9 @@ def main() -> None:
             )
         p90 = statistics.median(x["densify_grad_p90"] for x in grads)
         p99 = statistics.median(x["densify_grad_p99"] for x in grads)
-        print(f"\nmedian over {len(grads)} refinements: p90 {p90:.3g} (~10% qualify), p99 {p99:.3g} (~1% qualify)")
+        print(
+            f"\nmedian over {len(grads)} refinements: p90 {p90:.3g} (~10% qualify), p99 {p99:.3g} (~1% qualify)"
+        )
     if args.out:
         args.out.write_text(json.dumps({"rows": rows}, indent=2))
         print(f"wrote {args.out}")

@@ -282,7 +282,17 @@ def run_prompt_full(
     run_cfg = replace(cfg, checkpoint_every=0)
     viewer = _viewer_for(state, cfg, run_dir, viewer_every) if viewer_every else None
     try:
-        train(run_cfg, state, terms, run_dir, device, viewer=viewer, progress=False, profile=True, on_step=on_step)
+        train(
+            run_cfg,
+            state,
+            terms,
+            run_dir,
+            device,
+            viewer=viewer,
+            progress=False,
+            profile=True,
+            on_step=on_step,
+        )
     finally:
         if viewer is not None:
             viewer.close()
@@ -333,7 +343,9 @@ def run_prompt_full(
     return result
 
 
-def gradient_probe(prompt: str, cfg: RunConfig, guidance: Any, device: torch.device) -> dict[str, torch.Tensor]:
+def gradient_probe(
+    prompt: str, cfg: RunConfig, guidance: Any, device: torch.device
+) -> dict[str, torch.Tensor]:
     """Each term's gradient to the pixels of one fixed render, at the full step's resolution (on CPU).
 
     The render, cameras, step and RNG are seeded, so the same call on the reference path is comparable:
@@ -454,7 +466,14 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
                         res = run_prompt_full(prompts[i], vcfg, guidance, run_dir, device, viewer_every)
                     else:
                         res = time_prompt(
-                            prompts[i], vcfg, guidance, run_dir, device, args.steps, args.warmup, viewer_every,
+                            prompts[i],
+                            vcfg,
+                            guidance,
+                            run_dir,
+                            device,
+                            args.steps,
+                            args.warmup,
+                            viewer_every,
                             gaussians,
                         )
                     res.update(
@@ -466,12 +485,18 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
                     )
                     res.setdefault("load_s", sum(guidance.loaded.values()) if i == mine[0] else 0.0)
                     results[i] = res
-                    bar.update(task, advance=1, description=f"bench {name}: {full_step(res)['step_ms']:.1f} ms/step")
+                    bar.update(
+                        task, advance=1, description=f"bench {name}: {full_step(res)['step_ms']:.1f} ms/step"
+                    )
             if args.reference and name in ("ours", "reference") and info.is_main and mine:
                 probes[name] = gradient_probe(prompts[mine[0]], vcfg, guidance, device)
             # Every rank's results, prompts back in index order.
             parts = distributed.gather(
-                {"results": results, "load_s": guidance.loaded, "device": distributed.device_label(device, vlm_device)},
+                {
+                    "results": results,
+                    "load_s": guidance.loaded,
+                    "device": distributed.device_label(device, vlm_device),
+                },
                 group,
             )
             merged = {i: r for part in parts for i, r in part["results"].items()}

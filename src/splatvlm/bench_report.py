@@ -42,14 +42,24 @@ def report_markdown(report: dict[str, Any]) -> str:
             f"- reference eager path: {report['reference_full_step_ms']:.1f} ms/step, "
             f"asset {report['reference_asset_s']:.0f} s; speed-up **{report['speedup']:.2f}x**"
         )
-    lines += ["", "| component | ms (full step) |" + (" reference ms |" if "reference_per_component_ms" in report else "")]
+    lines += [
+        "",
+        "| component | ms (full step) |"
+        + (" reference ms |" if "reference_per_component_ms" in report else ""),
+    ]
     lines.append("|---|---|" + ("---|" if "reference_per_component_ms" in report else ""))
     for c in COMPONENTS:
         row = f"| {c} | {report['per_component_ms'][c]:.1f} |"
         if "reference_per_component_ms" in report:
             row += f" {report['reference_per_component_ms'][c]:.1f} |"
         lines.append(row)
-    lines += ["", "## Per prompt", "", "| # | prompt | phase | ms/step | it/s | peak GB | #G | asset s |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Per prompt",
+        "",
+        "| # | prompt | phase | ms/step | it/s | peak GB | #G | asset s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for n, r in enumerate(report["ours"]["prompts"]):
         for p in r["phases"]:
             lines.append(

@@ -38,13 +38,21 @@ def _parse(cls: type, argv: list[str], prog: str, default=None):
         lines = [ln.strip(" |") for ln in text.splitlines()]
         lines = [ln.strip() for ln in lines if ln.strip() and not re.fullmatch(r"[-+=\s]+", ln)]
         # tyro's box: a title, the problem ("Unrecognized options: --stepz"), maybe "Perhaps you meant:" + flags.
-        body = [ln for ln in lines[1:] if not ln.lower().startswith(("usage", "for full helptext", "for full help"))]
+        body = [
+            ln
+            for ln in lines[1:]
+            if not ln.lower().startswith(("usage", "for full helptext", "for full help"))
+        ]
         msg = body[0] if body else (lines[0] if lines else "invalid arguments")
         if msg.endswith(":"):  # "Missing from ...:" then each missing argument with its help line
-            names = [ln.split(",")[-1].strip() for ln in body[1:] if ln.startswith(("-", "PATH", "STR", "INT"))]
+            names = [
+                ln.split(",")[-1].strip() for ln in body[1:] if ln.startswith(("-", "PATH", "STR", "INT"))
+            ]
             msg = f"{msg} {', '.join(names)}" if names else msg[:-1]
         if "Perhaps you meant:" in body:
-            flags = [ln.split()[0] for ln in body[body.index("Perhaps you meant:") + 1 :] if ln.startswith("--")]
+            flags = [
+                ln.split()[0] for ln in body[body.index("Perhaps you meant:") + 1 :] if ln.startswith("--")
+            ]
             if flags:
                 msg += f"; did you mean {', '.join(flags[:3])}?"
         raise SplatVLMError(f"{msg} (see {prog} --help)") from None
@@ -73,7 +81,9 @@ def cmd_generate(argv: list[str]) -> int:
     from .prompts import read_prompts, slugify
 
     run_cfg, preset = _preset_defaults(argv)
-    args: GenerateArgs = _parse(GenerateArgs, argv, "splatvlm generate", GenerateArgs(preset=preset, run=run_cfg))
+    args: GenerateArgs = _parse(
+        GenerateArgs, argv, "splatvlm generate", GenerateArgs(preset=preset, run=run_cfg)
+    )
     control = RunControl(
         viewer=args.viewer,
         viewer_share=args.viewer_share,
@@ -102,13 +112,17 @@ def cmd_generate(argv: list[str]) -> int:
             raise SplatVLMError("batch mode takes --prompts FILE --out-dir DIR, not a prompt or -o")
         if args.out_dir is None:
             raise SplatVLMError("batch mode needs --out-dir DIR")
-        summaries = run_batch(read_prompts(args.prompts), args.run, args.out_dir, control, slugify(args.prompts.stem))
+        summaries = run_batch(
+            read_prompts(args.prompts), args.run, args.out_dir, control, slugify(args.prompts.stem)
+        )
         _print_summary(summaries)
         return 0
     from .generate import check_sources, make_guidance
 
     guidance = make_guidance(args.run, control)  # devices first: a bad --placement fails before any file
-    prompt, output, run_dir, replaces = prepare_single(args.prompt, args.output, args.run, control, args.run_dir)
+    prompt, output, run_dir, replaces = prepare_single(
+        args.prompt, args.output, args.run, control, args.run_dir
+    )
     guidance.sources = check_sources(args.run, [prompt])
     _demo_notice(args.run)
     summary = run_one(prompt, args.run, output, run_dir, guidance, control, replaces=replaces)
@@ -142,7 +156,16 @@ def _check_resume_flags(argv: list[str], args: GenerateArgs) -> int | None:
         flag = token.split("=", 1)[0]
         if flag in RESUME_FLAGS:
             continue
-        if flag in ("-o", "--output", "--preset", "--config", "--prompts", "--out-dir", "--run-dir", "--overwrite"):
+        if flag in (
+            "-o",
+            "--output",
+            "--preset",
+            "--config",
+            "--prompts",
+            "--out-dir",
+            "--run-dir",
+            "--overwrite",
+        ):
             refused.append(flag)
             continue
         value, ok = _run_field(args.run, flag)
@@ -216,7 +239,9 @@ def _print_summary(summaries: list[dict]) -> None:
     for s in summaries:
         status = "done" if s.get("finished", True) else f"stopped at step {s.get('steps')}"
         extra = f" p_yes={s['p_yes']:.3f}" if "p_yes" in s else ""
-        print(f"{status}: {s.get('output')} ({s.get('num_gaussians')} Gaussians, {s.get('seconds')} s){extra}")
+        print(
+            f"{status}: {s.get('output')} ({s.get('num_gaussians')} Gaussians, {s.get('seconds')} s){extra}"
+        )
         if s.get("resume"):
             print(f"continue with: {s['resume']}")
 
@@ -264,8 +289,14 @@ def cmd_render(argv: list[str]) -> int:
     output = None
     if args.output is not None:
         output = check_output_path(args.output, args.overwrite, suffixes=(".gif", ".mp4", ".png"))
-    frames = args.frames if args.frames is not None else (8 if output is not None and output.suffix == ".png" else 60)
-    resolution = args.resolution if args.resolution is not None else (512 if args.gpteval3d is not None else 256)
+    frames = (
+        args.frames
+        if args.frames is not None
+        else (8 if output is not None and output.suffix == ".png" else 60)
+    )
+    resolution = (
+        args.resolution if args.resolution is not None else (512 if args.gpteval3d is not None else 256)
+    )
     if frames <= 0 or resolution <= 0 or args.fps <= 0:
         raise SplatVLMError("--frames, --resolution and --fps must be positive")
     params = load_ply(args.input)
@@ -286,7 +317,9 @@ def cmd_render(argv: list[str]) -> int:
         print(f"wrote {folder} (120 views)")
         return 0
     cam_cfg = replace(CameraConfig(), eval_elevation=args.elevation)
-    export_render(params.to(device), output, frames, resolution, cam_cfg, RenderConfig(), device, fps=args.fps)
+    export_render(
+        params.to(device), output, frames, resolution, cam_cfg, RenderConfig(), device, fps=args.fps
+    )
     print(f"wrote {output}")
     return 0
 
@@ -414,7 +447,10 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
-    for module in ("transformers", "diffusers"):  # already imported (an embedding program): switch their bars off
+    for module in (
+        "transformers",
+        "diffusers",
+    ):  # already imported (an embedding program): switch their bars off
         lib = sys.modules.get(module)
         if lib is not None:
             lib.utils.logging.disable_progress_bar()

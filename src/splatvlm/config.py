@@ -147,7 +147,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if path.exists():
         check_regular_file(path, "config file")
         if path.stat().st_size > MAX_CONFIG_BYTES:
-            raise SplatVLMError(f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MB; not a run config")
+            raise SplatVLMError(
+                f"config file {path} is larger than {MAX_CONFIG_BYTES >> 20} MB; not a run config"
+            )
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -196,7 +198,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except SplatVLMError as e:
                 errors.append(e)
-        raise SplatVLMError(f"config key '{key}' has the wrong type: {short_repr(value)} is not {_type_name(tp)}")
+        raise SplatVLMError(
+            f"config key '{key}' has the wrong type: {short_repr(value)} is not {_type_name(tp)}"
+        )
     if origin is Literal:
         if value not in args:
             raise SplatVLMError(f"config key '{key}' must be one of {list(args)}, got {short_repr(value)}")
@@ -295,7 +299,9 @@ def validate_run_config(cfg: RunConfig) -> None:
     if not 0 <= cfg.seed < 2**63:  # torch.manual_seed and numpy take 64-bit seeds
         raise SplatVLMError(f"--seed must be in 0..2**63-1, got {short_repr(cfg.seed, 40)}")
     if cfg.scene.num_points <= 0:
-        raise SplatVLMError(f"--scene.num-points must be positive, got {short_repr(cfg.scene.num_points, 40)}")
+        raise SplatVLMError(
+            f"--scene.num-points must be positive, got {short_repr(cfg.scene.num_points, 40)}"
+        )
     from .resources import check_scene_fits
 
     check_scene_fits(cfg.scene.num_points)

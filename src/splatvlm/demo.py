@@ -147,12 +147,19 @@ def tiny_components(kind: Literal["mvdream", "sd"], seed: int = 0) -> dict:
                 pad_token_id=tokenizer.pad_token_id,
             )
         )
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                scheduler=DDPMScheduler(**SD_SCHEDULER_CONFIG))
+    return dict(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=DDPMScheduler(**SD_SCHEDULER_CONFIG),
+    )
 
 
 def random_components(
-    kind: Literal["mvdream", "sd"], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+    kind: Literal["mvdream", "sd"],
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
     seed: int = 0,
 ) -> dict:
     """Full-size random-weight components (SD-2.1-base UNet/VAE/text encoder) for speed tests.
@@ -170,8 +177,13 @@ def random_components(
         unet = torch.nn.Module.to(UNet2DConditionModel(**unet_config), dtype=dtype)
         vae = torch.nn.Module.to(AutoencoderKL(**SD21_VAE_CONFIG), dtype=dtype)
         text_encoder = CLIPTextModel(CLIPTextConfig(**SD21_TEXT_ENCODER_CONFIG)).to(dtype)
-    return dict(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tiny_clip_tokenizer(),
-                scheduler=DDPMScheduler(**SD_SCHEDULER_CONFIG))
+    return dict(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tiny_clip_tokenizer(),
+        scheduler=DDPMScheduler(**SD_SCHEDULER_CONFIG),
+    )
 
 
 def save_components(components: dict, folder: str | os.PathLike) -> None:

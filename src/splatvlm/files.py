@@ -220,7 +220,9 @@ def os_error_line(e: OSError) -> str:
 MAX_IMAGE_PIXELS = 8192 * 8192  # a training view larger than this is a mistake or a decompression bomb
 
 
-def check_image(path: str | os.PathLike, where: str, max_pixels: int = MAX_IMAGE_PIXELS, size: int = 512) -> None:
+def check_image(
+    path: str | os.PathLike, where: str, max_pixels: int = MAX_IMAGE_PIXELS, size: int = 512
+) -> None:
     """Open and fully decode an image (at reduced size where the format allows), without trusting it.
 
     Refuses, with one line naming ``where``: non-regular files, unreadable or truncated images, and

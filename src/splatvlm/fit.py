@@ -41,11 +41,15 @@ def fit_views(cfg: RunConfig, num_train: int, num_heldout: int, resolution: int)
     held_el = torch.full((num_heldout,), 10.0 + 20.0 * 0.5, dtype=torch.float64)
     held_az = (j + 0.5) * 360.0 / num_heldout + 7.0
     fovy = float(cam.eval_fovy)
-    dist = cam.eval_distance / (torch.tan(torch.deg2rad(torch.tensor(fovy / 2))) if cam.relative_distance else 1.0)
+    dist = cam.eval_distance / (
+        torch.tan(torch.deg2rad(torch.tensor(fovy / 2))) if cam.relative_distance else 1.0
+    )
 
     def ring(el: torch.Tensor, az: torch.Tensor) -> Cameras:
         n = len(el)
-        cams = orbit_cameras(el, az, torch.full((n,), float(dist)), torch.full((n,), fovy), resolution, resolution)
+        cams = orbit_cameras(
+            el, az, torch.full((n,), float(dist)), torch.full((n,), fovy), resolution, resolution
+        )
         cams.ids = torch.arange(n)
         return cams
 
@@ -53,7 +57,9 @@ def fit_views(cfg: RunConfig, num_train: int, num_heldout: int, resolution: int)
 
 
 @torch.no_grad()
-def render_views(params: torch.nn.ParameterDict, cams: Cameras, cfg: RunConfig, chunk: int = 4) -> torch.Tensor:
+def render_views(
+    params: torch.nn.ParameterDict, cams: Cameras, cfg: RunConfig, chunk: int = 4
+) -> torch.Tensor:
     """White-background renders [V, H, W, 3] in chunks of views."""
     dev = params["means"].device
     outs = []

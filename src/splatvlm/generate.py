@@ -73,7 +73,9 @@ class RunControl:
     profile: bool = False
     placement: Literal["single", "split"] = "single"  # split: the reward on its own GPU (see distributed.py)
     fail_fast: bool = False  # batch: stop at the first failed prompt instead of going on with the others
-    gpteval3d_root: Path | None = None  # where GPTEval3D's <method>/<id>/<seed> tree goes (default: the run folder)
+    gpteval3d_root: Path | None = (
+        None  # where GPTEval3D's <method>/<id>/<seed> tree goes (default: the run folder)
+    )
     mesh: Any = None  # a mesh.MeshConfig: also write <output stem>.glb beside the .ply
 
 
@@ -114,7 +116,9 @@ class Guidance:
                     self.vlm = VLMReward(self.cfg.vlm, src, vlm_device)
                 self.loaded["vlm_s"] = time.perf_counter() - t0
             self.vlm.set_prompt(prompt)
-            reward_term = self.vlm if vlm_device == self.device else on_other_device(self.vlm, vlm_device, self.device)
+            reward_term = (
+                self.vlm if vlm_device == self.device else on_other_device(self.vlm, vlm_device, self.device)
+            )
             terms["vlm"] = Term(
                 reward_term,
                 weights=("vlm",),
@@ -147,7 +151,12 @@ def check_sources(cfg: RunConfig, prompts: list[str] = ()) -> Sources:
     if many:
         console.print(f"checking {len(prompts):,} prompts against the models' context ...")
     return models.check_sources(
-        cfg, prompts, sds=active["sds"], vlm=active["vlm"], where=where_of(prompts), say=console.print if many else None
+        cfg,
+        prompts,
+        sds=active["sds"],
+        vlm=active["vlm"],
+        where=where_of(prompts),
+        say=console.print if many else None,
     )
 
 
@@ -167,7 +176,7 @@ def run_one(
     ``replaces``: ``run_dir`` is being built aside to replace that run folder (--overwrite); the swap
     happens only once the run has finished, so a failed or interrupted overwrite leaves the old run whole.
     """
-    with RunLock(run_dir), (RunLock(replaces) if replaces is not None else contextlib.nullcontext()):
+    with RunLock(run_dir), RunLock(replaces) if replaces is not None else contextlib.nullcontext():
         clean_temp_files(output.parent, output.stem)
         try:
             return _run_one(prompt, cfg, output, run_dir, guidance, control, resume, prompt_id, replaces)
@@ -271,7 +280,9 @@ def _run_one(
                 state.params, cfg.camera, cfg.render, cfg.turntable_frames, cfg.turntable_resolution, device
             )
             export.save_video(frames, run_dir / "turntable.gif", fps=20)
-            export.save_contact_sheet(frames[:: max(1, len(frames) // 8)][:8], run_dir / "contact.png", cols=4)
+            export.save_contact_sheet(
+                frames[:: max(1, len(frames) // 8)][:8], run_dir / "contact.png", cols=4
+            )
         if control.gpteval3d:
             written = str(
                 export.export_gpteval3d(
@@ -290,7 +301,9 @@ def _run_one(
             from .mesh import export_mesh
 
             try:  # the splats are saved already: a scene with no surface yet costs the mesh, not the run
-                mesh = export_mesh(state.params, output.with_suffix(".glb"), replace(control.mesh, device=str(device)))
+                mesh = export_mesh(
+                    state.params, output.with_suffix(".glb"), replace(control.mesh, device=str(device))
+                )
                 summary["mesh"] = mesh["output"]
             except SplatVLMError as e:
                 summary["mesh_error"] = str(e)
@@ -307,7 +320,10 @@ def _run_one(
     if viewer is not None:
         if finished:
             viewer.update(
-                state.params, state.step, {"step": state.step, "num_gaussians": num_gaussians(state.params)}, force=True
+                state.params,
+                state.step,
+                {"step": state.step, "num_gaussians": num_gaussians(state.params)},
+                force=True,
             )
             console.print("training done")
             viewer.serve_forever()
@@ -332,9 +348,13 @@ def prepare_single(
     validate_run_config(cfg)
     run_dir = run_dir or output.with_name(output.stem + "_run")
     recover_swap(run_dir)
-    holds_run = run_dir.is_dir() and any((run_dir / n).exists() for n in ("checkpoint.pt", "summary.json", "run.json"))
+    holds_run = run_dir.is_dir() and any(
+        (run_dir / n).exists() for n in ("checkpoint.pt", "summary.json", "run.json")
+    )
     if holds_run and not control.overwrite:
-        raise SplatVLMError(f"run folder {run_dir} already holds a run; --resume {run_dir} or pass --overwrite")
+        raise SplatVLMError(
+            f"run folder {run_dir} already holds a run; --resume {run_dir} or pass --overwrite"
+        )
     check_output_dir(run_dir)
     if not holds_run:
         return prompt, output, run_dir, None
@@ -348,9 +368,7 @@ def prepare_single(
     return prompt, output, aside, run_dir
 
 
-def resume_run(
-    run_dir: Path, control: RunControl, steps: int | None = None
-) -> dict[str, Any]:
+def resume_run(run_dir: Path, control: RunControl, steps: int | None = None) -> dict[str, Any]:
     """Continue a run folder exactly where its checkpoint left it, with its saved config.
 
     ``steps``: a larger total step count, applied deliberately (the only recipe change a resume takes).
@@ -386,7 +404,9 @@ def resume_run(
             )
         if steps is not None and steps != cfg.steps:
             if steps < max(cfg.steps, int(ckpt["step"])):
-                raise SplatVLMError(f"--steps {steps} with --resume: the run has {cfg.steps} steps; only more are allowed")
+                raise SplatVLMError(
+                    f"--steps {steps} with --resume: the run has {cfg.steps} steps; only more are allowed"
+                )
             console.print(
                 f"extending {run_dir} from {cfg.steps} to {steps} steps (--steps); the schedules that depend on "
                 "the total (the means learning rate) follow the new total from here"
@@ -400,12 +420,22 @@ def resume_run(
         guidance = make_guidance(cfg, control, sources=sources)
         replaces = Path(info["replaces"]) if info.get("replaces") else None
         return run_one(
-            info["prompt"], cfg, Path(info["output"]), run_dir, guidance, control, resume=True, replaces=replaces
+            info["prompt"],
+            cfg,
+            Path(info["output"]),
+            run_dir,
+            guidance,
+            control,
+            resume=True,
+            replaces=replaces,
         )
 
 
 def make_guidance(
-    cfg: RunConfig, control: RunControl, info: distributed.DistInfo | None = None, sources: Sources | None = None
+    cfg: RunConfig,
+    control: RunControl,
+    info: distributed.DistInfo | None = None,
+    sources: Sources | None = None,
 ) -> Guidance:
     """Guidance on the devices that ``cfg.device`` and ``control.placement`` pick (this torchrun rank's)."""
     info = distributed.dist_info() if info is None else info
@@ -483,7 +513,14 @@ def _run_batch(
             console.print(f"{tag}[{index + 1}/{len(prompts)}] {prompt}")
             try:
                 summary = run_one(
-                    prompt, cfg, run_dir / "scene.ply", run_dir, guidance, control, resume=resume, prompt_id=index
+                    prompt,
+                    cfg,
+                    run_dir / "scene.ply",
+                    run_dir,
+                    guidance,
+                    control,
+                    resume=resume,
+                    prompt_id=index,
                 )
             except Exception as e:
                 # A signal stops the whole batch; anything else fails this prompt only (unless --fail-fast).
@@ -503,5 +540,3 @@ def _run_batch(
     atomic_write_text(out_dir / "batch_report.json", json.dumps(report, indent=2))
     print_batch_summary(report, out_dir / "batch_report.json")
     return [e["summary"] for e in report["prompts"] if e["summary"] and e["status"] != "failed"]
-
-

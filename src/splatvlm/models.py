@@ -296,7 +296,9 @@ def check_reward_source(cfg: RewardConfig, prompt: str | None = None) -> VLMSour
     return src
 
 
-def check_reward_prompts(cfg: RewardConfig, src: VLMSource, prompts: Sequence[str], where: Sequence[str] = ()) -> None:
+def check_reward_prompts(
+    cfg: RewardConfig, src: VLMSource, prompts: Sequence[str], where: Sequence[str] = ()
+) -> None:
     """Every prompt's reward query fits the context, with one tokenizer and one chat-template call.
 
     The query is the template around the prompt, so its length is a fixed overhead plus the prompt's
@@ -307,7 +309,9 @@ def check_reward_prompts(cfg: RewardConfig, src: VLMSource, prompts: Sequence[st
     grid = (cfg.size // src.patch_size,) * 2
     target = target_ids(cfg, src.tokenizer)
     probe = "x"
-    base = query_ids(src, question_text(cfg.question, probe, cfg.num_views), cfg.num_views, grid, target).shape[-1]
+    base = query_ids(
+        src, question_text(cfg.question, probe, cfg.num_views), cfg.num_views, grid, target
+    ).shape[-1]
     base -= len(src.tokenizer.encode(probe, add_special_tokens=False))
     ctx = int(src.config.text_config.max_position_embeddings)
     lengths = token_counts(src.tokenizer, list(prompts), special_tokens=False)

@@ -70,17 +70,21 @@ def read_prompts(path: str | Path) -> Prompts:
     stripped = text.strip()
     if not stripped:
         raise SplatVLMError(f"prompt file {path} is empty")
-    if stripped[0] in "[{\"":
+    if stripped[0] in '[{"':
         try:
             data = json.loads(stripped)
         except json.JSONDecodeError as e:
             raise SplatVLMError(f"prompt file {path} is not valid JSON (line {e.lineno}: {e.msg})") from None
         except RecursionError:
-            raise SplatVLMError(f"prompt file {path} is nested too deeply; it must hold a flat JSON list") from None
+            raise SplatVLMError(
+                f"prompt file {path} is nested too deeply; it must hold a flat JSON list"
+            ) from None
         except ValueError as e:  # e.g. an integer of thousands of digits
             raise SplatVLMError(f"prompt file {path} is not a list of prompts ({str(e)[:80]})") from None
         if not isinstance(data, list):
-            raise SplatVLMError(f"prompt file {path} must hold a JSON list of strings, not {type(data).__name__}")
+            raise SplatVLMError(
+                f"prompt file {path} must hold a JSON list of strings, not {type(data).__name__}"
+            )
         if not data:
             raise SplatVLMError(f"prompt file {path} holds an empty list")
         where = [f"prompt {i} in {path}" for i in range(len(data))]

@@ -62,7 +62,9 @@ def _weights_on_disk(source: str) -> int:
     path = Path(os.path.expanduser(source))
     if not path.is_dir():
         return 0
-    return sum(p.stat().st_size for p in path.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt"))
+    return sum(
+        p.stat().st_size for p in path.rglob("*") if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")
+    )
 
 
 def model_bytes(cfg, vlm_device: torch.device, sds_device: torch.device) -> dict[torch.device, int]:

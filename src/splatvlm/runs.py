@@ -120,9 +120,13 @@ def check_batch_folders(prompts: list[str], run_dirs: list[Path], cfg: RunConfig
         try:
             info = json.loads(info_path.read_text(encoding="utf-8"))
         except (ValueError, UnicodeDecodeError):
-            raise SplatVLMError(f"{info_path} is not valid JSON; remove {run_dir} to re-run {where[i]}") from None
+            raise SplatVLMError(
+                f"{info_path} is not valid JSON; remove {run_dir} to re-run {where[i]}"
+            ) from None
         if not isinstance(info, dict):
-            raise SplatVLMError(f"{info_path} is not a run description; remove {run_dir} to re-run {where[i]}")
+            raise SplatVLMError(
+                f"{info_path} is not a run description; remove {run_dir} to re-run {where[i]}"
+            )
         if info.get("prompt") != prompt:
             raise SplatVLMError(
                 f"{where[i]} is {prompt[:60]!r} but {run_dir} holds {str(info.get('prompt'))[:60]!r}; "
@@ -145,7 +149,10 @@ def check_batch_folders(prompts: list[str], run_dirs: list[Path], cfg: RunConfig
 def print_batch_summary(report: dict[str, Any], path: Path) -> None:
     """The end-of-batch lines: counts by status, each failure with its reason, the total time."""
     entries = report["prompts"]
-    counts = {s: sum(e["status"] == s for e in entries) for s in ("done", "already_done", "stopped", "failed", "missing")}
+    counts = {
+        s: sum(e["status"] == s for e in entries)
+        for s in ("done", "already_done", "stopped", "failed", "missing")
+    }
     where = f" over {report['world_size']} processes" if report["world_size"] > 1 else ""
     console.print(
         f"batch{where}: {counts['done']} done, {counts['already_done']} skipped (done before), "
@@ -215,6 +222,9 @@ def batch_report(
         "wall_s": round(wall_s, 3),
         "prompts_per_hour": round(done_now * 3600 / max(round(wall_s, 3), 1e-9), 2),
         "sharding": "pending indices at start, dealt round-robin: rank r of W takes pending[r::W]",
-        "shards": {str(p["rank"]): sorted(i for i, (s, _) in p["results"].items() if s != "already_done") for p in parts},
+        "shards": {
+            str(p["rank"]): sorted(i for i, (s, _) in p["results"].items() if s != "already_done")
+            for p in parts
+        },
         "prompts": entries,
     }

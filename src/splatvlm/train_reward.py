@@ -101,7 +101,9 @@ def read_reward_data(path: str | os.PathLike) -> list[RewardExample]:
             except json.JSONDecodeError as e:
                 raise SplatVLMError(f"{where}: not valid JSON ({e.msg})") from None
             except (RecursionError, ValueError):
-                raise SplatVLMError(f"{where}: not a JSON record (nested too deeply or a number too long)") from None
+                raise SplatVLMError(
+                    f"{where}: not a JSON record (nested too deeply or a number too long)"
+                ) from None
             if not isinstance(rec, dict):
                 raise SplatVLMError(f"{where}: each line must be a JSON object")
             prompt = rec.get("prompt")

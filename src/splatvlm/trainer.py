@@ -145,7 +145,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise SplatVLMError(f"checkpoint {path} does not exist") from None
     except Exception as e:  # noqa: BLE001 - torch raises many types for foreign or corrupt files
-        raise SplatVLMError(f"checkpoint {path} is unreadable or not a splatvlm checkpoint ({type(e).__name__})") from None
+        raise SplatVLMError(
+            f"checkpoint {path} is unreadable or not a splatvlm checkpoint ({type(e).__name__})"
+        ) from None
     if not isinstance(ckpt, dict) or ckpt.get("version") != CHECKPOINT_VERSION:
         found = ckpt.get("version") if isinstance(ckpt, dict) else None
         raise SplatVLMError(
@@ -163,7 +165,14 @@ PARAM_KEYS = ("means", "quats", "scales", "opacities", "sh0", "shN")
 
 def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
     """What is missing or of the wrong type in a loaded checkpoint (None: the structure is right)."""
-    kinds = {"step": int, "params": dict, "optimizers": dict, "strategy_state": dict, "rng": dict, "config": str}
+    kinds = {
+        "step": int,
+        "params": dict,
+        "optimizers": dict,
+        "strategy_state": dict,
+        "rng": dict,
+        "config": str,
+    }
     for key, kind in kinds.items():
         if not isinstance(ckpt.get(key), kind):
             return f"'{key}' is missing or not a {kind.__name__}"
@@ -183,10 +192,18 @@ def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
 def restore_state(ckpt: dict[str, Any], cfg: RunConfig, device: torch.device) -> TrainState:
     try:
         return _restore_state(ckpt, cfg, device)
-    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:  # shapes/optimizer states of another run
+    except (
+        KeyError,
+        ValueError,
+        RuntimeError,
+        TypeError,
+        IndexError,
+    ) as e:  # shapes/optimizer states of another run
         where = ckpt.get("_path", "the checkpoint")
         detail = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
-        raise SplatVLMError(f"{where} does not fit this run's config ({type(e).__name__}: {detail})") from None
+        raise SplatVLMError(
+            f"{where} does not fit this run's config ({type(e).__name__}: {detail})"
+        ) from None
 
 
 def _restore_state(ckpt: dict[str, Any], cfg: RunConfig, device: torch.device) -> TrainState:
@@ -264,7 +281,10 @@ def deterministic_on_cpu(device: torch.device) -> Iterator[None]:
     if device.type != "cpu":
         yield
         return
-    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    was, warn_only = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
     torch.use_deterministic_algorithms(True)
     try:
         yield
@@ -282,7 +302,11 @@ def make_backgrounds(mode: str, n: int, generator: torch.Generator, device: torc
     if mode == "black":
         return torch.zeros(n, 3, device=device)
     # One random solid color shared by all views of the step; half the time white.
-    color = torch.rand(3, generator=generator) if torch.rand(1, generator=generator).item() < 0.5 else torch.ones(3)
+    color = (
+        torch.rand(3, generator=generator)
+        if torch.rand(1, generator=generator).item() < 0.5
+        else torch.ones(3)
+    )
     return color.to(device).expand(n, 3).contiguous()
 
 
@@ -408,7 +432,13 @@ def train(
                 with timer("render"):
                     out: RenderOutput = render(params, cams, cfg.render, backgrounds)
                     densify.step_pre_backward(
-                        cfg.strategy, state.strategy, params, state.optimizers, state.strategy_state, step, out.info
+                        cfg.strategy,
+                        state.strategy,
+                        params,
+                        state.optimizers,
+                        state.strategy_state,
+                        step,
+                        out.info,
                     )
 
                 # 4. Loss terms that are due and weighted this step (each on its own stream on CUDA).
@@ -440,7 +470,13 @@ def train(
                         for opt in state.optimizers.values():
                             opt.step()
                         refined = densify.step_post_backward(
-                            cfg.strategy, state.strategy, params, state.optimizers, state.strategy_state, step, out.info
+                            cfg.strategy,
+                            state.strategy,
+                            params,
+                            state.optimizers,
+                            state.strategy_state,
+                            step,
+                            out.info,
                         )
                     for opt in state.optimizers.values():
                         opt.zero_grad(set_to_none=True)
@@ -481,7 +517,9 @@ def train(
                     t_last, n_last = now, state.step
                     bar.update(task, completed=state.step, info=_progress_info(logs, its))
                     if progress and not tty:
-                        line = _progress_line(state.step, cfg.steps, end_step, logs, its, now - t_begin, state.step - step_begin)
+                        line = _progress_line(
+                            state.step, cfg.steps, end_step, logs, its, now - t_begin, state.step - step_begin
+                        )
                         print(line, flush=True)
                 if consecutive_bad >= cfg.max_bad_steps:
                     save_checkpoint(ckpt_path, state, cfg)

@@ -73,7 +73,9 @@ def view_mesh(path: Path, cfg: ViewerConfig) -> None:
     check_viewer_config(cfg)
     mesh = load_mesh_for_view(path)  # before anything binds a port
     if not is_loopback(cfg.host):
-        print(f"warning: the viewer listens on {cfg.host} without authentication", file=sys.stderr, flush=True)
+        print(
+            f"warning: the viewer listens on {cfg.host} without authentication", file=sys.stderr, flush=True
+        )
     port_free = check_bindable(cfg.host, cfg.port)
     import viser
 

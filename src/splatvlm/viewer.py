@@ -548,7 +548,9 @@ def _color(i: int) -> str:
 
 
 def make_render_fn(
-    params: torch.nn.ParameterDict, device: torch.device | str | None = None, render_cfg: RenderConfig | None = None
+    params: torch.nn.ParameterDict,
+    device: torch.device | str | None = None,
+    render_cfg: RenderConfig | None = None,
 ) -> RenderFn:
     """A ``RenderFn`` through ``splatvlm.gaussians.render.render`` (CUDA when available).
 

@@ -173,7 +173,9 @@ def sample_orbit(
     """
     group = cfg.views_per_group
     if num_views <= 0 or num_views % group != 0:
-        raise SplatVLMError(f"views per step ({num_views}) must be a positive multiple of views_per_group ({group})")
+        raise SplatVLMError(
+            f"views per step ({num_views}) must be a positive multiple of views_per_group ({group})"
+        )
     n_groups = num_views // group
     elevation = _uniform(cfg.elevation_range, n_groups, generator).repeat_interleave(group)
     fovy = _uniform(cfg.fovy_range, n_groups, generator).repeat_interleave(group)

@@ -30,7 +30,9 @@ MCMC_NEEDS_CUDA = (
 )
 MCMC_GROW_FRAC = 0.05  # gsplat's MCMC rate per refinement
 QUANTILES = (0.5, 0.9, 0.99)
-REFINE_KEY = "refine"  # strategy_state entry with the last refinement's statistics (not a tensor: ops skip it)
+REFINE_KEY = (
+    "refine"  # strategy_state entry with the last refinement's statistics (not a tensor: ops skip it)
+)
 
 
 @dataclass
@@ -147,7 +149,13 @@ class BoundedDefaultStrategy(DefaultStrategy):
         # duplicates (appended at the end) are not split
         is_split = torch.cat([is_split, torch.zeros(n_dupli, dtype=torch.bool, device=is_split.device)])
         if n_split > 0:
-            split(params=params, optimizers=optimizers, state=state, mask=is_split, revised_opacity=self.revised_opacity)
+            split(
+                params=params,
+                optimizers=optimizers,
+                state=state,
+                mask=is_split,
+                revised_opacity=self.revised_opacity,
+            )
         state[REFINE_KEY] = stats
         return n_dupli, n_split
 
@@ -185,7 +193,14 @@ class BoundedMCMCStrategy(MCMCStrategy):
         n = len(params["means"])
         n_new = min(int((1.0 + self.grow_frac) * n), self.cap_max) - n
         if n_new > 0:
-            sample_add(params=params, optimizers=optimizers, state={}, n=n_new, binoms=binoms, min_opacity=self.min_opacity)
+            sample_add(
+                params=params,
+                optimizers=optimizers,
+                state={},
+                n=n_new,
+                binoms=binoms,
+                min_opacity=self.min_opacity,
+            )
         return max(n_new, 0)
 
 

@@ -91,7 +91,14 @@ def make_params(
         "opacities": (n,),
         "sh0": (n, 1, 3),
     }
-    tensors = {"means": means, "quats": quats, "scales": scales, "opacities": opacities, "sh0": sh0, "shN": shN}
+    tensors = {
+        "means": means,
+        "quats": quats,
+        "scales": scales,
+        "opacities": opacities,
+        "sh0": sh0,
+        "shN": shN,
+    }
     for key, shape in shapes.items():
         if tuple(tensors[key].shape) != shape:
             raise SplatVLMError(f"{key} has shape {tuple(tensors[key].shape)}, expected {shape}")

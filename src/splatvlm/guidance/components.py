@@ -103,5 +103,3 @@ def load_components(cfg, dtype: torch.dtype, device: torch.device | str = "cpu")
         # named, not a traceback. Other exception types are bugs and keep their traceback.
         raise missing_weights_error(named, what, flag, short_error(e)) from None
     return SDComponents(unet, vae, text_encoder, tokenizer, scheduler)
-
-

@@ -51,7 +51,9 @@ class PhotometricTerm:
             raise SplatVLMError(f"targets must be [V, H, W, 3], got {tuple(targets.shape)}")
         self.targets = targets
 
-    def __call__(self, rgb: Tensor, cams: Cameras, step: int) -> dict[str, Tensor | float]:  # rgb [C, H, W, 3]
+    def __call__(
+        self, rgb: Tensor, cams: Cameras, step: int
+    ) -> dict[str, Tensor | float]:  # rgb [C, H, W, 3]
         if cams.ids is None:
             raise SplatVLMError("the photometric term needs cameras drawn from the target view set")
         target = self.targets[cams.ids.to(self.targets.device)].to(rgb.device)

@@ -192,8 +192,6 @@ class StaticInputs:
     answer_ids: torch.Tensor  # [2] Yes, No token ids
 
 
-
-
 def static_inputs(
     model,
     image_mean: Sequence[float],
@@ -230,7 +228,12 @@ def static_inputs(
     dtype = lm.embed_tokens.weight.dtype
     text_cos, text_sin = lm.rotary_emb(torch.empty(0, dtype=dtype, device=device), position_ids)
     shaped = torch.empty(1, length, 1, dtype=dtype, device=device)
-    kw = {"config": lm.config, "inputs_embeds": shaped, "attention_mask": torch.ones_like(ids), cache_kwarg(): None}
+    kw = {
+        "config": lm.config,
+        "inputs_embeds": shaped,
+        "attention_mask": torch.ones_like(ids),
+        cache_kwarg(): None,
+    }
     if set(lm.config.layer_types) != {"full_attention"}:
         raise SplatVLMError(
             "the reward's fast path needs a VLM with full attention in every layer; use --vlm.no-fast"

@@ -392,7 +392,16 @@ class VLMReward:
         answer_pos = ids.shape[1] - len(target) - 1
         yes_no = (self.yes_id, self.no_id)
         static = static_inputs(
-            self.model, self.src.image_mean, self.src.image_std, ids, grid, position_ids, image_pos, answer_pos, len(target), yes_no
+            self.model,
+            self.src.image_mean,
+            self.src.image_std,
+            ids,
+            grid,
+            position_ids,
+            image_pos,
+            answer_pos,
+            len(target),
+            yes_no,
         )
         q = Query(
             input_ids=ids,
@@ -415,7 +424,9 @@ class VLMReward:
         through the capture-safe forward of ``qwen_fast``."""
         st, src = q.static, self.src
         images = resize_views(views, self.cfg.size)
-        pixel_values = patchify(images, st.mean, st.std, src.patch_size, src.merge_size, src.temporal_patch_size)
+        pixel_values = patchify(
+            images, st.mean, st.std, src.patch_size, src.merge_size, src.temporal_patch_size
+        )
         return fast_logits(
             self.model, st, q.input_ids, pixel_values.to(self.dtype), len(q.target_ids),
             block_fn=self._vision_block, checkpointing=self.cfg.gradient_checkpointing,

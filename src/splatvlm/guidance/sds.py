@@ -213,7 +213,11 @@ class SDSGuidance:
         check_config(cfg)  # the weights' source is checked once per run (splatvlm.models.check_sds_source)
         self.cfg = cfg
         self.device = torch.device(device)
-        self.dtype = torch.float16 if cfg.dtype == "auto" and self.device.type == "cuda" else pick_dtype(cfg.dtype, self.device)
+        self.dtype = (
+            torch.float16
+            if cfg.dtype == "auto" and self.device.type == "cuda"
+            else pick_dtype(cfg.dtype, self.device)
+        )
         self.parts: SDComponents | None = None
         self.prompt: str | None = None
         self._cond: Tensor | None = None  # [1 or 4, L, D] prompt (or per-direction prompts)

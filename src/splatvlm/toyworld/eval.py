@@ -69,7 +69,9 @@ def _scaled(value: int, scale: float) -> int:
     return max(1, round(value * scale))
 
 
-def toy_run_config(method: Method, steps: int, seed: int, device: str, weights: Path, extra: list[str] = ()) -> RunConfig:
+def toy_run_config(
+    method: Method, steps: int, seed: int, device: str, weights: Path, extra: list[str] = ()
+) -> RunConfig:
     """The real preset with the toy models, camera and size; its step counts scaled to ``steps``."""
     import yaml
 
@@ -142,7 +144,9 @@ def side_cameras(resolution: int = RESOLUTION) -> Cameras:
 
 
 @torch.no_grad()
-def render_white(params: torch.nn.ParameterDict, cams: Cameras, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def render_white(
+    params: torch.nn.ParameterDict, cams: Cameras, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     params = params.to(device)
     out = render(params, cams, RenderConfig(), torch.ones(len(cams), 3, device=device))
     return out.rgb.clamp(0, 1).cpu(), out.alpha.cpu()
@@ -219,7 +223,13 @@ def report_markdown(report: dict[str, Any]) -> str:
     for method, s in summarize(report["results"]).items():
         lines.append(f"| {method} | {s['runs']} | {s['median_iou']} | {s['median_psnr']} | "
                      f"{s['median_janus_front_back']} | {s['mean_janus_front_back']} | {s['median_seconds']} |")  # fmt: skip
-    lines += ["", "## Runs", "", "| object | method | seed | IoU | PSNR | Janus | Gaussians | s |", "|---|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| object | method | seed | IoU | PSNR | Janus | Gaussians | s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in report["results"]:
         lines.append(f"| {r['object']} | {r['method']} | {r['seed']} | {r['iou']} | {r['psnr']} | {r['janus']} | "
                      f"{r['num_gaussians']} | {r['seconds']} |")  # fmt: skip
@@ -244,11 +254,15 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None) -> dict[str, Any]:
         raise SplatVLMError("give at least one --seeds and one --methods")
     for part in ("prior/model_index.json", "reward/config.json"):
         if not (Path(cfg.weights) / part).is_file():
-            raise SplatVLMError(f"no toy weights in {cfg.weights} (missing {part}); run `splatvlm toyworld build`")
+            raise SplatVLMError(
+                f"no toy weights in {cfg.weights} (missing {part}); run `splatvlm toyworld build`"
+            )
     device = pick_device(cfg.device)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    configs = {m: toy_run_config(m, cfg.steps, cfg.seeds[0], cfg.device, cfg.weights, cfg.set) for m in cfg.methods}
+    configs = {
+        m: toy_run_config(m, cfg.steps, cfg.seeds[0], cfg.device, cfg.weights, cfg.set) for m in cfg.methods
+    }
     for c in configs.values():
         check_sources(c, [o.caption for o in objs])
     # 2. guidance per method, the prior shared (same SDS config)

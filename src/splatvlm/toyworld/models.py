@@ -99,7 +99,9 @@ class Renders:
 
 
 @torch.no_grad()
-def render_groups(params: torch.nn.ParameterDict, groups: int, gen: torch.Generator, device: str = "cpu") -> Renders:
+def render_groups(
+    params: torch.nn.ParameterDict, groups: int, gen: torch.Generator, device: str = "cpu"
+) -> Renders:
     from ..guidance.mvdream import mvdream_cameras
 
     cam_cfg = toy_camera()
@@ -131,7 +133,10 @@ def composite(rgb: Tensor, alpha: Tensor, gen: torch.Generator) -> Tensor:
 
 def blob_params(seed: int) -> torch.nn.ParameterDict:
     """An initial scene of the toy presets (a noisy gray ball): what every run starts from."""
-    return init_ball(SceneConfig(num_points=1500, radius=0.4, color_noise=0.3, opacity=0.5), torch.Generator().manual_seed(seed))
+    return init_ball(
+        SceneConfig(num_points=1500, radius=0.4, color_noise=0.3, opacity=0.5),
+        torch.Generator().manual_seed(seed),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,7 +183,11 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
     def batch(k: int) -> tuple[Tensor, Tensor, list[str]]:
         idx = torch.randint(len(owner), (k,), generator=gen)
         x = composite(all_rgb[idx], all_alpha[idx], gen)  # [k, 4, H, W, 3]
-        return x.reshape(-1, RESOLUTION, RESOLUTION, 3).permute(0, 3, 1, 2) * 2 - 1, all_cams[idx].reshape(-1, 16), [owner[i] for i in idx]
+        return (
+            x.reshape(-1, RESOLUTION, RESOLUTION, 3).permute(0, 3, 1, 2) * 2 - 1,
+            all_cams[idx].reshape(-1, 16),
+            [owner[i] for i in idx],
+        )
 
     # 1. autoencoder
     t0 = time.perf_counter()
@@ -208,9 +217,17 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
     tokenizer = tiny_clip_tokenizer()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, max_position_embeddings=77, hidden_act="gelu", projection_dim=32,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            projection_dim=32,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
         )  # fmt: skip
     ).to(dev)
     unet = UNet2DConditionModel(**unet_config()).to(dev)
@@ -220,7 +237,8 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.prior_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.prior_steps)))
+        opt,
+        lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.prior_steps))),
     )
     ema = []
     done = 0
@@ -230,8 +248,12 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
             break
         done = step + 1
         x, cams, who = batch(cfg.prior_batch)
-        texts = ["" if torch.rand(1, generator=gen).item() < cfg.caption_dropout else captions[n] for n in who]
-        ids = tokenizer(texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt").input_ids
+        texts = [
+            "" if torch.rand(1, generator=gen).item() < cfg.caption_dropout else captions[n] for n in who
+        ]
+        ids = tokenizer(
+            texts, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        ).input_ids
         with torch.no_grad():
             z = vae.encode(x.to(dev)).latent_dist.sample() * scale
         emb = text_encoder(ids.to(dev))[0].repeat_interleave(4, dim=0)
@@ -254,8 +276,12 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
 
     unet.set_attn_processor(AttnProcessor2_0())  # saved plain; SDSGuidance sets the multi-view one on load
     parts = SDComponents(unet.cpu().eval(), vae.cpu().eval(), text_encoder.cpu().eval(), tokenizer, scheduler)
-    return parts, {"vae_s": round(vae_s, 1), "prior_s": round(unet_s, 1), "prior_steps_done": done,
-                  "final_eps_mse": round(sum(ema[-100:]) / len(ema[-100:]), 4)}
+    return parts, {
+        "vae_s": round(vae_s, 1),
+        "prior_s": round(unet_s, 1),
+        "prior_steps_done": done,
+        "final_eps_mse": round(sum(ema[-100:]) / len(ema[-100:]), 4),
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,11 +320,20 @@ def reward_records(data: dict[str, Renders], janus: dict[str, Renders], blobs: R
             recs.append((n, "other", (names.index(n) + 1 + i % (len(names) - 1)) % len(names), i))
             if n in janus:
                 gj = janus[n].rgb.shape[0]
-                recs.append((n, "janus", names.index(n), (3 * gj) // 4 + i % (gj - (3 * gj) // 4) if held else i % ((3 * gj) // 4)))
+                recs.append(
+                    (
+                        n,
+                        "janus",
+                        names.index(n),
+                        (3 * gj) // 4 + i % (gj - (3 * gj) // 4) if held else i % ((3 * gj) // 4),
+                    )
+                )
             else:
                 recs.append((n, "other", (names.index(n) + 2 + i % (len(names) - 2)) % len(names), i))
             gb = blobs.rgb.shape[0]
-            recs.append((n, "blob", 0, (3 * gb) // 4 + i % (gb - (3 * gb) // 4) if held else i % ((3 * gb) // 4)))
+            recs.append(
+                (n, "blob", 0, (3 * gb) // 4 + i % (gb - (3 * gb) // 4) if held else i % ((3 * gb) // 4))
+            )
     return recs
 
 
@@ -309,13 +344,18 @@ def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, 
 
     t0 = time.perf_counter()
     names = list(data)
-    reward = VLMReward(RewardConfig(model=str(folder), size=REWARD_SIZE, dtype="float32", cuda_graph=False), cfg.device)
+    reward = VLMReward(
+        RewardConfig(model=str(folder), size=REWARD_SIZE, dtype="float32", cuda_graph=False), cfg.device
+    )
     reward.model.requires_grad_(True)
     params = [p for p in reward.model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.reward_lr, weight_decay=0.0)
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
-    train, held = reward_records(data, janus, blobs, captions, False), reward_records(data, janus, blobs, captions, True)
+    train, held = (
+        reward_records(data, janus, blobs, captions, False),
+        reward_records(data, janus, blobs, captions, True),
+    )
 
     def views(rec) -> tuple[Tensor, bool]:
         n, kind, j, i = rec
@@ -345,7 +385,9 @@ def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if step % 20 == 0 or step == cfg.reward_steps - 1:
-            log(f"reward step {step} loss {total:.4f} train acc (last 80) {sum(hist[-80:]) / len(hist[-80:]):.2f}")
+            log(
+                f"reward step {step} loss {total:.4f} train acc (last 80) {sum(hist[-80:]) / len(hist[-80:]):.2f}"
+            )
     reward.model.eval()
     acc: dict[str, list[bool]] = {}
     with torch.no_grad():
@@ -379,7 +421,9 @@ def build(cfg: BuildConfig, log=print) -> dict:
     blob_list = [render_groups(blob_params(cfg.seed + 100 + k), 2, gen, cfg.device) for k in range(8)]
     blobs = Renders(*(torch.cat([getattr(b, f) for b in blob_list]) for f in ("rgb", "alpha", "cameras")))
     render_s = time.perf_counter() - t0
-    log(f"rendered {sum(r.rgb.shape[0] for r in data.values())} + {sum(r.rgb.shape[0] for r in janus.values())} janus groups in {render_s:.0f} s")
+    log(
+        f"rendered {sum(r.rgb.shape[0] for r in data.values())} + {sum(r.rgb.shape[0] for r in janus.values())} janus groups in {render_s:.0f} s"
+    )
 
     out = Path(cfg.out)
     tmp = out.parent / f".{out.name}.tmp"
@@ -408,5 +452,7 @@ def build(cfg: BuildConfig, log=print) -> dict:
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)
-    log(f"wrote {out} in {info['total_s']:.0f} s: {json.dumps({k: v for k, v in info.items() if k != 'config'})}")
+    log(
+        f"wrote {out} in {info['total_s']:.0f} s: {json.dumps({k: v for k, v in info.items() if k != 'config'})}"
+    )
     return info

@@ -21,8 +21,20 @@ from ..gaussians.scene import make_params, rgb_to_sh0
 RGB = tuple[float, float, float]
 Vec = tuple[float, float, float]
 
-WHITE, BLACK, RED, GREEN, BLUE = (0.95, 0.95, 0.95), (0.08, 0.08, 0.08), (0.85, 0.15, 0.12), (0.2, 0.7, 0.25), (0.15, 0.3, 0.85)
-YELLOW, ORANGE, BROWN, GRAY, PINK = (0.95, 0.85, 0.15), (1.0, 0.5, 0.05), (0.5, 0.3, 0.12), (0.55, 0.55, 0.6), (0.95, 0.55, 0.7)
+WHITE, BLACK, RED, GREEN, BLUE = (
+    (0.95, 0.95, 0.95),
+    (0.08, 0.08, 0.08),
+    (0.85, 0.15, 0.12),
+    (0.2, 0.7, 0.25),
+    (0.15, 0.3, 0.85),
+)
+YELLOW, ORANGE, BROWN, GRAY, PINK = (
+    (0.95, 0.85, 0.15),
+    (1.0, 0.5, 0.05),
+    (0.5, 0.3, 0.12),
+    (0.55, 0.55, 0.6),
+    (0.95, 0.55, 0.7),
+)
 PURPLE, TEAL = (0.55, 0.2, 0.75), (0.1, 0.6, 0.6)
 
 
@@ -65,64 +77,155 @@ def _eyes(x: float, z: float, dy: float, r: float, color: RGB = BLACK) -> list[P
 def world() -> list[ToyObject]:
     """The 14 objects of the toy world (names are stable ids; captions are what generate is given)."""
     objs = [
-        ToyObject("snowman", "a snowman with an orange nose", (
-            E((0, 0, -0.25), 0.22, WHITE), E((0, 0, 0.05), 0.16, WHITE), E((0, 0, 0.27), 0.11, WHITE),
-            E((0.13, 0, 0.27), (0.07, 0.03, 0.03), ORANGE, True), *_eyes(0.095, 0.32, 0.045, 0.022),
-        )),
-        ToyObject("mug", "a blue mug with a red heart logo", (
-            E((0, 0, 0), (0.2, 0.2, 0.25), BLUE), E((0, 0.25, 0), (0.04, 0.09, 0.12), BLUE),
-            E((0.19, 0, 0.02), (0.03, 0.09, 0.09), RED, True),
-        )),
-        ToyObject("table", "a brown wooden table", (
-            B((0, 0, 0.1), (0.38, 0.28, 0.03), BROWN),
-            *[B((sx * 0.32, sy * 0.22, -0.15), (0.03, 0.03, 0.22), BROWN) for sx in (-1, 1) for sy in (-1, 1)],
-        )),
-        ToyObject("bird", "a yellow bird with a beak and black eyes", (
-            E((0, 0, -0.05), (0.26, 0.18, 0.17), YELLOW), E((0.2, 0, 0.13), 0.12, YELLOW),
-            E((-0.27, 0, 0.0), (0.1, 0.05, 0.04), YELLOW),
-            E((0.33, 0, 0.12), (0.07, 0.035, 0.03), ORANGE, True), *_eyes(0.29, 0.17, 0.06, 0.025),
-        )),
-        ToyObject("house", "a white house with a red roof and a door", (
-            B((0, 0, -0.12), (0.28, 0.3, 0.2), WHITE), B((0, 0, 0.14), (0.3, 0.32, 0.07), RED),
-            B((0, 0, 0.25), (0.2, 0.22, 0.05), RED),
-            B((0.285, 0, -0.18), (0.02, 0.08, 0.13), BROWN, True),
-        )),
-        ToyObject("robot", "a gray robot head with green eyes and a mouth", (
-            B((0, 0, 0), (0.22, 0.24, 0.24), GRAY), E((0, 0, 0.3), (0.03, 0.03, 0.07), GRAY),
-            *_eyes(0.225, 0.07, 0.1, 0.05, GREEN), B((0.225, 0, -0.11), (0.02, 0.12, 0.03), BLACK, True),
-        )),
-        ToyObject("mushroom", "a red mushroom with a white stem", (
-            E((0, 0, -0.15), (0.1, 0.1, 0.22), WHITE), E((0, 0, 0.1), (0.32, 0.32, 0.15), RED),
-        )),
-        ToyObject("tree", "a green tree with a brown trunk", (
-            B((0, 0, -0.3), (0.06, 0.06, 0.15), BROWN), E((0, 0, -0.05), (0.26, 0.26, 0.16), GREEN),
-            E((0, 0, 0.2), (0.17, 0.17, 0.14), GREEN),
-        )),
-        ToyObject("tower", "a tower of red, green and blue cubes", (
-            B((0, 0, -0.28), (0.17, 0.17, 0.12), RED), B((0, 0, -0.04), (0.14, 0.14, 0.12), GREEN),
-            B((0, 0, 0.2), (0.11, 0.11, 0.12), BLUE),
-        )),
-        ToyObject("car", "a red car with yellow headlights", (
-            B((0, 0, -0.1), (0.38, 0.18, 0.09), RED), B((-0.05, 0, 0.06), (0.2, 0.16, 0.08), RED),
-            *[E((sx * 0.22, sy * 0.18, -0.2), (0.08, 0.03, 0.08), BLACK) for sx in (-1, 1) for sy in (-1, 1)],
-            *_eyes(0.38, -0.08, 0.11, 0.045, YELLOW),
-        )),
-        ToyObject("lamp", "a purple lamp with a yellow shade", (
-            E((0, 0, -0.33), (0.16, 0.16, 0.04), PURPLE), B((0, 0, -0.05), (0.025, 0.025, 0.26), PURPLE),
-            E((0, 0, 0.24), (0.2, 0.2, 0.12), YELLOW),
-        )),
-        ToyObject("dumbbell", "a black dumbbell", (
-            E((0, -0.3, 0), 0.14, BLACK), E((0, 0.3, 0), 0.14, BLACK), B((0, 0, 0), (0.03, 0.2, 0.03), GRAY),
-        )),
-        ToyObject("chair", "a teal chair with a high back", (
-            B((0, 0, -0.02), (0.2, 0.2, 0.03), TEAL), B((-0.18, 0, 0.2), (0.02, 0.2, 0.2), TEAL),
-            *[B((sx * 0.17, sy * 0.17, -0.22), (0.025, 0.025, 0.18), TEAL) for sx in (-1, 1) for sy in (-1, 1)],
-        )),
-        ToyObject("pig", "a pink pig with a snout", (
-            E((0, 0, -0.05), (0.3, 0.2, 0.18), PINK), E((0.28, 0, 0.07), 0.13, PINK),
-            E((0.4, 0, 0.05), (0.03, 0.06, 0.05), (0.8, 0.35, 0.45), True), *_eyes(0.37, 0.13, 0.06, 0.02),
-            *[E((sx * 0.16, sy * 0.1, -0.25), (0.05, 0.05, 0.08), PINK) for sx in (-1, 1) for sy in (-1, 1)],
-        )),
+        ToyObject(
+            "snowman",
+            "a snowman with an orange nose",
+            (
+                E((0, 0, -0.25), 0.22, WHITE),
+                E((0, 0, 0.05), 0.16, WHITE),
+                E((0, 0, 0.27), 0.11, WHITE),
+                E((0.13, 0, 0.27), (0.07, 0.03, 0.03), ORANGE, True),
+                *_eyes(0.095, 0.32, 0.045, 0.022),
+            ),
+        ),
+        ToyObject(
+            "mug",
+            "a blue mug with a red heart logo",
+            (
+                E((0, 0, 0), (0.2, 0.2, 0.25), BLUE),
+                E((0, 0.25, 0), (0.04, 0.09, 0.12), BLUE),
+                E((0.19, 0, 0.02), (0.03, 0.09, 0.09), RED, True),
+            ),
+        ),
+        ToyObject(
+            "table",
+            "a brown wooden table",
+            (
+                B((0, 0, 0.1), (0.38, 0.28, 0.03), BROWN),
+                *[
+                    B((sx * 0.32, sy * 0.22, -0.15), (0.03, 0.03, 0.22), BROWN)
+                    for sx in (-1, 1)
+                    for sy in (-1, 1)
+                ],
+            ),
+        ),
+        ToyObject(
+            "bird",
+            "a yellow bird with a beak and black eyes",
+            (
+                E((0, 0, -0.05), (0.26, 0.18, 0.17), YELLOW),
+                E((0.2, 0, 0.13), 0.12, YELLOW),
+                E((-0.27, 0, 0.0), (0.1, 0.05, 0.04), YELLOW),
+                E((0.33, 0, 0.12), (0.07, 0.035, 0.03), ORANGE, True),
+                *_eyes(0.29, 0.17, 0.06, 0.025),
+            ),
+        ),
+        ToyObject(
+            "house",
+            "a white house with a red roof and a door",
+            (
+                B((0, 0, -0.12), (0.28, 0.3, 0.2), WHITE),
+                B((0, 0, 0.14), (0.3, 0.32, 0.07), RED),
+                B((0, 0, 0.25), (0.2, 0.22, 0.05), RED),
+                B((0.285, 0, -0.18), (0.02, 0.08, 0.13), BROWN, True),
+            ),
+        ),
+        ToyObject(
+            "robot",
+            "a gray robot head with green eyes and a mouth",
+            (
+                B((0, 0, 0), (0.22, 0.24, 0.24), GRAY),
+                E((0, 0, 0.3), (0.03, 0.03, 0.07), GRAY),
+                *_eyes(0.225, 0.07, 0.1, 0.05, GREEN),
+                B((0.225, 0, -0.11), (0.02, 0.12, 0.03), BLACK, True),
+            ),
+        ),
+        ToyObject(
+            "mushroom",
+            "a red mushroom with a white stem",
+            (
+                E((0, 0, -0.15), (0.1, 0.1, 0.22), WHITE),
+                E((0, 0, 0.1), (0.32, 0.32, 0.15), RED),
+            ),
+        ),
+        ToyObject(
+            "tree",
+            "a green tree with a brown trunk",
+            (
+                B((0, 0, -0.3), (0.06, 0.06, 0.15), BROWN),
+                E((0, 0, -0.05), (0.26, 0.26, 0.16), GREEN),
+                E((0, 0, 0.2), (0.17, 0.17, 0.14), GREEN),
+            ),
+        ),
+        ToyObject(
+            "tower",
+            "a tower of red, green and blue cubes",
+            (
+                B((0, 0, -0.28), (0.17, 0.17, 0.12), RED),
+                B((0, 0, -0.04), (0.14, 0.14, 0.12), GREEN),
+                B((0, 0, 0.2), (0.11, 0.11, 0.12), BLUE),
+            ),
+        ),
+        ToyObject(
+            "car",
+            "a red car with yellow headlights",
+            (
+                B((0, 0, -0.1), (0.38, 0.18, 0.09), RED),
+                B((-0.05, 0, 0.06), (0.2, 0.16, 0.08), RED),
+                *[
+                    E((sx * 0.22, sy * 0.18, -0.2), (0.08, 0.03, 0.08), BLACK)
+                    for sx in (-1, 1)
+                    for sy in (-1, 1)
+                ],
+                *_eyes(0.38, -0.08, 0.11, 0.045, YELLOW),
+            ),
+        ),
+        ToyObject(
+            "lamp",
+            "a purple lamp with a yellow shade",
+            (
+                E((0, 0, -0.33), (0.16, 0.16, 0.04), PURPLE),
+                B((0, 0, -0.05), (0.025, 0.025, 0.26), PURPLE),
+                E((0, 0, 0.24), (0.2, 0.2, 0.12), YELLOW),
+            ),
+        ),
+        ToyObject(
+            "dumbbell",
+            "a black dumbbell",
+            (
+                E((0, -0.3, 0), 0.14, BLACK),
+                E((0, 0.3, 0), 0.14, BLACK),
+                B((0, 0, 0), (0.03, 0.2, 0.03), GRAY),
+            ),
+        ),
+        ToyObject(
+            "chair",
+            "a teal chair with a high back",
+            (
+                B((0, 0, -0.02), (0.2, 0.2, 0.03), TEAL),
+                B((-0.18, 0, 0.2), (0.02, 0.2, 0.2), TEAL),
+                *[
+                    B((sx * 0.17, sy * 0.17, -0.22), (0.025, 0.025, 0.18), TEAL)
+                    for sx in (-1, 1)
+                    for sy in (-1, 1)
+                ],
+            ),
+        ),
+        ToyObject(
+            "pig",
+            "a pink pig with a snout",
+            (
+                E((0, 0, -0.05), (0.3, 0.2, 0.18), PINK),
+                E((0.28, 0, 0.07), 0.13, PINK),
+                E((0.4, 0, 0.05), (0.03, 0.06, 0.05), (0.8, 0.35, 0.45), True),
+                *_eyes(0.37, 0.13, 0.06, 0.02),
+                *[
+                    E((sx * 0.16, sy * 0.1, -0.25), (0.05, 0.05, 0.08), PINK)
+                    for sx in (-1, 1)
+                    for sy in (-1, 1)
+                ],
+            ),
+        ),
     ]
     # Headlights are the car's front feature.
     car = objs[9]
