@@ -96,8 +96,9 @@ def test_toy_run_config_scales_the_preset():
 
 
 def test_shipped_weights_load_and_run():
-    from splatvlm.guidance.reward import RewardConfig, VLMReward
+    from splatvlm.guidance.reward import RewardConfig
     from splatvlm.guidance.sds import SDSConfig, SDSGuidance
+    from splatvlm.models import load_reward
     from splatvlm.toyworld.eval import side_cameras
 
     files = [p for p in WEIGHTS_DIR.rglob("*") if p.is_file()]
@@ -112,7 +113,7 @@ def test_shipped_weights_load_and_run():
     rgb, _ = render_white(object_params(obj), cams, CPU)
     out = sds(rgb.requires_grad_(), cams, 100)
     assert torch.isfinite(out["loss_sds"])
-    reward = VLMReward(RewardConfig(model=str(WEIGHTS_DIR / "reward"), size=56, dtype="float32"), "cpu")
+    reward = load_reward(RewardConfig(model=str(WEIGHTS_DIR / "reward"), size=56, dtype="float32"), "cpu")
     reward.set_prompt(obj.caption)
     s = reward.score(rgb, obj.caption)
     assert torch.isfinite(s["reward"])

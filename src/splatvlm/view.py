@@ -85,9 +85,8 @@ def view_mesh(path: Path, cfg: ViewerConfig) -> None:
         server.scene.add_mesh_trimesh("/mesh", mesh)
         if not port_free:
             print(f"viewer: port {cfg.port} is busy, using {server.get_port()}", flush=True)
-        address = url(cfg.host, server.get_port())
-        print(f"viewer: showing {path} ({len(mesh.faces):,} triangles)", flush=True)
-        print(f"viewer: serving {address}; press Ctrl-C to exit", flush=True)
+        print(f"viewer: {url(cfg.host, server.get_port())}", flush=True)
+        print(f"viewer: showing {path} ({len(mesh.faces):,} triangles); press Ctrl-C to exit", flush=True)
         while True:
             time.sleep(0.2)
     except KeyboardInterrupt:

@@ -241,7 +241,7 @@ def report_markdown(report: dict[str, Any]) -> str:
 def run_eval(cfg: EvalConfig, argv: list[str] | None = None) -> dict[str, Any]:
     from ..gaussians.ply import load_ply
     from ..generate import Guidance, RunControl, check_sources, run_one
-    from ..models import device_name, pick_device
+    from ..hub import device_name, pick_device
 
     # 1. check inputs
     torch.set_num_threads(cfg.threads)

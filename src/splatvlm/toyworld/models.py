@@ -144,7 +144,7 @@ def blob_params(seed: int) -> torch.nn.ParameterDict:
 
 
 def vae_config() -> dict:
-    from ..guidance.sds import SD21_VAE_CONFIG
+    from ..demo import SD21_VAE_CONFIG
 
     return dict(
         SD21_VAE_CONFIG,
@@ -158,7 +158,7 @@ def vae_config() -> dict:
 
 
 def unet_config() -> dict:
-    from ..guidance.sds import tiny_unet_config
+    from ..demo import tiny_unet_config
 
     return dict(tiny_unet_config("mvdream"), sample_size=RESOLUTION // 2)
 
@@ -168,8 +168,8 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from ..demo import SD_SCHEDULER_CONFIG, tiny_clip_tokenizer
     from ..guidance.mvdream import set_multiview_attention
-    from ..guidance.sds import SD_SCHEDULER_CONFIG, SDComponents, tiny_clip_tokenizer
 
     dev = torch.device(cfg.device)
     gen = torch.Generator().manual_seed(cfg.seed + 1)
@@ -275,7 +275,13 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     unet.set_attn_processor(AttnProcessor2_0())  # saved plain; SDSGuidance sets the multi-view one on load
-    parts = SDComponents(unet.cpu().eval(), vae.cpu().eval(), text_encoder.cpu().eval(), tokenizer, scheduler)
+    parts = dict(
+        unet=unet.cpu().eval(),
+        vae=vae.cpu().eval(),
+        text_encoder=text_encoder.cpu().eval(),
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+    )
     return parts, {
         "vae_s": round(vae_s, 1),
         "prior_s": round(unet_s, 1),
@@ -293,7 +299,7 @@ def build_reward_folder(folder: Path, seed: int) -> None:
     from transformers import Qwen2_5_VLForConditionalGeneration
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-    from ..guidance.reward import build_demo_tokenizer, vlm_config
+    from ..demo import build_demo_tokenizer, vlm_config
 
     tok = build_demo_tokenizer()
     with torch.random.fork_rng(devices=[]):
@@ -340,11 +346,12 @@ def reward_records(data: dict[str, Renders], janus: dict[str, Renders], blobs: R
 def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, Renders], blobs: Renders,
                        captions: dict[str, str], cfg: BuildConfig, log) -> dict:  # fmt: skip
     """Fully fine-tune the tiny VLM in ``folder`` on the toy records; saves it back; returns a log dict."""
-    from ..guidance.reward import RewardConfig, VLMReward
+    from ..guidance.reward import RewardConfig
+    from ..models import load_reward
 
     t0 = time.perf_counter()
     names = list(data)
-    reward = VLMReward(
+    reward = load_reward(
         RewardConfig(model=str(folder), size=REWARD_SIZE, dtype="float32", cuda_graph=False), cfg.device
     )
     reward.model.requires_grad_(True)
@@ -406,7 +413,8 @@ def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, 
 
 def build(cfg: BuildConfig, log=print) -> dict:
     """Render the world, train both models, write ``cfg.out/{prior,reward,build.json}``; returns build.json."""
-    from ..guidance.sds import quiet_model_io, save_components
+    from ..demo import save_components
+    from ..hub import quiet_model_io
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
