@@ -21,7 +21,6 @@ from splatvlm.gaussians.densify import (
     make_strategy,
     pick_highest,
     step_post_backward,
-    step_pre_backward,
 )
 from splatvlm.gaussians.render import RenderConfig, render
 from splatvlm.gaussians.scene import SceneConfig, init_ball, make_optimizers, num_gaussians
@@ -55,7 +54,7 @@ def fit(cfg: StrategyConfig, steps: int, render_cfg: RenderConfig, device: str =
     counts, losses = [], []
     for step in range(steps):
         out = render(params, cams, render_cfg, white)
-        step_pre_backward(cfg, strategy, params, optimizers, state, step, out.info)
+        strategy.step_pre_backward(params, optimizers, state, step, out.info)
         loss = (out.rgb - target).abs().mean()
         loss.backward()
         for opt in optimizers.values():
@@ -208,7 +207,7 @@ def test_every_gaussian_qualifies_yet_bounds_hold(cap, frac):
     for step in range(13):
         n_before = num_gaussians(params)
         out = render(params, cams, RenderConfig(), white)
-        step_pre_backward(cfg, strategy, params, optimizers, state, step, out.info)
+        strategy.step_pre_backward(params, optimizers, state, step, out.info)
         (out.rgb - target).abs().mean().backward()
         for opt in optimizers.values():
             opt.step()
@@ -339,7 +338,7 @@ def test_mcmc_bounds_and_statistics_on_cuda():
     counts, stats = [], []
     for step in range(9):
         out = render(params, cams, RenderConfig(), white)
-        step_pre_backward(cfg, strategy, params, optimizers, state, step, out.info)
+        strategy.step_pre_backward(params, optimizers, state, step, out.info)
         (out.rgb - target).abs().mean().backward()
         for opt in optimizers.values():
             opt.step()

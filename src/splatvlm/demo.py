@@ -114,10 +114,30 @@ def tiny_unet_config(kind: Literal["mvdream", "sd"]) -> dict:
     return mvdream_unet_config(**small) if kind == "mvdream" else dict(SD21_BASE_UNET_CONFIG, **small)
 
 
+def tiny_text_encoder(tokenizer):
+    """A 2-layer CLIP text encoder (width 32) over ``tokenizer``'s vocabulary, random weights."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=77,
+            hidden_act="gelu",
+            projection_dim=32,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+
+
 def tiny_components(kind: Literal["mvdream", "sd"], seed: int = 0) -> dict:
     """Tiny random models of the real classes (seconds to build on CPU)."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = tiny_clip_tokenizer()
     with torch.random.fork_rng(devices=[]):
@@ -132,21 +152,7 @@ def tiny_components(kind: Literal["mvdream", "sd"], seed: int = 0) -> dict:
                 sample_size=64,
             )
         )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=2,
-                max_position_embeddings=77,
-                hidden_act="gelu",
-                projection_dim=32,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
-        )
+        text_encoder = tiny_text_encoder(tokenizer)
     return dict(
         unet=unet,
         vae=vae,

@@ -431,14 +431,9 @@ def train(
                 # 3. Render.
                 with timer("render"):
                     out: RenderOutput = render(params, cams, cfg.render, backgrounds)
-                    densify.step_pre_backward(
-                        cfg.strategy,
-                        state.strategy,
-                        params,
-                        state.optimizers,
-                        state.strategy_state,
-                        step,
-                        out.info,
+                    # gsplat's DefaultStrategy asks autograd to keep the 2D means' gradient
+                    state.strategy.step_pre_backward(
+                        params, state.optimizers, state.strategy_state, step, out.info
                     )
 
                 # 4. Loss terms that are due and weighted this step (each on its own stream on CUDA).

@@ -2,7 +2,7 @@
 examples/simple_trainer.py does, with a bound on the number of Gaussians for both.
 
 The strategy is a stateless dataclass (gsplat's, with our growth and pruning rules); its mutable state
-is a plain dict passed to every call. Call ``step_pre_backward`` here after render() and before
+is a plain dict passed to every call. Call the strategy's own ``step_pre_backward`` after render() and before
 backward, and ``step_post_backward`` after the optimizer step; the latter returns the refinement's
 statistics (``densify_*`` keys) on refinement steps.
 
@@ -277,19 +277,6 @@ def make_strategy(
 def is_refine_step(cfg: StrategyConfig, step: int) -> bool:
     """Whether gsplat's strategies refine at ``step`` (both use start < step < stop)."""
     return cfg.refine_start_iter < step < cfg.refine_stop_iter and step % cfg.refine_every == 0
-
-
-def step_pre_backward(
-    cfg: StrategyConfig,
-    strategy: Strategy,
-    params: torch.nn.ParameterDict,
-    optimizers: dict[str, torch.optim.Optimizer],
-    state: dict[str, Any],
-    step: int,
-    info: dict,
-) -> None:
-    """Before backward: DefaultStrategy asks autograd to keep the 2D means' gradient."""
-    strategy.step_pre_backward(params, optimizers, state, step, info)
 
 
 def step_post_backward(

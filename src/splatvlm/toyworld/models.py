@@ -166,9 +166,8 @@ def unet_config() -> dict:
 def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildConfig, log) -> tuple:
     """Autoencoder, then UNet + text encoder; returns the SDComponents (on the CPU) and a log dict."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from ..demo import SD_SCHEDULER_CONFIG, tiny_clip_tokenizer
+    from ..demo import SD_SCHEDULER_CONFIG, tiny_clip_tokenizer, tiny_text_encoder
     from ..guidance.mvdream import set_multiview_attention
 
     dev = torch.device(cfg.device)
@@ -215,21 +214,7 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
     # 2. UNet + text encoder
     t0 = time.perf_counter()
     tokenizer = tiny_clip_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            hidden_act="gelu",
-            projection_dim=32,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )  # fmt: skip
-    ).to(dev)
+    text_encoder = tiny_text_encoder(tokenizer).to(dev)
     unet = UNet2DConditionModel(**unet_config()).to(dev)
     set_multiview_attention(unet, 4)
     scheduler = DDPMScheduler(**SD_SCHEDULER_CONFIG)
