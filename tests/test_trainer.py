@@ -236,7 +236,7 @@ def test_terminal_bar_keeps_step_and_times_readable_at_80_columns():
     from rich.console import Console
     from rich.progress import Progress
 
-    from splatvlm.trainer import progress_columns
+    from splatvlm.progress import progress_columns
 
     buf = io.StringIO()
     console = Console(file=buf, width=80, force_terminal=True, color_system=None)
@@ -251,7 +251,7 @@ def test_terminal_bar_keeps_step_and_times_readable_at_80_columns():
 
 
 def test_plain_progress_line_has_step_losses_gaussians_rate_and_eta():
-    from splatvlm.trainer import _progress_line
+    from splatvlm.progress import progress_line as _progress_line
 
     logs = {"loss_sds": 12.5, "loss_vlm": 0.25, "p_yes": 0.5, "num_gaussians": 4096}
     line = _progress_line(250, 5000, 5000, logs, 10.0, elapsed=25.0, done=250)

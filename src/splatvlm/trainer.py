@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import sys
@@ -28,7 +27,8 @@ from .gaussians import densify
 from .gaussians.cameras import Cameras, sample_orbit, views_at_step
 from .gaussians.render import RenderOutput, render
 from .gaussians.scene import make_optimizers, make_params, means_lr, num_gaussians
-from .schedules import Weight, ever_active, weight_at
+from .progress import StepTimer, progress_columns, progress_info, progress_line
+from .schedules import Weight, weight_at
 
 CHECKPOINT_VERSION = 1
 LossTerm = Callable[[Tensor, Cameras, int], dict[str, Any]]
@@ -58,48 +58,6 @@ class TrainState:
     bad_steps_total: int = 0
     elapsed_s: float = 0.0  # training time of the run so far, over every invocation (resumes)
     meta: dict[str, str] = field(default_factory=dict)  # what the run is (its prompt), checked on resume
-
-
-# ---------------------------------------------------------------------------------------------
-# Timing
-
-
-class StepTimer:
-    """Per-component wall time of a step: CUDA events on GPU, perf_counter on CPU; off unless enabled."""
-
-    def __init__(self, enabled: bool, device: torch.device):
-        self.enabled = enabled
-        self.cuda = device.type == "cuda"
-        self._marks: list[tuple[str, Any, Any]] = []
-
-    @contextlib.contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        if not self.enabled:
-            yield
-            return
-        if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            yield
-            end.record()
-        else:
-            start = time.perf_counter()
-            yield
-            end = time.perf_counter()
-        self._marks.append((name, start, end))
-
-    def collect(self) -> dict[str, float]:
-        """Milliseconds per component for the step just finished (synchronizes on GPU)."""
-        if not self.enabled:
-            return {}
-        if self.cuda:
-            torch.cuda.synchronize()
-        out: dict[str, float] = {}
-        for name, start, end in self._marks:
-            ms = start.elapsed_time(end) if self.cuda else (end - start) * 1e3
-            out[name] = out.get(name, 0.0) + ms
-        self._marks.clear()
-        return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -510,9 +468,9 @@ def train(
                     now = time.perf_counter()
                     its = (state.step - n_last) / max(now - t_last, 1e-9)
                     t_last, n_last = now, state.step
-                    bar.update(task, completed=state.step, info=_progress_info(logs, its))
+                    bar.update(task, completed=state.step, info=progress_info(logs, its))
                     if progress and not tty:
-                        line = _progress_line(
+                        line = progress_line(
                             state.step, cfg.steps, end_step, logs, its, now - t_begin, state.step - step_begin
                         )
                         print(line, flush=True)
@@ -551,51 +509,6 @@ def _stop_on_signal(signum: int, ckpt_path: Path, state: TrainState, cfg: RunCon
     raise StopRun(f"{name} at step {state.step}: checkpoint saved in {ckpt_path}", 128 + signum)
 
 
-def _progress_info(logs: dict[str, Any], its: float) -> str:
-    parts = [f"{k[5:]}={v:.4g}" for k, v in logs.items() if k.startswith("loss_")]
-    if "p_yes" in logs:
-        parts.append(f"p_yes={logs['p_yes']:.3f}")
-    if "psnr" in logs and math.isfinite(logs["psnr"]):
-        parts.append(f"psnr={logs['psnr']:.2f}")
-    parts.append(f"#G={logs['num_gaussians']}")
-    parts.append(f"{its:.2f} it/s")
-    return " ".join(parts)
-
-
-def progress_columns() -> list:
-    """The terminal bar: step, bar and times at fixed widths first, then the loss text, which is cut to fit."""
-    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-    from rich.table import Column
-
-    def fixed(width: int) -> Column:
-        return Column(min_width=width, no_wrap=True)
-
-    columns = [
-        TextColumn("[bold]{task.completed}/{task.total}", table_column=fixed(9)),
-        BarColumn(bar_width=10, table_column=fixed(10)),
-        TimeElapsedColumn(table_column=fixed(7)),
-        TextColumn("eta", table_column=fixed(3)),
-        TimeRemainingColumn(table_column=fixed(7)),
-        TextColumn("{task.fields[info]}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
-    ]
-    return columns
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def _progress_line(
-    step: int, total: int, end_step: int, logs: dict[str, Any], its: float, elapsed: float, done: int
-) -> str:
-    """The plain progress line written off a terminal: step/total, loss terms, #Gaussians, it/s, elapsed, ETA."""
-    rate = done / max(elapsed, 1e-9)
-    eta = (end_step - step) / rate if rate > 0 else float("nan")
-    eta_text = _clock(eta) if math.isfinite(eta) else "?"
-    return f"step {step}/{total} {_progress_info(logs, its)} elapsed {_clock(elapsed)} eta {eta_text}"
-
-
 def _tensorboard(run_dir: Path) -> Any:
     try:
         from torch.utils.tensorboard import SummaryWriter
@@ -608,11 +521,3 @@ def write_run_files(run_dir: Path, cfg: RunConfig, info: dict[str, Any]) -> None
     """The resolved config and what the run is (prompt, output), written before training starts."""
     atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
     atomic_write_text(run_dir / "run.json", json.dumps(info, indent=2))
-
-
-def terms_active(cfg: RunConfig) -> dict[str, bool]:
-    """Which guidance terms a generate run needs at all."""
-    return {
-        "sds": ever_active(cfg.weights.sds, cfg.steps),
-        "vlm": ever_active(cfg.weights.vlm, cfg.steps),
-    }

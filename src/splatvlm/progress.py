@@ -1,0 +1,95 @@
+"""What a training run shows while it runs: per-component step timing, the terminal bar and the plain lines
+written when stdout is not a terminal."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+
+class StepTimer:
+    """Per-component wall time of a step: CUDA events on GPU, perf_counter on CPU; off unless enabled."""
+
+    def __init__(self, enabled: bool, device: torch.device):
+        self.enabled = enabled
+        self.cuda = device.type == "cuda"
+        self._marks: list[tuple[str, Any, Any]] = []
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+        else:
+            start = time.perf_counter()
+            yield
+            end = time.perf_counter()
+        self._marks.append((name, start, end))
+
+    def collect(self) -> dict[str, float]:
+        """Milliseconds per component for the step just finished (synchronizes on GPU)."""
+        if not self.enabled:
+            return {}
+        if self.cuda:
+            torch.cuda.synchronize()
+        out: dict[str, float] = {}
+        for name, start, end in self._marks:
+            ms = start.elapsed_time(end) if self.cuda else (end - start) * 1e3
+            out[name] = out.get(name, 0.0) + ms
+        self._marks.clear()
+        return out
+
+
+def progress_info(logs: dict[str, Any], its: float) -> str:
+    parts = [f"{k[5:]}={v:.4g}" for k, v in logs.items() if k.startswith("loss_")]
+    if "p_yes" in logs:
+        parts.append(f"p_yes={logs['p_yes']:.3f}")
+    if "psnr" in logs and math.isfinite(logs["psnr"]):
+        parts.append(f"psnr={logs['psnr']:.2f}")
+    parts.append(f"#G={logs['num_gaussians']}")
+    parts.append(f"{its:.2f} it/s")
+    return " ".join(parts)
+
+
+def progress_columns() -> list:
+    """The terminal bar: step, bar and times at fixed widths first, then the loss text, which is cut to fit."""
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from rich.table import Column
+
+    def fixed(width: int) -> Column:
+        return Column(min_width=width, no_wrap=True)
+
+    columns = [
+        TextColumn("[bold]{task.completed}/{task.total}", table_column=fixed(9)),
+        BarColumn(bar_width=10, table_column=fixed(10)),
+        TimeElapsedColumn(table_column=fixed(7)),
+        TextColumn("eta", table_column=fixed(3)),
+        TimeRemainingColumn(table_column=fixed(7)),
+        TextColumn("{task.fields[info]}", table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+    ]
+    return columns
+
+
+def clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def progress_line(
+    step: int, total: int, end_step: int, logs: dict[str, Any], its: float, elapsed: float, done: int
+) -> str:
+    """The plain progress line written off a terminal: step/total, loss terms, #Gaussians, it/s, elapsed, ETA."""
+    rate = done / max(elapsed, 1e-9)
+    eta = (end_step - step) / rate if rate > 0 else float("nan")
+    eta_text = clock(eta) if math.isfinite(eta) else "?"
+    return f"step {step}/{total} {progress_info(logs, its)} elapsed {clock(elapsed)} eta {eta_text}"
