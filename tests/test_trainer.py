@@ -144,7 +144,10 @@ def test_out_of_memory_saves_checkpoint_and_advises(tmp_path):
             sample,
             progress=False,
         )
-    msg = str(e.value)
+    from splatvlm.cli import advice as cli_advice
+
+    assert e.value.kind == "out_of_memory"
+    msg = str(e.value) + cli_advice(e.value)  # the trainer says what happened, the CLI what to type next
     assert "\n" not in msg and "out of memory at step 3" in msg
     for advice in (
         "--camera.num-views",

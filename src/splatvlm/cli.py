@@ -426,6 +426,18 @@ commands:
 """
 
 
+# What to type next, for the situations the library reports by kind (its messages name no flags).
+ADVICE = {
+    "out_of_memory": "; try fewer views (--camera.num-views 4), a lower reward resolution (--vlm.size 224), the 3B VLM "
+    "(--preset vlm3d-3b), or --vlm.gradient-checkpointing, then --resume",
+    "bad_steps": ". Lower the learning rates or the reward weight and --resume",
+}
+
+
+def advice(e: BaseException) -> str:
+    return ADVICE.get(getattr(e, "kind", None) or "", "")
+
+
 def quiet_libraries() -> None:
     """No loading/saving progress bars, info logs or deprecation warnings from the model libraries.
 
@@ -477,10 +489,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return command(argv[1:])
     except SplatVLMError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {e}{advice(e)}", file=sys.stderr)
         return 2
     except StopRun as e:
-        print(f"stopped: {e}", file=sys.stderr)
+        print(f"stopped: {e}{advice(e)}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -478,8 +478,9 @@ def train(
                     save_checkpoint(ckpt_path, state, cfg)
                     raise StopRun(
                         f"{consecutive_bad} steps in a row had a NaN/inf loss or gradient; checkpoint saved in "
-                        f"{ckpt_path}. Lower the learning rates or the reward weight and --resume.",
+                        f"{ckpt_path}",
                         3,
+                        kind="bad_steps",
                     )
                 if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < end_step:
                     save_checkpoint(ckpt_path, state, cfg)
@@ -491,9 +492,8 @@ def train(
             torch.cuda.empty_cache()
             save_checkpoint(ckpt_path, state, cfg)
             raise SplatVLMError(
-                f"CUDA out of memory at step {state.step} (checkpoint saved in {ckpt_path}); try fewer views "
-                "(--camera.num-views 4), a lower reward resolution (--vlm.size 224), the 3B VLM "
-                "(--preset vlm3d-3b), or --vlm.gradient-checkpointing, then --resume"
+                f"CUDA out of memory at step {state.step} (checkpoint saved in {ckpt_path})",
+                kind="out_of_memory",
             ) from None
         finally:
             log_file.close()
