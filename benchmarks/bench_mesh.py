@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 import tyro
 
-from splatvlm.files import atomic_write_text
+from splatvlm.bench_report import write_report
 from splatvlm.gaussians.scene import init_toy
+from splatvlm.hub import device_name
 from splatvlm.mesh import MeshConfig, save_mesh, splats_to_mesh
-from splatvlm.models import device_name
 
 
 @dataclass
@@ -113,7 +113,7 @@ def main() -> None:
     report = run(args)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(args.out, json.dumps(report, indent=2))
+        write_report(args.out, report)
         print(f"wrote {args.out}")
 
 

@@ -17,7 +17,6 @@ Reference (FACTS.md, H100): gsplat fwd+bwd, 4 views 512 px, 100k Gaussians, pack
 
 from __future__ import annotations
 
-import json
 import resource
 import statistics
 import time
@@ -29,7 +28,7 @@ import gsplat
 import torch
 import tyro
 
-from splatvlm.files import atomic_write_text
+from splatvlm.bench_report import write_report
 from splatvlm.gaussians.cameras import CameraConfig, sample_orbit
 from splatvlm.gaussians.render import RenderConfig, render
 from splatvlm.gaussians.scene import SceneConfig, init_ball
@@ -179,7 +178,7 @@ def main(args: Args) -> None:
         results=results,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(report, indent=2))
+    write_report(args.out, report)
     print(f"wrote {args.out}")
 
 

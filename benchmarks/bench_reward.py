@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 import tyro
 
-from splatvlm.files import atomic_write_text
+from splatvlm.bench_report import write_report
 from splatvlm.guidance.reward import RewardConfig, VLMReward
 from splatvlm.hub import device_name
 from splatvlm.models import load_reward
@@ -193,7 +193,7 @@ def main(args: Args) -> list[dict]:
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
+    write_report(args.out, report)
     print(f"wrote {args.out}")
     return results
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ from typing import Literal
 import torch
 import tyro
 
-from splatvlm.files import atomic_write_text
+from splatvlm.bench_report import write_report
 from splatvlm.gaussians.cameras import CameraConfig, sample_orbit
 from splatvlm.guidance.sds import SDSConfig, SDSGuidance
 from splatvlm.hub import device_name
@@ -275,7 +274,7 @@ def main(args: Args) -> None:
         results=results,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(report, indent=2))
+    write_report(args.out, report)
     print(f"wrote {args.out}")
 
 

@@ -131,3 +131,12 @@ def test_bench_bad_gaussians(tmp_path):
         run_bench(
             BenchArgs(output=tmp_path / "o", preset="demo", gaussians=-1, recipe=load_run_config("demo"))
         )
+
+
+def test_write_report_adds_provenance_and_keeps_fields(tmp_path):
+    from splatvlm.bench_report import write_report
+
+    path = write_report(tmp_path / "r.json", {"device": "X", "date": "2026-01-02", "ms": 1.5})
+    data = json.loads(path.read_text())
+    assert data["device"] == "X" and data["date"] == "2026-01-02" and data["ms"] == 1.5  # kept
+    assert data["torch"] and data["command"] and "transformers" in data  # added

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import statistics
 import time
 from dataclasses import dataclass, field, replace
@@ -31,8 +30,8 @@ import torch
 import torch.nn.functional as F
 import tyro
 
+from splatvlm.bench_report import write_report
 from splatvlm.config import load_run_config
-from splatvlm.files import atomic_write_text
 from splatvlm.gaussians.cameras import CameraConfig, sample_orbit
 from splatvlm.guidance.sds import SDSGuidance
 from splatvlm.hub import device_name
@@ -237,7 +236,7 @@ def main(args: Args) -> None:
         per_timestep=per_t,
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(args.out, json.dumps(report, indent=2))
+    write_report(args.out, report)
     print(f"wrote {args.out}")
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_path
+from .files import atomic_path, atomic_write_text
 
 COMPONENTS = ("render", "sds", "vlm", "backward", "densify", "viewer")
 
@@ -118,3 +119,26 @@ def save_breakdown_png(report: dict[str, Any], path: Path) -> None:
         x += 110
     with atomic_path(path) as tmp:
         img.save(tmp, format="PNG")
+
+
+def write_report(path: str | Path, report: dict[str, Any]) -> Path:
+    """Write a benchmark's JSON report atomically, with its provenance: the date, the command that ran it and
+    the library versions (fields the report already has are kept). Every benchmark script writes through this."""
+    import datetime
+    import shlex
+    import sys
+
+    import torch
+
+    report = dict(report)
+    report.setdefault("date", datetime.date.today().isoformat())
+    report.setdefault("command", " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]]))
+    report.setdefault("torch", torch.__version__)
+    for lib in ("transformers", "diffusers", "gsplat"):
+        try:
+            module = __import__(lib)
+        except ImportError:
+            continue
+        report.setdefault(lib, getattr(module, "__version__", "?"))
+    atomic_write_text(Path(path), json.dumps(report, indent=2) + "\n")
+    return Path(path)
