@@ -79,17 +79,21 @@ def _preset_defaults(argv: list[str]) -> tuple[RunConfig, str]:
 def cmd_generate(argv: list[str]) -> int:
     from .generate import RunControl, prepare_single, resume_run, run_batch, run_one
     from .prompts import read_prompts, slugify
+    from .viewer import ViewerConfig
 
     run_cfg, preset = _preset_defaults(argv)
     args: GenerateArgs = _parse(
         GenerateArgs, argv, "splatvlm generate", GenerateArgs(preset=preset, run=run_cfg)
     )
-    control = RunControl(
-        viewer=args.viewer,
-        viewer_share=args.viewer_share,
+    viewer = ViewerConfig(
+        enabled=args.viewer,
         host=args.host,
         port=args.port,
-        viewer_every=args.viewer_every,
+        refresh_every=args.viewer_every,
+        share=args.viewer_share,
+    )
+    control = RunControl(
+        viewer=viewer,
         stop_after=args.stop_after,
         gpteval3d=args.gpteval3d,
         overwrite=args.overwrite,
@@ -218,10 +222,10 @@ def _mesh_control(args: GenerateArgs) -> MeshConfig | None:
 
 
 def _check_control(control) -> None:
-    if not 0 < control.port < 65536:
-        raise SplatVLMError(f"--port must be in 1..65535, got {control.port}")
-    if control.viewer_every <= 0:
-        raise SplatVLMError(f"--viewer-every must be positive, got {control.viewer_every}")
+    if not 0 < control.viewer.port < 65536:
+        raise SplatVLMError(f"--port must be in 1..65535, got {control.viewer.port}")
+    if control.viewer.refresh_every <= 0:
+        raise SplatVLMError(f"--viewer-every must be positive, got {control.viewer.refresh_every}")
     if control.stop_after is not None and control.stop_after <= 0:
         raise SplatVLMError(f"--stop-after must be positive, got {control.stop_after}")
 

@@ -54,17 +54,14 @@ from .trainer import (
     train,
     write_run_files,
 )
+from .viewer import ViewerConfig
 
 
 @dataclass
 class RunControl:
     """How to run (not what to train): viewer, stopping, extra outputs. Not saved as part of the recipe."""
 
-    viewer: bool = False
-    viewer_share: bool = False  # honour viser's share request (a public tunnel); off: ignored
-    host: str = "127.0.0.1"
-    port: int = 8080
-    viewer_every: int = 50
+    viewer: ViewerConfig = field(default_factory=ViewerConfig)  # the live viewer; enabled=False: none
     stop_after: int | None = None
     gpteval3d: bool = False
     gpteval3d_method: str = "splatvlm"
@@ -226,14 +223,11 @@ def _run_one(
     elapsed_before = state.elapsed_s
     # 4. Live viewer.
     viewer = None
-    if control.viewer:
-        from .viewer import Viewer, ViewerConfig, make_render_fn
+    if control.viewer.enabled:
+        from .viewer import Viewer, make_render_fn
 
         viewer = Viewer(
-            ViewerConfig(
-                enabled=True, host=control.host, port=control.port, refresh_every=control.viewer_every,
-                share=control.viewer_share,
-            ),
+            control.viewer,
             make_render_fn(state.params, device, cfg.render),
             run_dir,
             lambda path: save_ply(state.params, path),
@@ -462,7 +456,7 @@ def run_batch(
     """
     validate_run_config(cfg)
     info = distributed.dist_info()
-    if control.viewer and info.world_size > 1:
+    if control.viewer.enabled and info.world_size > 1:
         raise SplatVLMError("--viewer serves one run; it cannot be used with several torchrun processes")
     out_dir = check_output_dir(out_dir)
     run_dirs = [out_dir / f"{index:03d}-{slugify(prompt)}" for index, prompt in enumerate(prompts)]
