@@ -185,6 +185,17 @@ def test_stop_message_prints_the_resume_command(tmp_path):
     assert str(info.value).endswith(f"continue with: splatvlm generate --resume {run_dir}")
 
 
+def test_stop_keeps_its_kind_so_the_cli_can_advise(tmp_path):
+    cfg = tiny_cfg(4)
+    prompt, output, run_dir, _ = prepare_single("a cat", tmp_path / "c.ply", cfg, CONTROL, None)
+    bad = FakeGuidance(
+        cfg, fail_at=1, error=StopRun("20 steps in a row had a NaN/inf loss", 3, kind="bad_steps")
+    )
+    with pytest.raises(StopRun) as info:
+        run_one(prompt, cfg, output, run_dir, bad, CONTROL)
+    assert info.value.kind == "bad_steps" and info.value.exit_code == 3
+
+
 def test_cli_resume_refuses_recipe_flags(tmp_path, capsys):
     from splatvlm.cli import main
 

@@ -452,12 +452,9 @@ def quiet_libraries() -> None:
     import os
     import warnings
 
-    for name, value in (
-        ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
-        ("TRANSFORMERS_VERBOSITY", "error"),
-        ("DIFFUSERS_VERBOSITY", "error"),
-        ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
-    ):
+    from .hub import QUIET_ENV
+
+    for name, value in QUIET_ENV:
         os.environ.setdefault(name, value)
     for name in ("huggingface_hub", "transformers", "diffusers", "peft"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -178,7 +178,9 @@ def run_one(
         try:
             return _run_one(prompt, cfg, output, run_dir, guidance, control, resume, prompt_id, replaces)
         except StopRun as e:
-            raise StopRun(f"{e}; continue with: {resume_command(run_dir)}", e.exit_code) from None
+            raise StopRun(
+                f"{e}; continue with: {resume_command(run_dir)}", e.exit_code, kind=e.kind
+            ) from None
 
 
 def _run_one(

@@ -16,6 +16,15 @@ import torch
 
 from .errors import SplatVLMError
 
+# Environment that quiets the model libraries (progress bars, info logs, advisories); read when they are imported.
+# Set by cli.quiet_libraries (unless --verbose) and by the tests' conftest.
+QUIET_ENV = (
+    ("HF_HUB_DISABLE_PROGRESS_BARS", "1"),
+    ("TRANSFORMERS_VERBOSITY", "error"),
+    ("DIFFUSERS_VERBOSITY", "error"),
+    ("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1"),
+)
+
 DType = Literal["auto", "float32", "float16", "bfloat16"]
 
 
