@@ -101,7 +101,6 @@ def run(args: Args) -> dict:
         "date": time.strftime("%Y-%m-%d"),
         "host": platform.node(),
         "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
         "gaussians": args.gaussians,
         "config": {k: v for k, v in asdict(base).items() if k != "device"},
         "cases": cases,
@@ -112,7 +111,6 @@ def main() -> None:
     args = tyro.cli(Args)
     report = run(args)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
         write_report(args.out, report)
         print(f"wrote {args.out}")
 

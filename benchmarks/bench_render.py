@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import gsplat
 import torch
 import tyro
 
@@ -171,13 +170,10 @@ def main(args: Args) -> None:
     report = dict(
         benchmark="render forward+backward",
         device=device_name(device),
-        torch=torch.__version__,
-        gsplat=gsplat.__version__,
         cpu_threads=torch.get_num_threads(),
         args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         results=results,
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_report(args.out, report)
     print(f"wrote {args.out}")
 

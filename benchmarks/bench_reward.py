@@ -187,12 +187,9 @@ def main(args: Args) -> list[dict]:
             torch.cuda.empty_cache()
     report = {
         "device": device_name(device),
-        "torch": torch.__version__,
-        "transformers": __import__("transformers").__version__,
         "args": json.loads(json.dumps(dataclasses.asdict(args), default=str)),
         "results": results,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_report(args.out, report)
     print(f"wrote {args.out}")
     return results

@@ -263,17 +263,13 @@ def main(args: Args) -> None:
             torch.cuda.empty_cache()
         for r in rows:
             print(describe(r), flush=True)
-    import diffusers
 
     report = dict(
         benchmark="sds_step",
         args={k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(args).items()},
         device=device_name(device),
-        torch=torch.__version__,
-        diffusers=diffusers.__version__,
         results=results,
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_report(args.out, report)
     print(f"wrote {args.out}")
 

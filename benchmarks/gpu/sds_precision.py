@@ -219,14 +219,10 @@ def main(args: Args) -> None:
             torch.cuda.empty_cache()
     summary["float32"] = {f"{path}_ms": v["ms_median"] for path, v in timing["float32"].items()}
 
-    import diffusers
-
     report = dict(
         benchmark="sds_precision",
         args={k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(args).items()},
         device=device_name(device),
-        torch=torch.__version__,
-        diffusers=diffusers.__version__,
         sds_config=dataclasses.asdict(base),
         timesteps=ts,
         load_s=load_s,
@@ -235,7 +231,6 @@ def main(args: Args) -> None:
         timing=timing,
         per_timestep=per_t,
     )
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     write_report(args.out, report)
     print(f"wrote {args.out}")
 

@@ -123,7 +123,8 @@ def save_breakdown_png(report: dict[str, Any], path: Path) -> None:
 
 def write_report(path: str | Path, report: dict[str, Any]) -> Path:
     """Write a benchmark's JSON report atomically, with its provenance: the date, the command that ran it and
-    the library versions (fields the report already has are kept). Every benchmark script writes through this."""
+    the library versions (fields the report already has are kept); the folder is made if missing. Every benchmark
+    script writes through this."""
     import datetime
     import shlex
     import sys
@@ -140,5 +141,6 @@ def write_report(path: str | Path, report: dict[str, Any]) -> Path:
         except ImportError:
             continue
         report.setdefault(lib, getattr(module, "__version__", "?"))
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(path), json.dumps(report, indent=2) + "\n")
     return Path(path)
