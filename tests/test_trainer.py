@@ -207,6 +207,46 @@ def test_terms_on_their_own_streams_train_as_one_stream(tmp_path):
         torch.testing.assert_close(finals[1][k], finals[0][k], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_graphed_prior_and_reward_on_streams_stay_finite(tmp_path):
+    """The prior and the reward, each replaying its CUDA graph, on two streams: every step finite, as on one
+    stream. (The graphs' capture draws random numbers, so the two runs' noise differs: no value parity. On the H200, 2026-12-01, the vlm3d recipe with parallel_terms on had NaN
+    losses from step 1 on with full-size random models; this is the demo-size check of the same path.)"""
+    from splatvlm.generate import Guidance
+
+    base = load_run_config("vlm3d")
+    cfg = dataclasses.replace(
+        base,
+        device="cuda",
+        steps=4,
+        checkpoint_every=0,
+        log_every=1,
+        sds=dataclasses.replace(base.sds, model="demo", cuda_graph=True),
+        vlm=dataclasses.replace(base.vlm, model="demo", cuda_graph=True, compile=False),
+    )
+    cuda = torch.device("cuda")
+    terms = Guidance(cfg, cuda).terms("a corgi wearing a top hat")
+    bad = []
+    for parallel in (False, True):
+        run = dataclasses.replace(cfg, parallel_terms=parallel)
+        torch.manual_seed(run.seed)
+        state = new_state(init_ball(run.scene, torch.Generator().manual_seed(run.seed)), run, cuda)
+        rows: list[dict] = []
+        (tmp_path / f"p{parallel}").mkdir()
+        train(
+            run,
+            state,
+            terms,
+            tmp_path / f"p{parallel}",
+            cuda,
+            progress=False,
+            on_step=lambda s, logs, rows=rows: rows.append(logs),
+        )
+        bad.append([r["step"] for r in rows if r["bad_step"]])
+    assert bad == [[], []]
+
+
 def test_structurally_wrong_checkpoints_are_one_line_errors(tmp_path):
     from splatvlm.errors import SplatVLMError
 

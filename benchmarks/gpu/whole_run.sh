@@ -36,6 +36,7 @@ esac
 rc=$?
 echo "bench exit $rc"
 cp -r "$O"/bench/report.json "$O"/bench/report.md "$O"/ 2>/dev/null
+cp "$O"/bench/runs/ours/000/metrics.jsonl "$O"/ 2>/dev/null  # two folders down at most come back
 # The refinement rows (gradient quantiles and counts) of every run, whatever the exit status.
 for m in "$O"/bench/runs/ours/*/metrics.jsonl; do
   [ -f "$m" ] || continue
