@@ -67,7 +67,9 @@ class RunConfig:
     """On CUDA, run the loss terms of a step on their own CUDA streams, overlapping the prior and the reward
     (they are independent given the renders); ignored on CPU. Off by default: with both terms replaying CUDA
     graphs, the first whole vlm3d run with it on (H200, 2026-12-01) had NaN losses from step 1 on, and ran
-    clean with it off (benchmarks/results/2026-12-01-h200-nan_probe.json); it saved 5.6 ms a step."""
+    clean with it off (benchmarks/results/2026-12-01-h200-nan_probe.json); it saved 5.6 ms a step. The likely
+    cause (both graphs captured on one stream, so sharing a cuBLAS workspace) is fixed in graphs.py, not yet
+    checked on a GPU."""
     checkpoint_every: int = 500
     """Steps between checkpoints (0: only at the end and on interrupt)."""
     max_bad_steps: int = 20

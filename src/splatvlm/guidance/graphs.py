@@ -14,6 +14,11 @@ live renders is ``grad``, so the trainer's backward continues into the Gaussians
 data-dependent shapes), and per-step inputs (timestep, noise) read from static tensors that the caller
 fills before each replay. Random numbers drawn inside ``fn`` with torch's default CUDA generator are
 fine: PyTorch advances the generator's offset on every replay.
+
+Each graph is captured on a stream of its own, kept alive beside it. PyTorch keys cuBLAS workspaces by the
+capture stream, so two graphs captured on the same stream (``torch.cuda.graph``'s shared default) embed one
+workspace: replayed at the same time on two streams (the prior and the reward with ``parallel_terms``) they
+race on it, and dropping one graph frees the workspace the other still uses (pytorch/pytorch#193402).
 """
 
 from __future__ import annotations
@@ -33,10 +38,11 @@ class GraphedGrad:
         self.fn = fn
         self.warmup = warmup
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor, dict[str, Tensor]]] = {}
+        self._streams: list[torch.cuda.Stream] = []
 
     def _capture(self, x: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         static_x = x.detach().clone().requires_grad_(True)
-        stream = torch.cuda.Stream()
+        stream = torch.cuda.Stream()  # this graph's own: warm-up and capture (see the module's docstring)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up off the default stream, as capture requires
             for _ in range(self.warmup):
@@ -44,9 +50,10 @@ class GraphedGrad:
                 torch.autograd.grad(value, static_x)
         torch.cuda.current_stream().wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        with torch.cuda.graph(graph, stream=stream):
             value, aux = self.fn(static_x)
             (grad,) = torch.autograd.grad(value, static_x)
+        self._streams.append(stream)  # lives as long as the graph that was captured on it
         return graph, static_x, value, grad, aux
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
