@@ -37,6 +37,7 @@ SCENE_POINTS = 1500  # initial Gaussians of the toy runs (the presets' 4096 is m
 HELD_OUT_ELEVATION = 20.0  # the training sampler never repeats a camera; these are fixed and evenly spaced
 HELD_OUT_VIEWS = 8
 BACK_AZIMUTHS = (160.0, 180.0, 200.0)
+TORCH_CHUNK = 1 << 17
 
 
 @dataclass
@@ -61,8 +62,9 @@ class EvalConfig:
     """Folder with the toy prior/ and reward/ (as `toyworld build` writes)."""
     set: list[str] = field(default_factory=list)
     """Extra overrides of the toy run config as KEY=YAML (e.g. strategy.grow_grad2d=0.001), for recipe studies."""
-    threads: int = 2
-    """CPU threads for torch."""
+    threads: int = 1
+    """CPU threads for torch (one: the toy's ops are too small to share, and a second thread that waits for a
+    busy core slows every op down)."""
 
 
 def _scaled(value: int, scale: float) -> int:
@@ -88,6 +90,8 @@ def toy_run_config(
         "checkpoint_every": 0,
         "turntable_frames": 0,
         "scene": {"num_points": SCENE_POINTS},
+        # Chunks that stay in the CPU's cache: 3-4x faster than the default at 32 px (same images).
+        "render": {"torch_chunk": TORCH_CHUNK},
         "camera": dict(CAMERA_OVERRIDES),
         "strategy": {
             "refine_start_iter": _scaled(st.refine_start_iter, s),
