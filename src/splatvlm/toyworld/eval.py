@@ -29,15 +29,21 @@ from ..files import atomic_write_text
 from ..gaussians.cameras import Cameras, eval_orbit, orbit_cameras
 from ..gaussians.render import RenderConfig, render
 from . import metrics
-from .models import CAMERA_OVERRIDES, RESOLUTION, REWARD_SIZE, WEIGHTS_DIR, toy_camera
+from .models import (
+    CAMERA_OVERRIDES,
+    RESOLUTION,
+    REWARD_SIZE,
+    SCENE_POINTS,
+    TORCH_CHUNK,
+    WEIGHTS_DIR,
+    toy_camera,
+)
 from .world import ToyObject, get_objects, janus_variant, object_params
 
 Method = Literal["mvdream", "vlm3d"]
-SCENE_POINTS = 1500  # initial Gaussians of the toy runs (the presets' 4096 is more than 32 px renders need)
 HELD_OUT_ELEVATION = 20.0  # the training sampler never repeats a camera; these are fixed and evenly spaced
 HELD_OUT_VIEWS = 8
 BACK_AZIMUTHS = (160.0, 180.0, 200.0)
-TORCH_CHUNK = 1 << 17
 
 
 @dataclass
@@ -152,7 +158,7 @@ def render_white(
     params: torch.nn.ParameterDict, cams: Cameras, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     params = params.to(device)
-    out = render(params, cams, RenderConfig(), torch.ones(len(cams), 3, device=device))
+    out = render(params, cams, RenderConfig(torch_chunk=TORCH_CHUNK), torch.ones(len(cams), 3, device=device))
     return out.rgb.clamp(0, 1).cpu(), out.alpha.cpu()
 
 
