@@ -17,7 +17,7 @@ from splatvlm.gaussians.raster_torch import (
     rasterize_torch,
 )
 
-W, H = 20, 12  # two tiles wide, one partial tile high
+W, H = 20, 12  # partial tiles both ways (8x8 tiles)
 
 
 def tiny_scene(n: int = 6, dtype=torch.float64, seed: int = 0, sh_degree: int = 0):
@@ -230,6 +230,19 @@ def test_chunking_changes_nothing():
     img_a, alpha_a, grads_a, _ = _render_and_grads(packed=True)
     img_b, alpha_b, grads_b, _ = _render_and_grads(packed=True, chunk_elems=256 * 2)
     torch.testing.assert_close(img_a, img_b, atol=1e-12, rtol=0)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(ga, gb, atol=1e-10, rtol=1e-8)
+
+
+def test_tile_size_changes_nothing(monkeypatch):
+    """Pairs outside a Gaussian's box are below the alpha threshold, so 8 px tiles give gsplat's 16 px result."""
+    import splatvlm.gaussians.raster_torch as rt
+
+    img_a, alpha_a, grads_a, _ = _render_and_grads(packed=True)
+    monkeypatch.setattr(rt, "TILE", 16)
+    img_b, alpha_b, grads_b, _ = _render_and_grads(packed=True)
+    torch.testing.assert_close(img_a, img_b, atol=1e-12, rtol=0)
+    torch.testing.assert_close(alpha_a, alpha_b, atol=1e-12, rtol=0)
     for ga, gb in zip(grads_a, grads_b, strict=True):
         torch.testing.assert_close(ga, gb, atol=1e-10, rtol=1e-8)
 

@@ -95,6 +95,18 @@ def test_toy_run_config_scales_the_preset():
     assert tweaked.strategy.grow_grad2d == 0.001
 
 
+def test_reward_start_negative_is_the_runs_initial_scene():
+    """The faint ball the reward learns to reject is the scene a toy run starts from."""
+    from splatvlm.gaussians.scene import init_ball
+    from splatvlm.toyworld.models import start_params
+
+    cfg = toy_run_config("vlm3d", 100, 5, "cpu", WEIGHTS_DIR)
+    assert cfg.scene.opacity == 0.1
+    ours, run = start_params(5), init_ball(cfg.scene, torch.Generator().manual_seed(5))
+    for key in run:
+        torch.testing.assert_close(ours[key], run[key])
+
+
 def test_shipped_weights_load_and_run():
     from splatvlm.guidance.reward import RewardConfig
     from splatvlm.guidance.sds import SDSConfig, SDSGuidance

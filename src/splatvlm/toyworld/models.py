@@ -9,7 +9,8 @@
   caption dropout to the empty caption (the toy presets use "" as the negative prompt, so CFG works).
 - Reward (``weights/reward``, a Qwen2.5-VL folder ``VLMReward`` loads): the demo-size Qwen2.5-VL, fully
   fine-tuned to answer Yes for 4 views of the captioned object and No for other objects, for the
-  object's Janus variant (front feature copied onto the back) and for the initial random blobs. Full
+  object's Janus variant (front feature copied onto the back), for half-opaque gray balls and for the
+  faint ball every toy run starts from (the presets' initial scene). Full
   fine-tune, not `train-reward`'s LoRA: that adapts only the language model's projections and never the
   vision tower, which in a random base gives random features, so every visual distinction would have to
   be read out of a frozen random encoder by low-rank updates. (Not compared here for lack of CPU time;
@@ -38,6 +39,10 @@ from .world import ToyObject, janus_variant, object_params, world
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 RESOLUTION = 32  # render size of the whole toy world (CPU-friendly)
+TORCH_CHUNK = (
+    1 << 17
+)  # pixels x Gaussians per chunk of the torch rasterizer: stays in the CPU's cache at 32 px
+SCENE_POINTS = 1500  # initial Gaussians of the toy runs (the presets' 4096 is more than 32 px renders need)
 REWARD_SIZE = 56  # views to the reward VLM: 4x4 patches, 4 merged tokens each
 # The recipe's camera sampler with the camera a little closer, so objects fill 32 px renders.
 CAMERA_OVERRIDES = dict(
@@ -61,30 +66,31 @@ class BuildConfig:
     """'cpu' or 'cuda'."""
     seed: int = 0
     """Seed of the renders, the initializations and the batches."""
-    groups: int = 8
+    groups: int = 24
     """4-view groups rendered per object (the Janus variants get half as many)."""
-    vae_steps: int = 150
+    vae_steps: int = 1500
     """Autoencoder reconstruction steps."""
-    vae_batch: int = 2
+    vae_batch: int = 4
     """4-view groups per autoencoder step."""
-    prior_steps: int = 300
+    prior_steps: int = 4000
     """Prior (UNet + text encoder) steps."""
-    prior_max_s: float = 420.0
-    """Stop the prior's training after this many seconds (0: no limit); build.json records the steps done."""
-    prior_batch: int = 2
+    prior_max_s: float = 0.0
+    """Stop the prior's training after this many seconds (0: no limit, the seeded default); build.json records
+    the steps done."""
+    prior_batch: int = 4
     """Objects (4-view groups) per prior step."""
     prior_lr: float = 1e-3
     """Prior AdamW learning rate (cosine decay to 10 %)."""
     caption_dropout: float = 0.1
     """Share of prior training groups whose caption is replaced by "" (for classifier-free guidance)."""
-    reward_steps: int = 3000
+    reward_steps: int = 15000
     """Reward VLM steps (batch of 4 records each)."""
     reward_lr: float = 2e-4
     """Reward AdamW learning rate."""
-    threads: int = 2
-    """CPU threads for torch (the machine is shared)."""
+    threads: int = 1
+    """CPU threads for torch (the toy models are too small to gain from a second thread on a shared machine)."""
     only: Literal["all", "prior", "reward"] = "all"
-    """Train only one model (two processes can then run the stages side by side; copy the folders together)."""
+    """Train only one model; the other one in `out` is kept, and build.json keeps its stage's record."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -110,7 +116,7 @@ def render_groups(
     for start in range(0, groups, 8):
         n = min(8, groups - start)
         cams = sample_orbit(cam_cfg, 4 * n, RESOLUTION, gen)
-        out = render(params, cams, RenderConfig(), torch.zeros(4 * n, 3))
+        out = render(params, cams, RenderConfig(torch_chunk=TORCH_CHUNK), torch.zeros(4 * n, 3))
         rgbs.append(out.rgb.cpu())
         alphas.append(out.alpha.cpu())
         cams_out.append(mvdream_cameras(cams))
@@ -132,11 +138,23 @@ def composite(rgb: Tensor, alpha: Tensor, gen: torch.Generator) -> Tensor:
 
 
 def blob_params(seed: int) -> torch.nn.ParameterDict:
-    """An initial scene of the toy presets (a noisy gray ball): what every run starts from."""
+    """A noisy gray ball, half opaque: a shapeless scene the reward must reject."""
     return init_ball(
-        SceneConfig(num_points=1500, radius=0.4, color_noise=0.3, opacity=0.5),
+        SceneConfig(num_points=SCENE_POINTS, radius=0.4, color_noise=0.3, opacity=0.5),
         torch.Generator().manual_seed(seed),
     )
+
+
+def start_scene_config() -> SceneConfig:
+    """The scene every toy run starts from: the presets' initial ball (opacity 0.1) with the toy's count."""
+    from ..config import apply_overrides, load_run_config
+
+    return apply_overrides(load_run_config("mvdream").scene, {"num_points": SCENE_POINTS})
+
+
+def start_params(seed: int) -> torch.nn.ParameterDict:
+    """The faint gray ball a toy run starts from (``start_scene_config``), seeded like a run's."""
+    return init_ball(start_scene_config(), torch.Generator().manual_seed(seed))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,6 +210,7 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
     t0 = time.perf_counter()
     vae = AutoencoderKL(**vae_config()).to(dev)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    recon = []
     for step in range(cfg.vae_steps):
         x, _, _ = batch(cfg.vae_batch)
         x = x.to(dev)
@@ -201,8 +220,9 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        recon.append(float(F.mse_loss(rec.detach(), x)))
         if step % 50 == 0 or step == cfg.vae_steps - 1:
-            log(f"vae step {step} recon mse {float(F.mse_loss(rec.detach(), x)):.4f}")
+            log(f"vae step {step} recon mse {sum(recon[-50:]) / len(recon[-50:]):.4f}")
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         x, _, _ = batch(16)
@@ -267,16 +287,24 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
         tokenizer=tokenizer,
         scheduler=scheduler,
     )
-    return parts, {
-        "vae_s": round(vae_s, 1),
-        "prior_s": round(unet_s, 1),
-        "prior_steps_done": done,
-        "final_eps_mse": round(sum(ema[-100:]) / len(ema[-100:]), 4),
-    }
+    return (
+        parts,
+        {
+            "vae_s": round(vae_s, 1),
+            "vae_recon_mse": round(sum(recon[-50:]) / len(recon[-50:]), 4),  # on [-1, 1], last 50 steps
+            "prior_s": round(unet_s, 1),
+            "prior_steps_done": done,
+            "final_eps_mse": round(sum(ema[-100:]) / len(ema[-100:]), 4),
+        },
+    )
 
 
 # ---------------------------------------------------------------------------------------------
 # The reward
+
+# Shares of the reward's negatives by kind: another object, the Janus variant, a half-opaque ball, the
+# faint ball every run starts from (which the first reward answered Yes to).
+NEGATIVE_SHARES = {"other": 0.35, "janus": 0.35, "blob": 0.1, "start": 0.2}
 
 
 def build_reward_folder(folder: Path, seed: int) -> None:
@@ -295,9 +323,10 @@ def build_reward_folder(folder: Path, seed: int) -> None:
     Qwen2VLImageProcessorPil().save_pretrained(folder)
 
 
-def reward_records(data: dict[str, Renders], janus: dict[str, Renders], blobs: Renders, captions: dict[str, str],
+def reward_records(data: dict[str, Renders], janus: dict[str, Renders], shapeless: dict[str, Renders],
                    held: bool) -> list[tuple[str, str, int, int]]:  # fmt: skip
-    """(caption object, source, source object or blob, group) with source in positive/other/janus/blob.
+    """(caption object, source, source object, group) with source positive/other/janus or a ``shapeless`` key
+    ("blob": half-opaque balls, "start": the runs' initial faint ball).
 
     The last quarter of every object's groups is held out (``held=True`` lists those).
     """
@@ -321,15 +350,16 @@ def reward_records(data: dict[str, Renders], janus: dict[str, Renders], blobs: R
                 )
             else:
                 recs.append((n, "other", (names.index(n) + 2 + i % (len(names) - 2)) % len(names), i))
-            gb = blobs.rgb.shape[0]
-            recs.append(
-                (n, "blob", 0, (3 * gb) // 4 + i % (gb - (3 * gb) // 4) if held else i % ((3 * gb) // 4))
-            )
+            for kind, renders in shapeless.items():
+                gb = renders.rgb.shape[0]
+                recs.append(
+                    (n, kind, 0, (3 * gb) // 4 + i % (gb - (3 * gb) // 4) if held else i % ((3 * gb) // 4))
+                )
     return recs
 
 
-def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, Renders], blobs: Renders,
-                       captions: dict[str, str], cfg: BuildConfig, log) -> dict:  # fmt: skip
+def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, Renders],
+                       shapeless: dict[str, Renders], captions: dict[str, str], cfg: BuildConfig, log) -> dict:  # fmt: skip
     """Fully fine-tune the tiny VLM in ``folder`` on the toy records; saves it back; returns a log dict."""
     from ..guidance.reward import RewardConfig
     from ..models import load_reward
@@ -345,13 +375,13 @@ def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, 
     rng = random.Random(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed + 2)
     train, held = (
-        reward_records(data, janus, blobs, captions, False),
-        reward_records(data, janus, blobs, captions, True),
+        reward_records(data, janus, shapeless, False),
+        reward_records(data, janus, shapeless, True),
     )
 
     def views(rec) -> tuple[Tensor, bool]:
         n, kind, j, i = rec
-        src = {"positive": data[n], "janus": janus.get(n), "other": data[names[j]], "blob": blobs}[kind]
+        src = {"positive": data[n], "janus": janus.get(n), "other": data[names[j]], **shapeless}[kind]
         return composite(src.rgb[i : i + 1], src.alpha[i : i + 1], gen)[0], kind == "positive"
 
     def loss_of(rec) -> tuple[Tensor, bool]:
@@ -360,14 +390,20 @@ def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, 
         d = s["logit_yes"] - s["logit_no"]
         return (F.softplus(-d) if label else F.softplus(d)), bool((d > 0) == label)
 
-    # Positives are a quarter of the records; weight them to half of the loss.
+    # Half of each batch positive; the negatives drawn by kind, the Janus variants (the hard case, the one
+    # the reward is for) most often.
     pos = [r for r in train if r[1] == "positive"]
-    neg = [r for r in train if r[1] != "positive"]
+    neg = {kind: [r for r in train if r[1] == kind] for kind in NEGATIVE_SHARES}
+    kinds, shares = list(NEGATIVE_SHARES), list(NEGATIVE_SHARES.values())
+
+    def negative():
+        return rng.choice(neg[rng.choices(kinds, shares)[0]])
+
     hist = []
     reward.model.train()
     for step in range(cfg.reward_steps):
         opt.zero_grad(set_to_none=True)
-        batch = [rng.choice(pos), rng.choice(pos), rng.choice(neg), rng.choice(neg)]
+        batch = [rng.choice(pos), rng.choice(pos), negative(), negative()]
         total = 0.0
         for rec in batch:
             loss, hit = loss_of(rec)
@@ -403,7 +439,6 @@ def build(cfg: BuildConfig, log=print) -> dict:
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    t_start = time.perf_counter()
     objs: list[ToyObject] = world()
     captions = {o.name: o.caption for o in objs}
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -411,8 +446,12 @@ def build(cfg: BuildConfig, log=print) -> dict:
     data = {o.name: render_groups(object_params(o, seed=cfg.seed), cfg.groups, gen, cfg.device) for o in objs}
     janus = {o.name: render_groups(object_params(janus_variant(o), seed=cfg.seed), max(4, cfg.groups // 2), gen, cfg.device)
              for o in objs if o.front_back}  # fmt: skip
-    blob_list = [render_groups(blob_params(cfg.seed + 100 + k), 2, gen, cfg.device) for k in range(8)]
-    blobs = Renders(*(torch.cat([getattr(b, f) for b in blob_list]) for f in ("rgb", "alpha", "cameras")))
+    shapeless = {}
+    for kind, make in (("blob", blob_params), ("start", start_params)):
+        parts = [render_groups(make(cfg.seed + 100 + k), 2, gen, cfg.device) for k in range(8)]
+        shapeless[kind] = Renders(
+            *(torch.cat([getattr(b, f) for b in parts]) for f in ("rgb", "alpha", "cameras"))
+        )
     render_s = time.perf_counter() - t0
     log(
         f"rendered {sum(r.rgb.shape[0] for r in data.values())} + {sum(r.rgb.shape[0] for r in janus.values())} janus groups in {render_s:.0f} s"
@@ -422,30 +461,56 @@ def build(cfg: BuildConfig, log=print) -> dict:
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    prior_log, reward_log = {}, {}
+    stages: dict[str, dict] = {}
     if cfg.only in ("all", "prior"):
+        t0 = time.perf_counter()
         parts, prior_log = train_prior(data, captions, cfg, log)
         with quiet_model_io():
             save_components(parts, tmp / "prior")
+        stages["prior"] = {
+            "render_s": round(render_s, 1),
+            **prior_log,
+            "stage_s": round(time.perf_counter() - t0 + render_s, 1),
+        }
     if cfg.only in ("all", "reward"):
+        t0 = time.perf_counter()
         with quiet_model_io():
             build_reward_folder(tmp / "reward", cfg.seed)
-        reward_log = train_reward_model(tmp / "reward", data, janus, blobs, captions, cfg, log)
-    info = {
-        "device": cfg.device,
-        "threads": cfg.threads,
-        "render_s": round(render_s, 1),
-        **prior_log,
-        **reward_log,
-        "total_s": round(time.perf_counter() - t_start, 1),
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items() if k != "out"},
-        "command": "splatvlm toyworld build" + (f" --device {cfg.device}" if cfg.device != "cpu" else ""),
+        reward_log = train_reward_model(tmp / "reward", data, janus, shapeless, captions, cfg, log)
+        stages["reward"] = {
+            "render_s": round(render_s, 1),
+            **reward_log,
+            "stage_s": round(time.perf_counter() - t0 + render_s, 1),
+        }
+    config = {
+        k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items() if k not in ("out", "only")
     }
-    (tmp / f"build{'' if cfg.only == 'all' else '-' + cfg.only}.json").write_text(json.dumps(info, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    command = "splatvlm toyworld build" + (f" --device {cfg.device}" if cfg.device != "cpu" else "")
+    for st in stages.values():
+        st.update(device=cfg.device, threads=cfg.threads, config=config, command=command)
+    # A one-stage build keeps the other model and its record (both stages from one seeded config).
+    old = json.loads((out / "build.json").read_text()) if (out / "build.json").is_file() else {}
+    kept = {
+        k: old["stages"][k] for k in ("prior", "reward") if k not in stages and k in old.get("stages", {})
+    }
+    stages = {**kept, **stages}
+    info = {
+        "stages": {k: stages[k] for k in ("prior", "reward") if k in stages},
+        "total_s": round(sum(st["stage_s"] for st in stages.values()), 1),
+        "note": "stage_s includes the stage's renders (each stage renders the world itself when run alone)",
+    }
+    (tmp / "build.json").write_text(json.dumps(info, indent=2))
+    out.mkdir(parents=True, exist_ok=True)
+    for name in [*stages, "build.json"]:
+        if (tmp / name).exists():
+            target = out / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            (tmp / name).replace(target)
+    for stale in out.glob("build-*.json"):
+        stale.unlink()
+    shutil.rmtree(tmp, ignore_errors=True)
     log(
-        f"wrote {out} in {info['total_s']:.0f} s: {json.dumps({k: v for k, v in info.items() if k != 'config'})}"
+        f"wrote {out}: {json.dumps({k: {kk: vv for kk, vv in v.items() if kk != 'config'} for k, v in stages.items()})}"
     )
     return info
