@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import tempfile
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 
@@ -104,12 +106,9 @@ def main() -> None:
         for name, fn in extra.items():
             row[name] = probe_term(fn, rgb, cams, step)
         # The Gaussians' gradient from a unit upstream gradient (the rasterizer's backward alone).
-        p = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
-        o = render(
-            torch.nn.ParameterDict({k: torch.nn.Parameter(v) for k, v in p.items()}), cams, cfg.render, bg
-        )
-        o.rgb.sum().backward()
-        row["render_grads_finite"] = True
+        leaf = torch.nn.ParameterDict({k: torch.nn.Parameter(v.detach().clone()) for k, v in params.items()})
+        render(leaf, cams, cfg.render, bg).rgb.sum().backward()
+        row["render_grads"] = {k: stats(v.grad) for k, v in leaf.items() if v.grad is not None}
         print(json.dumps(row), flush=True)
         report["checks"].append(row)
     for parallel in (True, False):
@@ -117,9 +116,6 @@ def main() -> None:
         torch.manual_seed(cfg.seed)
         state = new_state(init_ball(cfg.scene, torch.Generator().manual_seed(cfg.seed)), run_cfg, device)
         rows: list[dict] = []
-        import tempfile
-        from pathlib import Path
-
         with tempfile.TemporaryDirectory() as d:
             try:
                 train(
