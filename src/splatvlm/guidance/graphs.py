@@ -15,10 +15,12 @@ data-dependent shapes), and per-step inputs (timestep, noise) read from static t
 fills before each replay. Random numbers drawn inside ``fn`` with torch's default CUDA generator are
 fine: PyTorch advances the generator's offset on every replay.
 
-Each graph is captured on a stream of its own, kept alive beside it. PyTorch keys cuBLAS workspaces by the
-capture stream, so two graphs captured on the same stream (``torch.cuda.graph``'s shared default) embed one
-workspace: replayed at the same time on two streams (the prior and the reward with ``parallel_terms``) they
-race on it, and dropping one graph frees the workspace the other still uses (pytorch/pytorch#193402).
+Each graph is captured on a stream of its own. PyTorch keys cuBLAS workspaces by the capture stream, so two
+graphs captured on the same stream (``torch.cuda.graph``'s shared default) embed one workspace: replayed at
+the same time on two streams (the prior and the reward with ``parallel_terms``) they race on it, and dropping
+one graph frees the workspace the other still uses (pytorch/pytorch#193402). ``torch.cuda.Stream()`` hands
+out PyTorch's pooled streams round-robin (32 per device and priority), so captures stay on distinct streams
+unless that many streams are taken between them.
 """
 
 from __future__ import annotations
@@ -38,11 +40,10 @@ class GraphedGrad:
         self.fn = fn
         self.warmup = warmup
         self._graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor, dict[str, Tensor]]] = {}
-        self._streams: list[torch.cuda.Stream] = []
 
     def _capture(self, x: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         static_x = x.detach().clone().requires_grad_(True)
-        stream = torch.cuda.Stream()  # this graph's own: warm-up and capture (see the module's docstring)
+        stream = torch.cuda.Stream()  # this capture's own: warm-up and capture (see the module's docstring)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up off the default stream, as capture requires
             for _ in range(self.warmup):
@@ -53,7 +54,6 @@ class GraphedGrad:
         with torch.cuda.graph(graph, stream=stream):
             value, aux = self.fn(static_x)
             (grad,) = torch.autograd.grad(value, static_x)
-        self._streams.append(stream)  # lives as long as the graph that was captured on it
         return graph, static_x, value, grad, aux
 
     def __call__(self, x: Tensor) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
