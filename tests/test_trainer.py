@@ -211,8 +211,9 @@ def test_terms_on_their_own_streams_train_as_one_stream(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graphed_prior_and_reward_on_streams_stay_finite(tmp_path):
     """The prior and the reward, each replaying its CUDA graph, on two streams: every step finite, as on one
-    stream. (The graphs' capture draws random numbers, so the two runs' noise differs: no value parity. On the H200, 2026-12-01, the vlm3d recipe with parallel_terms on had NaN
-    losses from step 1 on with full-size random models; this is the demo-size check of the same path.)"""
+    stream. The graphs' capture draws random numbers, so the two runs' noise differs: no value parity. (On the
+    H200, 2026-12-01, the vlm3d recipe with parallel_terms on had NaN losses from step 1 on with full-size
+    random models; this is the demo-size check of the same path.)"""
     from splatvlm.generate import Guidance
 
     base = load_run_config("vlm3d")

@@ -36,10 +36,10 @@ esac
 rc=$?
 echo "bench exit $rc"
 cp -r "$O"/bench/report.json "$O"/bench/report.md "$O"/ 2>/dev/null
-cp "$O"/bench/runs/ours/000/metrics.jsonl "$O"/ 2>/dev/null  # two folders down at most come back
 # The refinement rows (gradient quantiles and counts) of every run, whatever the exit status.
 for m in "$O"/bench/runs/ours/*/metrics.jsonl; do
   [ -f "$m" ] || continue
+  cp "$m" "$O/metrics-$(basename "$(dirname "$m")").jsonl"  # two folders down at most come back
   python3 - "$m" <<'PY'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]

@@ -39,9 +39,8 @@ from .world import ToyObject, janus_variant, object_params, world
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 RESOLUTION = 32  # render size of the whole toy world (CPU-friendly)
-TORCH_CHUNK = (
-    1 << 17
-)  # pixels x Gaussians per chunk of the torch rasterizer: stays in the CPU's cache at 32 px
+# Pixels x Gaussians per chunk of the torch rasterizer: stays in the CPU's cache at 32 px.
+TORCH_CHUNK = 1 << 17
 SCENE_POINTS = 1500  # initial Gaussians of the toy runs (the presets' 4096 is more than 32 px renders need)
 REWARD_SIZE = 56  # views to the reward VLM: 4x4 patches, 4 merged tokens each
 # The recipe's camera sampler with the camera a little closer, so objects fill 32 px renders.
