@@ -36,6 +36,7 @@ from ..demo import build_random_vlm
 from ..errors import SplatVLMError
 from ..hub import DType, missing_weights_error, pick_device, pick_dtype
 from . import adapters
+from .fp8 import fp8_mlp, fp8_supported
 from .graphs import GraphedGrad, surrogate_loss
 from .qwen_fast import (
     StaticInputs,
@@ -91,6 +92,9 @@ class RewardConfig:
     at the first step, paid once per process: later prompts reuse the compiled code)."""
     pad_gemm: bool = True
     """Zero-pad the vision MLP's width (3420) to a multiple of 64 for fast GEMM tiles; exact (fast path only)."""
+    fp8: bool = False
+    """Run the language model's MLP matmuls, forward and pixel gradient, in FP8 (e4m3, a scale per row; see
+    guidance/fp8.py): approximate, for speed. Fast path on CUDA only, needs compute capability 8.9+ (Ada, Hopper)."""
     fast: bool = True
     """Compute only what the reward needs, with every grid- and prompt-dependent index precomputed (no host
     syncs): the last layer and the LM head only at the answer rows; False = the straightforward full HF
@@ -346,6 +350,14 @@ class VLMReward:
             check_transformers(self.model)
             if cfg.pad_gemm:
                 pad_vision_mlp(self.model)
+            if cfg.fp8 and self.device.type == "cuda":
+                if not fp8_supported(self.device):
+                    major, minor = torch.cuda.get_device_capability(self.device)
+                    raise SplatVLMError(
+                        f"--vlm.fp8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper); this one is "
+                        f"{major}.{minor}: run with --vlm.no-fp8"
+                    )
+                fp8_mlp(self.model.model.language_model)
         # 4. compile block by block: whole-model graphs break on the vision encoder's data-dependent splits.
         # The fast path runs the vision blocks through vision_block (one compiled function for all 32).
         self._vision_block = vision_block

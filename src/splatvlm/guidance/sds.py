@@ -89,6 +89,9 @@ class SDSConfig:
     compile: bool = False
     """torch.compile the UNet (CUDA only, ignored on CPU). Off by default: it compiles once per render shape
     (about 33 s each, two shapes in the vlm3d recipe) to save about 4 ms a step (H200, FACTS.md)."""
+    compile_vae: bool = False
+    """torch.compile the VAE encoder, forward and backward (CUDA only, ignored on CPU): once per render batch
+    shape, paid once per process."""
     cuda_graph: bool = True
     """Capture the SDS step (VAE encode, noising, CFG UNet, target, and the gradient to the pixels) in one
     CUDA graph per render shape and replay it (the first step of each shape captures it); ignored on CPU.
@@ -256,8 +259,12 @@ class SDSGuidance:
         if self.cfg.channels_last:
             parts.unet.to(memory_format=torch.channels_last)
             parts.vae.to(memory_format=torch.channels_last)
-        if self.cfg.compile and self.device.type == "cuda":
-            parts.unet = torch.compile(parts.unet)
+        if self.device.type == "cuda":
+            # dynamic=False: each phase's batch gets its own static kernels (no dynamic-shape fallback)
+            if self.cfg.compile:
+                parts.unet = torch.compile(parts.unet, dynamic=False)
+            if self.cfg.compile_vae:
+                parts.vae.encoder.compile(dynamic=False)
         self.alphas_cumprod = parts.scheduler.alphas_cumprod.to(self.device, torch.float32)  # [T]
         self.num_train_timesteps = int(parts.scheduler.config.num_train_timesteps)
         self.parts = parts
@@ -367,7 +374,6 @@ class SDSGuidance:
         eps_cond, eps_uncond = eps.float().chunk(2)
         return eps_cond, eps_uncond
 
-    @torch.no_grad()
     # 4. the loss -----------------------------------------------------------------------------
 
     def sample_timestep(self, step: int) -> int:
