@@ -213,7 +213,8 @@ def test_graphed_prior_and_reward_on_streams_stay_finite(tmp_path):
     """The prior and the reward, each replaying its CUDA graph, on two streams: every step finite, as on one
     stream. The graphs' capture draws random numbers, so the two runs' noise differs: no value parity. (On the
     H200, 2026-12-01, the vlm3d recipe with parallel_terms on had NaN losses from step 1 on with full-size
-    random models; this is the demo-size check of the same path.)"""
+    random models while both graphs were captured on one stream; this is the demo-size check of the same path,
+    and it passed there once each graph had its own capture stream.)"""
     from splatvlm.generate import Guidance
 
     base = load_run_config("vlm3d")

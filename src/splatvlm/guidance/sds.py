@@ -86,12 +86,14 @@ class SDSConfig:
     """Attention kernel: torch scaled_dot_product_attention or the explicit softmax (for comparisons)."""
     channels_last: bool = False
     """Run the UNet and VAE in channels-last memory format (often faster on CUDA)."""
-    compile: bool = False
-    """torch.compile the UNet (CUDA only, ignored on CPU). Off by default: it compiles once per render shape
-    (about 33 s each, two shapes in the vlm3d recipe) to save about 4 ms a step (H200, FACTS.md)."""
-    compile_vae: bool = False
-    """torch.compile the VAE encoder, forward and backward (CUDA only, ignored on CPU): once per render batch
-    shape, paid once per process."""
+    compile: bool = True
+    """torch.compile the UNet inside the CUDA graph (CUDA only, ignored on CPU), static per render shape. On the H200
+    with --sds.compile-vae: 4x256 27.2 -> 18.9 ms, 8x64 44.0 -> 32.0 ms, about 46 s saved per vlm3d asset. The
+    first compile costs ~50 s per shape (two in the vlm3d recipe) with a cold inductor cache and seconds with a
+    warm one (torch keeps it on disk); a batch pays it once (benchmarks/RESULTS.md). Off for a one-off run."""
+    compile_vae: bool = True
+    """torch.compile the VAE encoder, forward and backward (CUDA only, ignored on CPU), static per render shape:
+    alone 27.2 -> 23.0 ms at 4x256; ~39 s per shape with a cold inductor cache."""
     cuda_graph: bool = True
     """Capture the SDS step (VAE encode, noising, CFG UNet, target, and the gradient to the pixels) in one
     CUDA graph per render shape and replay it (the first step of each shape captures it); ignored on CPU.
