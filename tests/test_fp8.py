@@ -68,7 +68,7 @@ def test_swapping_the_mlps_keeps_the_reward_and_its_pixel_gradient():
             assert isinstance(layers[0].self_attn.q_proj, torch.nn.Linear)  # attention stays as it was
         s = r.score(rgb)
         (g,) = torch.autograd.grad(s["reward"], rgb)
-        res.append((float(s["reward"]), g))
+        res.append((float(s["reward"].detach()), g))
     assert res[1][0] == pytest.approx(res[0][0], abs=0.05 * max(1.0, abs(res[0][0])))
     assert res[0][1].abs().sum() > 0 and cosine(res[1][1], res[0][1]) > 0.99
 
@@ -93,7 +93,7 @@ def test_cuda_graphed_fp8_reward_tracks_bf16():
             xi.grad = None
             out = r(xi, None, 0)
             out["loss_vlm"].backward()
-        res.append((float(out["reward"]), xi.grad.clone()))
+        res.append((float(out["reward"].detach()), xi.grad.clone()))
     assert torch.isfinite(res[1][1]).all() and res[0][1].abs().sum() > 0
     assert res[1][0] == pytest.approx(res[0][0], abs=0.1 * max(1.0, abs(res[0][0])))
     assert cosine(res[1][1], res[0][1]) > 0.98
