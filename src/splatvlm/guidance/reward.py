@@ -94,7 +94,9 @@ class RewardConfig:
     """Zero-pad the vision MLP's width (3420) to a multiple of 64 for fast GEMM tiles; exact (fast path only)."""
     fp8: bool = False
     """Run the language model's MLP matmuls, forward and pixel gradient, in FP8 (e4m3, a scale per row; see
-    guidance/fp8.py): approximate, for speed. Fast path on CUDA only, needs compute capability 8.9+ (Ada, Hopper)."""
+    guidance/fp8.py): approximate, for speed. Fast path on CUDA only, needs compute capability 8.9+ (Ada, Hopper).
+    Off: on the H200 it took the 7B reward step from 38.0 to 32.8 ms but its pixel gradient to cosine 0.875
+    against bf16 (random weights, benchmarks/RESULTS.md)."""
     fast: bool = True
     """Compute only what the reward needs, with every grid- and prompt-dependent index precomputed (no host
     syncs): the last layer and the LM head only at the answer rows; False = the straightforward full HF
