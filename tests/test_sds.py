@@ -333,6 +333,13 @@ def test_cuda_graph_is_ignored_on_cpu(mv):
     assert out["loss_sds"].grad_fn is not None and mv._graphed is None
 
 
+def test_compiling_is_ignored_on_cpu(mv):
+    assert mv.cfg.compile and mv.cfg.compile_vae  # the defaults, read on CUDA only
+    parts = mv.parts
+    assert not isinstance(parts.unet, torch._dynamo.eval_frame.OptimizedModule)
+    assert parts.vae.encoder._compiled_call_impl is None
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading
 
