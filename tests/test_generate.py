@@ -227,6 +227,17 @@ def test_batch_folder_of_another_prompt_or_recipe_is_refused(tmp_path):
     changed = dataclasses.replace(cfg, steps=8)
     with pytest.raises(SplatVLMError, match=r"another recipe \(differs in: steps\)"):
         check_batch_folders(prompts, [d], changed)
+    # Speed and logging settings are not the recipe: a folder made without compiling is done already.
+    faster = dataclasses.replace(cfg, parallel_terms=not cfg.parallel_terms, log_every=3)
+    faster = dataclasses.replace(faster, sds=dataclasses.replace(cfg.sds, compile=False, compile_vae=False))
+    assert recipe_hash(faster) == recipe_hash(cfg) != recipe_hash(changed)
+    check_batch_folders(prompts, [d], faster)
+    fp8 = dataclasses.replace(cfg, vlm=dataclasses.replace(cfg.vlm, fp8=True))  # changes the numbers
+    with pytest.raises(SplatVLMError, match=r"another recipe \(differs in: vlm.fp8\)"):
+        check_batch_folders(prompts, [d], fp8)
+    # A stored hash of an older recipe_hash: the folder's config.yaml decides.
+    (d / "run.json").write_text(json.dumps({"prompt": "a red apple", "recipe": "0123456789abcdef"}))
+    check_batch_folders(prompts, [d], cfg)
     # Run folders written before the hash was kept: the recipe comes from their config.yaml.
     (d / "run.json").write_text(json.dumps({"prompt": "a red apple"}))
     check_batch_folders(prompts, [d], apply_overrides(cfg, {}))

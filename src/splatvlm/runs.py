@@ -23,11 +23,33 @@ from .prompts import where_of
 console = Console(stderr=True)  # every run's and batch's messages (stderr: stdout stays for data)
 
 
-def recipe_hash(cfg: RunConfig) -> str:
-    """What identifies a recipe: a hash of the resolved config as saved in config.yaml."""
-    from .config import to_yaml
+# Settings that change how fast a run goes, or what it logs, and not what it makes (beyond rounding): runs that
+# differ only in these share a recipe, so a batch continues after a speed flag or a speed default changed.
+EXECUTION_ONLY = frozenset(
+    {
+        "log_every", "checkpoint_every", "max_bad_steps", "tensorboard", "parallel_terms", "render.torch_chunk",
+        "sds.attention", "sds.channels_last", "sds.compile", "sds.compile_vae", "sds.cuda_graph",
+        "vlm.attn_implementation", "vlm.gradient_checkpointing", "vlm.compile", "vlm.pad_gemm", "vlm.fast",
+        "vlm.cuda_graph",
+    }
+)  # fmt: skip
 
-    return hashlib.sha256(to_yaml(cfg).encode("utf-8")).hexdigest()[:16]
+
+def recipe_dict(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A config dict without its EXECUTION_ONLY settings."""
+    out = {}
+    for key, value in d.items():
+        name = f"{prefix}{key}"
+        if name in EXECUTION_ONLY:
+            continue
+        out[key] = recipe_dict(value, f"{name}.") if isinstance(value, dict) else value
+    return out
+
+
+def recipe_hash(cfg: RunConfig) -> str:
+    """What identifies a recipe: a hash of the resolved config, its execution-only settings left out."""
+    text = json.dumps(recipe_dict(to_dict(cfg)), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
 def resume_command(run_dir: Path) -> str:
@@ -132,13 +154,18 @@ def check_batch_folders(prompts: list[str], run_dirs: list[Path], cfg: RunConfig
                 f"{where[i]} is {prompt[:60]!r} but {run_dir} holds {str(info.get('prompt'))[:60]!r}; "
                 "use another --out-dir (or move that folder away)"
             )
-        have = info.get("recipe")
-        if have is None and (run_dir / "config.yaml").is_file():  # run folders from before the hash was kept
-            have = recipe_hash(apply_overrides(RunConfig(), read_yaml(run_dir / "config.yaml")))
+        # The recipe from the folder's config.yaml when it reads (the stored hash may be an older recipe_hash's).
+        saved = None
+        if (run_dir / "config.yaml").is_file():
+            try:
+                saved = apply_overrides(RunConfig(), read_yaml(run_dir / "config.yaml"))
+            except SplatVLMError:
+                saved = None  # settings of another version: the stored hash decides
+        have = recipe_hash(saved) if saved is not None else info.get("recipe")
         if have != want:
             changed = []
-            if (run_dir / "config.yaml").is_file():
-                changed = config_differences(read_yaml(run_dir / "config.yaml"), to_dict(cfg))
+            if saved is not None:
+                changed = config_differences(recipe_dict(to_dict(saved)), recipe_dict(to_dict(cfg)))
             detail = f" (differs in: {', '.join(changed[:8])})" if changed else ""
             raise SplatVLMError(
                 f"{run_dir} ({where[i]}) was made with another recipe{detail}; use another --out-dir, or "
