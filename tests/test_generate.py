@@ -155,6 +155,25 @@ def test_resume_more_steps_is_applied_and_said(tmp_path, no_models, capsys):
         resume_run(run_dir2, CONTROL, steps=3)
 
 
+def test_resume_takes_speed_settings_for_itself(tmp_path, no_models, monkeypatch, capsys):
+    _, run_dir, _ = fresh_run(tmp_path, steps=6, stop_after=2)
+    saved = (run_dir / "config.yaml").read_text()
+    seen = []
+    monkeypatch.setattr(
+        generate,
+        "make_guidance",
+        lambda cfg, control, info=None, sources=None: seen.append(cfg) or FakeGuidance(cfg),
+    )
+    summary = resume_run(
+        run_dir, dataclasses.replace(CONTROL, stop_after=2), execution={"log_every": 3, "sds.compile": False}
+    )
+    assert not summary["finished"] and seen[0].log_every == 3 and seen[0].sds.compile is False
+    assert "speed and logging settings: log_every=3, sds.compile=False" in capsys.readouterr().err
+    assert (run_dir / "config.yaml").read_text() == saved  # config.yaml keeps the saved recipe
+    assert resume_run(run_dir, CONTROL)["finished"]  # its checkpoint, written with log_every 3, still resumes
+    assert seen[1].log_every == read_yaml(run_dir / "config.yaml")["log_every"]
+
+
 def test_resume_refuses_an_edited_config_or_a_foreign_checkpoint(tmp_path, no_models):
     cfg, run_dir, _ = fresh_run(tmp_path, steps=4, stop_after=2)
     text = (run_dir / "config.yaml").read_text()
@@ -207,6 +226,11 @@ def test_cli_resume_refuses_recipe_flags(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
     assert "--seed, -o, --vlm.every" in err and "--log-every" not in err and "--port" not in err
+    rc = main(
+        ["generate", "--resume", str(run_dir), "--sds.no-compile", "--no-parallel-terms", "--seed", "5"]
+    )
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "these flags would change it: --seed (" in err  # the speed flags are taken
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import re
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import tyro
 
@@ -107,8 +108,8 @@ def cmd_generate(argv: list[str]) -> int:
     if args.prompts is None:
         require_one_process(dist_info(), "a single prompt or --resume")
     if args.resume is not None:
-        steps = _check_resume_flags(argv, args)
-        summary = resume_run(args.resume, control, steps)
+        steps, execution = _check_resume_flags(argv, args)
+        summary = resume_run(args.resume, control, steps, execution)
         _print_summary([summary])
         return 0
     if args.prompts is not None:
@@ -141,17 +142,19 @@ RESUME_FLAGS = {
 }  # fmt: skip
 
 
-def _check_resume_flags(argv: list[str], args: GenerateArgs) -> int | None:
-    """Refuse flags that would change a resumed run's recipe (one line listing them); return a new --steps.
+def _check_resume_flags(argv: list[str], args: GenerateArgs) -> tuple[int | None, dict[str, Any]]:
+    """Refuse flags that would change a resumed run's recipe (one line listing them); return a new --steps
+    and the speed and logging settings given (``runs.EXECUTION_ONLY``, by dotted name), which the resume takes.
 
     A run-config flag whose value equals the saved one is harmless; more --steps is applied, with a message.
     """
     from .config import apply_overrides, read_yaml
+    from .runs import EXECUTION_ONLY
 
     saved = None
     if (Path(args.resume) / "config.yaml").is_file():
         saved = apply_overrides(RunConfig(), read_yaml(Path(args.resume) / "config.yaml"))
-    refused, steps = [], None
+    refused, steps, execution = [], None, {}
     if args.prompt is not None:
         refused.append("a prompt")
     for token in argv:
@@ -174,6 +177,9 @@ def _check_resume_flags(argv: list[str], args: GenerateArgs) -> int | None:
             continue
         value, ok = _run_field(args.run, flag)
         old, _ = _run_field(saved, flag) if saved is not None else (None, False)
+        if ok and _field_path(flag) in EXECUTION_ONLY:
+            execution[_field_path(flag)] = value
+            continue
         if flag == "--steps" and ok:
             if saved is None or value > saved.steps:
                 steps = value
@@ -183,29 +189,37 @@ def _check_resume_flags(argv: list[str], args: GenerateArgs) -> int | None:
     if refused:
         raise SplatVLMError(
             f"--resume continues a run with its saved recipe; these flags would change it: {', '.join(dict.fromkeys(refused))} "
-            "(only more --steps, and the viewer, --stop-after, --placement and --gpteval3d flags, may be given)"
+            "(only more --steps, speed and logging settings, and the viewer, --stop-after, --placement and "
+            "--gpteval3d flags, may be given)"
         )
-    return steps
+    return steps, execution
 
 
-def _run_field(cfg, flag: str):
-    """The value a run-config flag (``--camera.num-views``, ``--no-vlm.fast``) sets in ``cfg``."""
-    if cfg is None:
-        return None, False
+def _field_path(flag: str) -> str | None:
+    """The dotted run-config field a flag sets (``--camera.num-views`` -> ``camera.num_views``, ``--no-vlm.fast``
+    -> ``vlm.fast``), or None."""
     name = flag.lstrip("-")
     for candidate in (name, name[3:] if name.startswith("no-") else None, name.replace(".no-", ".")):
         if not candidate:
             continue
-        obj, ok = cfg, True
-        for part in candidate.split("."):
-            attr = part.replace("-", "_")
+        obj, parts = RunConfig(), [p.replace("-", "_") for p in candidate.split(".")]
+        for attr in parts:
             if not hasattr(obj, attr):
-                ok = False
                 break
             obj = getattr(obj, attr)
-        if ok:
-            return obj, True
-    return None, False
+        else:
+            return ".".join(parts)
+    return None
+
+
+def _run_field(cfg, flag: str):
+    """The value a run-config flag (``--camera.num-views``, ``--no-vlm.fast``) sets in ``cfg``."""
+    path = _field_path(flag)
+    if cfg is None or path is None:
+        return None, False
+    for attr in path.split("."):
+        cfg = getattr(cfg, attr)
+    return cfg, True
 
 
 def _mesh_control(args: GenerateArgs) -> MeshConfig | None:

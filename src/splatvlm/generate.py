@@ -38,6 +38,7 @@ from .runs import (
     last_metrics,
     print_batch_summary,
     read_summary,
+    recipe_dict,
     recipe_hash,
     recover_swap,
     resume_command,
@@ -364,10 +365,14 @@ def prepare_single(
     return prompt, output, aside, run_dir
 
 
-def resume_run(run_dir: Path, control: RunControl, steps: int | None = None) -> dict[str, Any]:
+def resume_run(
+    run_dir: Path, control: RunControl, steps: int | None = None, execution: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Continue a run folder exactly where its checkpoint left it, with its saved config.
 
     ``steps``: a larger total step count, applied deliberately (the only recipe change a resume takes).
+    ``execution``: speed and logging settings by dotted name (``runs.EXECUTION_ONLY``) for this resume only;
+    config.yaml keeps the saved ones.
     """
     run_dir = Path(run_dir)
     recover_swap(run_dir)
@@ -386,7 +391,8 @@ def resume_run(run_dir: Path, control: RunControl, steps: int | None = None) -> 
         cfg = apply_overrides(RunConfig(), read_yaml(run_dir / "config.yaml"))
         validate_run_config(cfg)
         ckpt = load_checkpoint(run_dir / "checkpoint.pt")
-        changed = config_differences(yaml_dict(ckpt["config"]), to_dict(cfg))
+        # Speed settings may differ: a resume can take its own (``execution``), and its checkpoints record them.
+        changed = config_differences(recipe_dict(yaml_dict(ckpt["config"])), recipe_dict(to_dict(cfg)))
         if changed:
             raise SplatVLMError(
                 f"{run_dir}/checkpoint.pt was written with another config than {run_dir}/config.yaml "
@@ -412,6 +418,19 @@ def resume_run(run_dir: Path, control: RunControl, steps: int | None = None) -> 
 
             atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
         del ckpt
+        if execution:
+            nested: dict[str, Any] = {}
+            for path, value in execution.items():
+                *parents, leaf = path.split(".")
+                node = nested
+                for key in parents:
+                    node = node.setdefault(key, {})
+                node[leaf] = value
+            cfg = apply_overrides(cfg, nested)
+            console.print(
+                "this resume's speed and logging settings: "
+                + ", ".join(f"{k}={v}" for k, v in execution.items())
+            )
         sources = check_sources(cfg, [info["prompt"]])
         guidance = make_guidance(cfg, control, sources=sources)
         replaces = Path(info["replaces"]) if info.get("replaces") else None
