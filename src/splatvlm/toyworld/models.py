@@ -71,6 +71,11 @@ class BuildConfig:
     """Autoencoder reconstruction steps."""
     vae_batch: int = 4
     """4-view groups per autoencoder step."""
+    vae_kl: float = 1e-6
+    """Weight of the autoencoder's KL term (SD's 1e-6 ships). With it the latent space is barely regularized:
+    the zero latent decodes to saturated green and a latent shrunk 0.8x toward the mean shifts the image by
+    MSE 0.0021. 1e-4 cut that shift to 0.0005 but raised the reconstruction error 2.5x and left the prior's eps
+    MSE at 0.56 (vs 0.10), and its SDS runs were worse (benchmarks/RESULTS.md, toy world diagnostics)."""
     prior_steps: int = 4000
     """Prior (UNet + text encoder) steps."""
     prior_max_s: float = 0.0
@@ -215,7 +220,7 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
         x = x.to(dev)
         post = vae.encode(x).latent_dist
         rec = vae.decode(post.sample()).sample
-        loss = F.mse_loss(rec, x) + 1e-6 * post.kl().mean()
+        loss = F.mse_loss(rec, x) + cfg.vae_kl * post.kl().mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
