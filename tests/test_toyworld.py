@@ -89,6 +89,7 @@ def test_toy_run_config_scales_the_preset():
     assert cfg.weights.vlm.stop_after == 250 and cfg.weights.vlm.ramp_steps == 250  # 2500 of 5000
     assert cfg.strategy.refine_every == 100 and cfg.strategy.refine_start_iter == 30
     assert cfg.camera.resolution == 32 and cfg.camera.low_res_until == 0
+    assert cfg.sds.guidance_scale == 7.5 and cfg.sds.anneal_steps == 0  # the toy prior's, not the preset's 50
     prior = toy_run_config("mvdream", 500, 0, "cpu", WEIGHTS_DIR)
     assert prior.weights.vlm.start == 0.0
     tweaked = toy_run_config("mvdream", 500, 0, "cpu", WEIGHTS_DIR, ["strategy.grow_grad2d=0.001"])

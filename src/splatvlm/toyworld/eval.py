@@ -35,6 +35,7 @@ from .models import (
     REWARD_SIZE,
     SCENE_POINTS,
     TORCH_CHUNK,
+    TOY_SDS,
     WEIGHTS_DIR,
     toy_camera,
 )
@@ -80,7 +81,8 @@ def _scaled(value: int, scale: float) -> int:
 def toy_run_config(
     method: Method, steps: int, seed: int, device: str, weights: Path, extra: list[str] = ()
 ) -> RunConfig:
-    """The real preset with the toy models, camera and size; its step counts scaled to ``steps``."""
+    """The real preset with the toy models, camera, size and SDS settings (``TOY_SDS``); its step counts scaled
+    to ``steps``."""
     import yaml
 
     base = load_run_config(method)
@@ -110,8 +112,8 @@ def toy_run_config(
         "sds": {
             "model": str(Path(weights) / "prior"),
             "negative_prompt": "",  # the toy prior's unconditional branch is the empty caption
-            "anneal_steps": _scaled(base.sds.anneal_steps, s),
             "image_size": 0,
+            **TOY_SDS,
         },
         "vlm": {"model": str(Path(weights) / "reward"), "size": REWARD_SIZE, "dtype": "float32"},
         "weights": {"vlm": vlm_weight},
