@@ -177,8 +177,9 @@ def _check_resume_flags(argv: list[str], args: GenerateArgs) -> tuple[int | None
             continue
         value, ok = _run_field(args.run, flag)
         old, _ = _run_field(saved, flag) if saved is not None else (None, False)
-        if ok and _field_path(flag) in EXECUTION_ONLY:
-            execution[_field_path(flag)] = value
+        path = _field_path(flag)
+        if ok and path in EXECUTION_ONLY:
+            execution[path] = value
             continue
         if flag == "--steps" and ok:
             if saved is None or value > saved.steps:

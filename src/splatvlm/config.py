@@ -244,6 +244,18 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     raise SplatVLMError(f"config key '{key}' has an unsupported type {_type_name(tp)}")
 
 
+def nest_dotted(dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"sds.compile": False}`` -> ``{"sds": {"compile": False}}``, the nested form ``apply_overrides`` takes."""
+    nested: dict[str, Any] = {}
+    for path, value in dotted.items():
+        *parents, leaf = path.split(".")
+        node = nested
+        for key in parents:
+            node = node.setdefault(key, {})
+        node[leaf] = value
+    return nested
+
+
 def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
     """Return a copy of dataclass ``cfg`` with nested ``overrides`` applied and type-checked."""
     hints = typing.get_type_hints(type(cfg))

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 
 from . import distributed, export, models
-from .config import RunConfig, apply_overrides, read_yaml, to_dict, validate_run_config
+from .config import RunConfig, apply_overrides, nest_dotted, read_yaml, to_dict, validate_run_config
 from .errors import SplatVLMError, StopRun
 from .files import RunLock, atomic_write_text, check_output_dir, check_output_path, clean_temp_files
 from .gaussians.cameras import Cameras
@@ -419,14 +419,7 @@ def resume_run(
             atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
         del ckpt
         if execution:
-            nested: dict[str, Any] = {}
-            for path, value in execution.items():
-                *parents, leaf = path.split(".")
-                node = nested
-                for key in parents:
-                    node = node.setdefault(key, {})
-                node[leaf] = value
-            cfg = apply_overrides(cfg, nested)
+            cfg = apply_overrides(cfg, nest_dotted(execution))
             console.print(
                 "this resume's speed and logging settings: "
                 + ", ".join(f"{k}={v}" for k, v in execution.items())

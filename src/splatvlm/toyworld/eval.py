@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 import torch
 import tyro
 
-from ..config import RunConfig, apply_overrides, load_run_config, validate_run_config
+from ..config import RunConfig, apply_overrides, load_run_config, nest_dotted, validate_run_config
 from ..errors import SplatVLMError
 from ..files import atomic_write_text
 from ..gaussians.cameras import Cameras, eval_orbit, orbit_cameras
@@ -123,13 +123,7 @@ def toy_run_config(
         key, sep, value = item.partition("=")
         if not sep:
             raise SplatVLMError(f"--set needs KEY=VALUE, got {item!r}")
-        nested: dict[str, Any] = {}
-        node = nested
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(value)
-        cfg = apply_overrides(cfg, nested)
+        cfg = apply_overrides(cfg, nest_dotted({key: yaml.safe_load(value)}))
     validate_run_config(cfg)
     return cfg
 
