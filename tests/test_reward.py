@@ -161,7 +161,8 @@ def test_graph_fn_equals_reference(size, views):
     """The function that is captured on CUDA, run eagerly, equals the HF forward (value and pixel gradient)."""
     r = make_reward(size=size, num_views=views)
     st = r.query("a red cube", views, (size // 14,) * 2).static
-    assert (st.windows.gather is not None) == (size == 140)  # both window layouts are exercised
+    # both window layouts are exercised: equal windows (a reshape) and unequal ones (a block mask per image)
+    assert st.windows.gather is None and (st.windows.mask is not None) == (size == 140)
     rgb = torch.rand(views, 64, 64, 3, requires_grad=True)  # rendered at 64 px: resized inside
     loss, aux = r.loss_fn()(rgb)
     (g,) = torch.autograd.grad(loss, rgb)
@@ -221,6 +222,29 @@ def test_segment_attention_matches_per_segment_loop():
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     equal = segment_layout([0, 7, 14, 21], torch.device("cpu"))
     assert equal.gather is None and (equal.n, equal.length) == (3, 7)  # equal segments: a plain reshape
+
+
+def test_segments_inside_equal_groups_use_a_mask_not_a_gather():
+    torch.manual_seed(0)
+    cu = [0, 4, 4, 8, 10, 14, 18, 20]  # windows 4, 4, 2 in each of two groups of 10 (two equal images)
+    q, k, v = torch.randn(3, 20, 2, 8).unbind(0)
+    seg = segment_layout(cu, torch.device("cpu"), groups=[0, 10, 20])
+    assert seg.gather is None and seg.scatter is None and (seg.n, seg.length) == (2, 10)
+    assert seg.mask.shape == (1, 1, 10, 10)  # the same windows in both groups: one mask
+    ref = torch.cat([
+        F.scaled_dot_product_attention(*(t[a:b].transpose(0, 1) for t in (q, k, v)), scale=0.3).transpose(0, 1)
+        for a, b in zip(cu[:-1], cu[1:], strict=True) if b > a
+    ]).reshape(20, 16)  # fmt: skip
+    torch.testing.assert_close(segment_attention(q, k, v, seg, scale=0.3), ref, rtol=1e-5, atol=1e-6)
+    uneven = segment_layout([0, 4, 8, 10, 14, 20], torch.device("cpu"), groups=[0, 10, 20])
+    assert uneven.mask.shape == (2, 1, 10, 10)  # different windows per group: a mask each
+    torch.testing.assert_close(
+        segment_attention(q, k, v, uneven, scale=0.3),
+        segment_attention(q, k, v, segment_layout([0, 4, 8, 10, 14, 20], torch.device("cpu")), scale=0.3),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert segment_layout(cu, torch.device("cpu"), groups=[0, 8, 20]).gather is not None  # a window crosses
 
 
 def test_gradient_checkpointing_same_gradient():

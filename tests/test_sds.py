@@ -229,6 +229,23 @@ def test_renders_are_resized_to_the_model_size(mv):
     assert rgb.grad.abs().sum() > 0
 
 
+def test_vae_attention_math_equals_sdpa():
+    """The VAE's explicit attention (the default, fast on CUDA) gives SDPA's latents and pixel gradient."""
+    torch.manual_seed(0)
+    rgb = torch.rand(4, 64, 64, 3)
+    outs = {}
+    for kind in ("math", "sdpa"):
+        g = load_sds(SDSConfig(kind="mvdream", model="demo", vae_attention=kind), "cpu")
+        procs = {type(p).__name__ for p in g.parts.vae.attn_processors.values()}
+        assert procs == {"AttnProcessor" if kind == "math" else "AttnProcessor2_0"}
+        x = rgb.clone().requires_grad_(True)
+        z = g.encode_images(x, noise=torch.zeros(4, 4, 8, 8))
+        (z * torch.linspace(-1, 1, z.numel()).reshape(z.shape)).sum().backward()
+        outs[kind] = (z.detach(), x.grad)
+    torch.testing.assert_close(outs["math"][0], outs["sdpa"][0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(outs["math"][1], outs["sdpa"][1], rtol=1e-4, atol=1e-7)
+
+
 def test_mvdream_needs_groups_of_four_views(mv):
     cams = orbit_cameras(
         torch.zeros(3), torch.tensor([0.0, 90.0, 180.0]), torch.ones(3) * 3, torch.ones(3) * 40, 64, 64

@@ -92,7 +92,9 @@ def reference_config(cfg: RunConfig) -> RunConfig:
     """The straightforward path: processor-style preprocessing, full LM head, no compile, no padding, no
     CUDA graphs or streams, reward every step."""
     vlm = replace(cfg.vlm, every=1, fast=False, compile=False, cuda_graph=False, pad_gemm=False, fp8=False)
-    sds = replace(cfg.sds, compile=False, compile_vae=False, channels_last=False, cuda_graph=False)
+    sds = replace(
+        cfg.sds, compile=False, compile_vae=False, channels_last=False, cuda_graph=False, vae_attention="sdpa"
+    )
     return replace(cfg, vlm=vlm, sds=sds, parallel_terms=False)
 
 

@@ -88,24 +88,46 @@ def check_transformers(model) -> None:
 class Segments:
     """Packed attention segments (HF's cu_seqlens) laid out as a batch for one SDPA call, no host syncs.
 
-    Equal segments are a plain reshape; unequal ones are gathered into ``n`` slots of ``length`` tokens
-    (short ones padded with a copy of their first token) with a key mask, and scattered back.
+    Three layouts: equal segments are a plain reshape; segments that tile equal groups (the windows of
+    equal images) are the groups reshaped, with a block-diagonal key mask; other unequal segments are
+    gathered into ``n`` slots of ``length`` tokens (short ones padded with a copy of their first token) with
+    a key mask, and scattered back.
     """
 
     n: int
     length: int
-    gather: torch.Tensor | None  # [n * length] token index of each slot; None = equal segments
+    gather: torch.Tensor | None  # [n * length] token index of each slot; None = no gather (reshape)
     scatter: torch.Tensor | None  # [S] slot of each token
-    mask: torch.Tensor | None  # [n, 1, length, length] bool, True = real key
+    mask: torch.Tensor | None  # [n or 1, 1, length, length] bool, True = key attended
 
 
-def segment_layout(cu_seqlens: Sequence[int], device: torch.device) -> Segments:
-    """The batched layout of the segments [cu[i], cu[i+1]) (empty ones dropped)."""
+def segment_layout(
+    cu_seqlens: Sequence[int], device: torch.device, groups: Sequence[int] | None = None
+) -> Segments:
+    """The batched layout of the segments [cu[i], cu[i+1]) (empty ones dropped).
+
+    ``groups`` (cumulative bounds, e.g. one per image): when the groups are of equal length and every
+    segment lies inside one, the layout is the groups with a block-diagonal mask: no gather or scatter,
+    whose bf16 index kernels (forward and the index_add of backward) cost more than the attention itself.
+    """
     bounds = [(a, b) for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:], strict=True) if b > a]
     lengths = [b - a for a, b in bounds]
     n, length = len(bounds), max(lengths)
     if all(m == length for m in lengths):
         return Segments(n, length, None, None, None)
+    if groups is not None:
+        spans = list(zip(groups[:-1], groups[1:], strict=True))
+        size = spans[0][1] - spans[0][0]
+        inside = all(any(g0 <= a and b <= g1 for g0, g1 in spans) for a, b in bounds)
+        if inside and all(g1 - g0 == size for g0, g1 in spans):
+            seg_id = torch.empty(groups[-1], dtype=torch.long)
+            for i, (a, b) in enumerate(bounds):
+                seg_id[a:b] = i
+            ids = seg_id.reshape(len(spans), size)
+            mask = (ids[:, :, None] == ids[:, None, :])[:, None]  # [G, 1, size, size]
+            if bool((mask == mask[:1]).all()):
+                mask = mask[:1]  # the same windows in every group: one mask, broadcast
+            return Segments(len(spans), size, None, None, mask.contiguous().to(device))
     slot = torch.arange(length)
     starts = torch.tensor([a for a, _ in bounds])[:, None]
     lens = torch.tensor(lengths)[:, None]
@@ -250,7 +272,7 @@ def static_inputs(
         patch_order=patch_order,
         vision_cos=cos.index_select(0, patch_order).float(),
         vision_sin=sin.index_select(0, patch_order).float(),
-        windows=segment_layout(cu_win.tolist(), device),
+        windows=segment_layout(cu_win.tolist(), device, groups=cu_img),
         images=segment_layout(cu_img, device),
         feature_pos=image_pos.index_select(0, win),
         text_cos=text_cos,
