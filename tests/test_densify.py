@@ -21,6 +21,7 @@ from splatvlm.gaussians.densify import (
     make_strategy,
     pick_highest,
     step_post_backward,
+    zero_if_not,
 )
 from splatvlm.gaussians.render import RenderConfig, render
 from splatvlm.gaussians.scene import SceneConfig, init_ball, make_optimizers, num_gaussians
@@ -352,3 +353,14 @@ def test_mcmc_bounds_and_statistics_on_cuda():
     assert counts[2] == 165 and counts[4] == 181 and counts[6] == 199 and counts[8] == 200
     assert [s["densify_grown"] for s in stats] == [15, 16, 18, 1]
     assert stats[0]["densify_relocated"] >= 10 and stats[0]["densify_opacity_p50"] > 0
+
+
+def test_zero_if_not_clears_the_2d_gradients_of_a_skipped_step():
+    means2d = torch.randn(5, 2, requires_grad=True)
+    means2d.grad = torch.randn(5, 2)
+    means2d.absgrad = means2d.grad.abs()
+    kept = means2d.grad.clone()
+    zero_if_not({"means2d": means2d}, torch.tensor(True))
+    assert torch.equal(means2d.grad, kept)
+    zero_if_not({"means2d": means2d}, torch.tensor(False))
+    assert not means2d.grad.any() and not means2d.absgrad.any()

@@ -73,7 +73,9 @@ def test_checkpoint_loads_weights_only(tmp_path):
     }
 
 
-def test_nan_steps_are_skipped_then_stop(tmp_path):
+@pytest.mark.parametrize("fused", [False, True])
+def test_nan_steps_are_skipped_then_stop(tmp_path, fused):
+    """fused: Adam skips on the device (found_inf), the path CUDA runs without a host sync."""
     cfg, _, sample = fit_setup(50)
     cfg = dataclasses.replace(cfg, max_bad_steps=3)
     calls = []
@@ -84,6 +86,11 @@ def test_nan_steps_are_skipped_then_stop(tmp_path):
         return {"loss_l1": loss * float("nan") if step >= 2 else loss}
 
     state = fresh_state(cfg)
+    if fused:
+        state.optimizers = {
+            k: torch.optim.Adam([state.params[k]], lr=opt.param_groups[0]["lr"], eps=1e-15, fused=True)
+            for k, opt in state.optimizers.items()
+        }
     before = {k: v.detach().clone() for k, v in state.params.items()}
     with pytest.raises(StopRun) as e:
         train(cfg, state, {"bad": Term(poisoned, weights=("l1",))}, tmp_path, CPU, sample, progress=False)
@@ -94,6 +101,9 @@ def test_nan_steps_are_skipped_then_stop(tmp_path):
     for k in before:  # no NaN reached the parameters
         assert torch.isfinite(state.params[k]).all()
     assert not torch.equal(before["means"], state.params["means"])  # the 2 good steps did update
+    for opt in state.optimizers.values():  # ... and only they reached Adam's state
+        (adam,) = opt.state.values()
+        assert float(adam["step"]) == 2 and torch.isfinite(adam["exp_avg"]).all()
 
 
 def test_weighted_sum_schedule_and_every():

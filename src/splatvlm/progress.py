@@ -36,17 +36,19 @@ class StepTimer:
             end = time.perf_counter()
         self._marks.append((name, start, end))
 
-    def collect(self) -> dict[str, float]:
-        """Milliseconds per component for the step just finished (synchronizes on GPU)."""
-        if not self.enabled:
-            return {}
-        if self.cuda:
-            torch.cuda.synchronize()
+    def collect(self) -> list[tuple[str, Any, Any]]:
+        """The marks of the step just launched; ``read`` them once that step has finished."""
+        marks, self._marks = self._marks, []
+        return marks
+
+    def read(self, marks: list[tuple[str, Any, Any]]) -> dict[str, float]:
+        """Milliseconds per component of a launched step (on GPU, waits for that step's events only)."""
         out: dict[str, float] = {}
-        for name, start, end in self._marks:
+        for name, start, end in marks:
+            if self.cuda:
+                end.synchronize()
             ms = start.elapsed_time(end) if self.cuda else (end - start) * 1e3
             out[name] = out.get(name, 0.0) + ms
-        self._marks.clear()
         return out
 
 

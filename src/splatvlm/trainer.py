@@ -24,7 +24,7 @@ from .config import RunConfig, to_yaml
 from .errors import SplatVLMError, StopRun
 from .files import atomic_path, atomic_write_text
 from .gaussians import densify
-from .gaussians.cameras import Cameras, sample_orbit, views_at_step
+from .gaussians.cameras import Cameras, sample_orbit, to_device, views_at_step
 from .gaussians.render import RenderOutput, render
 from .gaussians.scene import make_optimizers, make_params, means_lr, num_gaussians
 from .progress import StepTimer, progress_columns, progress_info, progress_line
@@ -265,7 +265,7 @@ def make_backgrounds(mode: str, n: int, generator: torch.Generator, device: torc
         if torch.rand(1, generator=generator).item() < 0.5
         else torch.ones(3)
     )
-    return color.to(device).expand(n, 3).contiguous()
+    return to_device(color, device).expand(n, 3).contiguous()
 
 
 def default_view_sampler(cfg: RunConfig) -> ViewSampler:
@@ -279,7 +279,8 @@ def default_view_sampler(cfg: RunConfig) -> ViewSampler:
 def weighted_sum(
     outputs: dict[str, dict[str, Any]], weights: dict[str, Weight], every: dict[str, int], step: int
 ) -> tuple[Tensor | None, dict[str, float]]:
-    """Sum of ``weight * every * loss`` over all ``loss_<name>`` entries; the logged values are unweighted."""
+    """Sum of ``weight * every * loss`` over all ``loss_<name>`` entries; the logged values are unweighted, and
+    tensors stay tensors (reading them would make the CPU wait for the GPU: see ``start_readback``)."""
     total: Tensor | None = None
     logs: dict[str, float] = {}
     for term_name, out in outputs.items():
@@ -289,12 +290,12 @@ def weighted_sum(
                 if name not in weights:
                     raise SplatVLMError(f"term '{term_name}' returned {key} but weights has no '{name}'")
                 w = weight_at(weights[name], step) * every[term_name]
-                logs[key] = float(value.detach())
+                logs[key] = value.detach()
                 logs[f"w_{name}"] = w
                 if w != 0.0:
                     total = value * w if total is None else total + value * w
             else:
-                logs[key] = float(value)
+                logs[key] = value.detach() if isinstance(value, Tensor) else float(value)
     return total, logs
 
 
@@ -324,9 +325,58 @@ def join_streams(streams: dict[str, torch.cuda.Stream], device: torch.device) ->
             current.wait_stream(s)
 
 
-def grads_finite(params: torch.nn.ParameterDict) -> bool:
+def finite_flag(loss: Tensor | None, params: torch.nn.ParameterDict) -> Tensor:
+    """A device bool [], True when the loss and every gradient are finite (read without a host sync)."""
+    device = next(iter(params.values())).device
     flags = [torch.isfinite(p.grad).all() for p in params.values() if p.grad is not None]
-    return bool(torch.stack(flags).all()) if flags else True
+    if loss is not None:
+        flags.append(torch.isfinite(loss.detach()))
+    return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool, device=device)
+
+
+def optimizer_step(optimizers: dict[str, torch.optim.Optimizer], ok: Tensor) -> None:
+    """Each optimizer's step, unless ``ok`` is False. Fused Adam (CUDA) skips on the device through its
+    ``found_inf`` (as AMP's grad scaler uses it), so the CPU does not wait for the GPU; the others read ``ok``."""
+    skip = None
+    for opt in optimizers.values():
+        if all(group.get("fused") for group in opt.param_groups):
+            opt.found_inf = (~ok).float()
+            opt.step()
+        else:
+            skip = (not bool(ok)) if skip is None else skip
+            if not skip:
+                opt.step()
+
+
+def densify_reads_ok(cfg: RunConfig, step: int) -> bool:
+    """Whether the densification step must know on the host if this step was finite: refinements (and MCMC's
+    noise, every step) change the scene; between refinements the default strategy only accumulates statistics."""
+    return cfg.strategy.kind == "mcmc" or densify.is_refine_step(cfg.strategy, step)
+
+
+def start_readback(values: dict[str, Any]) -> tuple[dict[str, Any], list[str], Tensor | None, Any]:
+    """Queue one copy of the tensor values to the host (pinned, non-blocking on CUDA); ``finish_readback``
+    returns them as numbers once the step is done, so the CPU can go on queueing the next step meanwhile."""
+    keys = [k for k, v in values.items() if isinstance(v, Tensor)]
+    if not keys:
+        return values, keys, None, None
+    packed = torch.stack([values[k].detach().float().reshape(()) for k in keys])
+    if not packed.is_cuda:
+        return values, keys, packed, None
+    host = packed.to("cpu", non_blocking=True)
+    done = torch.cuda.Event()
+    done.record()
+    return values, keys, host, done
+
+
+def finish_readback(pending: tuple[dict[str, Any], list[str], Tensor | None, Any]) -> dict[str, Any]:
+    values, keys, host, done = pending
+    if done is not None:
+        done.synchronize()
+    out = dict(values)
+    if host is not None:
+        out.update(zip(keys, host.tolist(), strict=True))
+    return out
 
 
 def train(
@@ -356,7 +406,6 @@ def train(
     log_file = open(run_dir / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115 - closed in finally
     tb = _tensorboard(run_dir) if cfg.tensorboard else None
     end_step = cfg.steps if stop_after is None else min(cfg.steps, state.step + stop_after)
-    consecutive_bad = 0
     lock = viewer.lock if viewer is not None else contextlib.nullcontext()
     # On a terminal a rich bar, with the times before the (truncatable) loss text so that they stay
     # readable at 80 columns; off a terminal (file, pipe, nohup) a plain line every `log_every` steps.
@@ -368,6 +417,57 @@ def train(
     params = state.params
     streams = term_streams(terms, device) if cfg.parallel_terms else {}
     bar = Progress(*columns, disable=not tty, transient=False)
+    pending: list = []  # the launched step whose numbers are not read yet (at most one)
+    bad = {"consecutive": 0}
+
+    def finish_pending(t_next: float | None = None) -> None:
+        """Read the pending step's numbers back (its GPU work is done), then log, show and count it;
+        ``t_next``: when the step after it started (its step_ms is the time between the two starts)."""
+        nonlocal t_last, n_last
+        if not pending:
+            return
+        readback, marks, t_start, refined = pending.pop()
+        logs = finish_readback(readback)
+        step = int(logs["step"])
+        finite = bool(logs.pop("ok"))
+        logs["bad_step"] = not finite
+        if finite:
+            bad["consecutive"] = 0
+        else:
+            bad["consecutive"] += 1
+            state.bad_steps_total += 1
+            logs["note"] = f"non-finite loss or gradient, step skipped ({bad['consecutive']} in a row)"
+        if viewer is not None:
+            with timer("viewer"):
+                viewer.update(params, step, logs)
+        logs.update({f"ms_{k}": v for k, v in timer.read(marks).items()})
+        logs["step_ms"] = ((time.perf_counter() if t_next is None else t_next) - t_start) * 1e3
+        if on_step is not None:
+            on_step(step, logs)
+        if step % cfg.log_every == 0 or step + 1 == end_step or not finite or refined:
+            log_file.write(json.dumps(logs) + "\n")
+            log_file.flush()
+            if tb is not None:
+                for k, v in logs.items():
+                    if isinstance(v, int | float) and not isinstance(v, bool):
+                        tb.add_scalar(k, v, step)
+            now = time.perf_counter()
+            its = (step + 1 - n_last) / max(now - t_last, 1e-9)
+            t_last, n_last = now, step + 1
+            bar.update(task, completed=step + 1, info=progress_info(logs, its))
+            if progress and not tty:
+                line = progress_line(
+                    step + 1, cfg.steps, end_step, logs, its, now - t_begin, step + 1 - step_begin
+                )
+                print(line, flush=True)
+        if bad["consecutive"] >= cfg.max_bad_steps:
+            save_checkpoint(ckpt_path, state, cfg)
+            raise StopRun(
+                f"{bad['consecutive']} steps in a row had a NaN/inf loss or gradient; checkpoint saved in {ckpt_path}",
+                3,
+                kind="bad_steps",
+            )
+
     with _SignalFlag() as flag, deterministic_on_cpu(device), bar:
         task = bar.add_task("train", total=cfg.steps, completed=state.step, info="")
         try:
@@ -382,17 +482,20 @@ def train(
                 for group in state.optimizers["means"].param_groups:
                     group["lr"] = means_lr(cfg.scene, step, cfg.steps)
 
-                # 2. Sample cameras and backgrounds.
+                # 2. Sample cameras and backgrounds (on CPU; copied without waiting for the GPU).
                 cams = sample_views(step, state.generator).to(device)
                 backgrounds = make_backgrounds(cfg.background, len(cams), state.generator, device)
 
-                # 3. Render.
+                # 3. Render. gsplat reads its intersection counts back to the host here, so the previous
+                # step has finished on the GPU by now: its values are read (3b) without stalling anything.
                 with timer("render"):
                     out: RenderOutput = render(params, cams, cfg.render, backgrounds)
                     # gsplat's DefaultStrategy asks autograd to keep the 2D means' gradient
                     state.strategy.step_pre_backward(
                         params, state.optimizers, state.strategy_state, step, out.info
                     )
+                # 3b. The previous step's logs, bad-step count and progress (may stop the run).
+                finish_pending(t0)
 
                 # 4. Loss terms that are due and weighted this step (each on its own stream on CUDA).
                 outputs: dict[str, dict[str, Any]] = {}
@@ -410,18 +513,23 @@ def train(
                 # 5. Combine with the scheduled weights.
                 loss, logs = weighted_sum(outputs, weights, every, step)
 
-                # 6. Backward; skip the update if anything is not finite.
+                # 6. Backward. A non-finite loss or gradient skips the update; the flag stays on the device.
                 with timer("backward"):
                     if loss is not None:
                         loss.backward()
-                finite = loss is None or (bool(torch.isfinite(loss)) and grads_finite(params))
+                ok = finite_flag(loss, params)
 
-                # 7. Optimizer step and densification (under the viewer's lock).
+                # 7. Optimizer step and densification (under the viewer's lock). Between refinements a
+                # skipped step adds zero 2D gradients to the statistics (no host sync); refinements read `ok`.
                 refined: dict[str, float] = {}
                 with timer("densify"), lock:
-                    if finite:
-                        for opt in state.optimizers.values():
-                            opt.step()
+                    optimizer_step(state.optimizers, ok)
+                    if densify_reads_ok(cfg, step):
+                        run_densify = bool(ok)
+                    else:
+                        densify.zero_if_not(out.info, ok)
+                        run_densify = True
+                    if run_densify:
                         refined = densify.step_post_backward(
                             cfg.strategy,
                             state.strategy,
@@ -433,59 +541,21 @@ def train(
                         )
                     for opt in state.optimizers.values():
                         opt.zero_grad(set_to_none=True)
-                if finite:
-                    consecutive_bad = 0
-                else:
-                    consecutive_bad += 1
-                    state.bad_steps_total += 1
                 state.step = step + 1
                 state.elapsed_s = elapsed0 + time.perf_counter() - t_train0
 
-                # 8. Log, viewer, checkpoint.
-                logs.update(
-                    step=step,
-                    loss=float(loss.detach()) if loss is not None else 0.0,
-                    num_gaussians=num_gaussians(params),
-                    bad_step=not finite,
-                )
+                # 8. Queue this step's numbers for the host (read in 3b of the next step); checkpoint.
+                logs.update(step=step, loss=loss.detach() if loss is not None else 0.0, ok=ok)
+                logs.update(num_gaussians=num_gaussians(params))
                 logs.update(refined)  # densify_* statistics, on refinement steps only
-                if viewer is not None:
-                    with timer("viewer"):
-                        viewer.update(params, step, logs)
-                logs.update({f"ms_{k}": v for k, v in timer.collect().items()})  # synchronizes when profiling
-                logs["step_ms"] = (time.perf_counter() - t0) * 1e3
-                if on_step is not None:
-                    on_step(step, logs)
-                if not finite:
-                    logs["note"] = f"non-finite loss or gradient, step skipped ({consecutive_bad} in a row)"
-                if step % cfg.log_every == 0 or state.step == end_step or not finite or refined:
-                    log_file.write(json.dumps(logs) + "\n")
-                    log_file.flush()
-                    if tb is not None:
-                        for k, v in logs.items():
-                            if isinstance(v, int | float) and not isinstance(v, bool):
-                                tb.add_scalar(k, v, step)
-                    now = time.perf_counter()
-                    its = (state.step - n_last) / max(now - t_last, 1e-9)
-                    t_last, n_last = now, state.step
-                    bar.update(task, completed=state.step, info=progress_info(logs, its))
-                    if progress and not tty:
-                        line = progress_line(
-                            state.step, cfg.steps, end_step, logs, its, now - t_begin, state.step - step_begin
-                        )
-                        print(line, flush=True)
-                if consecutive_bad >= cfg.max_bad_steps:
-                    save_checkpoint(ckpt_path, state, cfg)
-                    raise StopRun(
-                        f"{consecutive_bad} steps in a row had a NaN/inf loss or gradient; checkpoint saved in "
-                        f"{ckpt_path}",
-                        3,
-                        kind="bad_steps",
-                    )
+                pending.append((start_readback(logs), timer.collect(), t0, bool(refined)))
                 if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < end_step:
+                    finish_pending()
                     save_checkpoint(ckpt_path, state, cfg)
                 if flag.signum is not None:
+                    finish_pending()
                     _stop_on_signal(flag.signum, ckpt_path, state, cfg)
+            finish_pending()
         except torch.cuda.OutOfMemoryError:
             for opt in state.optimizers.values():
                 opt.zero_grad(set_to_none=True)

@@ -10,6 +10,7 @@ Convention (used everywhere, matching gsplat):
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, replace
 
@@ -17,6 +18,14 @@ import torch
 from torch import Tensor
 
 from ..errors import SplatVLMError
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``; a CPU tensor goes to CUDA through pinned memory without blocking (a plain copy from
+    pageable memory makes the CPU wait until the GPU has run everything queued before it)."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t.to(device)
 
 
 @dataclass
@@ -69,15 +78,16 @@ class Cameras:
         return self.viewmats.shape[0]
 
     def to(self, device: torch.device | str) -> Cameras:
+        move = functools.partial(to_device, device=torch.device(device))
         return replace(
             self,
-            viewmats=self.viewmats.to(device),
-            Ks=self.Ks.to(device),
-            elevation=self.elevation.to(device),
-            azimuth=self.azimuth.to(device),
-            distance=self.distance.to(device),
-            fovy=self.fovy.to(device),
-            ids=None if self.ids is None else self.ids.to(device),
+            viewmats=move(self.viewmats),
+            Ks=move(self.Ks),
+            elevation=move(self.elevation),
+            azimuth=move(self.azimuth),
+            distance=move(self.distance),
+            fovy=move(self.fovy),
+            ids=None if self.ids is None else move(self.ids),
         )
 
     def __getitem__(self, idx: slice | Tensor | list[int]) -> Cameras:

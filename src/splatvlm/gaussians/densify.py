@@ -279,6 +279,16 @@ def is_refine_step(cfg: StrategyConfig, step: int) -> bool:
     return cfg.refine_start_iter < step < cfg.refine_stop_iter and step % cfg.refine_every == 0
 
 
+def zero_if_not(info: dict, ok: torch.Tensor) -> None:
+    """Zero the 2D-mean gradients when ``ok`` is False, on the device (a skipped step adds nothing to the
+    statistics that the default strategy accumulates between refinements)."""
+    means2d = info.get("means2d")
+    for name in ("grad", "absgrad"):
+        g = getattr(means2d, name, None)
+        if g is not None:
+            setattr(means2d, name, torch.where(ok, g, torch.zeros((), dtype=g.dtype, device=g.device)))
+
+
 def step_post_backward(
     cfg: StrategyConfig,
     strategy: Strategy,
