@@ -73,10 +73,19 @@ def test_checkpoint_loads_weights_only(tmp_path):
     }
 
 
-@pytest.mark.parametrize("fused", [False, True])
-def test_nan_steps_are_skipped_then_stop(tmp_path, fused):
+@pytest.mark.parametrize(
+    "fused, device",
+    [
+        (False, "cpu"),
+        (True, "cpu"),
+        pytest.param(True, "cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(),
+                                                                                reason="needs CUDA")]),
+    ],
+)  # fmt: skip
+def test_nan_steps_are_skipped_then_stop(tmp_path, fused, device):
     """fused: Adam skips on the device (found_inf), the path CUDA runs without a host sync."""
     cfg, _, sample = fit_setup(50)
+    cfg = dataclasses.replace(cfg, device=device)
     cfg = dataclasses.replace(cfg, max_bad_steps=3)
     calls = []
 
@@ -85,7 +94,13 @@ def test_nan_steps_are_skipped_then_stop(tmp_path, fused):
         loss = rgb.mean()
         return {"loss_l1": loss * float("nan") if step >= 2 else loss}
 
-    state = fresh_state(cfg)
+    state = (
+        fresh_state(cfg)
+        if device == "cpu"
+        else new_state(
+            init_ball(cfg.scene, torch.Generator().manual_seed(cfg.seed)), cfg, torch.device(device)
+        )
+    )
     if fused:
         state.optimizers = {
             k: torch.optim.Adam([state.params[k]], lr=opt.param_groups[0]["lr"], eps=1e-15, fused=True)
@@ -93,7 +108,8 @@ def test_nan_steps_are_skipped_then_stop(tmp_path, fused):
         }
     before = {k: v.detach().clone() for k, v in state.params.items()}
     with pytest.raises(StopRun) as e:
-        train(cfg, state, {"bad": Term(poisoned, weights=("l1",))}, tmp_path, CPU, sample, progress=False)
+        train(cfg, state, {"bad": Term(poisoned, weights=("l1",))}, tmp_path, torch.device(device), sample,
+              progress=False)  # fmt: skip
     assert e.value.exit_code == 3 and "NaN/inf" in str(e.value)
     assert state.bad_steps_total == 3 and state.step == 5
     ckpt = load_checkpoint(tmp_path / "checkpoint.pt")

@@ -7,12 +7,13 @@ full-size weights: warm-up steps, then timed steps (wall per step, no profiler, 
 then a few steps under torch.profiler. From the profiler's trace: per step the GPU's busy time (the union of
 all kernels on all streams), its idle time, the time per stream, and the kernels grouped by kind
 (GEMM, attention, triton/inductor, gsplat, copies, other) with the top kernels by total time.
-The trace of the first variant's first phase is written beside the JSON (gzipped chrome trace).
+The traces of the first records are written beside the JSON (gzipped chrome traces, --traces).
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import gzip
 import json
 import re
@@ -24,6 +25,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
+import yaml
 
 KINDS = (
     ("gemm", re.compile(r"gemm|cutlass|nvjet|xmma|sm90_|wgmma|cublas", re.I)),
@@ -100,6 +102,7 @@ def main() -> None:
     ap.add_argument("--phases", nargs="+", default=["4x256px +reward", "8x64px +reward", "4x256px"])
     ap.add_argument("--variants", nargs="+", default=["streams", "one-stream"])
     ap.add_argument("--preset", default="vlm3d")
+    ap.add_argument("--traces", type=int, default=2, help="keep the chrome traces of the first N records")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--set", nargs="*", default=[], help="extra recipe fields, e.g. sds.compile=false")
     args = ap.parse_args()
@@ -111,16 +114,22 @@ def main() -> None:
     from splatvlm.config import apply_overrides, nest_dotted
 
     if args.set:
-        import yaml
-
         base = apply_overrides(
             base, nest_dotted({k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)})
         )
-    guidance = None
+    guidance, loaded_with = None, None
     for variant in args.variants:
-        cfg = replace(base, parallel_terms=variant == "streams", checkpoint_every=0)
-        if guidance is None:
-            guidance = Guidance(cfg, dev)
+        # "streams" / "one-stream", optionally ":key=value,key=value" recipe overrides (new models when they differ)
+        name, _, extra = variant.partition(":")
+        cfg = replace(base, parallel_terms=name == "streams", checkpoint_every=0)
+        if extra:
+            pairs = (kv.split("=", 1) for kv in extra.split(","))
+            cfg = apply_overrides(cfg, nest_dotted({k: yaml.safe_load(v) for k, v in pairs}))
+        if guidance is None or loaded_with != extra:
+            guidance = None
+            gc.collect()
+            torch.cuda.empty_cache() if dev.type == "cuda" else None
+            guidance, loaded_with = Guidance(cfg, dev), extra
         else:
             guidance.cfg = cfg
         terms = guidance.terms(prompt)
@@ -166,8 +175,9 @@ def main() -> None:
             records.append(rec)
             short = {k: v for k, v in rec.items() if k not in ("top_kernels", "step_ms_all")}
             print(json.dumps(short), flush=True)
-            if len(records) == 1:
-                with open(trace, "rb") as f, gzip.open(args.out.with_suffix(".trace.json.gz"), "wb") as g:
+            if len(records) <= args.traces:
+                name = args.out.with_suffix(f".{len(records)}.trace.json.gz")
+                with open(trace, "rb") as f, gzip.open(name, "wb") as g:
                     shutil.copyfileobj(f, g)
             args.out.write_text(json.dumps({"device": torch.cuda.get_device_name() if dev.type == "cuda" else "cpu", "torch": torch.__version__,
                                             "date": time.strftime("%Y-%m-%d"), "records": records}, indent=1))  # fmt: skip

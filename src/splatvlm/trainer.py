@@ -478,6 +478,7 @@ def train(
                 if viewer is not None:
                     viewer.wait_if_paused(lambda: flag.signum is not None)
                     if flag.signum is not None:  # a signal while paused: stop before doing another step
+                        finish_pending()
                         _stop_on_signal(flag.signum, ckpt_path, state, cfg)
                 for group in state.optimizers["means"].param_groups:
                     group["lr"] = means_lr(cfg.scene, step, cfg.steps)
