@@ -8,11 +8,11 @@ tail -1 /tmp/setup.log
 mkdir -p "$OUT"
 case "$PART" in
   vlm3d-3b | sd21 | mvdream | vlm3d)
-    timeout 480 python3 benchmarks/gpu/preset_table.py "$PART" 2>&1 | tail -1 | cut -c1-900
+    timeout -s KILL 480 python3 benchmarks/gpu/preset_table.py "$PART" 2>&1 | tail -1 | cut -c1-900
     cp "$OUT"/preset_table/*.json "$OUT"/ 2>/dev/null; rm -rf "$OUT/preset_table" ;;
   streams)
     for p in parallel-terms no-parallel-terms; do
-      timeout 230 python3 -m splatvlm.cli bench --preset vlm3d --weights random --limit 1 --steps 8 --warmup 3 \
+      timeout -s KILL 230 python3 -m splatvlm.cli bench --preset vlm3d --weights random --limit 1 --steps 8 --warmup 3 \
         --gaussians 300000 --recipe.$p -o /tmp/b_$p 2>&1 | grep -E "full step|asset" | head -3
       cp /tmp/b_$p/report.json "$OUT/bench-300k-$p.json" 2>/dev/null
     done ;;
