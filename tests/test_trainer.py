@@ -250,7 +250,9 @@ def test_graphed_prior_and_reward_on_streams_stay_finite(tmp_path):
         steps=4,
         checkpoint_every=0,
         log_every=1,
-        sds=dataclasses.replace(base.sds, model="demo", cuda_graph=True),
+        sds=dataclasses.replace(
+            base.sds, model="demo", cuda_graph=True, compile=False, compile_vae=False
+        ),  # graphs, not compile
         vlm=dataclasses.replace(base.vlm, model="demo", cuda_graph=True, compile=False),
     )
     cuda = torch.device("cuda")
