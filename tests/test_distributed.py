@@ -354,7 +354,8 @@ def test_two_process_bench_writes_one_report_with_every_prompt(tmp_path):
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_split_placement_matches_single_on_two_gpus(tmp_path, cuda_graph):
     from splatvlm.gaussians.scene import init_ball
-    from splatvlm.trainer import new_state, train
+    from splatvlm.train_state import new_state
+    from splatvlm.trainer import train
 
     cfg = load_run_config("demo")
     cfg = replace(

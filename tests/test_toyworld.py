@@ -117,7 +117,8 @@ def test_photometric_fit_carves_the_start_ball_in_120_steps(tmp_path: Path):
     from splatvlm.gaussians.render import RenderConfig, render
     from splatvlm.gaussians.scene import init_ball
     from splatvlm.toyworld.models import TORCH_CHUNK
-    from splatvlm.trainer import Term, new_state, train
+    from splatvlm.train_state import new_state
+    from splatvlm.trainer import Term, train
 
     torch.set_num_threads(1)
     cfg = toy_run_config("mvdream", 120, 0, "cpu", WEIGHTS_DIR)

@@ -9,7 +9,8 @@ from splatvlm.fit import render_views
 from splatvlm.gaussians.cameras import eval_orbit
 from splatvlm.gaussians.scene import SceneConfig, init_ball, init_toy
 from splatvlm.guidance.photometric import PhotometricTerm
-from splatvlm.trainer import Term, load_checkpoint, new_state, restore_state, train, weighted_sum
+from splatvlm.train_state import load_checkpoint, new_state, restore_state
+from splatvlm.trainer import Term, train, weighted_sum
 
 CPU = torch.device("cpu")
 

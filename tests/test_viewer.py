@@ -495,7 +495,8 @@ def test_signal_while_paused_stops_with_a_checkpoint(tmp_path):
 
     from splatvlm.config import load_run_config
     from splatvlm.errors import StopRun
-    from splatvlm.trainer import Term, load_checkpoint, new_state, train
+    from splatvlm.train_state import load_checkpoint, new_state
+    from splatvlm.trainer import Term, train
 
     cfg = load_run_config("fit")
     cfg = dataclasses.replace(cfg, steps=50, log_every=1, scene=dataclasses.replace(cfg.scene, num_points=64))

@@ -27,7 +27,8 @@ from splatvlm.gaussians.render import render
 from splatvlm.gaussians.scene import init_ball
 from splatvlm.generate import Guidance
 from splatvlm.guidance.sds import SDSGuidance
-from splatvlm.trainer import default_view_sampler, make_backgrounds, new_state, train
+from splatvlm.train_state import new_state
+from splatvlm.trainer import default_view_sampler, make_backgrounds, train
 
 
 def stats(x: torch.Tensor) -> dict:

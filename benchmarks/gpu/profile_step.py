@@ -91,7 +91,8 @@ def main() -> None:
     from splatvlm.config import load_run_config
     from splatvlm.gaussians.scene import init_ball
     from splatvlm.generate import Guidance
-    from splatvlm.trainer import new_state, train
+    from splatvlm.train_state import new_state
+    from splatvlm.trainer import train
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)

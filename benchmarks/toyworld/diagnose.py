@@ -46,7 +46,8 @@ from splatvlm.toyworld import metrics
 from splatvlm.toyworld.eval import picture, render_white, score, toy_run_config
 from splatvlm.toyworld.models import RESOLUTION, TORCH_CHUNK, WEIGHTS_DIR, toy_camera
 from splatvlm.toyworld.world import get_objects, object_params
-from splatvlm.trainer import Term, new_state, train
+from splatvlm.train_state import new_state
+from splatvlm.trainer import Term, train
 
 DEV = torch.device("cpu")
 

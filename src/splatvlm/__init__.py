@@ -42,7 +42,7 @@ _EXPORTS = {
     "check_sources": "models",
     "Term": "trainer",
     "train": "trainer",
-    "new_state": "trainer",
+    "new_state": "train_state",
     "SplatVLMError": "errors",
 }
 __all__ = [
@@ -94,4 +94,5 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .guidance.reward import RewardConfig, VLMReward
     from .guidance.sds import SDSConfig, SDSGuidance
     from .models import check_sources, load_prior, load_reward
-    from .trainer import Term, new_state, train
+    from .train_state import new_state
+    from .trainer import Term, train

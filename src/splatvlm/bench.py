@@ -161,7 +161,8 @@ def time_prompt(
     """Time every phase of the recipe for one prompt (with a live viewer when ``viewer_every`` is set),
     on a scene of ``gaussians`` Gaussians (0: the recipe's initial scene)."""
     from .gaussians.scene import init_ball
-    from .trainer import new_state, train
+    from .train_state import new_state
+    from .trainer import train
 
     terms = guidance.terms(prompt)
     result: dict[str, Any] = {"prompt": prompt, "phases": [], "full_run": False, "extrapolated": True}
@@ -259,7 +260,8 @@ def run_prompt_full(
     the host every step, so the extra sync costs little).
     """
     from .gaussians.scene import init_ball
-    from .trainer import new_state, train
+    from .train_state import new_state
+    from .trainer import train
 
     phases = recipe_phases(cfg)
     records: list[dict[str, Any]] = []

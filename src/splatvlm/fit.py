@@ -18,7 +18,8 @@ from .gaussians.cameras import Cameras, orbit_cameras
 from .gaussians.render import render
 from .gaussians.scene import init_ball, num_gaussians
 from .guidance.photometric import PhotometricTerm, psnr
-from .trainer import Term, new_state, train, write_run_files
+from .train_state import new_state
+from .trainer import Term, train, write_run_files
 
 
 @dataclass

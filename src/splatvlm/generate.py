@@ -46,15 +46,8 @@ from .runs import (
     yaml_dict,
 )
 from .schedules import terms_active
-from .trainer import (
-    Term,
-    TrainState,
-    load_checkpoint,
-    new_state,
-    restore_state,
-    train,
-    write_run_files,
-)
+from .train_state import TrainState, load_checkpoint, new_state, restore_state
+from .trainer import Term, train, write_run_files
 from .viewer import ViewerConfig
 
 
