@@ -57,6 +57,10 @@ def analyse(trace_path: Path, steps: int) -> dict:
     kernels = [e for e in events if e.get("cat") in ("kernel", "gpu_memcpy", "gpu_memset") and "dur" in e]
     if not kernels:
         return {"error": "no kernel events in the trace"}
+    # train() ends with a checkpoint: its device-to-host copies (and anything after) are no step's work
+    ckpt = [e["ts"] for e in kernels if "DtoH" in e["name"] and e.get("args", {}).get("bytes", 0) > 2**20]
+    if ckpt:
+        kernels = [e for e in kernels if e["ts"] < min(ckpt)]
     t0 = min(e["ts"] for e in kernels)
     t1 = max(e["ts"] + e["dur"] for e in kernels)
     busy = union_ms([(e["ts"], e["ts"] + e["dur"]) for e in kernels])
