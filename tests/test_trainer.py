@@ -332,3 +332,18 @@ def test_plain_progress_line_has_step_losses_gaussians_rate_and_eta():
     assert (
         line == "step 250/5000 sds=12.5 vlm=0.25 p_yes=0.500 #G=4096 10.00 it/s elapsed 0:00:25 eta 0:07:55"
     )
+
+
+def test_readback_returns_numbers_in_order_and_keeps_the_rest():
+    from splatvlm.trainer import finish_readback, start_readback
+
+    values = {
+        "loss_a": torch.tensor(1.5),
+        "w_a": 2.0,
+        "ok": torch.tensor(True),
+        "p": torch.tensor([0.25]),
+        "s": 3,
+    }
+    out = finish_readback(start_readback(values))
+    assert out == {"loss_a": 1.5, "w_a": 2.0, "ok": 1.0, "p": 0.25, "s": 3}
+    assert all(not isinstance(v, torch.Tensor) for v in out.values())

@@ -204,7 +204,9 @@ def start_readback(values: dict[str, Any]) -> tuple[dict[str, Any], list[str], T
     keys = [k for k, v in values.items() if isinstance(v, Tensor)]
     if not keys:
         return values, keys, None, None
-    packed = torch.stack([values[k].detach().float().reshape(()) for k in keys])
+    # one device for the copy: a term on another GPU (--placement split) returns its diagnostics there
+    device = next((values[k].device for k in keys if values[k].is_cuda), torch.device("cpu"))
+    packed = torch.stack([values[k].detach().float().reshape(()).to(device) for k in keys])
     if not packed.is_cuda:
         return values, keys, packed, None
     host = packed.to("cpu", non_blocking=True)
