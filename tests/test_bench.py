@@ -9,14 +9,19 @@ from splatvlm.config import load_run_config
 
 
 def test_recipe_phases_follow_the_schedule():
-    phases = recipe_phases(load_run_config("vlm3d"))
+    phases = recipe_phases(load_run_config("vlm3d-full"))
     assert [(p.start, p.end, p.num_views, p.resolution, p.reward) for p in phases] == [
-        (0, 1250, 8, 64, True),
-        (1250, 2500, 4, 256, True),
+        (0, 5000, 8, 64, True),
+        (5000, 10000, 4, 256, True),
+        (10000, 20000, 4, 256, False),
+    ]
+    phases = recipe_phases(load_run_config("vlm3d"))  # no low-res phase
+    assert [(p.start, p.end, p.num_views, p.resolution, p.reward) for p in phases] == [
+        (0, 2500, 4, 256, True),
         (2500, 5000, 4, 256, False),
     ]
     assert Phase(0, 1, 4, 256, True).label == "4x256px +reward"
-    assert [p.reward for p in recipe_phases(load_run_config("mvdream"))] == [False, False]
+    assert [p.reward for p in recipe_phases(load_run_config("mvdream"))] == [False]
 
 
 def test_bench_demo_two_prompts_writes_reports(tmp_path):
