@@ -9,6 +9,7 @@ from splatvlm.gaussians.cameras import (
     eval_orbit,
     look_at_c2w,
     orbit_cameras,
+    rigid_inverse,
     sample_orbit,
     views_at_step,
 )
@@ -99,3 +100,12 @@ def test_eval_orbit_and_indexing():
     assert len(cams) == 12 and cams.width == 40
     sub = cams[torch.tensor([0, 3])]
     torch.testing.assert_close(sub.azimuth, torch.tensor([0.0, 90.0]))
+
+
+def test_rigid_inverse_equals_the_general_inverse():
+    cams = sample_orbit(CameraConfig(), 16, 32, torch.Generator().manual_seed(0))
+    v = cams.viewmats.double()
+    # the viewmats are float32: their rotations are orthonormal to float32 rounding, hence the 1e-6
+    torch.testing.assert_close(rigid_inverse(v), torch.linalg.inv(v), rtol=0, atol=1e-6)
+    torch.testing.assert_close(rigid_inverse(v) @ v, torch.eye(4, dtype=torch.float64).expand(16, 4, 4),
+                               rtol=0, atol=1e-6)  # fmt: skip

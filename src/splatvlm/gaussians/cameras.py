@@ -105,7 +105,19 @@ class Cameras:
     @property
     def c2w(self) -> Tensor:
         """Camera-to-world [C, 4, 4] (OpenCV axes)."""
-        return torch.linalg.inv(self.viewmats)
+        return rigid_inverse(self.viewmats)
+
+
+def rigid_inverse(m: Tensor) -> Tensor:
+    """Inverse of rigid transforms [..., 4, 4] (a rotation and a translation, as every viewmat here is):
+    [R t; 0 1]^-1 = [R^T  -R^T t; 0 1]. A few elementwise ops, where a general inverse on CUDA runs small
+    solver kernels between the step's others."""
+    rt = m[..., :3, :3].transpose(-1, -2)
+    out = torch.zeros_like(m)
+    out[..., :3, :3] = rt
+    out[..., :3, 3:] = -(rt @ m[..., :3, 3:])
+    out[..., 3, 3] = 1.0
+    return out
 
 
 def look_at_c2w(positions: Tensor, target: Tensor | None = None) -> Tensor:

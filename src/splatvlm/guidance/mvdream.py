@@ -24,7 +24,7 @@ from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 from torch import Tensor
 
 from ..errors import SplatVLMError
-from ..gaussians.cameras import Cameras
+from ..gaussians.cameras import Cameras, rigid_inverse
 
 # SD-2.1-base UNet (FACTS.md); ``attention_head_dim`` is diffusers' historical name for heads per block.
 SD21_BASE_UNET_CONFIG: dict = dict(
@@ -71,8 +71,7 @@ def mvdream_cameras(cams: Cameras) -> Tensor:
     world-to-camera in the same z-up world, so only the camera's y and z axes flip. (MVDream's own
     azimuth 0 is our azimuth -90: its orbit starts on -y, threestudio's on +x.)
     """
-    # inv_ex: the same inverse without the error check that makes the GPU wait for the CPU
-    c2w = torch.linalg.inv_ex(cams.viewmats.double()).inverse  # [C, 4, 4], OpenCV axes
+    c2w = rigid_inverse(cams.viewmats.double())  # [C, 4, 4], OpenCV axes
     c2w[:, :3, 1:3] = -c2w[:, :3, 1:3]
     t = c2w[:, :3, 3]
     c2w[:, :3, 3] = t / (t.norm(dim=-1, keepdim=True) + 1e-8)
