@@ -2,6 +2,10 @@
 
 Loss terms are callables ``term(rgb [C, H, W, 3], cams, step) -> {"loss_<name>": Tensor, <diagnostics>}``;
 only this module multiplies them by the weights in ``RunConfig.weights``.
+
+A step makes the CPU wait for the GPU only where gsplat must (its intersection counts, inside the render): a
+step's losses, diagnostics and finite flag are copied to the host as the step ends and read during the next
+step's render, when they are long done; logs, progress, ``on_step`` and the bad-step count are one step late.
 """
 
 from __future__ import annotations
