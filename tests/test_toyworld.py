@@ -108,6 +108,21 @@ def test_reward_start_negative_is_the_runs_initial_scene():
         torch.testing.assert_close(ours[key], run[key])
 
 
+def test_negative_shares_set_the_janus_share_and_keep_the_others_ratios():
+    """`BuildConfig.janus_share`: the default leaves the shipped shares; another value rescales the rest."""
+    from splatvlm.toyworld.models import NEGATIVE_SHARES, BuildConfig, negative_shares
+
+    assert BuildConfig().janus_share == NEGATIVE_SHARES["janus"]
+    assert BuildConfig().janus_groups == 0  # 0: half of `groups`, as shipped
+    assert negative_shares(BuildConfig().janus_share) == NEGATIVE_SHARES
+    half = negative_shares(0.5)
+    assert half["janus"] == 0.5
+    assert math.isclose(sum(half.values()), 1.0)
+    assert math.isclose(half["other"] / half["start"], NEGATIVE_SHARES["other"] / NEGATIVE_SHARES["start"])
+    with pytest.raises(ValueError):
+        negative_shares(1.0)
+
+
 def test_photometric_fit_carves_the_start_ball_in_120_steps(tmp_path: Path):
     """The Gaussian side at toy scale: the real trainer, the toy run config and its start ball, with the SDS
     term swapped for an L1 against the ground truth on the same cameras, reaches the object in 120 steps

@@ -73,7 +73,10 @@ class BuildConfig:
     seed: int = 0
     """Seed of the renders, the initializations and the batches."""
     groups: int = 24
-    """4-view groups rendered per object (the Janus variants get half as many)."""
+    """4-view groups rendered per object (the Janus variants get ``janus_groups``)."""
+    janus_groups: int = 0
+    """4-view groups rendered per Janus variant (0: half of ``groups``, at least 4, as shipped). The last
+    quarter is held out, as for the objects; another value also shifts the seeded renders drawn after them."""
     vae_steps: int = 1500
     """Autoencoder reconstruction steps."""
     vae_batch: int = 4
@@ -98,6 +101,9 @@ class BuildConfig:
     """Reward VLM steps (batch of 4 records each)."""
     reward_lr: float = 2e-4
     """Reward AdamW learning rate."""
+    janus_share: float = 0.35
+    """Share of the reward's negatives that are Janus variants; the other kinds keep their ratios in
+    ``NEGATIVE_SHARES`` and fill the rest (0.35, the shipped value, leaves them as they are)."""
     threads: int = 1
     """CPU threads for torch (the toy models are too small to gain from a second thread on a shared machine)."""
     only: Literal["all", "prior", "reward"] = "all"
@@ -318,6 +324,16 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
 NEGATIVE_SHARES = {"other": 0.35, "janus": 0.35, "blob": 0.1, "start": 0.2}
 
 
+def negative_shares(janus: float) -> dict[str, float]:
+    """``NEGATIVE_SHARES`` with the Janus share set to ``janus`` and the others scaled to fill the rest."""
+    if not 0.0 <= janus < 1.0:
+        raise ValueError(f"janus share must be in [0, 1), got {janus}")
+    if janus == NEGATIVE_SHARES["janus"]:
+        return dict(NEGATIVE_SHARES)  # the shipped shares exactly (no float drift in the seeded draws)
+    rest = 1.0 - NEGATIVE_SHARES["janus"]
+    return {k: janus if k == "janus" else v * (1.0 - janus) / rest for k, v in NEGATIVE_SHARES.items()}
+
+
 def build_reward_folder(folder: Path, seed: int) -> None:
     """A fresh demo-size Qwen2.5-VL (seeded) with the demo tokenizer and image processor."""
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -404,8 +420,9 @@ def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, 
     # Half of each batch positive; the negatives drawn by kind, the Janus variants (the hard case, the one
     # the reward is for) most often.
     pos = [r for r in train if r[1] == "positive"]
-    neg = {kind: [r for r in train if r[1] == kind] for kind in NEGATIVE_SHARES}
-    kinds, shares = list(NEGATIVE_SHARES), list(NEGATIVE_SHARES.values())
+    share_of = negative_shares(cfg.janus_share)
+    neg = {kind: [r for r in train if r[1] == kind] for kind in share_of}
+    kinds, shares = list(share_of), list(share_of.values())
 
     def negative():
         return rng.choice(neg[rng.choices(kinds, shares)[0]])
@@ -455,7 +472,7 @@ def build(cfg: BuildConfig, log=print) -> dict:
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
     data = {o.name: render_groups(object_params(o, seed=cfg.seed), cfg.groups, gen, cfg.device) for o in objs}
-    janus = {o.name: render_groups(object_params(janus_variant(o), seed=cfg.seed), max(4, cfg.groups // 2), gen, cfg.device)
+    janus = {o.name: render_groups(object_params(janus_variant(o), seed=cfg.seed), cfg.janus_groups or max(4, cfg.groups // 2), gen, cfg.device)
              for o in objs if o.front_back}  # fmt: skip
     shapeless = {}
     for kind, make in (("blob", blob_params), ("start", start_params)):
