@@ -185,15 +185,17 @@ def finite_flag(loss: Tensor | None, params: torch.nn.ParameterDict) -> Tensor:
 def optimizer_step(optimizers: dict[str, torch.optim.Optimizer], ok: Tensor) -> None:
     """Each optimizer's step, unless ``ok`` is False. Fused Adam (CUDA) skips on the device through its
     ``found_inf`` (as AMP's grad scaler uses it), so the CPU does not wait for the GPU; the others read ``ok``."""
-    skip = None
+    found_inf = (~ok).float()
+    run: bool | None = None  # `ok` on the host, read once and only for an unfused optimizer
     for opt in optimizers.values():
         if all(group.get("fused") for group in opt.param_groups):
-            opt.found_inf = (~ok).float()
+            opt.found_inf = found_inf
             opt.step()
-        else:
-            skip = (not bool(ok)) if skip is None else skip
-            if not skip:
-                opt.step()
+            continue
+        if run is None:
+            run = bool(ok)
+        if run:
+            opt.step()
 
 
 def densify_reads_ok(cfg: RunConfig, step: int) -> bool:
@@ -267,26 +269,26 @@ def train(
     params = state.params
     streams = term_streams(terms, device) if cfg.parallel_terms else {}
     bar = Progress(*columns, disable=not tty, transient=False)
-    pending: list = []  # the launched step whose numbers are not read yet (at most one)
-    bad = {"consecutive": 0}
+    pending: tuple | None = None  # the launched step whose numbers are not read yet
+    consecutive_bad = 0
 
     def finish_pending(t_next: float | None = None) -> None:
         """Read the pending step's numbers back (its GPU work is done), then log, show and count it;
         ``t_next``: when the step after it started (its step_ms is the time between the two starts)."""
-        nonlocal t_last, n_last
-        if not pending:
+        nonlocal pending, consecutive_bad, t_last, n_last
+        if pending is None:
             return
-        readback, marks, t_start, refined = pending.pop()
+        (readback, marks, t_start, refined), pending = pending, None
         logs = finish_readback(readback)
         step = int(logs["step"])
         finite = bool(logs.pop("ok"))
         logs["bad_step"] = not finite
         if finite:
-            bad["consecutive"] = 0
+            consecutive_bad = 0
         else:
-            bad["consecutive"] += 1
+            consecutive_bad += 1
             state.bad_steps_total += 1
-            logs["note"] = f"non-finite loss or gradient, step skipped ({bad['consecutive']} in a row)"
+            logs["note"] = f"non-finite loss or gradient, step skipped ({consecutive_bad} in a row)"
         if viewer is not None:
             with timer("viewer"):
                 viewer.update(params, step, logs)
@@ -310,10 +312,10 @@ def train(
                     step + 1, cfg.steps, end_step, logs, its, now - t_begin, step + 1 - step_begin
                 )
                 print(line, flush=True)
-        if bad["consecutive"] >= cfg.max_bad_steps:
+        if consecutive_bad >= cfg.max_bad_steps:
             save_checkpoint(ckpt_path, state, cfg)
             raise StopRun(
-                f"{bad['consecutive']} steps in a row had a NaN/inf loss or gradient; checkpoint saved in {ckpt_path}",
+                f"{consecutive_bad} steps in a row had a NaN/inf loss or gradient; checkpoint saved in {ckpt_path}",
                 3,
                 kind="bad_steps",
             )
@@ -399,7 +401,7 @@ def train(
                 logs.update(step=step, loss=loss.detach() if loss is not None else 0.0, ok=ok)
                 logs.update(num_gaussians=num_gaussians(params))
                 logs.update(refined)  # densify_* statistics, on refinement steps only
-                pending.append((start_readback(logs), timer.collect(), t0, bool(refined)))
+                pending = (start_readback(logs), timer.collect(), t0, bool(refined))
                 if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < end_step:
                     finish_pending()
                     save_checkpoint(ckpt_path, state, cfg)
