@@ -122,13 +122,13 @@ class Renders:
 
 
 @torch.no_grad()
-def render_groups(
-    params: torch.nn.ParameterDict, groups: int, gen: torch.Generator, device: str = "cpu"
-) -> Renders:
+def render_groups(params: torch.nn.ParameterDict, groups: int, gen: torch.Generator) -> Renders:
+    """Seeded 4-view renders of one scene, always on the CPU (torch rasterizer), so that a build on any
+    device trains on the same data."""
     from ..guidance.mvdream import mvdream_cameras
 
     cam_cfg = toy_camera()
-    params = params.to(device)
+    params = params.to("cpu")
     rgbs, alphas, cams_out = [], [], []
     for start in range(0, groups, 8):
         n = min(8, groups - start)
@@ -471,12 +471,12 @@ def build(cfg: BuildConfig, log=print) -> dict:
     captions = {o.name: o.caption for o in objs}
     gen = torch.Generator().manual_seed(cfg.seed)
     t0 = time.perf_counter()
-    data = {o.name: render_groups(object_params(o, seed=cfg.seed), cfg.groups, gen, cfg.device) for o in objs}
-    janus = {o.name: render_groups(object_params(janus_variant(o), seed=cfg.seed), cfg.janus_groups or max(4, cfg.groups // 2), gen, cfg.device)
+    data = {o.name: render_groups(object_params(o, seed=cfg.seed), cfg.groups, gen) for o in objs}
+    janus = {o.name: render_groups(object_params(janus_variant(o), seed=cfg.seed), cfg.janus_groups or max(4, cfg.groups // 2), gen)
              for o in objs if o.front_back}  # fmt: skip
     shapeless = {}
     for kind, make in (("blob", blob_params), ("start", start_params)):
-        parts = [render_groups(make(cfg.seed + 100 + k), 2, gen, cfg.device) for k in range(8)]
+        parts = [render_groups(make(cfg.seed + 100 + k), 2, gen) for k in range(8)]
         shapeless[kind] = Renders(
             *(torch.cat([getattr(b, f) for b in parts]) for f in ("rgb", "alpha", "cameras"))
         )
