@@ -239,7 +239,9 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
         opt.step()
         recon.append(float(F.mse_loss(rec.detach(), x)))
         if step % 50 == 0 or step == cfg.vae_steps - 1:
-            log(f"vae step {step} recon mse {sum(recon[-50:]) / len(recon[-50:]):.4f}")
+            log(
+                f"vae step {step} recon mse {sum(recon[-50:]) / len(recon[-50:]):.4f} ({time.perf_counter() - t0:.0f} s)"
+            )
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         x, _, _ = batch(16)
@@ -292,7 +294,9 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
         sched.step()
         ema.append(float(loss.detach()))
         if step % 10 == 0 or step == cfg.prior_steps - 1:
-            log(f"prior step {step} eps mse {sum(ema[-100:]) / len(ema[-100:]):.4f}")
+            log(
+                f"prior step {step} eps mse {sum(ema[-100:]) / len(ema[-100:]):.4f} ({time.perf_counter() - t0:.0f} s)"
+            )
     unet_s = time.perf_counter() - t0
     from diffusers.models.attention_processor import AttnProcessor2_0
 
