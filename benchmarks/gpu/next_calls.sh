@@ -1,20 +1,30 @@
-# What the next device session should run, one call each (each under 10 minutes with setup):
-#   PART=vlm3d-3b  the README's vlm3d-3b row (the last call was cut at 246 s by its own timeout)
-#   PART=sd21      the README's sd21 row
-#   PART=streams   an A/B of --parallel-terms at 300,000 Gaussians, one process each, same machine
-# Usage: PART=vlm3d-3b bash benchmarks/gpu/next_calls.sh   (carry .whl)
+# What the next device session should run, one call each (each under 10 minutes with setup; carry .whl):
+#   PART=sd21 | mvdream   the README's rows with today's recipe (sd21 was cut at step 2201 of 3000 by a 280 s limit)
+#   PART=toyprobe         ~60 s: the toy build's autoencoder and prior loops on the GPU for a few hundred steps each,
+#                         to size a full build (the last one was killed before it saved)
+#   PART=toy              the toy prior trained on the GPU within PRIOR_MAX_S (set it from the probe), returned as
+#                         $OUT/toy-weights.tar (the shipped reward kept)
+# Usage: PART=sd21 bash benchmarks/gpu/next_calls.sh
 . benchmarks/gpu/setup.sh > /tmp/setup.log 2>&1 || { tail -5 /tmp/setup.log; exit 1; }
 tail -1 /tmp/setup.log
 mkdir -p "$OUT"
+set -o pipefail
+TOY="python3 -m splatvlm.cli toyworld build --only prior --device cuda --groups 48 --vae-batch 8 --prior-batch 16"
 case "$PART" in
-  vlm3d-3b | sd21 | mvdream | vlm3d)
-    timeout -s KILL 480 python3 benchmarks/gpu/preset_table.py "$PART" 2>&1 | tail -1 | cut -c1-900
+  sd21 | mvdream | vlm3d | vlm3d-3b)
+    timeout -s KILL 540 python3 benchmarks/gpu/preset_table.py "$PART" 2>&1 | tail -1 | cut -c1-900
     cp "$OUT"/preset_table/*.json "$OUT"/ 2>/dev/null; rm -rf "$OUT/preset_table" ;;
-  streams)
-    for p in parallel-terms no-parallel-terms; do
-      timeout -s KILL 230 python3 -m splatvlm.cli bench --preset vlm3d --weights random --limit 1 --steps 8 --warmup 3 \
-        --gaussians 300000 --recipe.$p -o /tmp/b_$p 2>&1 | grep -E "full step|asset" | head -3
-      cp /tmp/b_$p/report.json "$OUT/bench-300k-$p.json" 2>/dev/null
+  toyprobe)
+    for threads in 1 8; do
+      rm -rf /tmp/tw && cp -r src/splatvlm/toyworld/weights /tmp/tw
+      timeout -s KILL 150 $TOY --out /tmp/tw --threads $threads --vae-steps 300 --prior-steps 300 2>&1 \
+        | grep -v -i warn | tee "$OUT/toyprobe-threads$threads.log" | grep -E 'rendered|step (0|299) |wrote' | cut -c1-300
     done ;;
-  *) echo "PART must be vlm3d-3b, sd21, mvdream, vlm3d or streams"; exit 2 ;;
+  toy)
+    rm -rf /tmp/tw && cp -r src/splatvlm/toyworld/weights /tmp/tw
+    timeout -s KILL ${TOY_LIMIT:-540} $TOY --out /tmp/tw --threads ${THREADS:-1} --vae-steps ${VAE_STEPS:-3000} \
+      --prior-steps ${PRIOR_STEPS:-12000} --prior-max-s ${PRIOR_MAX_S:-300} 2>&1 | grep -v -i warn \
+      | tee "$OUT/toy-build.log" | grep -E 'rendered|time limit|wrote' | cut -c1-600
+    tar -C /tmp/tw -cf "$OUT/toy-weights.tar" . ;;
+  *) echo "PART must be sd21, mvdream, vlm3d, vlm3d-3b, toyprobe or toy"; exit 2 ;;
 esac
