@@ -88,6 +88,25 @@ def test_gradients_reach_every_scene_parameter(packed):
     assert out.info["means2d"].grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("packed", [True, False])
+def test_render_without_depth_is_the_same_rgb_alpha_and_gradients(packed):
+    """depth=False (what training renders) drops the depth channel and changes nothing else (bitwise on the
+    torch rasterizer)."""
+    cams = eval_orbit(CameraConfig(), 2, 24)
+    bg = torch.tensor([[1.0, 1.0, 1.0], [0.2, 0.3, 0.4]])
+    results = []
+    for depth in (True, False):
+        params = small_scene(sh_degree=1)
+        out = render(params, cams, RenderConfig(packed=packed), bg, depth=depth)
+        assert (out.depth is not None) == depth
+        (out.rgb.square().mean() + out.alpha.mean()).backward()
+        results.append((out.rgb.detach(), out.alpha.detach(), {k: p.grad for k, p in params.items()}))
+    (rgb, alpha, grads), (rgb2, alpha2, grads2) = results
+    assert torch.equal(rgb2, rgb) and torch.equal(alpha2, alpha)
+    for key in grads:
+        assert torch.equal(grads2[key], grads[key]), key
+
+
 def plane_depth(cams, normal: torch.Tensor, offset: float) -> torch.Tensor:
     """Camera z of the plane {x : normal . x = offset} seen through every pixel center [C, H, W, 1]."""
     C, H, W = len(cams), cams.height, cams.width

@@ -499,7 +499,13 @@ def test_signal_while_paused_stops_with_a_checkpoint(tmp_path):
     from splatvlm.trainer import Term, train
 
     cfg = load_run_config("fit")
-    cfg = dataclasses.replace(cfg, steps=50, log_every=1, scene=dataclasses.replace(cfg.scene, num_points=64))
+    cfg = dataclasses.replace(
+        cfg,
+        steps=50,
+        log_every=1,
+        scene=dataclasses.replace(cfg.scene, num_points=64),
+        camera=dataclasses.replace(cfg.camera, resolution=32),  # 256 px on the torch rasterizer: seconds a step
+    )
 
     def term(rgb, cams, step):
         return {"loss_l1": rgb.mean()}

@@ -2,6 +2,7 @@
 #   PART=sd21 | mvdream   the README's rows with today's recipe (sd21 was cut at step 2201 of 3000 by a 280 s limit)
 #   PART=toyprobe         ~60 s: the toy build's autoencoder and prior loops on the GPU for a few hundred steps each,
 #                         to size a full build (the last one was killed before it saved)
+#   PART=render           ~30 s: the training render with/without the depth channel, packed or dense (render_ab.py)
 #   PART=toy              the toy prior trained on the GPU within PRIOR_MAX_S (set it from the probe), returned as
 #                         $OUT/toy-weights.tar (the shipped reward kept)
 # Usage: PART=sd21 bash benchmarks/gpu/next_calls.sh
@@ -14,6 +15,8 @@ case "$PART" in
   sd21 | mvdream | vlm3d | vlm3d-3b)
     timeout -s KILL 540 python3 benchmarks/gpu/preset_table.py "$PART" 2>&1 | tail -1 | cut -c1-900
     cp "$OUT"/preset_table/*.json "$OUT"/ 2>/dev/null; rm -rf "$OUT/preset_table" ;;
+  render)
+    timeout -s KILL 120 python3 benchmarks/gpu/render_ab.py --out "$OUT/render-ab.json" 2>&1 | tail -6 ;;
   toyprobe)
     for threads in 1 8; do
       rm -rf /tmp/tw && cp -r src/splatvlm/toyworld/weights /tmp/tw
@@ -26,5 +29,5 @@ case "$PART" in
       --prior-steps ${PRIOR_STEPS:-12000} --prior-max-s ${PRIOR_MAX_S:-300} 2>&1 | grep -v -i warn \
       | tee "$OUT/toy-build.log" | grep -E 'rendered|time limit|wrote' | cut -c1-600
     tar -C /tmp/tw -cf "$OUT/toy-weights.tar" . ;;
-  *) echo "PART must be sd21, mvdream, vlm3d, vlm3d-3b, toyprobe or toy"; exit 2 ;;
+  *) echo "PART must be sd21, mvdream, vlm3d, vlm3d-3b, render, toyprobe or toy"; exit 2 ;;
 esac

@@ -60,7 +60,7 @@ def _render_views(
     for start in range(0, len(cams), chunk):
         sub = cams[start : start + chunk].to(device)
         white = torch.ones(len(sub), 3, device=device)
-        out = render(params, sub, render_cfg, white)
+        out = render(params, sub, render_cfg, white, depth=normals)
         rgb = to_uint8(out.rgb)  # [c, H, W, 3]
         normal_img = None
         if normals:

@@ -66,7 +66,9 @@ def render_views(
     outs = []
     for s in range(0, len(cams), chunk):
         c = cams[s : s + chunk].to(dev)
-        outs.append(render(params, c, cfg.render, torch.ones(len(c), 3, device=dev)).rgb.clamp(0, 1))
+        outs.append(
+            render(params, c, cfg.render, torch.ones(len(c), 3, device=dev), depth=False).rgb.clamp(0, 1)
+        )
     return torch.cat(outs)
 
 

@@ -342,7 +342,7 @@ def train(
                 # 3. Render. gsplat reads its intersection counts back to the host here, so the previous
                 # step has finished on the GPU by now: its values are read (3b) without stalling anything.
                 with timer("render"):
-                    out: RenderOutput = render(params, cams, cfg.render, backgrounds)
+                    out: RenderOutput = render(params, cams, cfg.render, backgrounds, depth=False)
                     # gsplat's DefaultStrategy asks autograd to keep the 2D means' gradient
                     state.strategy.step_pre_backward(
                         params, state.optimizers, state.strategy_state, step, out.info

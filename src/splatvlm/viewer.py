@@ -566,7 +566,7 @@ def make_render_fn(
     @torch.no_grad()
     def render_fn(viewmat: Tensor, K: Tensor, width: int, height: int) -> np.ndarray:
         cams = preview_cameras(viewmat, K, width, height).to(device)
-        rgb = render(params, cams, cfg, backgrounds=white).rgb[0]  # [H, W, 3]
+        rgb = render(params, cams, cfg, backgrounds=white, depth=False).rgb[0]  # [H, W, 3]
         return (rgb.clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
     return render_fn

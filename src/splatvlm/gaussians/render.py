@@ -1,4 +1,4 @@
-"""render(): Gaussian scene + cameras -> RGB, expected depth and alpha, through gsplat or the torch reference.
+"""render(): Gaussian scene + cameras -> RGB, alpha and expected depth, through gsplat or the torch reference.
 
 gsplat's CUDA kernels run on CUDA; ``raster_torch.rasterize_torch`` (same inputs, outputs and rules) runs
 anywhere. Both return gsplat's ``info`` dict, which the densification strategies read.
@@ -49,7 +49,9 @@ class RenderOutput:
     """What one render() call returns for C views."""
 
     rgb: Tensor  # [C, H, W, 3] composited over the background
-    depth: Tensor  # [C, H, W, 1] expected camera-space depth (accumulated depth / alpha)
+    depth: (
+        Tensor | None
+    )  # [C, H, W, 1] expected camera-space depth (accumulated depth / alpha); None unless asked
     alpha: Tensor  # [C, H, W, 1] accumulated opacity
     info: dict  # gsplat's meta: means2d, radii, gaussian_ids, width, height, n_cameras, ...
 
@@ -77,6 +79,7 @@ def render(
     cfg: RenderConfig,
     backgrounds: Tensor | None = None,  # [C, 3]
     sh_degree: int | None = None,
+    depth: bool = True,
 ) -> RenderOutput:
     """Render the scene from every camera in ``cams``.
 
@@ -86,6 +89,8 @@ def render(
         cfg: backend and rasterizer settings.
         backgrounds: RGB per view [C, 3] behind the Gaussians (None: black).
         sh_degree: SH bands to use (default: all the scene has); lower it for progressive SH.
+        depth: also rasterize expected depth (a fourth channel). Training reads only RGB and alpha, and
+            without the depth channel the rasterizer's forward and backward do a quarter less per pixel.
     """
     # 1. Check inputs.
     device = params["means"].device
@@ -122,7 +127,7 @@ def render(
         sh_degree=degree,
         packed=cfg.packed,
         backgrounds=backgrounds,
-        render_mode="RGB+ED",
+        render_mode="RGB+ED" if depth else "RGB",
         absgrad=cfg.absgrad,
         rasterize_mode=cfg.rasterize_mode,
     )
@@ -137,10 +142,12 @@ def render(
         colors, alphas, info = gsplat.rasterization(**args)
         if backgrounds is not None:
             rgb = colors[..., :3] + (1.0 - alphas) * backgrounds[:, None, None, :]
-            colors = torch.cat([rgb, colors[..., 3:4]], dim=-1)
+            colors = torch.cat([rgb, colors[..., 3:4]], dim=-1) if depth else rgb
     else:
         colors, alphas, info = rasterize_torch(**args, chunk_elems=cfg.torch_chunk)
-    return RenderOutput(rgb=colors[..., :3], depth=colors[..., 3:4], alpha=alphas, info=info)
+    return RenderOutput(
+        rgb=colors[..., :3], depth=colors[..., 3:4] if depth else None, alpha=alphas, info=info
+    )
 
 
 def normals_from_depth(

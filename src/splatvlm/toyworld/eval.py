@@ -154,7 +154,13 @@ def render_white(
     params: torch.nn.ParameterDict, cams: Cameras, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     params = params.to(device)
-    out = render(params, cams, RenderConfig(torch_chunk=TORCH_CHUNK), torch.ones(len(cams), 3, device=device))
+    out = render(
+        params,
+        cams,
+        RenderConfig(torch_chunk=TORCH_CHUNK),
+        torch.ones(len(cams), 3, device=device),
+        depth=False,
+    )
     return out.rgb.clamp(0, 1).cpu(), out.alpha.cpu()
 
 

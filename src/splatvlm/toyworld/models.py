@@ -133,7 +133,7 @@ def render_groups(params: torch.nn.ParameterDict, groups: int, gen: torch.Genera
     for start in range(0, groups, 8):
         n = min(8, groups - start)
         cams = sample_orbit(cam_cfg, 4 * n, RESOLUTION, gen)
-        out = render(params, cams, RenderConfig(torch_chunk=TORCH_CHUNK), torch.zeros(4 * n, 3))
+        out = render(params, cams, RenderConfig(torch_chunk=TORCH_CHUNK), torch.zeros(4 * n, 3), depth=False)
         rgbs.append(out.rgb.cpu())
         alphas.append(out.alpha.cpu())
         cams_out.append(mvdream_cameras(cams))
