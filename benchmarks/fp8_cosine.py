@@ -1,6 +1,7 @@
 """Pixel-gradient cosine of FP8 (e4m3) variants of the reward's LLM MLPs, on CPU with emulated e4m3 (issue 18).
 
-    PYTHONPATH=src python benchmarks/fp8_cosine.py --proxy narrow-28 --out fp8_cosine.json [--threads 1]
+    PYTHONPATH=src python benchmarks/fp8_cosine.py --proxy narrow-28 --init-std 0.0529 --out fp8_cosine.json
+        [--threads 1] [--seed 0] [--variants a_fp8_both,c_fp8_backward] [--no-bf16]
 
 Builds a random-weight Qwen2.5-VL from config (``--proxy``: the LLM's depth of the 7B or the 3B, widths below),
 runs the reward's fast path (``VLMReward.score``: 4 uniform-noise views of 256 px resized to 252, the prompt
@@ -15,7 +16,13 @@ all decoder layers but the last (those ``guidance.fp8.fp8_mlp`` converts) are sw
                     (activations and weights; K = in_features forward, out_features backward)
     e_block_forward as d in the forward only; exact input gradient
 
-and the same in a bf16 model against the bf16 model (``bf16``, ``a_fp8_both_bf16``: what the GPU run compared).
+then the model rounded to bf16 against fp32 (``bf16``), and a, b, c in that bf16 model against it
+(``*_bf16``: what the GPU run of benchmarks/gpu/levers.py compared).
+
+A random network's sensitivity grows with each layer's gain, the weights' std times sqrt(fan-in): at width 512
+the 7B's gain needs std 0.02 * sqrt(3584 / 512) = 0.0529 (``--init-std``; HF's 0.02 elsewhere; the vision
+tower keeps 0.02). Activations are recomputed in the backward (checkpointing) so that fp32 3B-wide proxies fit
+in 14 GB of RAM; that gives the same numbers.
 
 Emulation, not e4m3 GEMMs: each operand is quantized to e4m3 and dequantized to fp32
 (``(x / s).to(torch.float8_e4m3fn).float() * s``), then multiplied in fp32. That is the same rounding of the
@@ -42,6 +49,7 @@ from splatvlm.guidance.fp8 import E4M3, E4M3_MAX, Fp8Linear
 PROMPT = "a DSLR photo of a corgi wearing a party hat"
 
 # Widths of the LLM (hidden, MLP, heads, KV heads) and of the vision tower; None = the 3B's vision tower.
+# "3b" (the real 3B's 36 layers) needs ~15 GB of RAM in fp32; it was not run for RESULTS.md.
 PROXIES = {
     "narrow-28": dict(layers=28, hidden=512, mlp=2816, heads=4, kv=2,
                       vision=dict(hidden_size=320, intermediate_size=864, num_heads=4)),
@@ -159,7 +167,7 @@ def main() -> None:
         "--variants", default=",".join(VARIANTS), help="comma-separated, from " + ",".join(VARIANTS)
     )
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=True,
-                    help="also the bf16 model and variant a in it, against the bf16 model")  # fmt: skip
+                    help="also the bf16 model, and variants a, b, c in it against it")  # fmt: skip
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
@@ -206,9 +214,10 @@ def main() -> None:
         "config": dict(
             PROXIES[args.proxy], vision=PROXIES[args.proxy]["vision"] or "3B vision tower (32 x 1280)"
         ),
+        "seed": args.seed,
         "init_std": args.init_std,
         "params": n_params,
-        "views": "4 x 256 px uniform noise (seed 0), resized to 252 (4 x 81 image tokens)",
+        "views": f"4 x 256 px uniform noise (seed {args.seed}), resized to 252 (4 x 81 image tokens)",
         "prompt": PROMPT,
         "tokens": int(r.query(PROMPT, 4, (18, 18)).input_ids.shape[1]),
         "emulation_vs_scaled_mm_max_abs_diff": check_emulation(),
