@@ -43,6 +43,24 @@ def test_linear_forward_and_input_gradient_track_fp32(bias):
     assert not any(p.requires_grad for p in fp8.buffers() if p is not None)
 
 
+@pytest.mark.parametrize("bias", [False, True])
+def test_forward_false_keeps_the_exact_forward_and_the_fp8_input_gradient(bias):
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 96, bias=bias).requires_grad_(False)
+    both, grad_only = Fp8Linear(lin), Fp8Linear(lin, forward=False)
+    assert not hasattr(both, "weight") and not hasattr(grad_only, "w")
+    x = torch.randn(2, 37, 64, requires_grad=True)
+    y = grad_only(x)
+    exact = F.linear(x, lin.weight) + (lin.bias if bias else 0)
+    assert torch.equal(y, exact)  # the forward is nn.Linear's, not the e4m3 one
+    assert not torch.equal(both(x), exact)
+    gy = torch.randn_like(y)
+    (g,) = torch.autograd.grad(y, x, gy)
+    (g_both,) = torch.autograd.grad(both(x), x, gy)
+    assert torch.equal(g, g_both)  # the same e4m3 input gradient as both ways
+    assert not torch.equal(g, gy @ lin.weight) and cosine(g, gy @ lin.weight) > 0.998
+
+
 def test_dimensions_not_divisible_by_16_are_refused():
     with pytest.raises(ValueError, match="divisible by 16"):
         Fp8Linear(torch.nn.Linear(64, 100))
@@ -55,22 +73,26 @@ def test_swapping_the_mlps_keeps_the_reward_and_its_pixel_gradient():
     torch.manual_seed(0)
     rgb = torch.rand(4, 56, 56, 3, requires_grad=True)
     res = []
-    for swap in (False, True):
+    for swap in (None, True, False):  # None = no swap; else fp8_mlp(forward=swap)
         r = load_reward(RewardConfig(model="demo", size=56), "cpu")
         r.set_prompt("a red cube")
-        if swap:
+        if swap is not None:
             layers = r.model.model.language_model.layers
-            assert fp8_mlp(r.model.model.language_model) == 3 * (len(layers) - 1)
+            assert fp8_mlp(r.model.model.language_model, forward=swap) == 3 * (len(layers) - 1)
             assert (
                 isinstance(layers[0].mlp.up_proj, Fp8Linear)
                 and type(layers[-1].mlp.up_proj) is torch.nn.Linear
             )
+            assert layers[0].mlp.down_proj.fp8_forward == swap
             assert isinstance(layers[0].self_attn.q_proj, torch.nn.Linear)  # attention stays as it was
         s = r.score(rgb)
         (g,) = torch.autograd.grad(s["reward"], rgb)
         res.append((float(s["reward"].detach()), g))
     assert res[1][0] == pytest.approx(res[0][0], abs=0.05 * max(1.0, abs(res[0][0])))
     assert res[0][1].abs().sum() > 0 and cosine(res[1][1], res[0][1]) > 0.99
+    # e4m3 in the input gradient only: the reward is the unquantized one, the gradient is not
+    assert res[2][0] == pytest.approx(res[0][0], rel=1e-5, abs=1e-6)
+    assert not torch.equal(res[2][1], res[0][1]) and cosine(res[2][1], res[0][1]) > 0.99
 
 
 @pytest.mark.cuda
@@ -84,16 +106,19 @@ def test_cuda_graphed_fp8_reward_tracks_bf16():
         pytest.skip("e4m3 GEMMs need compute capability 8.9+")
     x = torch.rand(4, 56, 56, 3, device="cuda")
     res = []
-    for fp8 in (False, True):
-        r = load_reward(RewardConfig(model="demo", size=56, fp8=fp8), "cuda")  # the same saved demo weights
+    for fp8, forward in ((False, True), (True, True), (True, False)):
+        # the same saved demo weights each time
+        r = load_reward(RewardConfig(model="demo", size=56, fp8=fp8, fp8_forward=forward), "cuda")
         r.set_prompt("a red cube")
-        assert isinstance(r.model.model.language_model.layers[0].mlp.up_proj, Fp8Linear) == fp8
+        up = r.model.model.language_model.layers[0].mlp.up_proj
+        assert isinstance(up, Fp8Linear) == fp8 and (not fp8 or up.fp8_forward == forward)
         xi = x.clone().requires_grad_(True)
         for _ in range(2):  # capture, then a replay
             xi.grad = None
             out = r(xi, None, 0)
             out["loss_vlm"].backward()
         res.append((float(out["reward"].detach()), xi.grad.clone()))
-    assert torch.isfinite(res[1][1]).all() and res[0][1].abs().sum() > 0
-    assert res[1][0] == pytest.approx(res[0][0], abs=0.1 * max(1.0, abs(res[0][0])))
-    assert cosine(res[1][1], res[0][1]) > 0.98
+    assert torch.isfinite(res[1][1]).all() and torch.isfinite(res[2][1]).all() and res[0][1].abs().sum() > 0
+    for reward, grad in res[1:]:
+        assert reward == pytest.approx(res[0][0], abs=0.1 * max(1.0, abs(res[0][0])))
+        assert cosine(grad, res[0][1]) > 0.98

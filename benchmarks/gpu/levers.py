@@ -2,9 +2,10 @@
 
     . benchmarks/gpu/setup.sh && python3 benchmarks/gpu/levers.py --out $OUT/levers.json [--only reward|sds]
 
-reward: the graphed Qwen2.5-VL-7B step (4 views, 252 px, compiled blocks, padded vision MLP) with bf16 MLPs
-        and with FP8 (e4m3) MLPs (`--vlm.fp8`): ms per step (call + backward to the renders), first call
-        (compile + capture), peak memory, the reward values and the pixel-gradient cosine between the two.
+reward: the graphed Qwen2.5-VL-7B step (4 views, 252 px, compiled blocks, padded vision MLP) with bf16 MLPs,
+        with FP8 (e4m3) MLPs (`--vlm.fp8`) and with e4m3 for their input gradient only (`--vlm.fp8
+        --vlm.no-fp8-forward`): ms per step (call + backward to the renders), first call (compile + capture),
+        peak memory, the reward values and each FP8 variant's pixel-gradient cosine against bf16.
 sds:    the graphed MVDream SDS step at 4x256 and 8x64 (VAE at 256): plain, VAE encoder compiled
         (`--sds.compile-vae`), VAE encoder and UNet compiled (`--sds.compile`): ms per step, first call
         per shape (compile + capture), pixel-gradient cosine against the plain graph (same seed).
@@ -59,10 +60,15 @@ def reward_levers(records: list, iters: int) -> None:
 
     x0 = torch.rand(4, 256, 256, 3, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     grads = {}
-    for fp8 in (False, True):
+    variants = {
+        "reward_bf16": {},
+        "reward_fp8": dict(fp8=True),
+        "reward_fp8_grad_only": dict(fp8=True, fp8_forward=False),
+    }
+    for lever, kw in variants.items():
         free()
         t0 = time.perf_counter()
-        r = load_reward(RewardConfig(model="random-7b", fp8=fp8), "cuda")
+        r = load_reward(RewardConfig(model="random-7b", **kw), "cuda")
         r.set_prompt("a DSLR photo of a corgi wearing a party hat")
         load_s = time.perf_counter() - t0
         x = x0.clone().requires_grad_(True)
@@ -81,19 +87,19 @@ def reward_levers(records: list, iters: int) -> None:
         ms = timed(step, iters)
         out = step()
         torch.cuda.synchronize()
-        grads[fp8] = (float(out["reward"]), x.grad.detach().clone())
+        grads[lever] = (float(out["reward"]), x.grad.detach().clone())
         rec = {
-            "lever": "reward_fp8" if fp8 else "reward_bf16",
+            "lever": lever,
             "ms_median": statistics.median(ms),
             "ms_min": min(ms),
             "first_call_s": round(first_s, 1),
             "load_s": round(load_s, 1),
             "peak_gb": torch.cuda.max_memory_allocated() / 2**30,
-            "reward": grads[fp8][0],
+            "reward": grads[lever][0],
         }
-        if fp8:
-            rec["grad_cosine_vs_bf16"] = cosine(grads[True][1], grads[False][1])
-            rec["reward_bf16"] = grads[False][0]
+        if lever != "reward_bf16":
+            rec["grad_cosine_vs_bf16"] = cosine(grads[lever][1], grads["reward_bf16"][1])
+            rec["reward_bf16"] = grads["reward_bf16"][0]
         emit(records, rec)
         del r, out, step
     free()

@@ -13,11 +13,18 @@ is not, which is one reason this stays on the language model).
 
 On an H200, one GEMM at the LLM MLP's shapes ran at 1,196-1,273 TFLOP/s in e4m3 against 675-692 in bf16,
 while the attention projections were no faster (FACTS.md); hence ``fp8_mlp`` converts the MLPs only.
+
+``forward=False`` keeps the forward in the model dtype from the unquantized weight and runs only the input
+gradient in e4m3 (W in the model dtype plus W^T in e4m3: 3 bytes a weight). The forward's rounding is what
+moves the pixel gradient: on a CPU proxy of the random 7B (emulated e4m3, benchmarks/fp8_cosine.py) e4m3 both
+ways gave cosine 0.87-0.89 against the unquantized model, e4m3 in the forward only 0.89-0.90, in the backward
+only 0.99 (two seeds).
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 E4M3 = torch.float8_e4m3fn
@@ -37,6 +44,12 @@ def fp8_matmul(q_a: Tensor, s_a: Tensor, q_b: Tensor, s_b: Tensor, out_dtype: to
     return torch._scaled_mm(q_a, q_b.t(), scale_a=s_a, scale_b=s_b.reshape(1, -1), out_dtype=out_dtype)
 
 
+def fp8_input_grad(grad: Tensor, wt: Tensor, wt_scale: Tensor, out_dtype: torch.dtype) -> Tensor:
+    """dx = dy W for dy [M, N], from W^T [K, N] in e4m3 with its row scales [K, 1]; dy quantized per row."""
+    q, s = quantize_rows(grad)
+    return fp8_matmul(q, s, wt, wt_scale, out_dtype)
+
+
 class _FrozenFp8Linear(torch.autograd.Function):
     """x [M, K] -> x W^T [M, N] with both GEMMs in e4m3; no gradient for the weights."""
 
@@ -50,23 +63,44 @@ class _FrozenFp8Linear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         wt, wt_scale = ctx.saved_tensors
-        q, s = quantize_rows(grad)
-        return fp8_matmul(q, s, wt, wt_scale, ctx.out_dtype), None, None, None, None
+        return fp8_input_grad(grad, wt, wt_scale, ctx.out_dtype), None, None, None, None
+
+
+class _Fp8GradLinear(torch.autograd.Function):
+    """x [M, K] -> x W^T [M, N] in the model dtype from the unquantized W; the input gradient in e4m3."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, wt: Tensor, wt_scale: Tensor) -> Tensor:
+        ctx.save_for_backward(wt, wt_scale)
+        ctx.out_dtype = x.dtype
+        return F.linear(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        wt, wt_scale = ctx.saved_tensors
+        return fp8_input_grad(grad, wt, wt_scale, ctx.out_dtype), None, None, None
 
 
 class Fp8Linear(torch.nn.Module):
-    """A frozen ``nn.Linear`` whose forward and input gradient run as e4m3 GEMMs (weights stored in e4m3)."""
+    """A frozen ``nn.Linear`` whose input gradient, and forward unless ``forward=False``, run as e4m3 GEMMs.
 
-    def __init__(self, linear: torch.nn.Linear):
+    forward=False keeps the weight in its dtype for the forward (exactly ``nn.Linear``'s) beside W^T in e4m3.
+    """
+
+    def __init__(self, linear: torch.nn.Linear, forward: bool = True):
         super().__init__()
         w = linear.weight.detach()
         if w.shape[0] % 16 or w.shape[1] % 16:
             raise ValueError(f"FP8 GEMMs need both dimensions divisible by 16, got {tuple(w.shape)}")
         self.in_features, self.out_features = linear.in_features, linear.out_features
-        q, s = quantize_rows(w)
+        self.fp8_forward = forward
+        if forward:
+            q, s = quantize_rows(w)
+            self.register_buffer("w", q)
+            self.register_buffer("w_scale", s)
+        else:
+            self.register_buffer("weight", w)  # shares the linear's storage: no copy
         qt, st = quantize_rows(w.t())
-        self.register_buffer("w", q)
-        self.register_buffer("w_scale", s)
         self.register_buffer("wt", qt.contiguous())
         self.register_buffer("wt_scale", st)
         bias = linear.bias
@@ -74,12 +108,17 @@ class Fp8Linear(torch.nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         shape = x.shape
-        y = _FrozenFp8Linear.apply(x.reshape(-1, shape[-1]), self.w, self.w_scale, self.wt, self.wt_scale)
+        x = x.reshape(-1, shape[-1])
+        if self.fp8_forward:
+            y = _FrozenFp8Linear.apply(x, self.w, self.w_scale, self.wt, self.wt_scale)
+        else:
+            y = _Fp8GradLinear.apply(x, self.weight, self.wt, self.wt_scale)
         y = y.reshape(*shape[:-1], self.out_features)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, e4m3"
+        where = "e4m3" if self.fp8_forward else "e4m3 input gradient only"
+        return f"in_features={self.in_features}, out_features={self.out_features}, {where}"
 
 
 def fp8_supported(device: torch.device) -> bool:
@@ -90,8 +129,10 @@ def fp8_supported(device: torch.device) -> bool:
 
 
 @torch.no_grad()
-def fp8_mlp(language_model: torch.nn.Module) -> int:
+def fp8_mlp(language_model: torch.nn.Module, forward: bool = True) -> int:
     """Swap the plain ``nn.Linear`` projections of the decoder layers' MLPs for ``Fp8Linear``; returns how many.
+
+    forward=False: e4m3 for the input gradient only (``Fp8Linear(..., forward=False)``).
 
     The last layer keeps bf16: the fast path runs its MLP on the answer rows alone, too few for FP8 to pay.
     LoRA-wrapped projections (peft) are not plain ``nn.Linear`` and stay as they are.
@@ -102,6 +143,6 @@ def fp8_mlp(language_model: torch.nn.Module) -> int:
         for name in ("gate_proj", "up_proj", "down_proj"):
             old = getattr(mlp, name, None)
             if type(old) is torch.nn.Linear:
-                setattr(mlp, name, Fp8Linear(old))
+                setattr(mlp, name, Fp8Linear(old, forward))
                 n += 1
     return n

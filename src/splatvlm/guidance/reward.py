@@ -97,6 +97,11 @@ class RewardConfig:
     guidance/fp8.py): approximate, for speed. Fast path on CUDA only, needs compute capability 8.9+ (Ada, Hopper).
     Off: on the H200 it took the 7B reward step from 38.0 to 32.8 ms but its pixel gradient to cosine 0.875
     against bf16 (random weights, benchmarks/RESULTS.md)."""
+    fp8_forward: bool = True
+    """With --vlm.fp8: False = the MLPs' forward in the model dtype from the unquantized weights, only their
+    input gradient in e4m3 (about half the GEMM saving; the bf16 weights are kept beside W^T in e4m3, 3 bytes a
+    weight instead of 2). On a CPU proxy of the random 7B it kept the pixel-gradient cosine at 0.99, where e4m3
+    both ways gave 0.87-0.89 (benchmarks/RESULTS.md, CPU emulation; its GPU speed is not measured yet)."""
     fast: bool = True
     """Compute only what the reward needs, with every grid- and prompt-dependent index precomputed (no host
     syncs): the last layer and the LM head only at the answer rows; False = the straightforward full HF
@@ -359,7 +364,7 @@ class VLMReward:
                         f"--vlm.fp8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper); this one is "
                         f"{major}.{minor}: run with --vlm.no-fp8"
                     )
-                fp8_mlp(self.model.model.language_model)
+                fp8_mlp(self.model.model.language_model, forward=cfg.fp8_forward)
         # 4. compile block by block: whole-model graphs break on the vision encoder's data-dependent splits.
         # The fast path runs the vision blocks through vision_block (one compiled function for all 32).
         self._vision_block = vision_block
