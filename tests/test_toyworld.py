@@ -123,6 +123,40 @@ def test_negative_shares_set_the_janus_share_and_keep_the_others_ratios():
         negative_shares(1.0)
 
 
+def test_vae_shrink_term_asks_for_linear_decoding_toward_the_batch_mean():
+    """`BuildConfig.vae_shrink`: off (as shipped) the loss is reconstruction + KL and draws nothing from its
+    generator; on, it adds weight x |D((1 - a) z + a mu) - ((1 - a) x + a xbar)|^2 with per-pixel batch means."""
+    import torch.nn.functional as F
+    from diffusers import AutoencoderKL
+
+    from splatvlm.toyworld.models import BuildConfig, vae_loss
+
+    assert BuildConfig().vae_shrink == 0.0
+    torch.manual_seed(0)
+    vae = AutoencoderKL(
+        block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+        latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=8,
+    )  # fmt: skip
+    x = torch.rand(3, 3, 8, 8) * 2 - 1
+    gen = torch.Generator().manual_seed(7)
+    torch.manual_seed(1)
+    base, rec = vae_loss(vae, x, 1e-6, 0.0, gen)
+    assert gen.get_state().equal(torch.Generator().manual_seed(7).get_state())
+    torch.manual_seed(1)
+    post = vae.encode(x).latent_dist
+    z = post.sample()
+    torch.testing.assert_close(rec, F.mse_loss(vae.decode(z).sample, x))
+    torch.testing.assert_close(base, rec + 1e-6 * post.kl().mean())
+
+    torch.manual_seed(1)
+    loss, _ = vae_loss(vae, x, 1e-6, 2.0, gen)
+    a = torch.rand(3, 1, 1, 1, generator=torch.Generator().manual_seed(7))
+    mid = vae.decode((1 - a) * z + a * z.mean(0, keepdim=True)).sample
+    want = F.mse_loss(mid, (1 - a) * x + a * x.mean(0, keepdim=True))
+    assert want > 1e-3
+    torch.testing.assert_close(loss - base, 2.0 * want)
+
+
 def test_photometric_fit_carves_the_start_ball_in_120_steps(tmp_path: Path):
     """The Gaussian side at toy scale: the real trainer, the toy run config and its start ball, with the SDS
     term swapped for an L1 against the ground truth on the same cameras, reaches the object in 120 steps

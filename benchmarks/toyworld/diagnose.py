@@ -17,7 +17,8 @@ Checks, scored against the ground truth (the first three with the toy metrics, `
   truth (same cameras and backgrounds, 16 draws), per timestep range and CFG: cos(mean SDS, mean L1) and
   the per-draw |mean| / std (an Adam step moves a parameter about lr x that ratio).
 - ``vae``: the prior's autoencoder: what its zero and mean latents decode to, and the image change when a
-  latent is shrunk 0.8x toward the mean (every denoiser's x0 estimate is shrunk where it is unsure).
+  latent is shrunk 0.8x toward the mean (every denoiser's x0 estimate is shrunk where it is unsure), and, per
+  pixel, the mean latent's decode against the mean image and the halfway latent's against the halfway blend.
 
     python benchmarks/toyworld/diagnose.py fit --objects tower table snowman --steps 120 -o DIR [--set K=V]
     python benchmarks/toyworld/diagnose.py image --objects tower table snowman --steps 120 -o DIR [--set K=V]
@@ -208,12 +209,19 @@ def vae_check(weights: Path) -> dict:
         return ((vae.decode(latent).sample + 1) / 2).clamp(0, 1)
 
     base = dec(z)
+    x01, mu = (x + 1) / 2, z.mean(0, keepdim=True)
     return {
         "recon_mse_01": round(float((base - (x + 1) / 2).pow(2).mean()), 4),  # on [0, 1]
         "zero_latent_rgb": [round(v, 2) for v in dec(torch.zeros_like(z[:1])).mean((0, 2, 3)).tolist()],
         "mean_latent_rgb": [round(v, 2) for v in dec(z.mean(0, keepdim=True)).mean((0, 2, 3)).tolist()],
         "mean_image_rgb": [round(v, 2) for v in ((x + 1) / 2).mean((0, 2, 3)).tolist()],
         "shrink0.8_mse": round(float((dec(0.8 * z + 0.2 * z.mean(0, keepdim=True)) - base).pow(2).mean()), 4),
+        # per pixel, on [0, 1]: the mean latent against the mean image, and the halfway latent against the
+        # halfway blend of each image with the mean image (0 for a decoder that is linear on that path)
+        "mean_latent_vs_mean_image_mse": round(float((dec(mu) - x01.mean(0, keepdim=True)).pow(2).mean()), 4),
+        "halfway_vs_blend_mse": round(
+            float((dec((z + mu) / 2) - (x01 + x01.mean(0, keepdim=True)) / 2).pow(2).mean()), 4
+        ),
     }
 
 

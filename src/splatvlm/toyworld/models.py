@@ -86,6 +86,11 @@ class BuildConfig:
     the zero latent decodes to saturated green and a latent shrunk 0.8x toward the mean shifts the image by
     MSE 0.0021. 1e-4 cut that shift to 0.0005 but raised the reconstruction error 2.5x and left the prior's eps
     MSE at 0.56 (vs 0.10), and its SDS runs were worse (benchmarks/RESULTS.md, toy world diagnostics)."""
+    vae_shrink: float = 0.0
+    """Weight of a term that makes decoding linear on the path to the batch's mean latent: for each image, with
+    a ~ U(0, 1), |D((1 - a) z + a mu) - ((1 - a) x + a xbar)|^2 (mu, xbar: the batch's per-pixel mean latent,
+    detached, and mean image). A denoiser's x0 estimate shrinks toward the mean latent where it is unsure; with
+    this term that decodes to the blend of the images, not to a color of its own (0: off, as shipped)."""
     prior_steps: int = 4000
     """Prior (UNet + text encoder) steps."""
     prior_max_s: float = 0.0
@@ -198,6 +203,28 @@ def unet_config() -> dict:
     return dict(tiny_unet_config("mvdream"), sample_size=RESOLUTION // 2)
 
 
+def vae_loss(vae, x: Tensor, kl: float, shrink: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
+    """The autoencoder's training loss on images x [B, 3, H, W] in [-1, 1]; returns (loss, detached recon MSE).
+
+    With ``shrink`` > 0 adds ``BuildConfig.vae_shrink``'s term: decoding (1 - a) z + a mu must give
+    (1 - a) x + a xbar, one a ~ U(0, 1) per image drawn from ``gen``. The means are per pixel (a denoiser
+    shrinks each latent position toward its own mean) and over the same batch, so that each (mu, xbar) pair
+    is one that a linear decoder maps exactly.
+    """
+    post = vae.encode(x).latent_dist
+    z = post.sample()
+    rec = vae.decode(z).sample
+    mse = F.mse_loss(rec, x)
+    loss = mse + kl * post.kl().mean()
+    if shrink > 0:
+        a = torch.rand(x.shape[0], 1, 1, 1, generator=gen).to(x.device)
+        mu = z.detach().mean(0, keepdim=True)
+        xbar = x.mean(0, keepdim=True)
+        mid = vae.decode((1 - a) * z + a * mu).sample
+        loss = loss + shrink * F.mse_loss(mid, (1 - a) * x + a * xbar)
+    return loss, mse.detach()
+
+
 def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildConfig, log) -> tuple:
     """Autoencoder, then UNet + text encoder; returns the SDComponents (on the CPU) and a log dict."""
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
@@ -227,17 +254,15 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
     t0 = time.perf_counter()
     vae = AutoencoderKL(**vae_config()).to(dev)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+    shrink_gen = torch.Generator().manual_seed(cfg.seed + 2)  # its own: the batches stay the shipped ones
     recon = []
     for step in range(cfg.vae_steps):
         x, _, _ = batch(cfg.vae_batch)
-        x = x.to(dev)
-        post = vae.encode(x).latent_dist
-        rec = vae.decode(post.sample()).sample
-        loss = F.mse_loss(rec, x) + cfg.vae_kl * post.kl().mean()
+        loss, rec = vae_loss(vae, x.to(dev), cfg.vae_kl, cfg.vae_shrink, shrink_gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        recon.append(float(F.mse_loss(rec.detach(), x)))
+        recon.append(float(rec))
         if step % 50 == 0 or step == cfg.vae_steps - 1:
             log(
                 f"vae step {step} recon mse {sum(recon[-50:]) / len(recon[-50:]):.4f} ({time.perf_counter() - t0:.0f} s)"
