@@ -2,6 +2,8 @@
 #   PART=sd21 | mvdream   the README's rows with today's recipe (sd21 was cut at step 2201 of 3000 by a 280 s limit)
 #   PART=toyprobe         ~60 s: the toy build's autoencoder and prior loops on the GPU for a few hundred steps each,
 #                         to size a full build (the last one was killed before it saved)
+#   PART=fp8              ~5 min: the reward step in bf16, e4m3 both ways, e4m3 input gradient only (--vlm.no-fp8-forward)
+#                         with the pixel-gradient cosine of each against bf16 (levers.py --only reward)
 #   PART=render           ~30 s: the training render with/without the depth channel, packed or dense (render_ab.py)
 #   PART=toy              the toy prior trained on the GPU within PRIOR_MAX_S (set it from the probe), returned as
 #                         $OUT/toy-weights.tar (the shipped reward kept)
@@ -15,6 +17,9 @@ case "$PART" in
   sd21 | mvdream | vlm3d | vlm3d-3b)
     timeout -s KILL 540 python3 benchmarks/gpu/preset_table.py "$PART" 2>&1 | tail -1 | cut -c1-900
     cp "$OUT"/preset_table/*.json "$OUT"/ 2>/dev/null; rm -rf "$OUT/preset_table" ;;
+  fp8)
+    timeout -s KILL 480 python3 benchmarks/gpu/levers.py --only reward --out "$OUT/levers-fp8.json" 2>&1 \
+      | grep -E '^\{|Error|error' | cut -c1-600 ;;
   render)
     timeout -s KILL 120 python3 benchmarks/gpu/render_ab.py --out "$OUT/render-ab.json" 2>&1 | tail -6 ;;
   toyprobe)
@@ -29,5 +34,5 @@ case "$PART" in
       --prior-steps ${PRIOR_STEPS:-12000} --prior-max-s ${PRIOR_MAX_S:-300} 2>&1 | grep -v -i warn \
       | tee "$OUT/toy-build.log" | grep -E 'rendered|time limit|wrote' | cut -c1-600
     tar -C /tmp/tw -cf "$OUT/toy-weights.tar" . ;;
-  *) echo "PART must be sd21, mvdream, vlm3d, vlm3d-3b, render, toyprobe or toy"; exit 2 ;;
+  *) echo "PART must be sd21, mvdream, vlm3d, vlm3d-3b, fp8, render, toyprobe or toy"; exit 2 ;;
 esac
