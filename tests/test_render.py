@@ -238,3 +238,26 @@ def test_gsplat_and_torch_backends_agree(packed):
     rel2d = (g2a - g2b).norm() / g2a.norm()
     print(f"means2d grad: relative difference {float(rel2d):.2e}")
     assert rel2d < 0.05
+
+
+@cuda
+@pytest.mark.cuda
+def test_gsplat_without_depth_matches_with_depth():
+    """The trainer's depth=False render on gsplat (3-channel kernels) against the 4-channel one."""
+    params = small_scene(n=3000, sh_degree=1).to("cuda")
+    cams = eval_orbit(CameraConfig(), 4, 128).to("cuda")
+    bg = torch.rand(4, 3, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
+    outs = []
+    for depth in (True, False):
+        for p in params.values():
+            p.grad = None
+        out = render(params, cams, RenderConfig(), bg, depth=depth)
+        (out.rgb.square().sum() + out.alpha.sum()).backward()
+        outs.append((out, {k: p.grad.clone() for k, p in params.items()}))
+    (a, ga), (b, gb) = outs
+    assert b.depth is None and b.rgb.shape == a.rgb.shape
+    torch.testing.assert_close(b.rgb, a.rgb, rtol=0, atol=1e-5)
+    torch.testing.assert_close(b.alpha, a.alpha, rtol=0, atol=1e-5)
+    for key in ga:  # the backward's atomic adds may sum in another order
+        rel = (ga[key] - gb[key]).norm() / ga[key].norm().clamp(min=1e-12)
+        assert rel < 1e-3, (key, float(rel))
