@@ -4,7 +4,7 @@
 #                         to size a full build (the last one was killed before it saved)
 #   PART=fp8              ~5 min: the reward step in bf16, e4m3 both ways, e4m3 input gradient only (--vlm.no-fp8-forward)
 #                         with the pixel-gradient cosine of each against bf16 (levers.py --only reward)
-#   PART=render           ~30 s: the training render with/without the depth channel, packed or dense (render_ab.py)
+#   PART=render           ~1 min: the CUDA render tests, then the training render with/without the depth channel, packed or dense (render_ab.py)
 #   PART=toy              the toy prior trained on the GPU within PRIOR_MAX_S (set it from the probe), returned as
 #                         $OUT/toy-weights.tar (the shipped reward kept)
 # Usage: PART=sd21 bash benchmarks/gpu/next_calls.sh
@@ -21,6 +21,7 @@ case "$PART" in
     timeout -s KILL 480 python3 benchmarks/gpu/levers.py --only reward --out "$OUT/levers-fp8.json" 2>&1 \
       | grep -E '^\{|Error|error' | cut -c1-600 ;;
   render)
+    timeout -s KILL 120 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_render.py 2>&1 | tail -2
     timeout -s KILL 120 python3 benchmarks/gpu/render_ab.py --out "$OUT/render-ab.json" 2>&1 | tail -6 ;;
   toyprobe)
     for threads in 1 8; do
