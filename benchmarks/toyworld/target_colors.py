@@ -1,7 +1,7 @@
 """What color the toy prior's SDS pushes the renders toward, for two weight folders.
 
 For the start ball every toy run begins from and for the ground truth (white background, 8 seeded 4-view
-camera groups, CFG 7.5, the default x0 rescale), at t in 100 / 300 / 480: the mean color of the decoded
+camera groups, CFG 7.5 unless --guidance says otherwise, the default x0 rescale), at t in 100 / 300 / 480: the mean color of the decoded
 x0-mode target, its MSE against the render, and the mean per-channel descent direction on the render's pixels
 (minus the SDS gradient, x 1e4). Written for the neutral-autoencoder experiment (benchmarks/RESULTS.md).
 
@@ -56,18 +56,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", type=Path, nargs="+", required=True)
     ap.add_argument("--objects", nargs="*", default=["snowman", "tree"])
+    ap.add_argument("--guidance", type=float, nargs="+", default=[7.5], help="CFG scales (0: the unconditional x0)")
     ap.add_argument("-o", "--output", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
     out = {}
     for w in args.weights:
-        sds = load_prior(w, guidance=7.5)
-        for obj in get_objects(args.objects):
-            sds.set_prompt(obj.caption)
-            for scene, params in (("start", start_params(0)), ("truth", object_params(obj))):
-                rec = {f"t{t}": probe(sds, params, t) for t in (100, 300, 480)}
-                out[f"{w}/{obj.name}/{scene}"] = rec
-                print(w, obj.name, scene, json.dumps(rec), flush=True)
+        for cfg_scale in args.guidance:
+            sds = load_prior(w, guidance=cfg_scale)
+            for obj in get_objects(args.objects):
+                sds.set_prompt(obj.caption)
+                for scene, params in (("start", start_params(0)), ("truth", object_params(obj))):
+                    rec = {f"t{t}": probe(sds, params, t) for t in (100, 300, 480)}
+                    key = f"{w}/{obj.name}/{scene}" + ("" if cfg_scale == 7.5 else f"/cfg{cfg_scale:g}")
+                    out[key] = rec
+                    print(key, json.dumps(rec), flush=True)
     args.output.write_text(json.dumps(out, indent=2))
 
 
