@@ -56,7 +56,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--weights", type=Path, nargs="+", required=True)
     ap.add_argument("--objects", nargs="*", default=["snowman", "tree"])
-    ap.add_argument("--guidance", type=float, nargs="+", default=[7.5], help="CFG scales (0: the unconditional x0)")
+    ap.add_argument(
+        "--guidance", type=float, nargs="+", default=[7.5], help="CFG scales (0: the unconditional x0)"
+    )
     ap.add_argument("-o", "--output", type=Path, required=True)
     args = ap.parse_args()
     torch.set_num_threads(1)
