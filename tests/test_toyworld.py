@@ -157,6 +157,23 @@ def test_vae_shrink_term_asks_for_linear_decoding_toward_the_batch_mean():
     torch.testing.assert_close(loss - base, 2.0 * want)
 
 
+def test_vae_shapeless_appends_shapeless_groups_over_backgrounds():
+    """`BuildConfig.vae_shapeless`: off (as shipped) the autoencoder's batch is the objects' and nothing is drawn;
+    on, n shapeless 4-view groups over one random background each are appended."""
+    from splatvlm.toyworld.models import BuildConfig, Renders, with_shapeless
+
+    assert BuildConfig().vae_shapeless == 0
+    x = torch.rand(8, 3, 6, 6) * 2 - 1
+    empty = Renders(torch.zeros(5, 4, 6, 6, 3), torch.zeros(5, 4, 6, 6, 1), torch.zeros(5, 4, 16))
+    gen = torch.Generator().manual_seed(3)
+    assert with_shapeless(x, empty, 0, gen) is x
+    assert gen.get_state().equal(torch.Generator().manual_seed(3).get_state())
+    out = with_shapeless(x, empty, 2, gen)
+    assert out.shape == (16, 3, 6, 6) and torch.equal(out[:8], x)
+    extra = out[8:].reshape(2, 4, 3, 36)  # nothing drawn: each group is its background, one color per group
+    assert torch.equal(extra, extra[:, :1, :, :1].expand_as(extra)) and not torch.equal(extra[0], extra[1])
+
+
 def test_photometric_fit_carves_the_start_ball_in_120_steps(tmp_path: Path):
     """The Gaussian side at toy scale: the real trainer, the toy run config and its start ball, with the SDS
     term swapped for an L1 against the ground truth on the same cameras, reaches the object in 120 steps

@@ -91,6 +91,11 @@ class BuildConfig:
     a ~ U(0, 1), |D((1 - a) z + a mu) - ((1 - a) x + a xbar)|^2 (mu, xbar: the batch's per-pixel mean latent,
     detached, and mean image). A denoiser's x0 estimate shrinks toward the mean latent where it is unsure; with
     this term that decodes to the blend of the images, not to a color of its own (0: off, as shipped)."""
+    vae_shapeless: int = 0
+    """4-view groups of the shapeless scenes (the half-opaque and the faint balls, over random backgrounds)
+    added to each autoencoder step beside its ``vae_batch`` object groups, so that the autoencoder also sees the
+    hazes a run starts from (the shipped one round-trips the faint ball's gray toward green). The UNet trains on
+    the objects alone either way. 0: off, as shipped (the object batches are the same draws either way)."""
     prior_steps: int = 4000
     """Prior (UNet + text encoder) steps."""
     prior_max_s: float = 0.0
@@ -225,8 +230,27 @@ def vae_loss(vae, x: Tensor, kl: float, shrink: float, gen: torch.Generator) -> 
     return loss, mse.detach()
 
 
-def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildConfig, log) -> tuple:
-    """Autoencoder, then UNet + text encoder; returns the SDComponents (on the CPU) and a log dict."""
+def with_shapeless(x: Tensor, shapeless: Renders | None, n: int, gen: torch.Generator) -> Tensor:
+    """Images x [B, 3, H, W] in [-1, 1] with ``n`` shapeless 4-view groups over random backgrounds appended
+    ([B + 4n, 3, H, W]); n = 0 returns x and draws nothing from ``gen``."""
+    if n == 0 or shapeless is None:
+        return x
+    idx = torch.randint(shapeless.rgb.shape[0], (n,), generator=gen)
+    extra = composite(shapeless.rgb[idx], shapeless.alpha[idx], gen)  # [n, 4, H, W, 3]
+    return torch.cat([x, extra.reshape(-1, *extra.shape[2:]).permute(0, 3, 1, 2) * 2 - 1])
+
+
+def train_prior(
+    data: dict[str, Renders],
+    captions: dict[str, str],
+    cfg: BuildConfig,
+    log,
+    shapeless: Renders | None = None,
+) -> tuple:
+    """Autoencoder, then UNet + text encoder; returns the SDComponents (on the CPU) and a log dict.
+
+    ``shapeless`` (with ``cfg.vae_shapeless``) adds shapeless groups to the autoencoder's batches only.
+    """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
     from ..demo import SD_SCHEDULER_CONFIG, tiny_clip_tokenizer, tiny_text_encoder
@@ -255,9 +279,11 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
     vae = AutoencoderKL(**vae_config()).to(dev)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
     shrink_gen = torch.Generator().manual_seed(cfg.seed + 2)  # its own: the batches stay the shipped ones
+    extra_gen = torch.Generator().manual_seed(cfg.seed + 3)  # likewise for the shapeless groups
     recon = []
     for step in range(cfg.vae_steps):
         x, _, _ = batch(cfg.vae_batch)
+        x = with_shapeless(x, shapeless, cfg.vae_shapeless, extra_gen)
         loss, rec = vae_loss(vae, x.to(dev), cfg.vae_kl, cfg.vae_shrink, shrink_gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -521,7 +547,10 @@ def build(cfg: BuildConfig, log=print) -> dict:
     stages: dict[str, dict] = {}
     if cfg.only in ("all", "prior"):
         t0 = time.perf_counter()
-        parts, prior_log = train_prior(data, captions, cfg, log)
+        both = Renders(
+            *(torch.cat([getattr(r, f) for r in shapeless.values()]) for f in ("rgb", "alpha", "cameras"))
+        )
+        parts, prior_log = train_prior(data, captions, cfg, log, shapeless=both)
         with quiet_model_io():
             save_components(parts, tmp / "prior")
         stages["prior"] = {
