@@ -20,23 +20,13 @@ import torch
 from splatvlm.guidance.reward import RewardConfig
 from splatvlm.models import load_reward
 from splatvlm.toyworld import models as M
-from splatvlm.toyworld.world import janus_variant, object_params, world
+from splatvlm.toyworld.world import world
 
 
 def renders(cfg: M.BuildConfig) -> tuple[dict, dict, dict, dict]:
-    """The world's renders in build()'s order and seeding: objects, Janus variants, shapeless balls."""
+    """The world's renders as build() makes them (its seeding): objects, Janus variants, shapeless balls."""
     torch.manual_seed(cfg.seed)
-    objs = world()
-    gen = torch.Generator().manual_seed(cfg.seed)
-    data = {o.name: M.render_groups(object_params(o, seed=cfg.seed), cfg.groups, gen) for o in objs}
-    jg = cfg.janus_groups or max(4, cfg.groups // 2)
-    janus = {o.name: M.render_groups(object_params(janus_variant(o), seed=cfg.seed), jg, gen)
-             for o in objs if o.front_back}  # fmt: skip
-    shapeless = {}
-    for kind, make in (("blob", M.blob_params), ("start", M.start_params)):
-        parts = [M.render_groups(make(cfg.seed + 100 + k), 2, gen) for k in range(8)]
-        shapeless[kind] = M.Renders(*(torch.cat([getattr(b, f) for b in parts]) for f in ("rgb", "alpha", "cameras")))  # fmt: skip
-    return data, janus, shapeless, {o.name: o.caption for o in objs}
+    return *M.world_renders(cfg), {o.name: o.caption for o in world()}
 
 
 def main() -> None:

@@ -515,6 +515,27 @@ def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, 
 # Build
 
 
+def cat_renders(parts: list[Renders]) -> Renders:
+    """Renders stacked along the group axis."""
+    return Renders(*(torch.cat([getattr(r, f) for r in parts]) for f in ("rgb", "alpha", "cameras")))
+
+
+def world_renders(cfg: BuildConfig) -> tuple[dict[str, Renders], dict[str, Renders], dict[str, Renders]]:
+    """The world's seeded renders, in this order (the seeding depends on it): each object's groups, each
+    front/back object's Janus variant, and the shapeless balls ("blob", "start")."""
+    objs: list[ToyObject] = world()
+    gen = torch.Generator().manual_seed(cfg.seed)
+    data = {o.name: render_groups(object_params(o, seed=cfg.seed), cfg.groups, gen) for o in objs}
+    n_janus = cfg.janus_groups or max(4, cfg.groups // 2)
+    janus = {o.name: render_groups(object_params(janus_variant(o), seed=cfg.seed), n_janus, gen)
+             for o in objs if o.front_back}  # fmt: skip
+    shapeless = {
+        kind: cat_renders([render_groups(make(cfg.seed + 100 + k), 2, gen) for k in range(8)])
+        for kind, make in (("blob", blob_params), ("start", start_params))
+    }
+    return data, janus, shapeless
+
+
 def build(cfg: BuildConfig, log=print) -> dict:
     """Render the world, train both models, write ``cfg.out/{prior,reward,build.json}``; returns build.json."""
     from ..demo import save_components
@@ -522,19 +543,9 @@ def build(cfg: BuildConfig, log=print) -> dict:
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    objs: list[ToyObject] = world()
-    captions = {o.name: o.caption for o in objs}
-    gen = torch.Generator().manual_seed(cfg.seed)
+    captions = {o.name: o.caption for o in world()}
     t0 = time.perf_counter()
-    data = {o.name: render_groups(object_params(o, seed=cfg.seed), cfg.groups, gen) for o in objs}
-    janus = {o.name: render_groups(object_params(janus_variant(o), seed=cfg.seed), cfg.janus_groups or max(4, cfg.groups // 2), gen)
-             for o in objs if o.front_back}  # fmt: skip
-    shapeless = {}
-    for kind, make in (("blob", blob_params), ("start", start_params)):
-        parts = [render_groups(make(cfg.seed + 100 + k), 2, gen) for k in range(8)]
-        shapeless[kind] = Renders(
-            *(torch.cat([getattr(b, f) for b in parts]) for f in ("rgb", "alpha", "cameras"))
-        )
+    data, janus, shapeless = world_renders(cfg)
     render_s = time.perf_counter() - t0
     log(
         f"rendered {sum(r.rgb.shape[0] for r in data.values())} + {sum(r.rgb.shape[0] for r in janus.values())} janus groups in {render_s:.0f} s"
@@ -547,10 +558,8 @@ def build(cfg: BuildConfig, log=print) -> dict:
     stages: dict[str, dict] = {}
     if cfg.only in ("all", "prior"):
         t0 = time.perf_counter()
-        both = Renders(
-            *(torch.cat([getattr(r, f) for r in shapeless.values()]) for f in ("rgb", "alpha", "cameras"))
-        )
-        parts, prior_log = train_prior(data, captions, cfg, log, shapeless=both)
+        extra = cat_renders(list(shapeless.values())) if cfg.vae_shapeless else None
+        parts, prior_log = train_prior(data, captions, cfg, log, shapeless=extra)
         with quiet_model_io():
             save_components(parts, tmp / "prior")
         stages["prior"] = {
