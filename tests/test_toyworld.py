@@ -110,7 +110,8 @@ def test_reward_start_negative_is_the_runs_initial_scene():
 
 def test_negative_shares_set_the_janus_share_and_keep_the_others_ratios():
     """`BuildConfig.janus_share`: the default leaves the shipped shares; another value rescales the rest."""
-    from splatvlm.toyworld.models import NEGATIVE_SHARES, BuildConfig, negative_shares
+    from splatvlm.toyworld.models import BuildConfig
+    from splatvlm.toyworld.reward_model import NEGATIVE_SHARES, negative_shares
 
     assert BuildConfig().janus_share == NEGATIVE_SHARES["janus"]
     assert BuildConfig().janus_groups == 0  # 0: half of `groups`, as shipped

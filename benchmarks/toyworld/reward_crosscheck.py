@@ -20,6 +20,7 @@ import torch
 from splatvlm.guidance.reward import RewardConfig
 from splatvlm.models import load_reward
 from splatvlm.toyworld import models as M
+from splatvlm.toyworld.reward_model import reward_records
 from splatvlm.toyworld.world import world
 
 
@@ -41,7 +42,7 @@ def main() -> None:
     out: dict[str, dict] = {}
     for jg in args.janus_groups:
         data, janus, shapeless, captions = renders(M.BuildConfig(janus_groups=jg))
-        held, names = M.reward_records(data, janus, shapeless, True), list(data)
+        held, names = reward_records(data, janus, shapeless, True), list(data)
         for label, folder in folders.items():
             cfg = RewardConfig(model=folder, size=M.REWARD_SIZE, dtype="float32", cuda_graph=False)
             reward, bg, acc = load_reward(cfg, "cpu"), torch.Generator().manual_seed(args.bg_seed), {}

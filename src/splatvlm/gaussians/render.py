@@ -49,9 +49,8 @@ class RenderOutput:
     """What one render() call returns for C views."""
 
     rgb: Tensor  # [C, H, W, 3] composited over the background
-    depth: (
-        Tensor | None
-    )  # [C, H, W, 1] expected camera-space depth (accumulated depth / alpha); None unless asked
+    # [C, H, W, 1] expected camera-space depth (accumulated depth / alpha); None unless asked for
+    depth: Tensor | None
     alpha: Tensor  # [C, H, W, 1] accumulated opacity
     info: dict  # gsplat's meta: means2d, radii, gaussian_ids, width, height, n_cameras, ...
 

@@ -7,7 +7,8 @@
   stock ``UNet2DConditionModel`` with the camera projection (MVDream's cameras as ``class_labels``) and
   our multi-view attention, trained jointly with a tiny CLIP text encoder on eps-prediction, with 10 %
   caption dropout to the empty caption (the toy presets use "" as the negative prompt, so CFG works).
-- Reward (``weights/reward``, a Qwen2.5-VL folder ``VLMReward`` loads): the demo-size Qwen2.5-VL, fully
+- Reward (``weights/reward``, a Qwen2.5-VL folder ``VLMReward`` loads; trained in ``reward_model.py``): the
+  demo-size Qwen2.5-VL, fully
   fine-tuned to answer Yes for 4 views of the captioned object and No for other objects, for the
   object's Janus variant (front feature copied onto the back), for half-opaque gray balls and for the
   faint ball every toy run starts from (the presets' initial scene). Full
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import shutil
 import time
 from dataclasses import dataclass
@@ -113,7 +113,7 @@ class BuildConfig:
     """Reward AdamW learning rate."""
     janus_share: float = 0.35
     """Share of the reward's negatives that are Janus variants; the other kinds keep their ratios in
-    ``NEGATIVE_SHARES`` and fill the rest (0.35, the shipped value, leaves them as they are)."""
+    ``reward_model.NEGATIVE_SHARES`` and fill the rest (0.35, the shipped value, leaves them as they are)."""
     threads: int = 1
     """CPU threads for torch (the toy models are too small to gain from a second thread on a shared machine)."""
     only: Literal["all", "prior", "reward"] = "all"
@@ -371,150 +371,6 @@ def train_prior(
     )
 
 
-# ---------------------------------------------------------------------------------------------
-# The reward
-
-# Shares of the reward's negatives by kind: another object, the Janus variant, a half-opaque ball, the
-# faint ball every run starts from (which the first reward answered Yes to).
-NEGATIVE_SHARES = {"other": 0.35, "janus": 0.35, "blob": 0.1, "start": 0.2}
-
-
-def negative_shares(janus: float) -> dict[str, float]:
-    """``NEGATIVE_SHARES`` with the Janus share set to ``janus`` and the others scaled to fill the rest."""
-    if not 0.0 <= janus < 1.0:
-        raise ValueError(f"janus share must be in [0, 1), got {janus}")
-    if janus == NEGATIVE_SHARES["janus"]:
-        return dict(NEGATIVE_SHARES)  # the shipped shares exactly (no float drift in the seeded draws)
-    rest = 1.0 - NEGATIVE_SHARES["janus"]
-    return {k: janus if k == "janus" else v * (1.0 - janus) / rest for k, v in NEGATIVE_SHARES.items()}
-
-
-def build_reward_folder(folder: Path, seed: int) -> None:
-    """A fresh demo-size Qwen2.5-VL (seeded) with the demo tokenizer and image processor."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
-
-    from ..demo import build_demo_tokenizer, vlm_config
-
-    tok = build_demo_tokenizer()
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration._from_config(vlm_config("demo", tok), dtype=torch.float32)
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    Qwen2VLImageProcessorPil().save_pretrained(folder)
-
-
-def reward_records(data: dict[str, Renders], janus: dict[str, Renders], shapeless: dict[str, Renders],
-                   held: bool) -> list[tuple[str, str, int, int]]:  # fmt: skip
-    """(caption object, source, source object, group) with source positive/other/janus or a ``shapeless`` key
-    ("blob": half-opaque balls, "start": the runs' initial faint ball).
-
-    The last quarter of every object's groups is held out (``held=True`` lists those).
-    """
-    recs = []
-    names = list(data)
-    for n in names:
-        g = data[n].rgb.shape[0]
-        split = (3 * g) // 4
-        for i in range(split, g) if held else range(split):
-            recs.append((n, "positive", names.index(n), i))
-            recs.append((n, "other", (names.index(n) + 1 + i % (len(names) - 1)) % len(names), i))
-            if n in janus:
-                gj = janus[n].rgb.shape[0]
-                recs.append(
-                    (
-                        n,
-                        "janus",
-                        names.index(n),
-                        (3 * gj) // 4 + i % (gj - (3 * gj) // 4) if held else i % ((3 * gj) // 4),
-                    )
-                )
-            else:
-                recs.append((n, "other", (names.index(n) + 2 + i % (len(names) - 2)) % len(names), i))
-            for kind, renders in shapeless.items():
-                gb = renders.rgb.shape[0]
-                recs.append(
-                    (n, kind, 0, (3 * gb) // 4 + i % (gb - (3 * gb) // 4) if held else i % ((3 * gb) // 4))
-                )
-    return recs
-
-
-def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, Renders],
-                       shapeless: dict[str, Renders], captions: dict[str, str], cfg: BuildConfig, log) -> dict:  # fmt: skip
-    """Fully fine-tune the tiny VLM in ``folder`` on the toy records; saves it back; returns a log dict."""
-    from ..guidance.reward import RewardConfig
-    from ..models import load_reward
-
-    t0 = time.perf_counter()
-    names = list(data)
-    reward = load_reward(
-        RewardConfig(model=str(folder), size=REWARD_SIZE, dtype="float32", cuda_graph=False), cfg.device
-    )
-    reward.model.requires_grad_(True)
-    params = [p for p in reward.model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.reward_lr, weight_decay=0.0)
-    rng = random.Random(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed + 2)
-    train, held = (
-        reward_records(data, janus, shapeless, False),
-        reward_records(data, janus, shapeless, True),
-    )
-
-    def views(rec) -> tuple[Tensor, bool]:
-        n, kind, j, i = rec
-        src = {"positive": data[n], "janus": janus.get(n), "other": data[names[j]], **shapeless}[kind]
-        return composite(src.rgb[i : i + 1], src.alpha[i : i + 1], gen)[0], kind == "positive"
-
-    def loss_of(rec) -> tuple[Tensor, bool]:
-        v, label = views(rec)
-        s = reward.score(v, captions[rec[0]], fast=True)
-        d = s["logit_yes"] - s["logit_no"]
-        return (F.softplus(-d) if label else F.softplus(d)), bool((d > 0) == label)
-
-    # Half of each batch positive; the negatives drawn by kind, the Janus variants (the hard case, the one
-    # the reward is for) most often.
-    pos = [r for r in train if r[1] == "positive"]
-    share_of = negative_shares(cfg.janus_share)
-    neg = {kind: [r for r in train if r[1] == kind] for kind in share_of}
-    kinds, shares = list(share_of), list(share_of.values())
-
-    def negative():
-        return rng.choice(neg[rng.choices(kinds, shares)[0]])
-
-    hist = []
-    reward.model.train()
-    for step in range(cfg.reward_steps):
-        opt.zero_grad(set_to_none=True)
-        batch = [rng.choice(pos), rng.choice(pos), negative(), negative()]
-        total = 0.0
-        for rec in batch:
-            loss, hit = loss_of(rec)
-            (loss / len(batch)).backward()
-            total += float(loss.detach()) / len(batch)
-            hist.append(hit)
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if step % 20 == 0 or step == cfg.reward_steps - 1:
-            log(
-                f"reward step {step} loss {total:.4f} train acc (last 80) {sum(hist[-80:]) / len(hist[-80:]):.2f}"
-            )
-    reward.model.eval()
-    acc: dict[str, list[bool]] = {}
-    with torch.no_grad():
-        for rec in held:
-            acc.setdefault(rec[1], []).append(loss_of(rec)[1])
-    accuracy = {k: round(sum(v) / len(v), 3) for k, v in acc.items()}
-    log(f"reward held-out accuracy {accuracy}")
-    reward.model.requires_grad_(False)
-    reward.model.save_pretrained(folder)
-    return {"reward_s": round(time.perf_counter() - t0, 1), "reward_heldout_accuracy": accuracy}
-
-
-# ---------------------------------------------------------------------------------------------
-# Build
-
-
 def cat_renders(parts: list[Renders]) -> Renders:
     """Renders stacked along the group axis."""
     return Renders(*(torch.cat([getattr(r, f) for r in parts]) for f in ("rgb", "alpha", "cameras")))
@@ -540,6 +396,7 @@ def build(cfg: BuildConfig, log=print) -> dict:
     """Render the world, train both models, write ``cfg.out/{prior,reward,build.json}``; returns build.json."""
     from ..demo import save_components
     from ..hub import quiet_model_io
+    from .reward_model import build_reward_folder, train_reward_model
 
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
