@@ -393,7 +393,8 @@ def cmd_toyworld(argv: list[str]) -> int:
     if not argv or argv[0] not in ("build", "eval"):
         raise SplatVLMError("usage: splatvlm toyworld {build,eval} [ARGS] (see --help of each)")
     if argv[0] == "build":
-        from .toyworld.models import BuildConfig, build
+        from .toyworld.build import build
+        from .toyworld.models import BuildConfig
 
         build(_parse(BuildConfig, argv[1:], "splatvlm toyworld build"))
     else:
