@@ -15,6 +15,8 @@ all decoder layers but the last (those ``guidance.fp8.fp8_mlp`` converts) are sw
     d_block_both    e4m3 both ways with one scale per 128-element block along the GEMM's K dimension
                     (activations and weights; K = in_features forward, out_features backward)
     e_block_forward as d in the forward only; exact input gradient
+    f_backward_vision as c, and the vision blocks' MLPs too (``--vlm.fp8-vision``; the vision tower keeps
+                    HF's std 0.02, at the proxy's width a tamer gain than the 7B's 1280-wide tower)
 
 then the model rounded to bf16 against fp32 (``bf16``), and a, b, c in that bf16 model against it
 (``*_bf16``: what the GPU run of benchmarks/gpu/levers.py compared).
@@ -64,7 +66,9 @@ VARIANTS = {
     "c_fp8_backward": (False, True, None),
     "d_block_both": (True, True, 128),
     "e_block_forward": (True, False, 128),
+    "f_backward_vision": (False, True, None),
 }
+VISION_TOO = {"f_backward_vision"}  # as c, and the vision blocks' MLPs too (``--vlm.fp8-vision``)
 
 
 def qdq(t: torch.Tensor, block: int | None) -> torch.Tensor:
@@ -95,29 +99,33 @@ class _EmulatedFp8(torch.autograd.Function):
 
 
 class EmulatedFp8Linear(torch.nn.Module):
-    """A frozen bias-free ``nn.Linear`` (kept, not copied) whose GEMMs are emulated e4m3 as chosen."""
+    """A frozen ``nn.Linear`` (kept, not copied) whose GEMMs are emulated e4m3 as chosen; the bias is exact."""
 
     def __init__(self, linear: torch.nn.Linear, fwd: bool, bwd: bool, block: int | None):
         super().__init__()
-        assert linear.bias is None
         self.linear, self.fwd, self.bwd, self.block = linear, fwd, bwd, block
 
     def forward(self, x):
         shape = x.shape
         y = _EmulatedFp8.apply(x.reshape(-1, shape[-1]), self.linear.weight, self.fwd, self.bwd, self.block)
-        return y.reshape(*shape[:-1], y.shape[-1])
+        y = y.reshape(*shape[:-1], y.shape[-1])
+        return y if self.linear.bias is None else y + self.linear.bias
 
 
 MLP_NAMES = ("gate_proj", "up_proj", "down_proj")
 
 
-def swap_mlps(lm, variant: tuple[bool, bool, int | None] | None) -> None:
-    """Wrap the MLP linears of all decoder layers but the last (as ``fp8_mlp``), or unwrap them (None)."""
-    for layer in lm.layers[:-1]:
+def swap_mlps(lm, variant: tuple[bool, bool, int | None] | None, visual=None) -> None:
+    """Wrap the MLP linears of all decoder layers but the last (as ``fp8_mlp``), and of the vision blocks when
+    ``visual`` is given (as ``fp8_vision_mlp``), or unwrap them (None)."""
+    mlps = [layer.mlp for layer in lm.layers[:-1]] + (
+        [b.mlp for b in visual.blocks] if visual is not None else []
+    )
+    for mlp in mlps:
         for name in MLP_NAMES:
-            old = getattr(layer.mlp, name)
+            old = getattr(mlp, name)
             plain = old.linear if isinstance(old, EmulatedFp8Linear) else old
-            setattr(layer.mlp, name, plain if variant is None else EmulatedFp8Linear(plain, *variant))
+            setattr(mlp, name, plain if variant is None else EmulatedFp8Linear(plain, *variant))
 
 
 def check_emulation() -> float:
@@ -173,6 +181,8 @@ def main() -> None:
     ap.add_argument(
         "--init-std", type=float, default=0.02, help="std of the random weights (HF's default 0.02)"
     )
+    ap.add_argument("--vision-init-std", type=float, default=0.02,
+                    help="std of the vision tower's random weights; 0.04 gives the 1280-wide tower's gain at width 320")  # fmt: skip
     ap.add_argument("--out", default="")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -188,6 +198,7 @@ def main() -> None:
     r = load_reward(RewardConfig(model="demo", size=252, num_views=4), "cpu")
     config = proxy_config(args.proxy, r.tokenizer)
     config.text_config.initializer_range = args.init_std  # HF's _init_weights reads it for every module
+    config.vision_config.initializer_range = args.vision_init_std
     with seeded("cpu", args.seed):
         model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=torch.float32)
     r.model = model.requires_grad_(False).eval()
@@ -216,6 +227,7 @@ def main() -> None:
         ),
         "seed": args.seed,
         "init_std": args.init_std,
+        "vision_init_std": args.vision_init_std,
         "params": n_params,
         "views": f"4 x 256 px uniform noise (seed {args.seed}), resized to 252 (4 x 81 image tokens)",
         "prompt": PROMPT,
@@ -250,9 +262,10 @@ def main() -> None:
     refs["fp32"] = run("fp32", ())
     names = [v for v in args.variants.split(",") if v]
     for name in names:
-        swap_mlps(lm, VARIANTS[name])
+        visual = model.model.visual if name in VISION_TOO else None
+        swap_mlps(lm, VARIANTS[name], visual)
         run(name, ("fp32",))
-        swap_mlps(lm, None)
+        swap_mlps(lm, None, visual)
         gc.collect()
     # 3. bf16 (weights rounded in place) against fp32, and variants in it against bf16 (the GPU run's comparison)
     if args.bf16:

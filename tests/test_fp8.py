@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from splatvlm.guidance.fp8 import E4M3_MAX, Fp8Linear, fp8_mlp, quantize_rows
+from splatvlm.guidance.fp8 import E4M3_MAX, Fp8Linear, fp8_mlp, fp8_vision_mlp, quantize_rows
 
 
 def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -93,6 +93,40 @@ def test_swapping_the_mlps_keeps_the_reward_and_its_pixel_gradient():
     # e4m3 in the input gradient only: the reward is the unquantized one, the gradient is not
     assert res[2][0] == pytest.approx(res[0][0], rel=1e-5, abs=1e-6)
     assert not torch.equal(res[2][1], res[0][1]) and cosine(res[2][1], res[0][1]) > 0.99
+
+
+def test_vision_mlps_get_an_e4m3_input_gradient_and_keep_their_forward():
+    from splatvlm.guidance.reward import RewardConfig
+    from splatvlm.models import load_reward
+
+    torch.manual_seed(0)
+    rgb = torch.rand(4, 56, 56, 3, requires_grad=True)
+    res = []
+    for swap in (False, True):
+        r = load_reward(RewardConfig(model="demo", size=56), "cpu")  # pad_gemm: the vision MLP is 64 wide
+        r.set_prompt("a red cube")
+        blocks = r.model.model.visual.blocks
+        if swap:
+            assert fp8_vision_mlp(r.model.model.visual) == 3 * len(blocks)
+            assert isinstance(blocks[0].mlp.up_proj, Fp8Linear) and not blocks[0].mlp.up_proj.fp8_forward
+            assert isinstance(blocks[0].attn.qkv, torch.nn.Linear)  # attention stays as it was
+        s = r.score(rgb)
+        (g,) = torch.autograd.grad(s["reward"], rgb)
+        res.append((float(s["reward"].detach()), g))
+    assert res[1][0] == pytest.approx(res[0][0], rel=1e-5, abs=1e-6)  # the forward is exact
+    assert not torch.equal(res[1][1], res[0][1]) and cosine(res[1][1], res[0][1]) > 0.99
+
+
+def test_vision_mlps_of_a_width_not_divisible_by_16_stay_plain():
+    from splatvlm.guidance.reward import RewardConfig
+    from splatvlm.models import load_reward
+
+    r = load_reward(RewardConfig(model="demo", size=56, pad_gemm=False), "cpu")
+    for blk in r.model.model.visual.blocks:  # an unpadded 3420 would be refused; widen one to 100
+        blk.mlp.up_proj = torch.nn.Linear(blk.mlp.up_proj.in_features, 100)
+    n = fp8_vision_mlp(r.model.model.visual)
+    assert n == 2 * len(r.model.model.visual.blocks)  # gate (32 -> 64) and down (64 -> 32), not up
+    assert all(type(b.mlp.up_proj) is torch.nn.Linear for b in r.model.model.visual.blocks)
 
 
 @pytest.mark.cuda

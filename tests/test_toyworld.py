@@ -158,6 +158,20 @@ def test_vae_shrink_term_asks_for_linear_decoding_toward_the_batch_mean():
     torch.testing.assert_close(loss - base, 2.0 * want)
 
 
+def test_prior_lr_follows_the_time_limit_when_it_runs_out_first():
+    import math
+
+    from splatvlm.toyworld.models import prior_lr_factor
+
+    for step in (0, 50, 99, 100, 2000, 3999):  # no limit: the shipped schedule, bit for bit
+        old = min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / 4000)))
+        assert prior_lr_factor(step, 4000) == old
+        assert prior_lr_factor(step, 4000, 0.0, elapsed=1e9) == old
+    assert prior_lr_factor(200, 4000, max_s=100.0, elapsed=50.0) == pytest.approx(0.55)  # half the time
+    assert prior_lr_factor(200, 4000, max_s=100.0, elapsed=150.0) == pytest.approx(0.1)  # out of time
+    assert prior_lr_factor(3000, 4000, max_s=100.0, elapsed=1.0) == prior_lr_factor(3000, 4000)  # steps first
+
+
 def test_vae_shapeless_appends_shapeless_groups_over_backgrounds():
     """`BuildConfig.vae_shapeless`: off (as shipped) the autoencoder's batch is the objects' and nothing is drawn;
     on, n shapeless 4-view groups over one random background each are appended."""
@@ -263,6 +277,29 @@ def test_eval_smoke_cli(tmp_path: Path):
     assert (tmp_path / "report.md").is_file()
     assert (tmp_path / f"{report['results'][0]['object']}.png").is_file()
     print(f"toyworld smoke eval: {seconds:.1f} s")
+
+
+def test_eval_cut_short_keeps_the_objects_it_finished(tmp_path: Path, monkeypatch):
+    import splatvlm.generate as generate
+    from splatvlm.toyworld.eval import EvalConfig, run_eval
+
+    real, calls = generate.run_one, []
+
+    def run_one(*args, **kwargs):  # the second object's run fails as a killed process would stop
+        calls.append(args[0])
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(generate, "run_one", run_one)
+    cfg = EvalConfig(
+        objects=["snowman", "mug"], methods=["mvdream"], steps=2, device="cpu", output=str(tmp_path)
+    )
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(cfg, [])
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert [(r["object"], r["method"]) for r in report["results"]] == [("snowman", "mvdream")]
+    assert report["date"] and (tmp_path / "report.md").is_file()
 
 
 def test_eval_rejects_unknown_objects(tmp_path: Path):

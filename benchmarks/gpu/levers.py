@@ -64,6 +64,7 @@ def reward_levers(records: list, iters: int) -> None:
         "reward_bf16": {},
         "reward_fp8": dict(fp8=True),
         "reward_fp8_grad_only": dict(fp8=True, fp8_forward=False),
+        "reward_fp8_grad_only_vision": dict(fp8=True, fp8_forward=False, fp8_vision=True),
     }
     for lever, kw in variants.items():
         free()

@@ -146,3 +146,20 @@ def fp8_mlp(language_model: torch.nn.Module, forward: bool = True) -> int:
                 setattr(mlp, name, Fp8Linear(old, forward))
                 n += 1
     return n
+
+
+@torch.no_grad()
+def fp8_vision_mlp(visual: torch.nn.Module) -> int:
+    """e4m3 for the input gradient of the vision blocks' MLP projections (forward unchanged); returns how many.
+
+    The vision MLP is 3420 wide, so this needs ``pad_vision_mlp`` first (3456 = 216 x 16); blocks whose width
+    is still not a multiple of 16 are left as they are.
+    """
+    n = 0
+    for blk in visual.blocks:
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            old = getattr(blk.mlp, name, None)
+            if type(old) is torch.nn.Linear and old.in_features % 16 == 0 and old.out_features % 16 == 0:
+                setattr(blk.mlp, name, Fp8Linear(old, forward=False))
+                n += 1
+    return n

@@ -36,7 +36,7 @@ from ..demo import build_random_vlm
 from ..errors import SplatVLMError
 from ..hub import DType, missing_weights_error, pick_device, pick_dtype
 from . import adapters
-from .fp8 import fp8_mlp, fp8_supported
+from .fp8 import fp8_mlp, fp8_supported, fp8_vision_mlp
 from .graphs import GraphedGrad, surrogate_loss
 from .qwen_fast import (
     StaticInputs,
@@ -102,6 +102,9 @@ class RewardConfig:
     input gradient in e4m3 (about half the GEMM saving; the bf16 weights are kept beside W^T in e4m3, 3 bytes a
     weight instead of 2). On a CPU proxy of the random 7B it kept the pixel-gradient cosine at 0.99, where e4m3
     both ways gave 0.87-0.89 (benchmarks/RESULTS.md, CPU emulation; its GPU speed is not measured yet)."""
+    fp8_vision: bool = False
+    """With --vlm.fp8: also the vision blocks' MLPs, input gradient only in e4m3 (their forward stays in the
+    model dtype; needs pad_gemm). Not measured on the GPU yet (benchmarks/RESULTS.md, speed round 6)."""
     fast: bool = True
     """Compute only what the reward needs, with every grid- and prompt-dependent index precomputed (no host
     syncs): the last layer and the LM head only at the answer rows; False = the straightforward full HF
@@ -365,6 +368,8 @@ class VLMReward:
                         f"{major}.{minor}: run with --vlm.no-fp8"
                     )
                 fp8_mlp(self.model.model.language_model, forward=cfg.fp8_forward)
+                if cfg.fp8_vision:
+                    fp8_vision_mlp(self.model.model.visual)
         # 4. compile block by block: whole-model graphs break on the vision encoder's data-dependent splits.
         # The fast path runs the vision blocks through vision_block (one compiled function for all 32).
         self._vision_block = vision_block

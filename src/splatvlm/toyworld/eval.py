@@ -280,7 +280,15 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None) -> dict[str, Any]:
     # 2. guidance per method, the prior shared (same SDS config)
     guidance = {m: Guidance(c, device) for m, c in configs.items()}
     control = RunControl(progress=False, overwrite=True)
-    results = []
+    command = "splatvlm toyworld eval " + shlex.join(argv if argv is not None else sys.argv[3:])
+    report = {
+        "suite": "toyworld",
+        "device": device_name(device),
+        "date": "",
+        "command": command,
+        "results": [],
+    }
+    results = report["results"]
     for obj in objs:
         firsts = [object_params(obj)]
         for method in cfg.methods:
@@ -305,15 +313,8 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None) -> dict[str, Any]:
                 if seed == cfg.seeds[0]:
                     firsts.append(params)
         picture(firsts, out / f"{obj.name}.png", device)
-    # 3. reports
-    command = "splatvlm toyworld eval " + shlex.join(argv if argv is not None else sys.argv[3:])
-    report = {
-        "suite": "toyworld",
-        "device": device_name(device),
-        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "command": command,
-        "results": results,
-    }
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2))
-    atomic_write_text(out / "report.md", report_markdown(report))
+        # 3. the reports so far, after every object: a run cut short keeps the objects it finished
+        report["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        atomic_write_text(out / "report.json", json.dumps(report, indent=2))
+        atomic_write_text(out / "report.md", report_markdown(report))
     return report

@@ -97,8 +97,9 @@ class BuildConfig:
     prior_steps: int = 4000
     """Prior (UNet + text encoder) steps."""
     prior_max_s: float = 0.0
-    """Stop the prior's training after this many seconds (0: no limit, the seeded default); build.json records
-    the steps done."""
+    """Stop the prior's training after this many seconds (0: no limit, the seeded default); the learning rate's
+    cosine then follows the elapsed share of the limit when that runs ahead of the steps, so a build cut by time
+    still ends at the decayed rate. build.json records the steps done."""
     prior_batch: int = 4
     """Objects (4-view groups) per prior step."""
     prior_lr: float = 1e-3
@@ -238,6 +239,20 @@ def with_shapeless(x: Tensor, shapeless: Renders | None, n: int, gen: torch.Gene
     return torch.cat([x, extra.reshape(-1, *extra.shape[2:]).permute(0, 3, 1, 2) * 2 - 1])
 
 
+def last_mean(values: list[Tensor], n: int) -> float:
+    """Mean of the last ``n`` logged loss tensors (one host read)."""
+    return float(torch.stack(values[-n:]).double().mean())
+
+
+def prior_lr_factor(step: int, steps: int, max_s: float = 0.0, elapsed: float = 0.0) -> float:
+    """The prior's learning-rate factor: 100 warm-up steps, then a cosine from 1 to 0.1 over ``steps``, or over
+    ``max_s`` seconds when that time limit (> 0) runs out first."""
+    angle = math.pi * step / steps
+    if max_s:
+        angle = min(max(angle, math.pi * elapsed / max_s), math.pi)
+    return min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(angle)))
+
+
 def train_prior(
     data: dict[str, Renders],
     captions: dict[str, str],
@@ -286,11 +301,9 @@ def train_prior(
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        recon.append(float(rec))
+        recon.append(rec.detach())  # read back only when logged: no host sync a step
         if step % 50 == 0 or step == cfg.vae_steps - 1:
-            log(
-                f"vae step {step} recon mse {sum(recon[-50:]) / len(recon[-50:]):.4f} ({time.perf_counter() - t0:.0f} s)"
-            )
+            log(f"vae step {step} recon mse {last_mean(recon, 50):.4f} ({time.perf_counter() - t0:.0f} s)")
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         x, _, _ = batch(16)
@@ -310,8 +323,7 @@ def train_prior(
     params = list(unet.parameters()) + list(text_encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.prior_lr, weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt,
-        lambda s: min(1.0, (s + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * s / cfg.prior_steps))),
+        opt, lambda s: prior_lr_factor(s, cfg.prior_steps, cfg.prior_max_s, time.perf_counter() - t0)
     )
     ema = []
     done = 0
@@ -341,11 +353,9 @@ def train_prior(
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
-        ema.append(float(loss.detach()))
+        ema.append(loss.detach())
         if step % 10 == 0 or step == cfg.prior_steps - 1:
-            log(
-                f"prior step {step} eps mse {sum(ema[-100:]) / len(ema[-100:]):.4f} ({time.perf_counter() - t0:.0f} s)"
-            )
+            log(f"prior step {step} eps mse {last_mean(ema, 100):.4f} ({time.perf_counter() - t0:.0f} s)")
     unet_s = time.perf_counter() - t0
     from diffusers.models.attention_processor import AttnProcessor2_0
 
@@ -361,10 +371,10 @@ def train_prior(
         parts,
         {
             "vae_s": round(vae_s, 1),
-            "vae_recon_mse": round(sum(recon[-50:]) / len(recon[-50:]), 4),  # on [-1, 1], last 50 steps
+            "vae_recon_mse": round(last_mean(recon, 50), 4),  # on [-1, 1], last 50 steps
             "prior_s": round(unet_s, 1),
             "prior_steps_done": done,
-            "final_eps_mse": round(sum(ema[-100:]) / len(ema[-100:]), 4),
+            "final_eps_mse": round(last_mean(ema, 100), 4),
         },
     )
 
