@@ -172,6 +172,19 @@ def test_prior_lr_follows_the_time_limit_when_it_runs_out_first():
     assert prior_lr_factor(3000, 4000, max_s=100.0, elapsed=1.0) == prior_lr_factor(3000, 4000)  # steps first
 
 
+def test_reward_noise_is_off_as_shipped_and_stays_in_range():
+    from splatvlm.toyworld.models import BuildConfig
+    from splatvlm.toyworld.reward_model import with_noise
+
+    assert BuildConfig().reward_noise == 0.0
+    v = torch.rand(4, 8, 8, 3, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(with_noise(v, 0.0, torch.Generator().manual_seed(1)), v)
+    noisy = with_noise(v, 0.3, torch.Generator().manual_seed(1))
+    assert noisy.shape == v.shape and 0.0 <= float(noisy.min()) and float(noisy.max()) <= 1.0
+    assert 0.0 < float((noisy - v).abs().mean()) < 0.3
+    assert torch.equal(noisy, with_noise(v, 0.3, torch.Generator().manual_seed(1)))  # seeded
+
+
 def test_vae_shapeless_appends_shapeless_groups_over_backgrounds():
     """`BuildConfig.vae_shapeless`: off (as shipped) the autoencoder's batch is the objects' and nothing is drawn;
     on, n shapeless 4-view groups over one random background each are appended."""

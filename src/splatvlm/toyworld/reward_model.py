@@ -45,6 +45,12 @@ def build_reward_folder(folder: Path, seed: int) -> None:
     Qwen2VLImageProcessorPil().save_pretrained(folder)
 
 
+def with_noise(views: Tensor, max_std: float, gen: torch.Generator) -> Tensor:
+    """Views [V, H, W, 3] in [0, 1] plus Gaussian noise of one std drawn from U(0, max_std), clamped to [0, 1]."""
+    std = float(torch.rand((), generator=gen)) * max_std
+    return (views + std * torch.randn(views.shape, generator=gen)).clamp(0.0, 1.0)
+
+
 def reward_records(data: dict[str, Renders], janus: dict[str, Renders], shapeless: dict[str, Renders],
                    held: bool) -> list[tuple[str, str, int, int]]:  # fmt: skip
     """(caption object, source, source object, group) with source positive/other/janus or a ``shapeless`` key
@@ -106,8 +112,12 @@ def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, 
         src = {"positive": data[n], "janus": janus.get(n), "other": data[names[j]], **shapeless}[kind]
         return composite(src.rgb[i : i + 1], src.alpha[i : i + 1], gen)[0], kind == "positive"
 
-    def loss_of(rec) -> tuple[Tensor, bool]:
+    noise_gen = torch.Generator().manual_seed(cfg.seed + 4)  # its own: the records' draws stay the shipped ones
+
+    def loss_of(rec, noisy: bool = False) -> tuple[Tensor, bool]:
         v, label = views(rec)
+        if noisy and cfg.reward_noise > 0:
+            v = with_noise(v, cfg.reward_noise, noise_gen)
         s = reward.score(v, captions[rec[0]], fast=True)
         d = s["logit_yes"] - s["logit_no"]
         return (F.softplus(-d) if label else F.softplus(d)), bool((d > 0) == label)
@@ -129,7 +139,7 @@ def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, 
         batch = [rng.choice(pos), rng.choice(pos), negative(), negative()]
         total = 0.0
         for rec in batch:
-            loss, hit = loss_of(rec)
+            loss, hit = loss_of(rec, noisy=True)
             (loss / len(batch)).backward()
             total += float(loss.detach()) / len(batch)
             hist.append(hit)
