@@ -112,7 +112,8 @@ def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, 
         src = {"positive": data[n], "janus": janus.get(n), "other": data[names[j]], **shapeless}[kind]
         return composite(src.rgb[i : i + 1], src.alpha[i : i + 1], gen)[0], kind == "positive"
 
-    noise_gen = torch.Generator().manual_seed(cfg.seed + 4)  # its own: the records' draws stay the shipped ones
+    # its own generator: the records' draws stay the shipped ones
+    noise_gen = torch.Generator().manual_seed(cfg.seed + 4)
 
     def loss_of(rec, noisy: bool = False) -> tuple[Tensor, bool]:
         v, label = views(rec)
