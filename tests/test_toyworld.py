@@ -185,6 +185,39 @@ def test_reward_noise_is_off_as_shipped_and_stays_in_range():
     assert torch.equal(noisy, with_noise(v, 0.3, torch.Generator().manual_seed(1)))  # seeded
 
 
+def test_prior_from_continues_a_prior_and_keeps_its_autoencoder(tmp_path: Path):
+    from safetensors.torch import load_file
+
+    from splatvlm.toyworld.build import build
+    from splatvlm.toyworld.models import BuildConfig
+
+    tiny = dict(
+        groups=1, janus_groups=1, vae_steps=2, vae_batch=1, prior_steps=2, prior_batch=1, only="prior"
+    )
+    first, second = tmp_path / "a", tmp_path / "b"
+    build(BuildConfig(out=first, **tiny), log=lambda _: None)
+    info = build(BuildConfig(out=second, prior_from=first, **dict(tiny, prior_steps=3)), log=lambda _: None)
+    prior = info["stages"]["prior"]
+    assert (
+        prior["prior_steps_done"] == 3 and prior["prior_steps_total"] == 5 and prior["vae_recon_mse"] is None
+    )
+    weights = lambda d, part, f: load_file(d / "prior" / part / f)  # noqa: E731
+    vae_a = weights(first, "vae", "diffusion_pytorch_model.safetensors")
+    vae_b = weights(second, "vae", "diffusion_pytorch_model.safetensors")
+    assert all(torch.equal(vae_a[k], vae_b[k]) for k in vae_a)  # the autoencoder is kept
+    unet_a = weights(first, "unet", "diffusion_pytorch_model.safetensors")
+    unet_b = weights(second, "unet", "diffusion_pytorch_model.safetensors")
+    assert any(not torch.equal(unet_a[k], unet_b[k]) for k in unet_a)  # the UNet trained on
+
+
+def test_prior_from_a_folder_without_a_prior_is_one_clear_error(tmp_path: Path):
+    from splatvlm.errors import SplatVLMError
+    from splatvlm.toyworld.models import load_prior
+
+    with pytest.raises(SplatVLMError, match="no toy prior there"):
+        load_prior(tmp_path)
+
+
 def test_vae_shapeless_appends_shapeless_groups_over_backgrounds():
     """`BuildConfig.vae_shapeless`: off (as shipped) the autoencoder's batch is the objects' and nothing is drawn;
     on, n shapeless 4-view groups over one random background each are appended."""

@@ -100,6 +100,11 @@ class BuildConfig:
     """Stop the prior's training after this many seconds (0: no limit, the seeded default); the learning rate's
     cosine then follows the elapsed share of the limit when that runs ahead of the steps, so a build cut by time
     still ends at the decayed rate. build.json records the steps done."""
+    prior_from: Path | None = None
+    """Continue the prior in this weights folder (its prior/ and build.json) instead of starting fresh: its
+    autoencoder is kept (not retrained), its UNet and text encoder train on with a fresh AdamW and schedule (a warm
+    restart), and the batches come from a generator offset by the steps it had done, so a long build can span
+    several time-limited runs. build.json records the steps in all (prior_steps_total)."""
     prior_batch: int = 4
     """Objects (4-view groups) per prior step."""
     prior_lr: float = 1e-3
@@ -248,6 +253,30 @@ def last_mean(values: list[Tensor], n: int) -> float:
     return float(torch.stack(values[-n:]).double().mean())
 
 
+def load_prior(folder: Path) -> tuple[dict, int]:
+    """The prior parts in ``folder/prior`` (autoencoder, UNet, text encoder, tokenizer) and the steps it had done
+    in all (``folder/build.json``; 0 when it has no record)."""
+    import json
+
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    from ..errors import SplatVLMError
+
+    src = Path(folder) / "prior"
+    if not (src / "model_index.json").is_file():
+        raise SplatVLMError(f"--prior-from {folder}: no toy prior there (missing prior/model_index.json)")
+    parts = {
+        "vae": AutoencoderKL.from_pretrained(src / "vae"),
+        "unet": UNet2DConditionModel.from_pretrained(src / "unet"),
+        "text_encoder": CLIPTextModel.from_pretrained(src / "text_encoder"),
+        "tokenizer": CLIPTokenizer.from_pretrained(src / "tokenizer"),
+    }
+    record = Path(folder) / "build.json"
+    prior = json.loads(record.read_text()).get("stages", {}).get("prior", {}) if record.is_file() else {}
+    return parts, int(prior.get("prior_steps_total", prior.get("prior_steps_done", 0)))
+
+
 def prior_lr_factor(step: int, steps: int, max_s: float = 0.0, elapsed: float = 0.0) -> float:
     """The prior's learning-rate factor: 100 warm-up steps, then a cosine from 1 to 0.1 over ``steps``, or over
     ``max_s`` seconds when that time limit (> 0) runs out first."""
@@ -274,8 +303,9 @@ def train_prior(
     from ..guidance.mvdream import set_multiview_attention
 
     dev = torch.device(cfg.device)
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    torch.manual_seed(cfg.seed)
+    base, before = load_prior(cfg.prior_from) if cfg.prior_from else (None, 0)
+    gen = torch.Generator().manual_seed(cfg.seed + 1 + before)  # seed + 1 for a fresh prior, as shipped
+    torch.manual_seed(cfg.seed + before)
     names = list(data)
     all_rgb = torch.cat([data[n].rgb for n in names])  # [G, 4, H, W, 3]
     all_alpha = torch.cat([data[n].alpha for n in names])
@@ -291,14 +321,14 @@ def train_prior(
             [owner[i] for i in idx],
         )
 
-    # 1. autoencoder
+    # 1. autoencoder (kept as it is when continuing a prior)
     t0 = time.perf_counter()
-    vae = AutoencoderKL(**vae_config()).to(dev)
+    vae = AutoencoderKL(**vae_config()).to(dev) if base is None else base["vae"].to(dev)
     opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
     shrink_gen = torch.Generator().manual_seed(cfg.seed + 2)  # its own: the batches stay the shipped ones
     extra_gen = torch.Generator().manual_seed(cfg.seed + 3)  # likewise for the shapeless groups
     recon = []
-    for step in range(cfg.vae_steps):
+    for step in range(cfg.vae_steps if base is None else 0):
         x, _, _ = batch(cfg.vae_batch)
         x = with_shapeless(x, shapeless, cfg.vae_shapeless, extra_gen)
         loss, rec = vae_loss(vae, x.to(dev), cfg.vae_kl, cfg.vae_shrink, shrink_gen)
@@ -309,18 +339,25 @@ def train_prior(
         if step % 50 == 0 or step == cfg.vae_steps - 1:
             log(f"vae step {step} recon mse {last_mean(recon, 50):.4f} ({time.perf_counter() - t0:.0f} s)")
     vae.eval().requires_grad_(False)
-    with torch.no_grad():
-        x, _, _ = batch(16)
-        z = vae.encode(x.to(dev)).latent_dist.mean
-        scale = float(1.0 / z.std())
-    vae.register_to_config(scaling_factor=scale)
+    if base is None:
+        with torch.no_grad():
+            x, _, _ = batch(16)
+            z = vae.encode(x.to(dev)).latent_dist.mean
+            scale = float(1.0 / z.std())
+        vae.register_to_config(scaling_factor=scale)
+    scale = float(vae.config.scaling_factor)
     vae_s = time.perf_counter() - t0
 
-    # 2. UNet + text encoder
+    # 2. UNet + text encoder (fresh, or the continued prior's, in training mode)
     t0 = time.perf_counter()
-    tokenizer = tiny_clip_tokenizer()
-    text_encoder = tiny_text_encoder(tokenizer).to(dev)
-    unet = UNet2DConditionModel(**unet_config()).to(dev)
+    if base is None:
+        tokenizer = tiny_clip_tokenizer()
+        text_encoder = tiny_text_encoder(tokenizer).to(dev)
+        unet = UNet2DConditionModel(**unet_config()).to(dev)
+    else:
+        tokenizer, text_encoder, unet = base["tokenizer"], base["text_encoder"].to(dev), base["unet"].to(dev)
+        text_encoder.train().requires_grad_(True)
+        unet.train().requires_grad_(True)
     set_multiview_attention(unet, 4)
     scheduler = DDPMScheduler(**SD_SCHEDULER_CONFIG)
     alphas = scheduler.alphas_cumprod.to(dev)
@@ -375,9 +412,14 @@ def train_prior(
         parts,
         {
             "vae_s": round(vae_s, 1),
-            "vae_recon_mse": round(last_mean(recon, 50), 4),  # on [-1, 1], last 50 steps
+            "vae_recon_mse": round(last_mean(recon, 50), 4) if recon else None,  # on [-1, 1], last 50 steps
             "prior_s": round(unet_s, 1),
             "prior_steps_done": done,
+            **(
+                {"prior_from": str(cfg.prior_from), "prior_steps_total": before + done}
+                if base is not None
+                else {}
+            ),
             "final_eps_mse": round(last_mean(ema, 100), 4),
         },
     )
