@@ -8,6 +8,8 @@
 #   PART=sd21      the README's sd21 row (preset_table.py)
 #   PART=toybuild  two toy priors at GPU scale side by side (the shipped settings; + --vae-shapeless 2), the shipped
 #                  reward kept, returned as $OUT/toy-<name>.tar; one toy eval run on the GPU meanwhile, for timing
+#   PART=toymore   continue the prior in FROM (a weights folder: /tmp/tw-shapeless on a warm machine, or one carried
+#                  in the tree) for PRIOR_MAX_S more seconds (--prior-from), returned as $OUT/toy-more.tar
 #   PART=toyeval   toyworld eval of each build in /tmp/tw-* (or of WEIGHTS), every object, both methods, seeds 0 1 2,
 #                  in PROCS processes per build; one merged report.json per build
 # Usage: PART=levers bash benchmarks/gpu/speed7.sh
@@ -63,6 +65,14 @@ PY
       grep -E '^(vae|prior) step' "$OUT/toy-build-$name.log" | tail -2
       tar -C /tmp/tw-$name -cf "$OUT/toy-$name.tar" .
     done ;;
+  toymore)
+    W=/tmp/tw-more
+    [ "$FROM" = "$W" ] || { rm -rf "$W" && cp -r "${FROM:-/tmp/tw-shapeless}" "$W"; }
+    timeout -s KILL ${TOY_LIMIT:-540} python3 -m splatvlm.cli toyworld build --only prior --device cuda --groups 48 \
+      --prior-batch 32 --prior-steps 12000 --prior-max-s ${PRIOR_MAX_S:-420} --threads 8 --prior-from "$W" --out "$W" \
+      > "$OUT/toy-more.log" 2>&1
+    grep -E 'rendered|time limit|wrote|Error' "$OUT/toy-more.log" | cut -c1-300
+    tar -C "$W" -cf "$OUT/toy-more.tar" . ;;
   toyeval)
     P=${PROCS:-4}
     OBJS=$(python3 -c "from splatvlm.toyworld.world import world; print(' '.join(o.name for o in world()))")
@@ -90,5 +100,5 @@ print(sys.argv[2], len(merged["results"]), "runs", json.dumps(summarize(merged["
 PY
       tar -C "/tmp/eval-$name" -czf "$OUT/eval-$name-pictures.tgz" --exclude runs .
     done ;;
-  *) echo "PART must be levers, bench, sd21, toybuild or toyeval"; exit 2 ;;
+  *) echo "PART must be levers, bench, sd21, toybuild, toymore or toyeval"; exit 2 ;;
 esac
