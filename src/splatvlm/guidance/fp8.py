@@ -128,6 +128,24 @@ def fp8_supported(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 9)
 
 
+def _swap_mlps(mlps, forward: bool, divisible_only: bool) -> int:
+    """Replace the plain ``nn.Linear`` gate/up/down projections of ``mlps`` by ``Fp8Linear``; returns how many.
+
+    divisible_only: skip a projection whose dimensions are not multiples of 16 (else Fp8Linear refuses it).
+    """
+    n = 0
+    for mlp in mlps:
+        for name in ("gate_proj", "up_proj", "down_proj"):
+            old = getattr(mlp, name, None)
+            if type(old) is not torch.nn.Linear:
+                continue
+            if divisible_only and (old.in_features % 16 or old.out_features % 16):
+                continue
+            setattr(mlp, name, Fp8Linear(old, forward))
+            n += 1
+    return n
+
+
 @torch.no_grad()
 def fp8_mlp(language_model: torch.nn.Module, forward: bool = True) -> int:
     """Swap the plain ``nn.Linear`` projections of the decoder layers' MLPs for ``Fp8Linear``; returns how many.
@@ -137,15 +155,7 @@ def fp8_mlp(language_model: torch.nn.Module, forward: bool = True) -> int:
     The last layer keeps bf16: the fast path runs its MLP on the answer rows alone, too few for FP8 to pay.
     LoRA-wrapped projections (peft) are not plain ``nn.Linear`` and stay as they are.
     """
-    n = 0
-    for layer in language_model.layers[:-1]:
-        mlp = layer.mlp
-        for name in ("gate_proj", "up_proj", "down_proj"):
-            old = getattr(mlp, name, None)
-            if type(old) is torch.nn.Linear:
-                setattr(mlp, name, Fp8Linear(old, forward))
-                n += 1
-    return n
+    return _swap_mlps([layer.mlp for layer in language_model.layers[:-1]], forward, divisible_only=False)
 
 
 @torch.no_grad()
@@ -155,11 +165,4 @@ def fp8_vision_mlp(visual: torch.nn.Module) -> int:
     The vision MLP is 3420 wide, so this needs ``pad_vision_mlp`` first (3456 = 216 x 16); blocks whose width
     is still not a multiple of 16 are left as they are.
     """
-    n = 0
-    for blk in visual.blocks:
-        for name in ("gate_proj", "up_proj", "down_proj"):
-            old = getattr(blk.mlp, name, None)
-            if type(old) is torch.nn.Linear and old.in_features % 16 == 0 and old.out_features % 16 == 0:
-                setattr(blk.mlp, name, Fp8Linear(old, forward=False))
-                n += 1
-    return n
+    return _swap_mlps([blk.mlp for blk in visual.blocks], forward=False, divisible_only=True)
