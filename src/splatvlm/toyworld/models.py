@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from dataclasses import dataclass
@@ -256,8 +257,6 @@ def last_mean(values: list[Tensor], n: int) -> float:
 def load_prior(folder: Path) -> tuple[dict, int]:
     """The prior parts in ``folder/prior`` (autoencoder, UNet, text encoder, tokenizer) and the steps it had done
     in all (``folder/build.json``; 0 when it has no record)."""
-    import json
-
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
@@ -321,30 +320,33 @@ def train_prior(
             [owner[i] for i in idx],
         )
 
-    # 1. autoencoder (kept as it is when continuing a prior)
+    # 1. autoencoder, trained and scaled here, or the continued prior's as it is
     t0 = time.perf_counter()
-    vae = AutoencoderKL(**vae_config()).to(dev) if base is None else base["vae"].to(dev)
-    opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
-    shrink_gen = torch.Generator().manual_seed(cfg.seed + 2)  # its own: the batches stay the shipped ones
-    extra_gen = torch.Generator().manual_seed(cfg.seed + 3)  # likewise for the shapeless groups
     recon = []
-    for step in range(cfg.vae_steps if base is None else 0):
-        x, _, _ = batch(cfg.vae_batch)
-        x = with_shapeless(x, shapeless, cfg.vae_shapeless, extra_gen)
-        loss, rec = vae_loss(vae, x.to(dev), cfg.vae_kl, cfg.vae_shrink, shrink_gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        recon.append(rec.detach())  # read back only when logged: no host sync a step
-        if step % 50 == 0 or step == cfg.vae_steps - 1:
-            log(f"vae step {step} recon mse {last_mean(recon, 50):.4f} ({time.perf_counter() - t0:.0f} s)")
-    vae.eval().requires_grad_(False)
     if base is None:
+        vae = AutoencoderKL(**vae_config()).to(dev)
+        opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
+        shrink_gen = torch.Generator().manual_seed(cfg.seed + 2)  # its own: the batches stay the shipped ones
+        extra_gen = torch.Generator().manual_seed(cfg.seed + 3)  # likewise for the shapeless groups
+        for step in range(cfg.vae_steps):
+            x, _, _ = batch(cfg.vae_batch)
+            x = with_shapeless(x, shapeless, cfg.vae_shapeless, extra_gen)
+            loss, rec = vae_loss(vae, x.to(dev), cfg.vae_kl, cfg.vae_shrink, shrink_gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            recon.append(rec.detach())  # read back only when logged: no host sync a step
+            if step % 50 == 0 or step == cfg.vae_steps - 1:
+                log(
+                    f"vae step {step} recon mse {last_mean(recon, 50):.4f} ({time.perf_counter() - t0:.0f} s)"
+                )
+        vae.eval().requires_grad_(False)
         with torch.no_grad():
             x, _, _ = batch(16)
             z = vae.encode(x.to(dev)).latent_dist.mean
-            scale = float(1.0 / z.std())
-        vae.register_to_config(scaling_factor=scale)
+            vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+    else:
+        vae = base["vae"].to(dev).eval().requires_grad_(False)
     scale = float(vae.config.scaling_factor)
     vae_s = time.perf_counter() - t0
 
