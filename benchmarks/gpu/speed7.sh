@@ -1,11 +1,11 @@
-# Speed round 6 (issue 18), the sd21 row (issue 15) and the toy world at GPU scale (issue 13): one device call per
+# Speed round 6 (issue 18), the README's preset rows (issue 15) and the toy world at GPU scale (issue 13): one device call per
 # PART, each under 10 minutes (carry .whl). Timeouts send SIGKILL (the trainer turns SIGTERM into a clean stop).
 #   PART=levers    the CUDA tests of the render and of FP8; the training render's variants (render_ab.py); the
 #                  reward in bf16 / e4m3 both ways / e4m3 input gradient only / the same with the vision MLPs
 #                  (levers.py --only reward). Copies its JSON to /tmp/r6 for PART=bench.
 #   PART=bench     the 300k quick bench beside the reference, with the levers that the rule below keeps from
 #                  /tmp/r6 (or FLAGS, when set)
-#   PART=sd21      the README's sd21 row (preset_table.py)
+#   PART=sd21 | mvdream | vlm3d | vlm3d-3b   that preset's row of the README's table (preset_table.py)
 #   PART=toybuild  two toy priors at GPU scale side by side (the shipped settings; + --vae-shapeless 2), the shipped
 #                  reward kept, returned as $OUT/toy-<name>.tar; one toy eval run on the GPU meanwhile, for timing
 #   PART=toymore   continue the prior in FROM (a weights folder: /tmp/tw-shapeless on a warm machine, or one carried
@@ -48,8 +48,8 @@ PY
     timeout -s KILL 300 python3 -m splatvlm.cli bench --preset vlm3d --weights random --reference --limit 1 --steps 4 \
       --warmup 2 --gaussians 300000 $FLAGS -o /tmp/bref 2>&1 | tail -14 | cut -c1-300
     cp /tmp/bref/report.json "$OUT/bench-reference-300k-r6.json" ;;
-  sd21)
-    timeout -s KILL 560 python3 benchmarks/gpu/preset_table.py sd21 2>&1 | tail -1 | cut -c1-900
+  sd21 | mvdream | vlm3d | vlm3d-3b)
+    timeout -s KILL 560 python3 benchmarks/gpu/preset_table.py "$PART" 2>&1 | tail -1 | cut -c1-900
     cp "$OUT"/preset_table/*.json "$OUT"/ 2>/dev/null; rm -rf "$OUT/preset_table" ;;
   toybuild)
     TOY="python3 -m splatvlm.cli toyworld build --only prior --device cuda --groups 48 --vae-steps 3000 --vae-batch 8 \
@@ -100,5 +100,5 @@ print(sys.argv[2], len(merged["results"]), "runs", json.dumps(summarize(merged["
 PY
       tar -C "/tmp/eval-$name" -czf "$OUT/eval-$name-pictures.tgz" --exclude runs .
     done ;;
-  *) echo "PART must be levers, bench, sd21, toybuild, toymore or toyeval"; exit 2 ;;
+  *) echo "PART must be levers, bench, sd21, mvdream, vlm3d, vlm3d-3b, toybuild, toymore or toyeval"; exit 2 ;;
 esac
