@@ -95,6 +95,29 @@ def test_swapping_the_mlps_keeps_the_reward_and_its_pixel_gradient():
     assert not torch.equal(res[2][1], res[0][1]) and cosine(res[2][1], res[0][1]) > 0.99
 
 
+def test_down_projection_alone_keeps_gate_and_up_fused():
+    from splatvlm.guidance.qwen_fast import GATE_UP, fused_weights
+    from splatvlm.guidance.reward import RewardConfig
+    from splatvlm.models import load_reward
+
+    torch.manual_seed(0)
+    rgb = torch.rand(4, 56, 56, 3, requires_grad=True)
+    res = []
+    for swap in (False, True):
+        r = load_reward(RewardConfig(model="demo", size=56), "cpu")
+        r.set_prompt("a red cube")
+        layers = r.model.model.language_model.layers
+        if swap:
+            assert fp8_mlp(r.model.model.language_model, False, ("down_proj",)) == len(layers) - 1
+            assert isinstance(layers[0].mlp.down_proj, Fp8Linear)
+        assert fused_weights(layers[0].mlp, GATE_UP) is not None  # gate/up stay one bf16 GEMM
+        s = r.score(rgb)
+        (g,) = torch.autograd.grad(s["reward"], rgb)
+        res.append((float(s["reward"].detach()), g))
+    assert res[1][0] == pytest.approx(res[0][0], rel=1e-5, abs=1e-6)  # the forward is unquantized
+    assert not torch.equal(res[1][1], res[0][1]) and cosine(res[1][1], res[0][1]) > 0.99
+
+
 def test_vision_mlps_get_an_e4m3_input_gradient_and_keep_their_forward():
     from splatvlm.guidance.reward import RewardConfig
     from splatvlm.models import load_reward

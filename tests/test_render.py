@@ -261,3 +261,36 @@ def test_gsplat_without_depth_matches_with_depth():
     for key in ga:  # the backward's atomic adds may sum in another order
         rel = (ga[key] - gb[key]).norm() / ga[key].norm().clamp(min=1e-12)
         assert rel < 1e-3, (key, float(rel))
+
+
+@cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("packed", [True, False])
+def test_gsplat_band0_colors_are_its_sh_path(packed):
+    """Degree 0: render() hands gsplat RGB (no torch.inverse, no host sync); the same image and gradients as
+    gsplat's own SH evaluation."""
+    import gsplat
+
+    from splatvlm.gaussians.scene import activated
+
+    params = small_scene(n=3000, sh_degree=0).to("cuda")
+    cams = eval_orbit(CameraConfig(), 4, 128).to("cuda")
+    outs = []
+    for ours in (True, False):
+        for p in params.values():
+            p.grad = None
+        if ours:
+            rgb = render(params, cams, RenderConfig(packed=packed), depth=False).rgb
+        else:
+            g = activated(params)
+            rgb, _, _ = gsplat.rasterization(
+                g["means"], g["quats"], g["scales"], g["opacities"], g["colors"], cams.viewmats, cams.Ks,
+                cams.width, cams.height, sh_degree=0, packed=packed,
+            )  # fmt: skip
+        rgb.square().sum().backward()
+        outs.append((rgb.detach(), {k: p.grad.clone() for k, p in params.items()}))
+    (a, ga), (b, gb) = outs
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    for key in ga:
+        rel = (ga[key] - gb[key]).norm() / gb[key].norm().clamp(min=1e-12)
+        assert rel < 1e-4, (key, float(rel))

@@ -252,14 +252,14 @@ def test_gradient_checkpointing_same_gradient():
     grads, calls = [], []
     for ckpt in (False, True):
         r = make_reward(gradient_checkpointing=ckpt)
-        n, mlp = [0], r.model.model.language_model.layers[0].mlp
-        inner = mlp.forward
+        n, down = [0], r.model.model.language_model.layers[0].mlp.down_proj  # called on every path
+        inner = down.forward
 
         def counted(*a, inner=inner, n=n, **k):
             n[0] += 1
             return inner(*a, **k)
 
-        mlp.forward = counted  # (forward hooks do not fire in the checkpoint's recompute)
+        down.forward = counted  # (forward hooks do not fire in the checkpoint's recompute)
         (g,) = torch.autograd.grad(r(rgb, None, 0)["loss_vlm"], rgb)
         grads.append(g)
         calls.append(n[0])

@@ -2,10 +2,11 @@
 
     . benchmarks/gpu/setup.sh && python3 benchmarks/gpu/levers.py --out $OUT/levers.json [--only reward|sds]
 
-reward: the graphed Qwen2.5-VL-7B step (4 views, 252 px, compiled blocks, padded vision MLP) with bf16 MLPs,
-        with FP8 (e4m3) MLPs (`--vlm.fp8`) and with e4m3 for their input gradient only (`--vlm.fp8
-        --vlm.no-fp8-forward`): ms per step (call + backward to the renders), first call (compile + capture),
-        peak memory, the reward values and each FP8 variant's pixel-gradient cosine against bf16.
+reward: the graphed Qwen2.5-VL-7B step (4 views, 252 px, compiled blocks, padded vision MLP) as the defaults
+        run it (bf16, q/k/v and gate/up fused) and in the variants of REWARD_VARIANTS (unfused, FP8 (e4m3) MLPs
+        both ways or for the input gradient only, of all three projections or down_proj alone): ms per step
+        (call + backward to the renders), first call (compile + capture), peak memory, the reward values and
+        each variant's pixel-gradient cosine against the defaults.
 sds:    the graphed MVDream SDS step at 4x256 and 8x64 (VAE at 256): plain, VAE encoder compiled
         (`--sds.compile-vae`), VAE encoder and UNet compiled (`--sds.compile`): ms per step, first call
         per shape (compile + capture), pixel-gradient cosine against the plain graph (same seed).
@@ -54,19 +55,24 @@ def free() -> None:
     torch.cuda.reset_peak_memory_stats()
 
 
-def reward_levers(records: list, iters: int) -> None:
+REWARD_VARIANTS = {
+    "reward_bf16": {},
+    "reward_bf16_unfused": dict(fuse_gemm=False),
+    "reward_fp8": dict(fp8=True),
+    "reward_fp8_grad_only": dict(fp8=True, fp8_forward=False),
+    "reward_fp8_grad_only_down": dict(fp8=True, fp8_forward=False, fp8_projections=("down_proj",)),
+    "reward_fp8_grad_only_vision": dict(fp8=True, fp8_forward=False, fp8_vision=True),
+}
+
+
+def reward_levers(records: list, iters: int, names: list[str]) -> None:
     from splatvlm.guidance.reward import RewardConfig
     from splatvlm.models import load_reward
 
     x0 = torch.rand(4, 256, 256, 3, device="cuda", generator=torch.Generator("cuda").manual_seed(0))
     grads = {}
-    variants = {
-        "reward_bf16": {},
-        "reward_fp8": dict(fp8=True),
-        "reward_fp8_grad_only": dict(fp8=True, fp8_forward=False),
-        "reward_fp8_grad_only_vision": dict(fp8=True, fp8_forward=False, fp8_vision=True),
-    }
-    for lever, kw in variants.items():
+    for lever in ["reward_bf16", *[n for n in names if n != "reward_bf16"]]:
+        kw = REWARD_VARIANTS[lever]
         free()
         t0 = time.perf_counter()
         r = load_reward(RewardConfig(model="random-7b", **kw), "cuda")
@@ -159,6 +165,8 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     ap.add_argument("--only", choices=["reward", "sds"], default=None)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument("--reward-variants", nargs="+", choices=list(REWARD_VARIANTS), default=list(REWARD_VARIANTS),
+                    help="reward variants to time (reward_bf16, the defaults, always runs first)")  # fmt: skip
     args = ap.parse_args()
     records: list = []
     meta = {
@@ -168,7 +176,7 @@ def main() -> None:
     }
     try:
         if args.only in (None, "reward"):
-            reward_levers(records, args.iters)
+            reward_levers(records, args.iters, args.reward_variants)
         if args.only in (None, "sds"):
             sds_levers(records, args.iters)
     finally:

@@ -15,7 +15,7 @@ from torch import Tensor
 from ..errors import SplatVLMError
 from .cameras import Cameras
 from .raster_torch import rasterize_torch
-from .scene import activated, sh_degree_of
+from .scene import activated, sh0_to_rgb, sh_degree_of
 
 Backend = Literal["gsplat", "torch"]
 
@@ -138,6 +138,12 @@ def render(
         # gsplat 1.5.3 rejects backgrounds when packed (its shape check uses the packed means2d), so the
         # background is composited here exactly as its kernel does: color + (1 - alpha) * background.
         args["backgrounds"] = None
+        if degree == 0:
+            # View-independent color, as gsplat would evaluate it (SH band 0, + 0.5, clamped at 0), given as
+            # RGB: gsplat's SH path inverts the view matrices with torch.inverse for the camera centers, whose
+            # error check reads a flag back to the host and so made the CPU wait for the GPU every step.
+            args["colors"] = sh0_to_rgb(params["sh0"][:, 0]).clamp_min(0.0)
+            args["sh_degree"] = None
         colors, alphas, info = gsplat.rasterization(**args)
         if backgrounds is not None:
             rgb = colors[..., :3] + (1.0 - alphas) * backgrounds[:, None, None, :]

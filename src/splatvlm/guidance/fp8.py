@@ -128,14 +128,17 @@ def fp8_supported(device: torch.device) -> bool:
     return torch.cuda.get_device_capability(device) >= (8, 9)
 
 
-def _swap_mlps(mlps, forward: bool, divisible_only: bool) -> int:
-    """Replace the plain ``nn.Linear`` gate/up/down projections of ``mlps`` by ``Fp8Linear``; returns how many.
+MLP_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+
+
+def _swap_mlps(mlps, forward: bool, divisible_only: bool, names=MLP_PROJECTIONS) -> int:
+    """Replace the plain ``nn.Linear`` projections ``names`` of ``mlps`` by ``Fp8Linear``; returns how many.
 
     divisible_only: skip a projection whose dimensions are not multiples of 16 (else Fp8Linear refuses it).
     """
     n = 0
     for mlp in mlps:
-        for name in ("gate_proj", "up_proj", "down_proj"):
+        for name in names:
             old = getattr(mlp, name, None)
             if type(old) is not torch.nn.Linear:
                 continue
@@ -147,15 +150,16 @@ def _swap_mlps(mlps, forward: bool, divisible_only: bool) -> int:
 
 
 @torch.no_grad()
-def fp8_mlp(language_model: torch.nn.Module, forward: bool = True) -> int:
-    """Swap the plain ``nn.Linear`` projections of the decoder layers' MLPs for ``Fp8Linear``; returns how many.
+def fp8_mlp(language_model: torch.nn.Module, forward: bool = True, names=MLP_PROJECTIONS) -> int:
+    """Swap the plain ``nn.Linear`` projections ``names`` of the decoder layers' MLPs for ``Fp8Linear``;
+    returns how many.
 
     forward=False: e4m3 for the input gradient only (``Fp8Linear(..., forward=False)``).
 
     The last layer keeps bf16: the fast path runs its MLP on the answer rows alone, too few for FP8 to pay.
     LoRA-wrapped projections (peft) are not plain ``nn.Linear`` and stay as they are.
     """
-    return _swap_mlps([layer.mlp for layer in language_model.layers[:-1]], forward, divisible_only=False)
+    return _swap_mlps([layer.mlp for layer in language_model.layers[:-1]], forward, False, names)
 
 
 @torch.no_grad()

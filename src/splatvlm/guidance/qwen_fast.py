@@ -13,7 +13,9 @@ error instead of a TypeError inside a step):
 - ``transformers.vision_utils.get_vision_window_index`` and ``get_vision_position_ids``;
 - ``modeling_qwen2_5_vl.apply_rotary_pos_emb_vision``, ``apply_rotary_pos_emb`` and ``repeat_kv``;
 - the model's ``visual.rotary_pos_emb``, ``visual.patch_embed.proj``, ``visual.blocks[i].{norm1, attn.qkv,
-  attn.proj, norm2, mlp}``, ``visual.merger``, ``language_model.{layers, norm, rotary_emb}`` and
+  attn.proj, norm2, mlp}``, ``visual.merger``, ``language_model.{layers, norm, rotary_emb}``, each decoder
+  layer's ``{input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm, mlp}`` (the fast path runs
+  the layer's forward itself, ``decoder_layer``, so that q/k/v and gate/up can each be one GEMM) and
   ``model.get_rope_index``.
 When transformers renames one of these, the reward still runs with ``--vlm.no-fast`` (the plain HF
 forward); the fast path follows the release in this module only.
@@ -68,12 +70,17 @@ def check_transformers(model) -> None:
         missing.append(str(e).split("'")[1] if "'" in str(e) else str(e))
     inner = model.model
     vis, lm = inner.visual, inner.language_model
-    blk = vis.blocks[0]
+    blk, layer = vis.blocks[0], lm.layers[0]
     for owner, names in (
         (vis, ("rotary_pos_emb", "patch_embed", "merger", "blocks", "fullatt_block_indexes")),
         (blk, ("norm1", "norm2", "attn", "mlp")),
         (blk.attn, ("qkv", "proj", "num_heads", "scaling")),
         (lm, ("layers", "norm", "rotary_emb", "embed_tokens")),
+        (layer, ("input_layernorm", "post_attention_layernorm", "self_attn", "mlp")),
+        (
+            layer.self_attn,
+            ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim", "num_key_value_groups", "scaling"),
+        ),
         (inner, ("get_rope_index", "get_input_embeddings")),
     ):
         missing += [f"{type(owner).__name__}.{n}" for n in names if not hasattr(owner, n)]
@@ -154,15 +161,116 @@ def segment_attention(
     return o if seg.scatter is None else o.index_select(0, seg.scatter)
 
 
-def vision_block(blk, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments) -> torch.Tensor:
-    """One Qwen2.5-VL vision block (the model's own modules) on window-ordered tokens x [S, Dv]."""
+def vision_block(blk, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments,
+                 gate_up: Fused | None = None) -> torch.Tensor:  # fmt: skip
+    """One Qwen2.5-VL vision block (the model's own modules) on window-ordered tokens x [S, Dv].
+
+    gate_up: the MLP's gate and up projections as one GEMM (``fused_weights``), or None for the modules."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb_vision
 
     attn = blk.attn
     qkv = attn.qkv(blk.norm1(x)).reshape(x.shape[0], 3, attn.num_heads, -1).permute(1, 0, 2, 3)
     q, k = apply_rotary_pos_emb_vision(qkv[0], qkv[1], cos, sin)
     x = x + attn.proj(segment_attention(q, k, qkv[2], seg, attn.scaling))
-    return x + blk.mlp(blk.norm2(x))
+    return x + mlp_forward(blk.mlp, blk.norm2(x), gate_up)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fused projections: q/k/v and gate/up as one GEMM each, exact (the same dot products, one launch)
+
+Fused = tuple[torch.Tensor, torch.Tensor | None, tuple[int, ...]]  # weight [sum N, K], bias, split sizes
+
+QKV, GATE_UP = ("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj")
+
+
+@torch.no_grad()
+def fuse_linears(owner: torch.nn.Module, names: Sequence[str]) -> bool:
+    """Store the weights (and biases) of ``owner``'s linears ``names`` in one tensor, each module's own
+    weight becoming a view of its rows: no extra memory, and every other caller of the modules (HF's
+    forward, state dicts, LoRA) sees them unchanged. Returns False (and changes nothing) unless all are
+    plain ``nn.Linear`` with the same input width and either all or none with a bias."""
+    mods = [getattr(owner, n, None) for n in names]
+    if not all(type(m) is torch.nn.Linear for m in mods):
+        return False
+    has_bias = {m.bias is not None for m in mods}
+    if len({m.in_features for m in mods}) != 1 or len(has_bias) != 1:
+        return False
+    weight = torch.cat([m.weight for m in mods])
+    bias = torch.cat([m.bias for m in mods]) if has_bias == {True} else None
+    start = 0
+    for m in mods:
+        n = m.out_features
+        m.weight = torch.nn.Parameter(weight[start : start + n], requires_grad=False)
+        if bias is not None:
+            m.bias = torch.nn.Parameter(bias[start : start + n], requires_grad=False)
+        start += n
+    owner._splatvlm_fused = {**getattr(owner, "_splatvlm_fused", {}), tuple(names): (weight, bias)}
+    return True
+
+
+def fused_weights(owner: torch.nn.Module, names: Sequence[str]) -> Fused | None:
+    """The fused weight of ``owner``'s linears ``names`` while the modules still use it, else None: a
+    projection that LoRA wrapped, FP8 replaced or ``.to()`` moved falls back to the modules."""
+    weight, bias = getattr(owner, "_splatvlm_fused", {}).get(tuple(names), (None, None))
+    if weight is None:
+        return None
+    mods = [getattr(owner, n, None) for n in names]
+    start = 0
+    for m in mods:
+        if type(m) is not torch.nn.Linear or m.weight.data_ptr() != weight[start].data_ptr():
+            return None
+        b = None if bias is None else bias[start].data_ptr()
+        if (None if m.bias is None else m.bias.data_ptr()) != b:
+            return None
+        start += m.out_features
+    return weight, bias, tuple(m.out_features for m in mods)
+
+
+def fuse_projections(model) -> int:
+    """Fuse every decoder layer's q/k/v and gate/up and every vision block's gate/up (``fuse_linears``);
+    returns how many groups were fused."""
+    inner = model.model
+    n = 0
+    for layer in inner.language_model.layers:
+        n += fuse_linears(layer.self_attn, QKV) + fuse_linears(layer.mlp, GATE_UP)
+    for blk in inner.visual.blocks:
+        n += fuse_linears(blk.mlp, GATE_UP)
+    return n
+
+
+def split_linear(x: torch.Tensor, fused: Fused) -> list[torch.Tensor]:
+    """x W^T + b for the fused weight, split back into the modules' outputs."""
+    weight, bias, sizes = fused
+    return list(F.linear(x, weight, bias).split(sizes, dim=-1))
+
+
+def mlp_forward(mlp, x: torch.Tensor, gate_up: Fused | None) -> torch.Tensor:
+    """A gated MLP, down(act(gate(x)) * up(x)), with gate and up as one GEMM when ``gate_up`` is given."""
+    if gate_up is None:
+        return mlp(x)
+    gate, up = split_linear(x, gate_up)
+    return mlp.down_proj(mlp.act_fn(gate) * up)
+
+
+def decoder_layer(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                  qkv: Fused | None, gate_up: Fused | None) -> torch.Tensor:  # fmt: skip
+    """One Qwen2.5-VL decoder layer (its own modules; HF's forward without the cache) on h [1, L, D], with
+    q/k/v and gate/up as one GEMM each where given; mask None = causal."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb, repeat_kv
+
+    attn = layer.self_attn
+    b, length, _ = h.shape
+    x = layer.input_layernorm(h)
+    q, k, v = split_linear(x, qkv) if qkv is not None else (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x))
+    q, k, v = (t.view(b, length, -1, attn.head_dim).transpose(1, 2) for t in (q, k, v))
+    q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    if mask is None:  # as HF's SDPA path: grouped keys, causal
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=True)
+    else:
+        k, v = repeat_kv(k, attn.num_key_value_groups), repeat_kv(v, attn.num_key_value_groups)
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling)
+    h = h + attn.o_proj(o.transpose(1, 2).reshape(b, length, -1))
+    return h + mlp_forward(layer.mlp, layer.post_attention_layernorm(h), gate_up)
 
 
 def decoder_tail(
@@ -179,15 +287,22 @@ def decoder_tail(
     b, length, _ = h.shape
     n = rows.stop - rows.start
     x = layer.input_layernorm(h)
-    q = attn.q_proj(x[:, rows]).view(b, n, -1, attn.head_dim).transpose(1, 2)  # [1, H, n, Dh]
-    k = attn.k_proj(x).view(b, length, -1, attn.head_dim).transpose(1, 2)  # [1, Hkv, L, Dh]
-    v = attn.v_proj(x).view(b, length, -1, attn.head_dim).transpose(1, 2)
+    qkv = fused_weights(attn, QKV)
+    if qkv is None:
+        q, k, v = attn.q_proj(x[:, rows]), attn.k_proj(x), attn.v_proj(x)
+    else:  # keys and values from their rows of the fused weight, one GEMM
+        weight, bias, (nq, *kv) = qkv
+        q = F.linear(x[:, rows], weight[:nq], None if bias is None else bias[:nq])
+        k, v = split_linear(x, (weight[nq:], None if bias is None else bias[nq:], tuple(kv)))
+    q = q.view(b, n, -1, attn.head_dim).transpose(1, 2)  # [1, H, n, Dh]
+    k = k.view(b, length, -1, attn.head_dim).transpose(1, 2)  # [1, Hkv, L, Dh]
+    v = v.view(b, length, -1, attn.head_dim).transpose(1, 2)
     q = apply_rotary_pos_emb(q, q, cos[:, rows], sin[:, rows])[0]
     k = apply_rotary_pos_emb(k, k, cos, sin)[0]
     k, v = repeat_kv(k, attn.num_key_value_groups), repeat_kv(v, attn.num_key_value_groups)
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling)
     h = h[:, rows] + attn.o_proj(o.transpose(1, 2).reshape(b, n, -1))
-    return h + layer.mlp(layer.post_attention_layernorm(h))
+    return h + mlp_forward(layer.mlp, layer.post_attention_layernorm(h), fused_weights(layer.mlp, GATE_UP))
 
 
 @dataclass
@@ -292,6 +407,7 @@ def fast_logits(
     n_target: int,
     block_fn: Callable = vision_block,
     checkpointing: bool = False,
+    layer_fn: Callable = decoder_layer,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Patches -> (Yes/No logits [2], full-vocabulary logits [T, V] at the target rows, or None).
 
@@ -308,20 +424,24 @@ def fast_logits(
     full = set(vis.fullatt_block_indexes)
     for i, blk in enumerate(vis.blocks):
         seg = st.images if i in full else st.windows
+        args = (blk, x, st.vision_cos, st.vision_sin, seg, fused_weights(blk.mlp, GATE_UP))
         if checkpointing and torch.is_grad_enabled():
-            x = checkpoint(block_fn, blk, x, st.vision_cos, st.vision_sin, seg, use_reentrant=False)
+            x = checkpoint(block_fn, *args, use_reentrant=False)
         else:
-            x = block_fn(blk, x, st.vision_cos, st.vision_sin, seg)
+            x = block_fn(*args)
     feats = vis.merger(x)  # [N_img, D] merged tokens, window order
     # 3. text embeddings with the image features in place
     h = inner.get_input_embeddings()(input_ids)  # [1, L, D]
     h = h.index_copy(1, st.feature_pos, feats[None].to(h.dtype))
     # 4. decoder layers; the last one only at the rows we read
     pe = (st.text_cos, st.text_sin)
-    no_cache = {cache_kwarg(): None}
     for layer, kind in zip(lm.layers[:-1], lm.config.layer_types, strict=False):
-        h = layer(h, attention_mask=st.masks[kind], position_embeddings=pe, position_ids=None, use_cache=False,
-                  **no_cache)  # fmt: skip
+        fused = fused_weights(layer.self_attn, QKV), fused_weights(layer.mlp, GATE_UP)
+        args = (layer, h, *pe, st.masks[kind], *fused)
+        if checkpointing and torch.is_grad_enabled():
+            h = checkpoint(layer_fn, *args, use_reentrant=False)
+        else:
+            h = layer_fn(*args)
     h = lm.norm(decoder_tail(lm.layers[-1], h, *pe, st.rows, st.rows_mask))[0]  # [len(rows), D]
     # 5. LM head: the Yes/No rows at the answer position, the full vocabulary at target rows
     head = model.get_output_embeddings().weight  # [V, D]

@@ -41,7 +41,9 @@ from .graphs import GraphedGrad, surrogate_loss
 from .qwen_fast import (
     StaticInputs,
     check_transformers,
+    decoder_layer,
     fast_logits,
+    fuse_projections,
     pad_vision_mlp,
     static_inputs,
     vision_block,
@@ -92,6 +94,10 @@ class RewardConfig:
     at the first step, paid once per process: later prompts reuse the compiled code)."""
     pad_gemm: bool = True
     """Zero-pad the vision MLP's width (3420) to a multiple of 64 for fast GEMM tiles; exact (fast path only)."""
+    fuse_gemm: bool = True
+    """Run each decoder layer's q/k/v projections and each gated MLP's gate/up projections as one GEMM (one
+    weight tensor, the modules' weights views of it: no extra memory); exact (fast path only; a projection
+    LoRA wraps or FP8 replaces keeps its own GEMM)."""
     fp8: bool = False
     """Run the language model's MLP matmuls, forward and pixel gradient, in FP8 (e4m3, a scale per row; see
     guidance/fp8.py): approximate, for speed. Fast path on CUDA only, needs compute capability 8.9+ (Ada, Hopper).
@@ -103,6 +109,13 @@ class RewardConfig:
     weight instead of 2). On the H200 (random 7B): reward step 36.0 -> 33.45 ms, +5.2 GB, pixel-gradient cosine
     0.992 against bf16 (e4m3 both ways: 0.874), but 0.987 against the eager reference in the full step, under the
     0.99 the defaults keep (benchmarks/RESULTS.md, speed round 6)."""
+    fp8_projections: tuple[Literal["gate_proj", "up_proj", "down_proj"], ...] = (
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+    )
+    """With --vlm.fp8: which of the language model's MLP projections run in e4m3 (e.g. down_proj alone: a third
+    of the GEMMs, and of the gradient's rounding)."""
     fp8_vision: bool = False
     """With --vlm.fp8: also the vision blocks' MLPs, input gradient only in e4m3 (their forward stays in the
     model dtype; needs pad_gemm). On the H200 it gave no time (33.48 vs 33.45 ms) and cost cosine (0.988 vs 0.992
@@ -369,16 +382,19 @@ class VLMReward:
                         f"--vlm.fp8 needs a GPU of compute capability 8.9 or newer (Ada, Hopper); this one is "
                         f"{major}.{minor}: run with --vlm.no-fp8"
                     )
-                fp8_mlp(self.model.model.language_model, forward=cfg.fp8_forward)
+                fp8_mlp(self.model.model.language_model, cfg.fp8_forward, cfg.fp8_projections)
                 if cfg.fp8_vision:
                     fp8_vision_mlp(self.model.model.visual)
+            if cfg.fuse_gemm:
+                fuse_projections(self.model)  # after FP8's swaps: those projections stay unfused
         # 4. compile block by block: whole-model graphs break on the vision encoder's data-dependent splits.
         # The fast path runs the vision blocks through vision_block (one compiled function for all 32).
-        self._vision_block = vision_block
+        self._vision_block, self._decoder_layer = vision_block, decoder_layer
         if cfg.compile and self.device.type == "cuda":
             for block in [*self.model.model.language_model.layers, *self.model.model.visual.blocks]:
                 block.compile()
             self._vision_block = torch.compile(vision_block)
+            self._decoder_layer = torch.compile(decoder_layer)
         self.prompt: str | None = None
         self._queries: dict[tuple, Query] = {}
         self._graph_key: tuple | None = None
@@ -456,6 +472,7 @@ class VLMReward:
         return fast_logits(
             self.model, st, q.input_ids, pixel_values.to(self.dtype), len(q.target_ids),
             block_fn=self._vision_block, checkpointing=self.cfg.gradient_checkpointing,
+            layer_fn=self._decoder_layer,
         )  # fmt: skip
 
     def _logits_reference(
