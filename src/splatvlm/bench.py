@@ -91,8 +91,8 @@ def random_weights(cfg: RunConfig) -> RunConfig:
 def reference_config(cfg: RunConfig) -> RunConfig:
     """The straightforward path: processor-style preprocessing, full LM head, no compile, no padding, no
     CUDA graphs or streams, reward every step."""
-    vlm = replace(cfg.vlm, every=1, fast=False, compile=False, cuda_graph=False, pad_gemm=False, fp8=False,
-                  fuse_gemm=False)
+    off = dict(fast=False, compile=False, cuda_graph=False, pad_gemm=False, fp8=False, fuse_gemm=False)
+    vlm = replace(cfg.vlm, every=1, **off)
     sds = replace(
         cfg.sds, compile=False, compile_vae=False, channels_last=False, cuda_graph=False, vae_attention="sdpa"
     )
