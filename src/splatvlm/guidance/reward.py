@@ -88,7 +88,7 @@ class RewardConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, slower."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    """Attention kernel of the VLM."""
+    """Attention kernel of the VLM's HF forward (--vlm.no-fast); the fast path runs its layers on SDPA."""
     compile: bool = True
     """torch.compile each decoder layer and vision block (CUDA only, ignored on CPU; about 16 s of compiling
     at the first step, paid once per process: later prompts reuse the compiled code)."""
