@@ -347,3 +347,14 @@ def test_readback_returns_numbers_in_order_and_keeps_the_rest():
     out = finish_readback(start_readback(values))
     assert out == {"loss_a": 1.5, "w_a": 2.0, "ok": 1.0, "p": 0.25, "s": 3}
     assert all(not isinstance(v, torch.Tensor) for v in out.values())
+
+
+def test_launch_order_puts_the_long_pole_first_only_on_streams():
+    from splatvlm.trainer import launch_order
+
+    def fn(rgb, cams, step):
+        return {}
+
+    terms = {"sds": Term(fn, weights=("sds",)), "vlm": Term(fn, weights=("vlm",), launch_first=True)}
+    assert launch_order(terms, {}) == ["sds", "vlm"]  # one stream (CPU): as registered
+    assert launch_order(terms, {"sds": object(), "vlm": object()}) == ["vlm", "sds"]

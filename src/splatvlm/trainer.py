@@ -46,6 +46,9 @@ class Term:
     weights: tuple[str, ...]  # names of the weights of the `loss_*` entries it returns
     every: int = 1
     num_views: int | None = None  # only the first `num_views` rendered views go to this term
+    launch_first: bool = (
+        False  # on several CUDA streams, queue this term before the others (the step's long pole)
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -163,6 +166,14 @@ def on_stream(stream: torch.cuda.Stream | None) -> Iterator[None]:
     stream.wait_stream(torch.cuda.current_stream(stream.device))
     with torch.cuda.stream(stream):
         yield
+
+
+def launch_order(terms: dict[str, Term], streams: dict[str, torch.cuda.Stream]) -> list[str]:
+    """The order the step queues its terms in: on several streams the ``launch_first`` ones first (queueing
+    a captured graph costs the CPU milliseconds, and the longest term should not wait for it), else as given."""
+    if not streams:
+        return list(terms)
+    return [n for n in terms if terms[n].launch_first] + [n for n in terms if not terms[n].launch_first]
 
 
 def join_streams(streams: dict[str, torch.cuda.Stream], device: torch.device) -> None:
@@ -352,7 +363,8 @@ def train(
 
                 # 4. Loss terms that are due and weighted this step (each on its own stream on CUDA).
                 outputs: dict[str, dict[str, Any]] = {}
-                for name, term in terms.items():
+                for name in launch_order(terms, streams):
+                    term = terms[name]
                     if step % term.every:
                         continue
                     if all(weight_at(weights[w], step) == 0.0 for w in term.weights):
@@ -363,7 +375,8 @@ def train(
                         outputs[name] = term.fn(rgb, views, step)
                 join_streams(streams, device)
 
-                # 5. Combine with the scheduled weights.
+                # 5. Combine with the scheduled weights (in the terms' own order, whatever the launch order).
+                outputs = {name: outputs[name] for name in terms if name in outputs}
                 loss, logs = weighted_sum(outputs, weights, every, step)
 
                 # 6. Backward. A non-finite loss or gradient skips the update; the flag stays on the device.
