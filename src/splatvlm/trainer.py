@@ -46,9 +46,7 @@ class Term:
     weights: tuple[str, ...]  # names of the weights of the `loss_*` entries it returns
     every: int = 1
     num_views: int | None = None  # only the first `num_views` rendered views go to this term
-    launch_first: bool = (
-        False  # on several CUDA streams, queue this term before the others (the step's long pole)
-    )
+    launch_first: bool = False  # on several CUDA streams, queue it before the others (the step's long pole)
 
 
 # ---------------------------------------------------------------------------------------------
