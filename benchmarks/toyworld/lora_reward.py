@@ -41,7 +41,13 @@ from splatvlm.guidance.reward import RewardConfig
 from splatvlm.hub import quiet_model_io
 from splatvlm.models import load_reward
 from splatvlm.toyworld import models as M
-from splatvlm.toyworld.reward_model import NEGATIVE_SHARES, build_reward_folder, reward_records
+from splatvlm.toyworld.reward_model import (
+    NEGATIVE_SHARES,
+    batch_draw,
+    build_reward_folder,
+    record_source,
+    reward_records,
+)
 from splatvlm.toyworld.world import world
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,12 +62,6 @@ def renders(seed: int) -> tuple[dict, dict, dict, dict]:
     return *M.world_renders(M.BuildConfig(seed=seed)), {o.name: o.caption for o in world()}
 
 
-def source(rec, data: dict, janus: dict, shapeless: dict) -> M.Renders:
-    """The renders a record's views come from (``train_reward_model``'s ``views``)."""
-    n, kind, j, _ = rec
-    return {"positive": data[n], "janus": janus.get(n), "other": data[list(data)[j]], **shapeless}[kind]
-
-
 def write_training_data(folder: Path, seed: int, steps: int, data, janus, shapeless, captions) -> Path:
     """The full fine-tune's first ``steps`` batches as PNG 4-view sets + ``train.jsonl``; returns the JSONL."""
     jsonl = folder / "train.jsonl"
@@ -70,19 +70,12 @@ def write_training_data(folder: Path, seed: int, steps: int, data, janus, shapel
     if jsonl.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == spec:
         return jsonl
     (folder / "img").mkdir(parents=True, exist_ok=True)
-    train = reward_records(data, janus, shapeless, False)
-    pos = [r for r in train if r[1] == "positive"]
-    neg = {kind: [r for r in train if r[1] == kind] for kind in NEGATIVE_SHARES}
-    kinds, shares = list(NEGATIVE_SHARES), list(NEGATIVE_SHARES.values())
     rng, gen = random.Random(seed), torch.Generator().manual_seed(seed + 2)  # the build's two draws
-
-    def negative():
-        return rng.choice(neg[rng.choices(kinds, shares)[0]])
-
+    draw = batch_draw(reward_records(data, janus, shapeless, False), NEGATIVE_SHARES, rng)
     lines = []
     for step in range(steps):
-        for b, rec in enumerate([rng.choice(pos), rng.choice(pos), negative(), negative()]):
-            src, i = source(rec, data, janus, shapeless), rec[3]
+        for b, rec in enumerate(draw()):
+            src, i = record_source(rec, data, janus, shapeless), rec[3]
             views = M.composite(src.rgb[i : i + 1], src.alpha[i : i + 1], gen)[0].clamp(0, 1)
             names = []
             for v in range(views.shape[0]):
@@ -109,7 +102,7 @@ def heldout_accuracy(cfg: RewardConfig, seed: int, bg_after: int, data, janus, s
     reward.model.eval()
     hits: dict[str, list[bool]] = {}
     for rec in reward_records(data, janus, shapeless, True):
-        src, i = source(rec, data, janus, shapeless), rec[3]
+        src, i = record_source(rec, data, janus, shapeless), rec[3]
         s = reward.score(
             M.composite(src.rgb[i : i + 1], src.alpha[i : i + 1], gen)[0], captions[rec[0]], fast=True
         )

@@ -86,6 +86,27 @@ def reward_records(data: dict[str, Renders], janus: dict[str, Renders], shapeles
     return recs
 
 
+def record_source(
+    rec, data: dict[str, Renders], janus: dict[str, Renders], shapeless: dict[str, Renders]
+) -> Renders:
+    """The renders a ``reward_records`` record's views come from (their group is ``rec[3]``)."""
+    n, kind, j, _ = rec
+    return {"positive": data[n], "janus": janus.get(n), "other": data[list(data)[j]], **shapeless}[kind]
+
+
+def batch_draw(train: list, shares: dict[str, float], rng: random.Random):
+    """A function drawing one training batch: two positives, then two negatives drawn by kind with ``shares``
+    (the Janus variants, the hard case the reward is for, most often)."""
+    pos = [r for r in train if r[1] == "positive"]
+    neg = {kind: [r for r in train if r[1] == kind] for kind in shares}
+    kinds, weights = list(shares), list(shares.values())
+
+    def negative():
+        return rng.choice(neg[rng.choices(kinds, weights)[0]])
+
+    return lambda: [rng.choice(pos), rng.choice(pos), negative(), negative()]
+
+
 def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, Renders],
                        shapeless: dict[str, Renders], captions: dict[str, str], cfg: BuildConfig, log) -> dict:  # fmt: skip
     """Fully fine-tune the tiny VLM in ``folder`` on the toy records; saves it back; returns a log dict."""
@@ -93,7 +114,6 @@ def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, 
     from ..models import load_reward
 
     t0 = time.perf_counter()
-    names = list(data)
     reward = load_reward(
         RewardConfig(model=str(folder), size=REWARD_SIZE, dtype="float32", cuda_graph=False), cfg.device
     )
@@ -108,9 +128,8 @@ def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, 
     )
 
     def views(rec) -> tuple[Tensor, bool]:
-        n, kind, j, i = rec
-        src = {"positive": data[n], "janus": janus.get(n), "other": data[names[j]], **shapeless}[kind]
-        return composite(src.rgb[i : i + 1], src.alpha[i : i + 1], gen)[0], kind == "positive"
+        src, i = record_source(rec, data, janus, shapeless), rec[3]
+        return composite(src.rgb[i : i + 1], src.alpha[i : i + 1], gen)[0], rec[1] == "positive"
 
     # its own generator: the records' draws stay the shipped ones
     noise_gen = torch.Generator().manual_seed(cfg.seed + 4)
@@ -123,21 +142,12 @@ def train_reward_model(folder: Path, data: dict[str, Renders], janus: dict[str, 
         d = s["logit_yes"] - s["logit_no"]
         return (F.softplus(-d) if label else F.softplus(d)), bool((d > 0) == label)
 
-    # Half of each batch positive; the negatives drawn by kind, the Janus variants (the hard case, the one
-    # the reward is for) most often.
-    pos = [r for r in train if r[1] == "positive"]
-    share_of = negative_shares(cfg.janus_share)
-    neg = {kind: [r for r in train if r[1] == kind] for kind in share_of}
-    kinds, shares = list(share_of), list(share_of.values())
-
-    def negative():
-        return rng.choice(neg[rng.choices(kinds, shares)[0]])
-
+    draw = batch_draw(train, negative_shares(cfg.janus_share), rng)
     hist = []
     reward.model.train()
     for step in range(cfg.reward_steps):
         opt.zero_grad(set_to_none=True)
-        batch = [rng.choice(pos), rng.choice(pos), negative(), negative()]
+        batch = draw()
         total = 0.0
         for rec in batch:
             loss, hit = loss_of(rec, noisy=True)
