@@ -41,7 +41,8 @@ import tyro
 
 from .errors import SplatVLMError
 from .guidance.adapters import DEFAULT_TARGETS
-from .guidance.reward import RewardConfig, VLMReward, resize_views
+from .guidance.reward import RewardConfig, VLMReward
+from .guidance.vlm_views import resize_views
 from .models import check_reward_source
 
 # ---------------------------------------------------------------------------------------------------
