@@ -36,7 +36,7 @@ from ..demo import build_random_vlm
 from ..errors import SplatVLMError
 from ..hub import DType, missing_weights_error, pick_device, pick_dtype
 from . import adapters
-from .fp8 import fp8_mlp, fp8_supported, fp8_vision_mlp
+from .fp8 import MLP_PROJECTIONS, fp8_mlp, fp8_supported, fp8_vision_mlp
 from .graphs import GraphedGrad, surrogate_loss
 from .qwen_fast import (
     StaticInputs,
@@ -106,11 +106,7 @@ class RewardConfig:
     weight instead of 2). On the H200 (random 7B): reward step 36.0 -> 33.45 ms, +5.2 GB, pixel-gradient cosine
     0.992 against bf16 (e4m3 both ways: 0.874), but 0.987 against the eager reference in the full step, under the
     0.99 the defaults keep (benchmarks/RESULTS.md, speed round 6)."""
-    fp8_projections: tuple[Literal["gate_proj", "up_proj", "down_proj"], ...] = (
-        "gate_proj",
-        "up_proj",
-        "down_proj",
-    )
+    fp8_projections: tuple[Literal["gate_proj", "up_proj", "down_proj"], ...] = MLP_PROJECTIONS
     """With --vlm.fp8: which of the language model's MLP projections run in e4m3 (e.g. down_proj alone: a third
     of the GEMMs, and of the gradient's rounding)."""
     fp8_vision: bool = False
