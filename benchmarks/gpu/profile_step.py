@@ -2,7 +2,7 @@
 
     . benchmarks/gpu/setup.sh && python3 benchmarks/gpu/profile_step.py --out $OUT/profile.json
 
-For each variant (two streams, one stream) and each phase asked for, on the `vlm3d` preset with random
+For each variant (two streams, two streams queued in the terms' own order, one stream) and each phase asked for, on the `vlm3d` preset with random
 full-size weights: warm-up steps, then timed steps (wall per step, no profiler, no per-component syncs),
 then a few steps under torch.profiler. From the profiler's trace: per step the GPU's busy time (the union of
 all kernels on all streams), its idle time, the time per stream, and the kernels grouped by kind
@@ -124,9 +124,10 @@ def main() -> None:
         )
     guidance, loaded_with = None, None
     for variant in args.variants:
-        # "streams" / "one-stream", optionally ":key=value,key=value" recipe overrides (new models when they differ)
+        # "streams" / "streams-registered" (the terms queued in their own order, no launch_first) / "one-stream",
+        # optionally ":key=value,key=value" recipe overrides (new models when they differ)
         name, _, extra = variant.partition(":")
-        cfg = replace(base, parallel_terms=name == "streams", checkpoint_every=0)
+        cfg = replace(base, parallel_terms=name.startswith("streams"), checkpoint_every=0)
         if extra:
             pairs = (kv.split("=", 1) for kv in extra.split(","))
             cfg = apply_overrides(cfg, nest_dotted({k: yaml.safe_load(v) for k, v in pairs}))
@@ -138,6 +139,8 @@ def main() -> None:
         else:
             guidance.cfg = cfg
         terms = guidance.terms(prompt)
+        if name == "streams-registered":
+            terms = {k: replace(t, launch_first=False) for k, t in terms.items()}
         for phase in recipe_phases(cfg):
             if phase.label not in args.phases:
                 continue
