@@ -369,7 +369,9 @@ def test_zero_if_not_clears_the_2d_gradients_of_a_skipped_step():
 
 
 class NoReadback(TorchDispatchMode):
-    """Fails on an op whose result size or value the host must read: nonzero, a boolean index, .item()."""
+    """Fails on an op that makes the host wait for the GPU: one whose result size or value the host must read
+    (nonzero, a boolean index, .item()), or a tensor made from host values (torch.tensor, new_tensor: on CUDA a
+    pageable host-to-device copy, before which the stream is synchronized)."""
 
     def __enter__(self):
         self.ops = []
@@ -379,8 +381,8 @@ class NoReadback(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         name = func.overloadpacket.__name__
         bool_index = name == "index" and any(getattr(i, "dtype", None) == torch.bool for i in args[1])
-        if name in ("nonzero", "masked_select", "_local_scalar_dense") or bool_index:
-            raise AssertionError(f"{name} reads back to the host")
+        if name in ("nonzero", "masked_select", "_local_scalar_dense", "lift_fresh") or bool_index:
+            raise AssertionError(f"{name} reads back to the host or waits for it")
         self.ops.append(name)
         return func(*args, **(kwargs or {}))
 

@@ -90,6 +90,35 @@ def analyse(trace_path: Path, steps: int) -> dict:
     }
 
 
+def host_syncs(fn, *args, **kwargs) -> list[dict]:
+    """Run ``fn(*args, **kwargs)`` under ``torch.cuda.set_sync_debug_mode("warn")``: each place the host waits for the GPU (its
+    innermost project / gsplat frames) with how often it was hit."""
+    import traceback
+    import warnings
+
+    hits: dict[str, int] = {}
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if "synchronizing" not in str(message):
+            return
+        frames = [
+            f for f in traceback.extract_stack()[:-1] if "splatvlm" in f.filename or "gsplat" in f.filename
+        ]
+        where = " <- ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in reversed(frames[-4:]))
+        hits[where] = hits.get(where, 0) + 1
+
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings():  # restores showwarning and the filters afterwards
+            warnings.simplefilter("always")
+            warnings.showwarning = show
+            fn(*args, **kwargs)
+            torch.cuda.synchronize()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return [{"where": k, "count": v} for k, v in sorted(hits.items(), key=lambda kv: -kv[1])]
+
+
 def main() -> None:
     from splatvlm.bench import random_weights, recipe_phases
     from splatvlm.config import load_run_config
@@ -110,6 +139,12 @@ def main() -> None:
     ap.add_argument("--traces", type=int, default=2, help="keep the chrome traces of the first N records")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--set", nargs="*", default=[], help="extra recipe fields, e.g. sds.compile=false")
+    ap.add_argument(
+        "--sync-points",
+        action="store_true",
+        help="after the first variant's timed steps, 2 steps under torch.cuda.set_sync_debug_mode: "
+        "where the host waits for the GPU (the Python frames of each synchronizing call)",
+    )
     args = ap.parse_args()
     prompt = "a DSLR photo of a corgi wearing a party hat"
     records = []
@@ -159,6 +194,11 @@ def main() -> None:
             train(pcfg, state, terms, run_dir, dev, stop_after=args.steps, progress=False,
                   on_step=lambda s, logs, walls=walls: walls.append(logs["step_ms"]))  # fmt: skip
             sync()
+            sync_points = None
+            if args.sync_points and not records:
+                sync_points = host_syncs(
+                    train, pcfg, state, terms, run_dir, dev, stop_after=2, progress=False
+                )
             trace = run_dir / "trace.json"
             with torch.profiler.profile(
                 activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
@@ -180,6 +220,8 @@ def main() -> None:
                 **analyse(trace, args.profiled),
                 "n": n,
             }
+            if sync_points is not None:
+                rec["sync_points_per_2_steps"] = sync_points
             records.append(rec)
             short = {k: v for k, v in rec.items() if k not in ("top_kernels", "step_ms_all")}
             print(json.dumps(short), flush=True)

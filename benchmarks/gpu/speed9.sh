@@ -3,8 +3,11 @@
 #                 kernel profile of the full step at 300,000 Gaussians: two streams with the reward queued first
 #                 (the defaults), two streams in the terms' own order, one stream, and two streams with the VAE and
 #                 UNet channels-last; the traces of the first two are kept
-#   PART=bench    the 300k quick bench beside the reference (8 timed steps), with the defaults, then with e4m3 for
-#                 the MLPs' down projections' input gradient
+#   PART=levers   after the densification statistics' pageable host-to-device copy went (round 8's profile found
+#                 it): the kernel profile of the defaults, channels-last, e4m3 down projections, both, and the
+#                 defaults again (against order effects), with the host's sync points of the first
+#   PART=bench    the 300k quick bench beside the reference (8 timed steps), with the defaults and $FLAGS, then
+#                 (when $SECOND is set) once more with those flags instead
 #   PART=full     the whole vlm3d recipe, measured (bench --full)
 # Usage: PART=profile bash benchmarks/gpu/speed9.sh
 . benchmarks/gpu/setup.sh > /tmp/setup.log 2>&1 || { tail -5 /tmp/setup.log; exit 1; }
@@ -13,7 +16,6 @@ mkdir -p "$OUT"
 set -o pipefail
 BENCH="python3 -m splatvlm.cli bench --preset vlm3d --weights random --reference --limit 1 --steps 8 --warmup 2 \
   --gaussians 300000"
-FP8DOWN="--recipe.vlm.fp8 --recipe.vlm.no-fp8-forward --recipe.vlm.fp8-projections down_proj"
 case "$PART" in
   profile)
     timeout -s KILL 120 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_render.py tests/test_densify.py \
@@ -21,14 +23,22 @@ case "$PART" in
     timeout -s KILL ${PROFILE_LIMIT:-400} python3 benchmarks/gpu/profile_step.py --phases "4x256px +reward" \
       --variants streams streams-registered one-stream "streams:sds.channels_last=true" --traces 2 \
       --out "$OUT/profile-r8.json" 2>&1 | grep -E '^\{|Error' | cut -c1-330 ;;
+  levers)
+    FP8=vlm.fp8=true,vlm.fp8_forward=false,vlm.fp8_projections=[down_proj]
+    timeout -s KILL ${PROFILE_LIMIT:-560} python3 benchmarks/gpu/profile_step.py --phases "4x256px +reward" \
+      --variants streams streams:sds.channels_last=true streams:$FP8 streams:sds.channels_last=true,$FP8 streams \
+      --traces 1 --profiled 2 --sync-points --out "$OUT/profile-r8-levers.json" 2>&1 | grep -E '^\{|Error' \
+      | cut -c1-330 ;;
   bench)
-    timeout -s KILL 270 $BENCH -o /tmp/bref 2>&1 | tail -14 | cut -c1-300
+    timeout -s KILL 270 $BENCH ${FLAGS:-} -o /tmp/bref 2>&1 | tail -14 | cut -c1-300
     cp /tmp/bref/report.json "$OUT/bench-reference-300k-r8.json"
-    timeout -s KILL 270 $BENCH $FP8DOWN -o /tmp/bref8 2>&1 | tail -14 | cut -c1-300
-    cp /tmp/bref8/report.json "$OUT/bench-reference-300k-r8-fp8down.json" ;;
+    if [ -n "${SECOND:-}" ]; then
+      timeout -s KILL 270 $BENCH $SECOND -o /tmp/bref8 2>&1 | tail -14 | cut -c1-300
+      cp /tmp/bref8/report.json "$OUT/bench-reference-300k-r8-second.json"
+    fi ;;
   full)
     timeout -s KILL 400 python3 -m splatvlm.cli bench --preset vlm3d --weights random --full --limit 1 ${FLAGS:-} \
       -o /tmp/bfull 2>&1 | tail -12 | cut -c1-300
     cp /tmp/bfull/report.json "$OUT/whole-run-r8.json" ;;
-  *) echo "PART must be profile, bench or full"; exit 2 ;;
+  *) echo "PART must be profile, levers, bench or full"; exit 2 ;;
 esac
