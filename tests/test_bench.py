@@ -24,6 +24,17 @@ def test_recipe_phases_follow_the_schedule():
     assert [p.reward for p in recipe_phases(load_run_config("mvdream"))] == [False]
 
 
+def test_timed_records_skip_the_warmup_and_the_draining_last_step():
+    from splatvlm.bench import timed_records
+
+    records = [{"step": i} for i in range(6)]
+    assert [r["step"] for r in timed_records(records, warmup=2, steps=3)] == [2, 3, 4]  # 5 is the last one
+    assert [r["step"] for r in timed_records(records, warmup=2, steps=9)] == [2, 3, 4]
+    short = records[:2]  # a phase shorter than warm-up + timed steps: its last step rather than nothing
+    assert [r["step"] for r in timed_records(short, warmup=2, steps=3)] == [1]
+    assert timed_records([], warmup=2, steps=3) == []
+
+
 def test_bench_demo_two_prompts_writes_reports(tmp_path):
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps(["a red apple", "a wooden chair", "not used"]))

@@ -148,6 +148,13 @@ def _viewer_for(state: Any, cfg: RunConfig, run_dir: Path, every: int) -> Any:
     return Viewer(ViewerConfig(enabled=True, port=0, refresh_every=every), render_fn, run_dir)
 
 
+def timed_records(records: list[dict], warmup: int, steps: int) -> list[dict]:
+    """The step records a phase's timing uses: after the warm-up, at most ``steps``, never the last one (its
+    interval lasts until the GPU has drained what the CPU queued ahead), unless a short phase leaves nothing else."""
+    start = min(warmup, max(len(records) - 1, 0))
+    return records[start : max(start + 1, min(start + steps, len(records) - 1))]
+
+
 def time_prompt(
     prompt: str,
     cfg: RunConfig,
@@ -176,7 +183,9 @@ def time_prompt(
         state = new_state(init_ball(scene_cfg, torch.Generator().manual_seed(cfg.seed)), cfg, device)
         state.step = phase.start
         records: list[dict[str, float]] = []
-        n = min(warmup + steps, phase.end - phase.start)
+        # one step more than timed: the last step's interval runs until the GPU has drained the queue that the
+        # CPU ran ahead by (about one more step), so it is run but not timed
+        n = min(warmup + steps + 1, phase.end - phase.start)
         if device.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -198,7 +207,7 @@ def time_prompt(
         finally:
             if viewer is not None:
                 viewer.close()
-        timed = records[min(warmup, max(len(records) - 1, 0)) :]
+        timed = timed_records(records, warmup, steps)
         step_ms = _median([r["step_ms"] for r in timed])
         mean_ms = statistics.fmean([r["step_ms"] for r in timed]) if timed else 0.0
         comps = {c: _median([r.get(f"ms_{c}", 0.0) for r in timed]) for c in COMPONENTS}
