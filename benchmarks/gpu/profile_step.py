@@ -2,11 +2,12 @@
 
     . benchmarks/gpu/setup.sh && python3 benchmarks/gpu/profile_step.py --out $OUT/profile.json
 
-For each variant (two streams, two streams queued in the terms' own order, one stream) and each phase asked for, on the `vlm3d` preset with random
-full-size weights: warm-up steps, then timed steps (wall per step, no profiler, no per-component syncs),
-then a few steps under torch.profiler. From the profiler's trace: per step the GPU's busy time (the union of
-all kernels on all streams), its idle time, the time per stream, and the kernels grouped by kind
-(GEMM, attention, triton/inductor, gsplat, copies, other) with the top kernels by total time.
+For each variant (two streams, two streams queued in the terms' own order, one stream) and each phase asked
+for, on the `vlm3d` preset with random full-size weights: warm-up steps, then timed steps (wall per step, no
+profiler, no per-component syncs), then a few steps under torch.profiler. From the profiler's trace: per step
+the GPU's busy time (the union of all kernels on all streams), its idle time, the time per stream, and the
+kernels grouped by kind (GEMM, attention, triton/inductor, gsplat, copies, other) with the top kernels by total
+time.
 The traces of the first records are written beside the JSON (gzipped chrome traces, --traces).
 """
 
@@ -91,8 +92,8 @@ def analyse(trace_path: Path, steps: int) -> dict:
 
 
 def host_syncs(fn, *args, **kwargs) -> list[dict]:
-    """Run ``fn(*args, **kwargs)`` under ``torch.cuda.set_sync_debug_mode("warn")``: each place the host waits for the GPU (its
-    innermost project / gsplat frames) with how often it was hit."""
+    """Run ``fn(*args, **kwargs)`` under ``torch.cuda.set_sync_debug_mode("warn")``: each place the host waits
+    for the GPU (its innermost project / gsplat frames) with how often it was hit."""
     import traceback
     import warnings
 
