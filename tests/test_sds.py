@@ -657,3 +657,24 @@ def test_cuda_compiled_vae_and_unet_match_the_plain_graph():
         grads.append(x.grad)
     assert torch.isfinite(grads[1]).all() and grads[0].abs().sum() > 0
     assert cosine(grads[1], grads[0]) > 0.999
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_compiled_vae_encoder_runs_channels_last():
+    """The compiled encoder (forward and backward) leaves cuDNN no NCHW<->NHWC conversions to make."""
+    g = load_sds(SDSConfig(kind="mvdream", model="random", dtype="float16", image_size=256), "cuda")
+    rgb = torch.rand(4, 256, 256, 3, device="cuda", requires_grad=True)  # the vlm3d step's shape
+
+    def step():
+        rgb.grad = None
+        g.encode_images(rgb).square().mean().backward()
+
+    step()  # compiles
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    assert any("xmma" in n or "conv" in n.lower() for n in names)  # the convolutions ran on this device
+    assert not [n for n in names if "nchwToNhwc" in n or "nhwcToNchw" in n]
+    assert torch.isfinite(rgb.grad).all() and rgb.grad.abs().sum() > 0

@@ -161,8 +161,11 @@ def main() -> None:
     guidance, loaded_with = None, None
     for variant in args.variants:
         # "streams" / "streams-registered" (the terms queued in their own order, no launch_first) / "one-stream",
-        # optionally ":key=value,key=value" recipe overrides (new models when they differ)
+        # optionally ":key=value,key=value" recipe overrides (new models when they differ); a "-timed" suffix times
+        # the steps with the bench's per-component CUDA events on (the trainer's profile=True)
         name, _, extra = variant.partition(":")
+        timed = name.endswith("-timed")
+        name = name.removesuffix("-timed")
         cfg = replace(base, parallel_terms=name.startswith("streams"), checkpoint_every=0)
         if extra:
             pairs = (kv.split("=", 1) for kv in extra.split(","))
@@ -192,7 +195,7 @@ def main() -> None:
             train(pcfg, state, terms, run_dir, dev, stop_after=args.warmup, progress=False)
             sync()
             first_s = time.perf_counter() - t0
-            train(pcfg, state, terms, run_dir, dev, stop_after=args.steps, progress=False,
+            train(pcfg, state, terms, run_dir, dev, stop_after=args.steps, progress=False, profile=timed,
                   on_step=lambda s, logs, walls=walls: walls.append(logs["step_ms"]))  # fmt: skip
             sync()
             sync_points = None

@@ -1,4 +1,4 @@
-# Speed round 8 (issue 18): one device call per PART, each under 10 minutes (carry .whl). Timeouts send SIGKILL.
+# Speed rounds 8 and 9 (issue 18): one device call per PART, each under 10 minutes (carry .whl). Timeouts send SIGKILL.
 #   PART=profile  the CUDA tests of the render and the densification (the band-0 gsplat test among them), then the
 #                 kernel profile of the full step at 300,000 Gaussians: two streams with the reward queued first
 #                 (the defaults), two streams in the terms' own order, one stream, and two streams with the VAE and
@@ -9,6 +9,9 @@
 #   PART=bench    the 300k quick bench beside the reference (8 timed steps), with the defaults and $FLAGS, then
 #                 (when $SECOND is set) once more with those flags instead
 #   PART=full     the whole vlm3d recipe, measured (bench --full)
+#   PART=round9   round 9: the CUDA test of the channels-last VAE encoder, the kernel profile of the defaults (the
+#                 encoder channels-last), the old layout and the defaults with the bench's CUDA events (traces of
+#                 the first two); then PART=bench TAG=r9
 # Usage: PART=profile bash benchmarks/gpu/speed9.sh
 . benchmarks/gpu/setup.sh > /tmp/setup.log 2>&1 || { tail -5 /tmp/setup.log; exit 1; }
 tail -1 /tmp/setup.log
@@ -31,14 +34,20 @@ case "$PART" in
       | cut -c1-330 ;;
   bench)
     timeout -s KILL 270 $BENCH ${FLAGS:-} -o /tmp/bref 2>&1 | tail -14 | cut -c1-300
-    cp /tmp/bref/report.json "$OUT/bench-reference-300k-r8.json"
+    cp /tmp/bref/report.json "$OUT/bench-reference-300k-${TAG:-r8}.json"
     if [ -n "${SECOND:-}" ]; then
       timeout -s KILL 270 $BENCH $SECOND -o /tmp/bref8 2>&1 | tail -14 | cut -c1-300
-      cp /tmp/bref8/report.json "$OUT/bench-reference-300k-r8-second.json"
+      cp /tmp/bref8/report.json "$OUT/bench-reference-300k-${TAG:-r8}-second.json"
     fi ;;
   full)
     timeout -s KILL 400 python3 -m splatvlm.cli bench --preset vlm3d --weights random --full --limit 1 ${FLAGS:-} \
       -o /tmp/bfull 2>&1 | tail -12 | cut -c1-300
-    cp /tmp/bfull/report.json "$OUT/whole-run-r8.json" ;;
-  *) echo "PART must be profile, levers, bench or full"; exit 2 ;;
+    cp /tmp/bfull/report.json "$OUT/whole-run-${TAG:-r8}.json" ;;
+  round9)
+    timeout -s KILL 100 python3 -m pytest -q -p no:cacheprovider -m cuda tests/test_sds.py -k compiled_vae 2>&1 \
+      | tail -3
+    timeout -s KILL ${PROFILE_LIMIT:-260} python3 benchmarks/gpu/profile_step.py --phases "4x256px +reward" \
+      --variants streams streams:sds.compile_vae_channels_last=false streams-timed --traces 2 --profiled 2 \
+      --out "$OUT/profile-r9.json" 2>&1 | grep -E '^\{|Error' | cut -c1-330 ;;
+  *) echo "PART must be profile, levers, bench, full or round9"; exit 2 ;;
 esac

@@ -98,6 +98,11 @@ class SDSConfig:
     compile_vae: bool = True
     """torch.compile the VAE encoder, forward and backward (CUDA only, ignored on CPU), static per render shape:
     alone 27.2 -> 23.0 ms at 4x256; ~39 s per shape with a cold inductor cache."""
+    compile_vae_channels_last: bool = True
+    """With --sds.compile-vae: inductor lays the VAE encoder's activations out channels-last. Its own heuristic
+    declines for training graphs with a narrowing 3x3 convolution (the encoder's conv_out, 512 to 8 channels), and
+    cuDNN then converts NCHW to NHWC and back around every fp16 convolution: 3.7 ms of kernels in a 4x256 step
+    on the H200 (round 9 of benchmarks/RESULTS.md). The UNet (no backward) gets channels-last from the heuristic."""
     cuda_graph: bool = True
     """Capture the SDS step (VAE encode, noising, CFG UNet, target, and the gradient to the pixels) in one
     CUDA graph per render shape and replay it (the first step of each shape captures it); ignored on CPU.
@@ -274,7 +279,8 @@ class SDSGuidance:
             if self.cfg.compile:
                 parts.unet = torch.compile(parts.unet, dynamic=False)
             if self.cfg.compile_vae:
-                parts.vae.encoder.compile(dynamic=False)
+                layout = {"force_layout_optimization": True} if self.cfg.compile_vae_channels_last else None
+                parts.vae.encoder.compile(dynamic=False, options=layout)
         self.alphas_cumprod = parts.scheduler.alphas_cumprod.to(self.device, torch.float32)  # [T]
         self.num_train_timesteps = int(parts.scheduler.config.num_train_timesteps)
         self.parts = parts
