@@ -166,11 +166,18 @@ def main() -> None:
         name, _, extra = variant.partition(":")
         timed = name.endswith("-timed")
         name = name.removesuffix("-timed")
+        # "-nocudnn": SDPA without its cuDNN backend from here on (flash attention instead), models compiled anew
+        nocudnn = name.endswith("-nocudnn")
+        name = name.removesuffix("-nocudnn")
+        if nocudnn and torch.backends.cuda.cudnn_sdp_enabled():
+            torch.backends.cuda.enable_cudnn_sdp(False)
+            torch._dynamo.reset()
+            loaded_with = None
         cfg = replace(base, parallel_terms=name.startswith("streams"), checkpoint_every=0)
         if extra:
             pairs = (kv.split("=", 1) for kv in extra.split(","))
             cfg = apply_overrides(cfg, nest_dotted({k: yaml.safe_load(v) for k, v in pairs}))
-        if guidance is None or loaded_with != extra:
+        if guidance is None or loaded_with != extra or loaded_with is None:
             guidance = None
             gc.collect()
             torch.cuda.empty_cache() if dev.type == "cuda" else None
