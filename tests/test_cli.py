@@ -148,33 +148,51 @@ def test_batch_skips_finished_and_reports(tmp_path, capsys):
     assert "batch: 1 done, 1 skipped (done before), 0 failed" in err
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_signal_saves_checkpoint_and_exits(tmp_path, sig, code):
-    out = tmp_path / "s.ply"
+SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
+
+
+@pytest.fixture(scope="module")
+def long_runs(tmp_path_factory):
+    """One long `generate` process per signal, all started at once: each test stops its own, and the others
+    start up (imports, models) meanwhile rather than after it."""
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "splatvlm.cli",
-            "generate",
-            "a dog",
-            "--preset",
-            "demo",
-            "-o",
-            str(out),
-            "--steps",
-            "5000",
-            "--log-every",
-            "1",
-            "--scene.num-points",
-            "300",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    runs = {}
+    for sig, _ in SIGNALS:
+        folder = tmp_path_factory.mktemp(signal.Signals(sig).name)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "splatvlm.cli",
+                "generate",
+                "a dog",
+                "--preset",
+                "demo",
+                "-o",
+                str(folder / "s.ply"),
+                "--steps",
+                "5000",
+                "--log-every",
+                "1",
+                "--scene.num-points",
+                "300",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        runs[sig] = (proc, folder)
+    yield runs
+    for proc, _ in runs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+@pytest.mark.parametrize("sig, code", SIGNALS)
+def test_signal_saves_checkpoint_and_exits(long_runs, sig, code):
+    proc, tmp_path = long_runs[sig]
     metrics = tmp_path / "s_run" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
