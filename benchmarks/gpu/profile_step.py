@@ -166,7 +166,9 @@ def main() -> None:
         name, _, extra = variant.partition(":")
         timed = name.endswith("-timed")
         name = name.removesuffix("-timed")
-        # "-nocudnn": SDPA without its cuDNN backend from here on (flash attention instead), models compiled anew
+        # "-nocudnn": SDPA without its cuDNN backend from here on (flash attention instead), models compiled anew.
+        # Run it first, in a fresh TORCHINDUCTOR_CACHE_DIR: AOTAutograd's cache is keyed on the graph before SDPA
+        # picks its backend, and hands back cuDNN-compiled code otherwise (round 9)
         nocudnn = name.endswith("-nocudnn")
         name = name.removesuffix("-nocudnn")
         if nocudnn and torch.backends.cuda.cudnn_sdp_enabled():
