@@ -185,18 +185,33 @@ def test_reward_noise_is_off_as_shipped_and_stays_in_range():
     assert torch.equal(noisy, with_noise(v, 0.3, torch.Generator().manual_seed(1)))  # seeded
 
 
-def test_prior_from_continues_a_prior_and_keeps_its_autoencoder(tmp_path: Path):
+def test_prior_from_continues_a_prior_and_keeps_its_autoencoder(tmp_path: Path, monkeypatch):
+    import copy
+
     from safetensors.torch import load_file
 
+    import splatvlm.toyworld.build as build_module
     from splatvlm.toyworld.build import build
-    from splatvlm.toyworld.models import BuildConfig
+    from splatvlm.toyworld.models import BuildConfig, world_renders
 
+    # The world's renders depend on the seed and the group counts alone (their own generator, not torch's),
+    # the same for both builds: rendered once, a copy for each.
+    renders = {}
+
+    def world_renders_once(cfg):
+        key = (cfg.seed, cfg.groups, cfg.janus_groups)
+        if key not in renders:
+            renders[key] = world_renders(cfg)
+        return copy.deepcopy(renders[key])
+
+    monkeypatch.setattr(build_module, "world_renders", world_renders_once)
     tiny = dict(
         groups=1, janus_groups=1, vae_steps=2, vae_batch=1, prior_steps=2, prior_batch=1, only="prior"
     )
     first, second = tmp_path / "a", tmp_path / "b"
     build(BuildConfig(out=first, **tiny), log=lambda _: None)
     info = build(BuildConfig(out=second, prior_from=first, **dict(tiny, prior_steps=3)), log=lambda _: None)
+    assert len(renders) == 1
     prior = info["stages"]["prior"]
     assert (
         prior["prior_steps_done"] == 3 and prior["prior_steps_total"] == 5 and prior["vae_recon_mse"] is None
