@@ -23,6 +23,8 @@ PROMPTS = ["a red apple", "a blue chair", "a green cat", "a wooden dog", "a tiny
 # Two ranks need two GPUs (cuda:LOCAL_RANK, NCCL); with fewer they run on the CPU (gloo).
 ON_GPUS = torch.cuda.device_count() >= 2
 DEVICE = [] if ON_GPUS else ["--device", "cpu"]
+# A re-run's world size: another than the first run's 2, and more than one process (one GPU each on a GPU machine).
+RERUN_WORLD = 1 if torch.cuda.device_count() == 2 else 3
 # A small scene: what is checked is who runs what, not the scene (300 points at 32 px: a step in a quarter of the time).
 SMALL = ["--scene.num-points", "300", "--camera.resolution", "32"]
 FAST = ["--preset", "demo", "--steps", "2", "--turntable-frames", "0", "--log-every", "1", *SMALL, *DEVICE]
@@ -223,7 +225,7 @@ def test_one_prompt_refuses_several_processes(tmp_path, capsys, monkeypatch):
 # torchrun with 2 gloo processes
 
 
-def test_two_processes_run_every_prompt_once_then_a_rerun_picks_up_the_missing(tmp_path):
+def test_two_processes_run_every_prompt_once(tmp_path):
     prompts, out = write_prompts(tmp_path / "prompts.json"), tmp_path / "batch"
     proc = torchrun(2, "generate", "--prompts", prompts, "--out-dir", out, *FAST)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -250,21 +252,12 @@ def test_two_processes_run_every_prompt_once_then_a_rerun_picks_up_the_missing(t
     assert report["prompts_per_hour"] == pytest.approx(5 * 3600 / report["wall_s"], rel=1e-3)
     assert proc.stdout.count("done: ") == 5  # rank 0 prints every prompt's summary, the others nothing
 
-    # A lost result (rank 1's prompt 3): a re-run with another world size runs it alone, from its checkpoint.
-    (out / folders[3] / "summary.json").unlink()
-    before = stamps(out)
-    time.sleep(0.05)
-    proc = torchrun(1, "generate", "--prompts", prompts, "--out-dir", out, *FAST)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"resuming {out / folders[3]} at step 2/2" in proc.stderr.replace("\n", "")  # rich wraps lines
-    assert {k: v for k, v in stamps(out).items() if k != folders[3]} == before
-    report = json.loads((out / "batch_report.json").read_text())
-    assert [e["status"] for e in report["prompts"]] == ["already_done"] * 3 + ["done", "already_done"]
-    assert report["shards"] == {"0": [3]} and report["world_size"] == 1
-
 
 @pytest.mark.slow
-def test_a_killed_rank_is_picked_up_on_rerun(tmp_path):
+def test_a_killed_rank_and_a_lost_result_are_picked_up_by_a_rerun_with_another_world_size(tmp_path):
+    """Two processes; rank 1 is killed in its second prompt (index 3), after its first (index 1) finished, whose
+    summary is then lost. A re-run with another world size runs what is missing, each from its checkpoint: the
+    lost result at its last step, the killed prompt where it stopped; what finished is not run again."""
     prompts, out = write_prompts(tmp_path / "prompts.json", PROMPTS[:4]), tmp_path / "batch"
     args = [*FAST[:2], "--steps", "8", "--checkpoint-every", "2", *FAST[4:]]
     log = open(tmp_path / "killed.log", "w")  # a file, not a pipe: nothing blocks while we poll
@@ -272,9 +265,9 @@ def test_a_killed_rank_is_picked_up_on_rerun(tmp_path):
         2, "generate", "--prompts", prompts, "--out-dir", out, *args, stdout=log, stderr=subprocess.STDOUT
     )
     try:
-        # Kill rank 1 as soon as its first prompt (index 1) has a checkpoint.
-        deadline = time.time() + 120
-        while not list(out.glob("001-*/checkpoint.pt")):
+        # Kill rank 1 as soon as its second prompt (index 3) has a checkpoint.
+        deadline = time.time() + 180
+        while not list(out.glob("003-*/checkpoint.pt")):
             assert time.time() < deadline and agent.poll() is None, "rank 1 never wrote a checkpoint"
             time.sleep(0.05)
         os.kill(_worker_pid(agent.pid, rank=1), signal.SIGKILL)
@@ -284,16 +277,27 @@ def test_a_killed_rank_is_picked_up_on_rerun(tmp_path):
             agent.kill()
         log.close()
     assert agent.returncode != 0, (tmp_path / "killed.log").read_text()[-3000:]
-    assert not (next(out.glob("001-*")) / "summary.json").exists()
+    killed, lost = next(out.glob("003-*")), next(out.glob("001-*"))
+    assert not (killed / "summary.json").exists()
+    assert json.loads((lost / "summary.json").read_text())["finished"] is True
+    (lost / "summary.json").unlink()  # a lost result: its checkpoint is at the last step
     before = stamps(out)  # whatever finished before the kill must not run again
-    assert len(before) < 4
-    proc = torchrun(2, "generate", "--prompts", prompts, "--out-dir", out, *args)
+    assert lost.name not in before and killed.name not in before
+    done_before = {int(name.split("-", 1)[0]) for name in before}  # folders are <index>-<slug>
+    missing = [i for i in range(4) if i not in done_before]
+    time.sleep(0.05)
+    proc = torchrun(RERUN_WORLD, "generate", "--prompts", prompts, "--out-dir", out, *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert f"resuming {next(out.glob('001-*'))}" in proc.stderr.replace("\n", "")
+    stderr = proc.stderr.replace("\n", "")  # rich wraps lines
+    assert f"resuming {lost} at step 8/8" in stderr and f"resuming {killed} at step " in stderr
     after = stamps(out)
     assert len(after) == 4 and {k: after[k] for k in before} == before
     report = json.loads((out / "batch_report.json").read_text())
-    assert [e["status"] == "already_done" for e in report["prompts"]] == [f in before for f in sorted(after)]
+    assert report["world_size"] == RERUN_WORLD and report["devices"] == rank_devices(RERUN_WORLD)
+    assert report["shards"] == {str(r): shard(missing, r, RERUN_WORLD) for r in range(RERUN_WORLD)}
+    assert [e["status"] for e in report["prompts"]] == [
+        "already_done" if i in done_before else "done" for i in range(4)
+    ]
     assert all(e["steps"] == 8 for e in report["prompts"])
     for f in after:
         assert torch.load(out / f / "checkpoint.pt", weights_only=True)["step"] == 8
