@@ -166,20 +166,19 @@ def main() -> None:
         name, _, extra = variant.partition(":")
         timed = name.endswith("-timed")
         name = name.removesuffix("-timed")
-        # "-nocudnn": SDPA without its cuDNN backend from here on (flash attention instead), models compiled anew.
-        # Run it first, in a fresh TORCHINDUCTOR_CACHE_DIR: AOTAutograd's cache is keyed on the graph before SDPA
-        # picks its backend, and hands back cuDNN-compiled code otherwise (round 9)
-        nocudnn = name.endswith("-nocudnn")
-        name = name.removesuffix("-nocudnn")
-        if nocudnn and torch.backends.cuda.cudnn_sdp_enabled():
+        # "-nocudnn": SDPA without its cuDNN backend (flash attention instead). Only as a process's first variant,
+        # in a fresh TORCHINDUCTOR_CACHE_DIR: AOTAutograd's cache is keyed on the graph before SDPA picks its
+        # backend, and hands back cuDNN-compiled code otherwise (round 9)
+        if name.endswith("-nocudnn"):
+            if guidance is not None:
+                ap.error("a -nocudnn variant must come first (compiled code would keep the cuDNN kernels)")
             torch.backends.cuda.enable_cudnn_sdp(False)
-            torch._dynamo.reset()
-            loaded_with = None
+            name = name.removesuffix("-nocudnn")
         cfg = replace(base, parallel_terms=name.startswith("streams"), checkpoint_every=0)
         if extra:
             pairs = (kv.split("=", 1) for kv in extra.split(","))
             cfg = apply_overrides(cfg, nest_dotted({k: yaml.safe_load(v) for k, v in pairs}))
-        if guidance is None or loaded_with != extra or loaded_with is None:
+        if guidance is None or loaded_with != extra:
             guidance = None
             gc.collect()
             torch.cuda.empty_cache() if dev.type == "cuda" else None
