@@ -137,6 +137,42 @@ def test_graph_fn_equals_reference(size, views):
     assert g_ref.abs().sum() > 0
 
 
+@pytest.mark.parametrize("kind", ["logit_diff", "answer_ll"])
+def test_prefix_cache_is_exact_and_skips_the_prefix(kind, monkeypatch):
+    """With the prompt prefix's keys and values cached, the decoder runs on the positions after it alone, and
+    the value and pixel gradient equal the full forward's."""
+    import splatvlm.guidance.qwen_fast as qf
+    import splatvlm.guidance.reward as rw
+
+    r = make_reward(size=140, kind=kind, target_answer="Yes, it matches.")
+    q = r.query("a red cube", 4, (10, 10))
+    p, length = q.static.prefix_len, q.input_ids.shape[1]
+    assert p == int(q.image_pos[0]) and 0 < p < length  # the first image token
+    assert not bool((q.input_ids[0, :p] == r.model.config.image_token_id).any())
+    rgb = torch.rand(4, 64, 64, 3, requires_grad=True)
+
+    def grad_of(fn):
+        loss, _ = fn(rgb)
+        return loss.detach(), torch.autograd.grad(loss, rgb)[0]
+
+    lengths, layer = [], r._decoder_layer
+    r._decoder_layer = lambda layer_, h, *a, **kw: lengths.append(h.shape[1]) or layer(layer_, h, *a, **kw)
+    calls = []
+    monkeypatch.setattr(rw, "prefix_kv", lambda *a: calls.append(1) or qf.prefix_kv(*a))
+    fn = r.loss_fn()
+    cached = [grad_of(fn) for _ in range(2)]
+    assert len(calls) == 1  # computed at the first call, reused after
+    assert set(lengths) == {length - p}  # every layer ran on the positions after the prefix
+    lengths.clear()
+    r.cfg.prefix_cache = False
+    full = grad_of(r.loss_fn())
+    assert set(lengths) == {length} and len(calls) == 1
+    for value, g in cached:
+        torch.testing.assert_close(value, full[0], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g, full[1], rtol=1e-4, atol=1e-6 * float(full[1].abs().max()))
+    assert full[1].abs().sum() > 0
+
+
 class NoHostSyncs(torch.overrides.TorchFunctionMode):
     """Raise on the host-syncing and host-data calls a CUDA graph cannot hold (a CPU stand-in for capture)."""
 

@@ -1,4 +1,4 @@
-# Speed rounds 8 and 9 (issue 18): one device call per PART, each under 10 minutes (carry .whl). Timeouts send SIGKILL.
+# Speed rounds 8 to 10 (issue 18): one device call per PART, each under 10 minutes (carry .whl). Timeouts send SIGKILL.
 #   PART=profile  the CUDA tests of the render and the densification (the band-0 gsplat test among them), then the
 #                 kernel profile of the full step at 300,000 Gaussians: two streams with the reward queued first
 #                 (the defaults), two streams in the terms' own order, one stream, and two streams with the VAE and
@@ -13,7 +13,10 @@
 #                 encoder channels-last), the old layout and the defaults with the bench's CUDA events (traces of
 #                 the first two); then PART=bench TAG=r9
 #   PART=sdpa     round 9: the kernel profile of the defaults, then (another process, a fresh inductor cache) of
-#                 SDPA without its cuDNN backend (flash attention)
+#                 SDPA without its cuDNN backend (flash attention); VARIANTS= picks which of the two
+#   PART=round10  round 10: the CUDA test of the graphed reward against the reference and the eager fast path (demo,
+#                 random 7B), then the kernel profile of the defaults (the prompt prefix's keys and values cached)
+#                 and of vlm.prefix_cache=false, the first one's trace kept
 # Usage: PART=profile bash benchmarks/gpu/speed9.sh
 . benchmarks/gpu/setup.sh > /tmp/setup.log 2>&1 || { tail -5 /tmp/setup.log; exit 1; }
 tail -1 /tmp/setup.log
@@ -52,11 +55,17 @@ case "$PART" in
       --variants streams streams:sds.compile_vae_channels_last=false streams-timed --traces 2 --profiled 2 \
       --out "$OUT/profile-r9.json" 2>&1 | grep -E '^\{|Error' | cut -c1-330 ;;
   sdpa)  # two processes: AOTAutograd's cache ignores the SDPA backend, so the second compiles in a fresh cache
-    for V in streams streams-nocudnn; do
+    for V in ${VARIANTS:-streams streams-nocudnn}; do
       FRESH=$([ $V = streams ] || echo TORCHINDUCTOR_CACHE_DIR=/tmp/inductor-$V)
       env $FRESH timeout -s KILL ${PROFILE_LIMIT:-250} python3 benchmarks/gpu/profile_step.py \
         --phases "4x256px +reward" --variants $V --traces 0 --profiled 2 --out "$OUT/profile-sdpa-$V.json" 2>&1 \
         | grep -E '^\{|Error' | cut -c1-330
     done ;;
-  *) echo "PART must be profile, levers, bench, full, round9 or sdpa"; exit 2 ;;
+  round10)
+    timeout -s KILL ${TEST_LIMIT:-240} python3 -m pytest -q -s -p no:cacheprovider -m cuda tests/test_reward.py \
+      -k "cuda_graph_matches_reference and (demo or 7b)" 2>&1 | grep -E 'cosine|passed|failed|Error' | cut -c1-300
+    timeout -s KILL ${PROFILE_LIMIT:-300} python3 benchmarks/gpu/profile_step.py --phases "4x256px +reward" \
+      --variants streams streams:vlm.prefix_cache=false --traces 1 --profiled 2 --out "$OUT/profile-r10.json" 2>&1 \
+      | grep -E '^\{|Error' | cut -c1-330 ;;
+  *) echo "PART must be profile, levers, bench, full, round9, sdpa or round10"; exit 2 ;;
 esac

@@ -30,7 +30,7 @@ EXECUTION_ONLY = frozenset(
         "log_every", "checkpoint_every", "max_bad_steps", "tensorboard", "parallel_terms", "render.torch_chunk",
         "sds.attention", "sds.vae_attention", "sds.channels_last", "sds.compile", "sds.compile_vae", "sds.cuda_graph",
         "sds.compile_vae_channels_last", "vlm.attn_implementation", "vlm.gradient_checkpointing", "vlm.compile",
-        "vlm.pad_gemm", "vlm.fast", "vlm.cuda_graph", "vlm.fuse_gemm",
+        "vlm.pad_gemm", "vlm.fast", "vlm.cuda_graph", "vlm.fuse_gemm", "vlm.prefix_cache",
     }
 )  # fmt: skip
 

@@ -252,18 +252,36 @@ def mlp_forward(mlp, x: torch.Tensor, gate_up: Fused | None) -> torch.Tensor:
     return mlp.down_proj(mlp.act_fn(gate) * up)
 
 
-def decoder_layer(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                  qkv: Fused | None, gate_up: Fused | None) -> torch.Tensor:  # fmt: skip
-    """One Qwen2.5-VL decoder layer (its own modules; HF's forward without the cache) on h [1, L, D], with
-    q/k/v and gate/up as one GEMM each where given; mask None = causal."""
-    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb, repeat_kv
+def attention_inputs(layer, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, qkv: Fused | None
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # fmt: skip
+    """A decoder layer's queries, keys and values [1, H or Hkv, L, Dh] of the normed x [1, L, D], rotated."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb
 
     attn = layer.self_attn
-    b, length, _ = h.shape
-    x = layer.input_layernorm(h)
+    b, length, _ = x.shape
     q, k, v = split_linear(x, qkv) if qkv is not None else (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x))
     q, k, v = (t.view(b, length, -1, attn.head_dim).transpose(1, 2) for t in (q, k, v))
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
+    return q, k, v
+
+
+KV = tuple[torch.Tensor, torch.Tensor]  # one layer's keys and values [1, Hkv, P, Dh], rotated
+
+
+def decoder_layer(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                  qkv: Fused | None, gate_up: Fused | None, past: KV | None = None) -> torch.Tensor:  # fmt: skip
+    """One Qwen2.5-VL decoder layer (its own modules; HF's forward without the cache) on h [1, L, D], with
+    q/k/v and gate/up as one GEMM each where given; mask None = causal.
+
+    past: this layer's keys and values of the P positions before h (``prefix_kv``), attended first; then
+    ``mask`` [1, 1, L, P + L] is required."""
+    from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import repeat_kv
+
+    attn = layer.self_attn
+    b, length, _ = h.shape
+    q, k, v = attention_inputs(layer, layer.input_layernorm(h), cos, sin, qkv)
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
     if mask is None:  # as HF's SDPA path: grouped keys, causal
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=True)
     else:
@@ -273,13 +291,12 @@ def decoder_layer(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
     return h + mlp_forward(layer.mlp, layer.post_attention_layernorm(h), gate_up)
 
 
-def decoder_tail(
-    layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: slice, mask: torch.Tensor | None
-) -> torch.Tensor:
-    """The last decoder layer, output only at positions ``rows``: h [1, L, D] -> [1, len(rows), D].
+def decoder_tail(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rows: slice,
+                 mask: torch.Tensor | None, past: KV | None = None) -> torch.Tensor:  # fmt: skip
+    """The last decoder layer, output only at positions ``rows`` of h: h [1, L, D] -> [1, len(rows), D].
 
-    Keys and values still cover every position; the query, output projection and MLP run on ``rows``
-    alone, since no other position's output is read.
+    Keys and values still cover every position (``past``'s first, as in ``decoder_layer``); the query,
+    output projection and MLP run on ``rows`` alone, since no other position's output is read.
     """
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import apply_rotary_pos_emb, repeat_kv
 
@@ -299,6 +316,8 @@ def decoder_tail(
     v = v.view(b, length, -1, attn.head_dim).transpose(1, 2)
     q = apply_rotary_pos_emb(q, q, cos[:, rows], sin[:, rows])[0]
     k = apply_rotary_pos_emb(k, k, cos, sin)[0]
+    if past is not None:
+        k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
     k, v = repeat_kv(k, attn.num_key_value_groups), repeat_kv(v, attn.num_key_value_groups)
     o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=attn.scaling)
     h = h[:, rows] + attn.o_proj(o.transpose(1, 2).reshape(b, n, -1))
@@ -327,6 +346,8 @@ class StaticInputs:
     rows: slice  # positions whose last-layer output is read (answer, then target tokens)
     rows_mask: torch.Tensor | None  # [1, 1, len(rows), L] bool causal mask of those rows; None = all keys
     answer_ids: torch.Tensor  # [2] Yes, No token ids
+    prefix_len: int  # P: positions before the first image token, which no pixel changes (``prefix_kv``)
+    prefix_mask: torch.Tensor  # [1, 1, L - P, L] bool causal mask of the positions after them, over all keys
 
 
 def static_inputs(
@@ -381,6 +402,9 @@ def static_inputs(
     if rows.stop != length or rows.stop - rows.start != 1:
         keys = torch.arange(length, device=device)
         rows_mask = (keys[None] <= torch.arange(rows.start, rows.stop, device=device)[:, None])[None, None]
+    prefix_len = int(image_pos.min())
+    after = torch.arange(prefix_len, length, device=device)
+    prefix_mask = (torch.arange(length, device=device)[None] <= after[:, None])[None, None]
     return StaticInputs(
         mean=torch.tensor(image_mean, dtype=torch.float32, device=device),
         std=torch.tensor(image_std, dtype=torch.float32, device=device),
@@ -396,6 +420,8 @@ def static_inputs(
         rows=rows,
         rows_mask=rows_mask,
         answer_ids=torch.tensor(answer_ids, dtype=torch.long, device=device),
+        prefix_len=prefix_len,
+        prefix_mask=prefix_mask,
     )
 
 
@@ -408,10 +434,13 @@ def fast_logits(
     block_fn: Callable = vision_block,
     checkpointing: bool = False,
     layer_fn: Callable = decoder_layer,
+    prefix: Sequence[KV] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Patches -> (Yes/No logits [2], full-vocabulary logits [T, V] at the target rows, or None).
 
-    Capture-safe: fixed shapes, no host syncs; every index comes from ``st``.
+    Capture-safe: fixed shapes, no host syncs; every index comes from ``st``. prefix: every decoder layer's
+    keys and values of the first ``st.prefix_len`` positions (``prefix_kv``, the same weights): the
+    layers then run on the positions after them only.
     """
     inner = model.model
     vis, lm = inner.visual, inner.language_model
@@ -430,23 +459,46 @@ def fast_logits(
         else:
             x = block_fn(*args)
     feats = vis.merger(x)  # [N_img, D] merged tokens, window order
-    # 3. text embeddings with the image features in place
-    h = inner.get_input_embeddings()(input_ids)  # [1, L, D]
-    h = h.index_copy(1, st.feature_pos, feats[None].to(h.dtype))
+    # 3. text embeddings with the image features in place, from position p on (p = 0 without a prefix)
+    p = 0 if prefix is None else st.prefix_len
+    h = inner.get_input_embeddings()(input_ids[:, p:])  # [1, L - p, D]
+    h = h.index_copy(1, st.feature_pos - p, feats[None].to(h.dtype))
     # 4. decoder layers; the last one only at the rows we read
-    pe = (st.text_cos, st.text_sin)
-    for layer, kind in zip(lm.layers[:-1], lm.config.layer_types, strict=False):
+    pe = (st.text_cos[:, p:], st.text_sin[:, p:])
+    pasts = [None] * len(lm.layers) if prefix is None else list(prefix)
+    for layer, kind, past in zip(lm.layers[:-1], lm.config.layer_types, pasts, strict=False):
         fused = fused_weights(layer.self_attn, QKV), fused_weights(layer.mlp, GATE_UP)
-        args = (layer, h, *pe, st.masks[kind], *fused)
+        args = (layer, h, *pe, st.masks[kind] if past is None else st.prefix_mask, *fused)
+        kw = {} if past is None else {"past": past}  # the compiled layer keeps its one signature without
         if checkpointing and torch.is_grad_enabled():
-            h = checkpoint(layer_fn, *args, use_reentrant=False)
+            h = checkpoint(layer_fn, *args, use_reentrant=False, **kw)
         else:
-            h = layer_fn(*args)
-    h = lm.norm(decoder_tail(lm.layers[-1], h, *pe, st.rows, st.rows_mask))[0]  # [len(rows), D]
+            h = layer_fn(*args, **kw)
+    rows = slice(st.rows.start - p, st.rows.stop - p)
+    h = lm.norm(decoder_tail(lm.layers[-1], h, *pe, rows, st.rows_mask, pasts[-1]))[0]  # [len(rows), D]
     # 5. LM head: the Yes/No rows at the answer position, the full vocabulary at target rows
     head = model.get_output_embeddings().weight  # [V, D]
     yn = F.linear(h[0], head.index_select(0, st.answer_ids)).float()
     return yn, F.linear(h[:n_target], head).float() if n_target else None
+
+
+@torch.no_grad()
+def prefix_kv(model, st: StaticInputs, input_ids: torch.Tensor) -> list[KV]:
+    """Every decoder layer's keys and values [1, Hkv, P, Dh] at the P = ``st.prefix_len`` positions before
+    the first image token (the chat template's system turn and the image's opening token): causal attention
+    lets no pixel change them, so they can be computed once per query and weights (``fast_logits``'s
+    ``prefix``), and the prefix's share of the decoder's forward and backward goes."""
+    lm = model.model.language_model
+    p = st.prefix_len
+    h = model.model.get_input_embeddings()(input_ids[:, :p])
+    cos, sin = st.text_cos[:, :p], st.text_sin[:, :p]
+    out = []
+    for layer in lm.layers:
+        fused = fused_weights(layer.self_attn, QKV), fused_weights(layer.mlp, GATE_UP)
+        _, k, v = attention_inputs(layer, layer.input_layernorm(h), cos, sin, fused[0])
+        out.append((k, v))
+        h = decoder_layer(layer, h, cos, sin, None, *fused)
+    return out
 
 
 @torch.no_grad()

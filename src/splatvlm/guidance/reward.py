@@ -45,6 +45,7 @@ from .qwen_fast import (
     fast_logits,
     fuse_projections,
     pad_vision_mlp,
+    prefix_kv,
     static_inputs,
     vision_block,
 )
@@ -113,6 +114,11 @@ class RewardConfig:
     """With --vlm.fp8: also the vision blocks' MLPs, input gradient only in e4m3 (their forward stays in the
     model dtype; needs pad_gemm). On the H200 it gave no time (33.48 vs 33.45 ms) and cost cosine (0.988 vs 0.992
     against bf16; benchmarks/RESULTS.md, speed round 6)."""
+    prefix_cache: bool = True
+    """In the captured path, compute the decoder's keys and values of the tokens before the first image (the chat
+    template's system turn, which no pixel changes) once per captured graph, and run the decoder layers on the
+    tokens after them only; exact up to rounding (fast path only; the graph is captured anew whenever weights or
+    adapters change)."""
     fast: bool = True
     """Compute only what the reward needs, with every grid- and prompt-dependent index precomputed (no host
     syncs): the last layer and the LM head only at the answer rows; False = the straightforward full HF
@@ -386,9 +392,11 @@ class VLMReward:
 
     # -- forward ---------------------------------------------------------------------------------
 
-    def _logits_static(self, q: Query, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _logits_static(
+        self, q: Query, views: torch.Tensor, prefix=None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Views [C, H, W, 3] -> (Yes/No logits [2], full-vocab logits [T, V] at the target rows, or None),
-        through the capture-safe forward of ``qwen_fast``."""
+        through the capture-safe forward of ``qwen_fast`` (prefix: ``qwen_fast.prefix_kv``'s, or None)."""
         st, src = q.static, self.src
         images = resize_views(views, self.cfg.size)
         pixel_values = patchify(
@@ -397,7 +405,7 @@ class VLMReward:
         return fast_logits(
             self.model, st, q.input_ids, pixel_values.to(self.dtype), len(q.target_ids),
             block_fn=self._vision_block, checkpointing=self.cfg.gradient_checkpointing,
-            layer_fn=self._decoder_layer,
+            layer_fn=self._decoder_layer, prefix=prefix,
         )  # fmt: skip
 
     def _logits_reference(
@@ -418,11 +426,17 @@ class VLMReward:
         return yn, full
 
     def score(
-        self, views: torch.Tensor, prompt: str | None = None, fast: bool | None = None
+        self,
+        views: torch.Tensor,
+        prompt: str | None = None,
+        fast: bool | None = None,
+        prefixes: dict | None = None,
     ) -> dict[str, torch.Tensor]:
         """All views [N, H, W, 3] in [0, 1] to the VLM -> tensors: reward, logit_yes, logit_no, p_yes.
 
         Differentiable to ``views``. Used by ``__call__`` (which picks cfg.num_views views) and train-reward.
+        prefixes: a cache of the prompt prefix's keys and values per view count (``qwen_fast.prefix_kv``), kept
+        by the caller while the weights stay (``loss_fn``'s); None = every position computed.
         """
         # 1. check inputs
         prompt = self.prompt if prompt is None else prompt
@@ -435,7 +449,12 @@ class VLMReward:
         # 2. forward: pixels -> patches -> logits (differentiable)
         fast = self.cfg.fast if fast is None else fast
         if fast:
-            yn, full = self._logits_static(q, views)
+            prefix = None
+            if prefixes is not None and q.static.prefix_len > 0:
+                if views.shape[0] not in prefixes:
+                    prefixes[views.shape[0]] = prefix_kv(self.model, q.static, q.input_ids)
+                prefix = prefixes[views.shape[0]]
+            yn, full = self._logits_static(q, views, prefix)
         else:
             pixel_values, _ = preprocess_views(
                 views, size=self.cfg.size, mean=self.src.image_mean, std=self.src.image_std,
@@ -456,11 +475,16 @@ class VLMReward:
         return {"reward": reward, "logit_yes": yn[0], "logit_no": yn[1], "p_yes": torch.sigmoid(diff)}
 
     def loss_fn(self, prompt: str | None = None):
-        """The capture-safe term ``views [C, H, W, 3] -> (loss_vlm, {"reward", "p_yes"})`` that is graphed."""
+        """The capture-safe term ``views [C, H, W, 3] -> (loss_vlm, {"reward", "p_yes"})`` that is graphed.
+
+        With cfg.prefix_cache its first call computes the prompt prefix's keys and values, which later calls
+        (the graph's capture among them) reuse: a term lives for one graph, and a graph for one set of weights.
+        """
         prompt = self.prompt if prompt is None else prompt
+        prefixes = {} if self.cfg.prefix_cache else None
 
         def fn(views: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-            out = self.score(views, prompt, fast=True)
+            out = self.score(views, prompt, fast=True, prefixes=prefixes)
             return -out["reward"], {"reward": out["reward"].detach(), "p_yes": out["p_yes"].detach()}
 
         return fn
