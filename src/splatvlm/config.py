@@ -68,6 +68,9 @@ class RunConfig:
     (they are independent given the renders); ignored on CPU. The NaN losses it once caused (both CUDA graphs
     captured on one stream, so sharing a cuBLAS workspace) are gone since each graph has its own capture stream:
     a whole vlm3d run with it on had 0 bad steps in 5000 (H200, benchmarks/results/2026-12-01-h200-whole-run-r3.json)."""
+    long_pole_priority: bool = True
+    """With parallel_terms, run the step's long pole (the reward) on a high-priority CUDA stream, its graph
+    captured there: its kernels get the GPU first and the prior's fill the gaps (see trainer.term_streams)."""
     checkpoint_every: int = 500
     """Steps between checkpoints (0: only at the end and on interrupt)."""
     max_bad_steps: int = 20

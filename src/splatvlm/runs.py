@@ -27,7 +27,8 @@ console = Console(stderr=True)  # every run's and batch's messages (stderr: stdo
 # differ only in these share a recipe, so a batch continues after a speed flag or a speed default changed.
 EXECUTION_ONLY = frozenset(
     {
-        "log_every", "checkpoint_every", "max_bad_steps", "tensorboard", "parallel_terms", "render.torch_chunk",
+        "log_every", "checkpoint_every", "max_bad_steps", "tensorboard", "parallel_terms", "long_pole_priority",
+        "render.torch_chunk",
         "sds.attention", "sds.vae_attention", "sds.channels_last", "sds.compile", "sds.compile_vae", "sds.cuda_graph",
         "sds.compile_vae_channels_last", "vlm.attn_implementation", "vlm.gradient_checkpointing", "vlm.compile",
         "vlm.pad_gemm", "vlm.fast", "vlm.cuda_graph", "vlm.fuse_gemm", "vlm.prefix_cache",

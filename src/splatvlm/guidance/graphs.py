@@ -21,6 +21,11 @@ the same time on two streams (the prior and the reward with ``parallel_terms``) 
 one graph frees the workspace the other still uses (pytorch/pytorch#193402). ``torch.cuda.Stream()`` hands
 out PyTorch's pooled streams round-robin (32 per device and priority), so captures stay on distinct streams
 unless that many streams are taken between them.
+
+The capture stream has the priority of the stream current at capture: PyTorch instantiates graphs with
+per-node priorities (``cudaGraphInstantiateFlagUseNodePriority``), so a graph replays at the priority it
+was captured at, whatever stream launches it, and a term the trainer runs on a high-priority stream
+(``RunConfig.long_pole_priority``) must be captured at that priority.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ class GraphedGrad:
 
     def _capture(self, x: Tensor) -> tuple[torch.cuda.CUDAGraph, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         static_x = x.detach().clone().requires_grad_(True)
-        stream = torch.cuda.Stream()  # this capture's own: warm-up and capture (see the module's docstring)
+        # this capture's own stream, at the current stream's priority (see the module's docstring)
+        stream = torch.cuda.Stream(priority=torch.cuda.current_stream().priority)
         stream.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(stream):  # warm-up off the default stream, as capture requires
             for _ in range(self.warmup):
