@@ -245,6 +245,65 @@ def test_segments_inside_equal_groups_use_a_mask_not_a_gather():
     assert segment_layout(cu, torch.device("cpu"), groups=[0, 8, 20]).gather is not None  # a window crosses
 
 
+def test_varlen_layout_keeps_the_segment_bounds_and_cpu_keeps_sdpa():
+    torch.manual_seed(0)
+    cu = [0, 4, 4, 8, 10, 14, 18, 20]
+    seg = segment_layout(cu, torch.device("cpu"), groups=[0, 10, 20], varlen=True)
+    assert seg.cu.tolist() == [0, 4, 8, 10, 14, 18, 20] and seg.cu.dtype == torch.int32 and seg.cu_max == 4
+    assert segment_layout(cu, torch.device("cpu")).cu is None
+    q, k, v = torch.randn(3, 20, 2, 8).unbind(0)
+    plain = segment_layout(cu, torch.device("cpu"), groups=[0, 10, 20])
+    torch.testing.assert_close(segment_attention(q, k, v, seg, 0.3), segment_attention(q, k, v, plain, 0.3))
+    r = make_reward(varlen_attention=True)  # on the CPU the flag changes nothing: no bounds are made
+    st = r.query("a red cube", 4, (4, 4)).static
+    assert st.text_cu is None and st.windows.cu is None and st.images.cu is None
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_varlen_attention_matches_masked_sdpa_cuda():
+    """Flash attention over packed segments, and causal after a cached prefix, against the SDPA layouts."""
+    from splatvlm.guidance.qwen_fast import VARLEN, varlen_attention
+
+    if not VARLEN:
+        pytest.skip("this torch has no torch.nn.attention.varlen.varlen_attn with scale and window_size")
+    torch.manual_seed(0)
+    dev, dt = torch.device("cuda"), torch.bfloat16
+    cu = [
+        0,
+        64,
+        128,
+        144,
+        208,
+        272,
+        288,
+        304,
+        320,
+        324,
+    ]  # one 18x18-patch image's windows (Qwen2.5-VL, 252 px)
+    cu = cu + [324 + c for c in cu[1:]]
+    q, k, v = (torch.randn(648, 4, 80, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
+    seg = segment_layout(cu, dev, groups=[0, 324, 648], varlen=True)
+    ref_seg = segment_layout(cu, dev, groups=[0, 324, 648])
+    out, ref = segment_attention(q, k, v, seg, 0.1), segment_attention(q, k, v, ref_seg, 0.1)
+    g = torch.autograd.grad(out, (q, k, v), torch.ones_like(out))
+    g_ref = torch.autograd.grad(ref, (q, k, v), torch.ones_like(ref))
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+    for a, b in zip(g, g_ref, strict=True):
+        assert cosine(a, b) > 0.999
+    # causal, lower right: 20 queries after a 12-position prefix, 6 heads over 2 key/value heads
+    q = torch.randn(20, 6, 64, device=dev, dtype=dt)
+    k, v = torch.randn(2, 32, 2, 64, device=dev, dtype=dt).unbind(0)
+    bounds = [torch.tensor(b, dtype=torch.int32, device=dev) for b in ([0, 20], [0, 32])]
+    out = varlen_attention(q, k, v, *bounds, 20, 32, 0.125, causal=True)
+    mask = torch.arange(32, device=dev)[None] <= torch.arange(12, 32, device=dev)[:, None]
+    kk, vv = (t.repeat_interleave(3, dim=1).transpose(0, 1) for t in (k, v))
+    ref = F.scaled_dot_product_attention(q.transpose(0, 1), kk, vv, attn_mask=mask, scale=0.125).transpose(
+        0, 1
+    )
+    torch.testing.assert_close(out, ref, rtol=2e-2, atol=2e-2)
+
+
 def test_gradient_checkpointing_same_gradient():
     rgb = torch.rand(4, 56, 56, 3, requires_grad=True)
     grads, calls = [], []
@@ -331,14 +390,19 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.parametrize("model,size", [("demo", 140), ("random-3b", 252), ("random-7b", 252)])
-def test_cuda_graph_matches_reference(model, size):
-    """bf16: the graphed reward step against the HF reference path and the eager fast path."""
+@pytest.mark.parametrize(
+    "model,size,varlen",
+    [("demo", 140, False), ("demo", 140, True), ("random-3b", 252, False), ("random-7b", 252, False),
+     ("random-7b", 252, True)],
+)  # fmt: skip
+def test_cuda_graph_matches_reference(model, size, varlen):
+    """bf16: the graphed reward step against the HF reference path and the eager fast path (varlen: the
+    vision tower's and the prefix-cached decoder's attention as varlen flash attention)."""
     need_gb = {"demo": 0, "random-3b": 40, "random-7b": 60}[model]
     if torch.cuda.get_device_properties(0).total_memory < need_gb * 2**30:
         pytest.skip(f"{model} needs a card of {need_gb} GB or more")
     torch.manual_seed(0)
-    r = load_reward(RewardConfig(model=model, size=size), "cuda")
+    r = load_reward(RewardConfig(model=model, size=size, varlen_attention=varlen), "cuda")
     r.set_prompt("a DSLR photo of a corgi wearing a party hat")
     for step in range(2):  # the 2nd step replays the graph on new pixels
         x = torch.rand(4, 256, 256, 3, device="cuda", requires_grad=True)
@@ -355,7 +419,7 @@ def test_cuda_graph_matches_reference(model, size):
         plain = r.score(x, fast=True)  # every position computed: the cache's rounding, printed
         (g_plain,) = torch.autograd.grad(-plain["reward"], x)
         c_ref, c_eager = cosine(g_graph, g_ref), cosine(g_graph, g_eager)
-        print(f"\n{model} {size} px step {step}: reward graph {out['reward']:.4f} reference "
+        print(f"\n{model} {size} px varlen={varlen} step {step}: reward graph {out['reward']:.4f} reference "
               f"{float(ref['reward']):.4f} eager {float(eager['reward']):.4f}; pixel-gradient cosine vs "
               f"reference {c_ref:.5f}, vs eager fast {c_eager:.5f}, vs the fast path without the prefix cache "
               f"{cosine(g_graph, g_plain):.5f}")  # fmt: skip

@@ -2,6 +2,10 @@
 #   PART=ab      the attention A/B (attention_ab.py: the reward's three attention shapes under other kernels),
 #                then the kernel profile of the defaults (the reward's stream at high priority), of
 #                long_pole_priority=false, and of the defaults again (new models; against order effects)
+#   PART=varlen  the attention A/B again, one case per process (a variant that fails inside a capture can leave
+#                CUDA unusable: round 11's first try lost its windows and images cases so), the CUDA tests of
+#                the varlen path (segments and lower-right causal against SDPA; the graphed demo and random 7B
+#                against the reference), then the kernel profile of the defaults and of vlm.varlen_attention=true
 #   PART=bench   the 300k quick bench beside the reference (8 timed steps), twice; TAG names the results
 #   PART=full    the whole vlm3d recipe, measured (bench --full)
 # Usage: PART=ab bash benchmarks/gpu/speed11.sh
@@ -19,6 +23,16 @@ case "$PART" in
       --variants streams streams:long_pole_priority=false streams:long_pole_priority=true \
       ${PROFILE_VARIANTS:-} --traces 2 --profiled 2 --out "$OUT/profile-r11.json" 2>&1 | grep -E '^\{|Error' \
       | cut -c1-330 ;;
+  varlen)
+    for CASE in llm windows images; do
+      timeout -s KILL ${ATTN_LIMIT:-90} python3 benchmarks/gpu/attention_ab.py --flex --cases $CASE \
+        --out "$OUT/attention-r11-$CASE.json" 2>&1 | grep -E '^(llm|windows|images) |Error' | cut -c1-200
+    done
+    timeout -s KILL ${TEST_LIMIT:-180} python3 -m pytest -q -s -p no:cacheprovider -m cuda tests/test_reward.py \
+      -k "varlen" 2>&1 | grep -E 'cosine|passed|failed|Error' | cut -c1-300
+    timeout -s KILL ${PROFILE_LIMIT:-250} python3 benchmarks/gpu/profile_step.py --phases "4x256px +reward" \
+      --variants streams streams:vlm.varlen_attention=true --traces 2 --profiled 2 \
+      --out "$OUT/profile-r11-varlen.json" 2>&1 | grep -E '^\{|Error' | cut -c1-330 ;;
   bench)
     for RUN in 1 2; do
       timeout -s KILL 270 $BENCH ${FLAGS:-} -o /tmp/bref$RUN 2>&1 | tail -6 | cut -c1-300
@@ -28,5 +42,5 @@ case "$PART" in
     timeout -s KILL 400 python3 -m splatvlm.cli bench --preset vlm3d --weights random --full --limit 1 ${FLAGS:-} \
       -o /tmp/bfull 2>&1 | tail -12 | cut -c1-300
     cp /tmp/bfull/report.json "$OUT/whole-run-${TAG:-r11}.json" ;;
-  *) echo "PART must be ab, bench or full"; exit 2 ;;
+  *) echo "PART must be ab, varlen, bench or full"; exit 2 ;;
 esac

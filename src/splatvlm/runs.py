@@ -32,6 +32,7 @@ EXECUTION_ONLY = frozenset(
         "sds.attention", "sds.vae_attention", "sds.channels_last", "sds.compile", "sds.compile_vae", "sds.cuda_graph",
         "sds.compile_vae_channels_last", "vlm.attn_implementation", "vlm.gradient_checkpointing", "vlm.compile",
         "vlm.pad_gemm", "vlm.fast", "vlm.cuda_graph", "vlm.fuse_gemm", "vlm.prefix_cache",
+        "vlm.varlen_attention",
     }
 )  # fmt: skip
 

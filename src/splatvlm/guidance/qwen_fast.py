@@ -36,6 +36,14 @@ from ..errors import SplatVLMError
 
 TESTED_TRANSFORMERS = ("5.17.0", "5.24.0")
 
+try:  # torch's varlen flash attention (torch 2.10+; CUDA, fp16/bf16): RewardConfig.varlen_attention
+    from torch.nn.attention.varlen import varlen_attn as _varlen_attn
+except ImportError:
+    _varlen_attn = None
+_VARLEN_PARAMS = set(inspect.signature(_varlen_attn).parameters) if _varlen_attn is not None else set()
+VARLEN = {"scale", "window_size"} <= _VARLEN_PARAMS  # module constants: read inside compiled code
+VARLEN_GQA = "enable_gqa" in _VARLEN_PARAMS
+
 
 def cache_kwarg_of(fn: Callable) -> str:
     """The name of ``fn``'s KV-cache argument: ``cache`` (transformers 5.2x) or ``past_key_values`` (before)."""
@@ -106,18 +114,32 @@ class Segments:
     gather: torch.Tensor | None  # [n * length] token index of each slot; None = no gather (reshape)
     scatter: torch.Tensor | None  # [S] slot of each token
     mask: torch.Tensor | None  # [n or 1, 1, length, length] bool, True = key attended
+    cu: torch.Tensor | None = None  # [n + 1] int32 segment bounds for varlen attention (CUDA), or None
+    cu_max: int = 0  # the longest segment
 
 
 def segment_layout(
-    cu_seqlens: Sequence[int], device: torch.device, groups: Sequence[int] | None = None
+    cu_seqlens: Sequence[int], device: torch.device, groups: Sequence[int] | None = None, varlen: bool = False
 ) -> Segments:
     """The batched layout of the segments [cu[i], cu[i+1]) (empty ones dropped).
 
     ``groups`` (cumulative bounds, e.g. one per image): when the groups are of equal length and every
     segment lies inside one, the layout is the groups with a block-diagonal mask: no gather or scatter,
     whose bf16 index kernels (forward and the index_add of backward) cost more than the attention itself.
+    ``varlen``: also keep the bounds for ``varlen_attention``, which ``segment_attention`` then runs in
+    fp16/bf16 (one flash-attention call over the packed tokens: no mask, no padding, no gather; CUDA only).
     """
     bounds = [(a, b) for a, b in zip(cu_seqlens[:-1], cu_seqlens[1:], strict=True) if b > a]
+    seg = _batched_layout(bounds, device, groups)
+    if varlen:
+        (seg.cu,) = varlen_bounds([bounds[0][0]] + [b for _, b in bounds], device=device)
+        seg.cu_max = max(b - a for a, b in bounds)
+    return seg
+
+
+def _batched_layout(
+    bounds: list[tuple[int, int]], device: torch.device, groups: Sequence[int] | None
+) -> Segments:
     lengths = [b - a for a, b in bounds]
     n, length = len(bounds), max(lengths)
     if all(m == length for m in lengths):
@@ -150,6 +172,9 @@ def segment_attention(
 ) -> torch.Tensor:
     """Attention within each segment: q, k, v [S, H, D] -> [S, H*D]."""
     s, h, d = q.shape
+    if seg.cu is not None and q.is_cuda and q.dtype in HALF:
+        o = varlen_attention(q, k, v, seg.cu, seg.cu, seg.cu_max, seg.cu_max, scale, causal=False)
+        return o.reshape(s, h * d)
 
     def batched(t):  # [S, H, D] -> [n, H, length, D]
         if seg.gather is not None:
@@ -159,6 +184,24 @@ def segment_attention(
     o = F.scaled_dot_product_attention(batched(q), batched(k), batched(v), attn_mask=seg.mask, scale=scale)
     o = o.transpose(1, 2).reshape(seg.n * seg.length, h * d)
     return o if seg.scatter is None else o.index_select(0, seg.scatter)
+
+
+HALF = (torch.float16, torch.bfloat16)  # flash attention's dtypes
+
+
+def varlen_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
+                     max_q: int, max_k: int, scale: float, causal: bool) -> torch.Tensor:  # fmt: skip
+    """Packed attention q [Tq, H, D] over k, v [Tk, Hkv, D] -> [Tq, H, D], segment i being rows
+    [cu_q[i], cu_q[i+1]) against [cu_k[i], cu_k[i+1]); ``causal`` aligns the mask to the lower right (the
+    last query sees every key), as a query block after a cached prefix needs. Keys with fewer heads are
+    repeated where this torch's varlen_attn has no ``enable_gqa``. CUDA, fp16/bf16 only (``VARLEN``)."""
+    kw = {"window_size": (-1, 0) if causal else (-1, -1), "scale": scale}
+    groups = q.shape[1] // k.shape[1]
+    if groups > 1 and VARLEN_GQA:
+        kw["enable_gqa"] = True
+    elif groups > 1:
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return _varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, **kw)
 
 
 def vision_block(blk, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, seg: Segments,
@@ -269,12 +312,15 @@ KV = tuple[torch.Tensor, torch.Tensor]  # one layer's keys and values [1, Hkv, P
 
 
 def decoder_layer(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
-                  qkv: Fused | None, gate_up: Fused | None, past: KV | None = None) -> torch.Tensor:  # fmt: skip
+                  qkv: Fused | None, gate_up: Fused | None, past: KV | None = None,
+                  varlen: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:  # fmt: skip
     """One Qwen2.5-VL decoder layer (its own modules; HF's forward without the cache) on h [1, L, D], with
     q/k/v and gate/up as one GEMM each where given; mask None = causal.
 
     past: this layer's keys and values of the P positions before h (``prefix_kv``), attended first; then
-    ``mask`` [1, 1, L, P + L] is required."""
+    ``mask`` [1, 1, L, P + L] is required. varlen: the int32 bounds [0, L] and [0, P + L] (``StaticInputs``'s
+    ``text_cu``): on CUDA the causal attention (aligned to the lower right, after ``past``) is then one
+    ``varlen_attention`` call instead of SDPA with ``mask``."""
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import repeat_kv
 
     attn = layer.self_attn
@@ -282,6 +328,12 @@ def decoder_layer(layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, 
     q, k, v = attention_inputs(layer, layer.input_layernorm(h), cos, sin, qkv)
     if past is not None:
         k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)
+    if varlen is not None and q.is_cuda and q.dtype in HALF and b == 1:
+        n_k = k.shape[2]
+        o = varlen_attention(*(t[0].transpose(0, 1) for t in (q, k, v)), *varlen, length, n_k, attn.scaling,
+                             causal=True)  # fmt: skip
+        h = h + attn.o_proj(o.reshape(b, length, -1))
+        return h + mlp_forward(layer.mlp, layer.post_attention_layernorm(h), gate_up)
     if mask is None:  # as HF's SDPA path: grouped keys, causal
         o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=attn.scaling, enable_gqa=True)
     else:
@@ -348,6 +400,8 @@ class StaticInputs:
     answer_ids: torch.Tensor  # [2] Yes, No token ids
     prefix_len: int  # P: positions before the first image token, which no pixel changes (``prefix_kv``)
     prefix_mask: torch.Tensor  # [1, 1, L - P, L] bool causal mask of the positions after them, over all keys
+    # int32 [0, L - P] and [0, L]: the prefix-cached decoder layers' varlen attention (None: SDPA with prefix_mask)
+    text_cu: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def static_inputs(
@@ -361,12 +415,17 @@ def static_inputs(
     answer_pos: int,
     n_target: int,
     answer_ids: tuple[int, int],
+    varlen: bool = False,
 ) -> StaticInputs:
-    """Precompute (with host syncs, outside any graph) the fixed tensors of the capture-safe forward."""
+    """Precompute (with host syncs, outside any graph) the fixed tensors of the capture-safe forward.
+
+    varlen: also the bounds that run the vision tower's attention and the prefix-cached decoder's as
+    ``varlen_attention`` calls on CUDA (``RewardConfig.varlen_attention``)."""
     from transformers.masking_utils import create_causal_mask
     from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
     device = ids.device
+    varlen = varlen and VARLEN and device.type == "cuda"
     vis = model.model.visual
     lm = model.model.language_model
     unit = vis.spatial_merge_size**2
@@ -411,8 +470,8 @@ def static_inputs(
         patch_order=patch_order,
         vision_cos=cos.index_select(0, patch_order).float(),
         vision_sin=sin.index_select(0, patch_order).float(),
-        windows=segment_layout(cu_win.tolist(), device, groups=cu_img),
-        images=segment_layout(cu_img, device),
+        windows=segment_layout(cu_win.tolist(), device, groups=cu_img, varlen=varlen),
+        images=segment_layout(cu_img, device, varlen=varlen),
         feature_pos=image_pos.index_select(0, win),
         text_cos=text_cos,
         text_sin=text_sin,
@@ -422,7 +481,13 @@ def static_inputs(
         answer_ids=torch.tensor(answer_ids, dtype=torch.long, device=device),
         prefix_len=prefix_len,
         prefix_mask=prefix_mask,
+        text_cu=varlen_bounds([0, length - prefix_len], [0, length], device=device) if varlen else None,
     )
+
+
+def varlen_bounds(*bounds: Sequence[int], device: torch.device) -> tuple[torch.Tensor, ...]:
+    """int32 device tensors of cumulative bounds, made once outside any capture."""
+    return tuple(torch.tensor(b, dtype=torch.int32, device=device) for b in bounds)
 
 
 def fast_logits(
@@ -470,6 +535,8 @@ def fast_logits(
         fused = fused_weights(layer.self_attn, QKV), fused_weights(layer.mlp, GATE_UP)
         args = (layer, h, *pe, st.masks[kind] if past is None else st.prefix_mask, *fused)
         kw = {} if past is None else {"past": past}  # the compiled layer keeps its one signature without
+        if past is not None and st.text_cu is not None:
+            kw["varlen"] = st.text_cu
         if checkpointing and torch.is_grad_enabled():
             h = checkpoint(layer_fn, *args, use_reentrant=False, **kw)
         else:
