@@ -392,8 +392,9 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize(
     "model,size,varlen",
-    [("demo", 140, False), ("demo", 140, True), ("random-3b", 252, False), ("random-7b", 252, False),
+    [("demo", 140, False), ("demo", 140, True), ("random-3b", 252, True), ("random-7b", 252, False),
      ("random-7b", 252, True)],
+    ids=["demo-140-sdpa", "demo-140-varlen", "random-3b-252-varlen", "random-7b-252-sdpa", "random-7b-252-varlen"],
 )  # fmt: skip
 def test_cuda_graph_matches_reference(model, size, varlen):
     """bf16: the graphed reward step against the HF reference path and the eager fast path (varlen: the

@@ -6,7 +6,9 @@
 #                CUDA unusable: round 11's first try lost its windows and images cases so), the CUDA tests of
 #                the varlen path (segments and lower-right causal against SDPA; the graphed demo and random 7B
 #                against the reference), then the kernel profile of the defaults and of vlm.varlen_attention=true
-#   PART=bench   the 300k quick bench beside the reference (8 timed steps), twice; TAG names the results
+#   PART=bench   the CUDA tests of the varlen path (the graphed demo and random 7B against the reference; round 11's
+#                PART=varlen selected none of them), then the 300k quick bench beside the reference (8 timed
+#                steps), twice; TAG names the results
 #   PART=full    the whole vlm3d recipe, measured (bench --full)
 # Usage: PART=ab bash benchmarks/gpu/speed11.sh
 . benchmarks/gpu/setup.sh > /tmp/setup.log 2>&1 || { tail -5 /tmp/setup.log; exit 1; }
@@ -34,6 +36,8 @@ case "$PART" in
       --variants streams streams:vlm.varlen_attention=true --traces 2 --profiled 2 \
       --out "$OUT/profile-r11-varlen.json" 2>&1 | grep -E '^\{|Error' | cut -c1-330 ;;
   bench)
+    timeout -s KILL ${TEST_LIMIT:-200} python3 -m pytest -q -s -p no:cacheprovider -m cuda tests/test_reward.py \
+      -k "varlen and not 3b" 2>&1 | grep -E 'cosine|passed|failed|Error' | cut -c1-300
     for RUN in 1 2; do
       timeout -s KILL 270 $BENCH ${FLAGS:-} -o /tmp/bref$RUN 2>&1 | tail -6 | cut -c1-300
       cp /tmp/bref$RUN/report.json "$OUT/bench-reference-300k-${TAG:-r11}-run$RUN.json"
