@@ -38,3 +38,24 @@ def test_graphed_grad_matches_eager_and_draws_fresh_noise():
     xe2 = x2.clone().requires_grad_(True)
     (ge2,) = torch.autograd.grad(fn(xe2)[0], xe2)
     torch.testing.assert_close(grad2, ge2, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_capture_stream_takes_the_current_streams_priority(monkeypatch):
+    """A graph replays at the priority it was captured at (per-node priorities), so a term run on a
+    high-priority stream must be captured on one: GraphedGrad's capture stream copies the current priority."""
+    made = []
+    real = torch.cuda.Stream
+
+    def spy(*args, **kwargs):
+        s = real(*args, **kwargs)
+        made.append(s)
+        return s
+
+    monkeypatch.setattr(torch.cuda, "Stream", spy)
+    for priority in (0, -1):
+        with torch.cuda.stream(real(priority=priority)):
+            GraphedGrad(lambda x: ((x**2).sum(), {}))(torch.randn(8, device="cuda"))
+        assert made[-1].priority == real(priority=priority).priority
+    assert made[0].priority > made[-1].priority  # -1 is a real, higher priority on this device

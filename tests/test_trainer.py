@@ -358,3 +358,20 @@ def test_launch_order_puts_the_long_pole_first_only_on_streams():
     terms = {"sds": Term(fn, weights=("sds",)), "vlm": Term(fn, weights=("vlm",), launch_first=True)}
     assert launch_order(terms, {}) == ["sds", "vlm"]  # one stream (CPU): as registered
     assert launch_order(terms, {"sds": object(), "vlm": object()}) == ["vlm", "sds"]
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_long_pole_runs_on_a_higher_priority_stream():
+    from splatvlm.trainer import term_streams
+
+    def fn(rgb, cams, step):
+        return {}
+
+    terms = {"sds": Term(fn, weights=("sds",)), "vlm": Term(fn, weights=("vlm",), launch_first=True)}
+    cuda = torch.device("cuda")
+    high = term_streams(terms, cuda, priority=True)
+    assert high["vlm"].priority < high["sds"].priority == torch.cuda.current_stream().priority
+    plain = term_streams(terms, cuda, priority=False)
+    assert plain["vlm"].priority == plain["sds"].priority
+    assert term_streams(terms, torch.device("cpu"), priority=True) == {}

@@ -157,10 +157,10 @@ def term_streams(
 
     Why: the prior's and the reward's kernels slow each other when they share the GPU (round 10's trace: the
     two streams' kernels sum to 64 ms a step in a 45 ms window), and the step waits for the reward, the longer
-    one. At a higher priority the block scheduler gives the reward's kernels the SMs first and the prior's
-    fill what they leave. A CUDA graph takes the priority of the stream
-    it was captured on (PyTorch instantiates graphs with per-node priorities), so ``graphs.GraphedGrad``
-    captures on a stream of the current stream's priority."""
+    one. At a higher priority the block scheduler gives the reward's kernels the SMs first and the prior's fill
+    what they leave (H200: 52.29 -> 50.52 ms a step, benchmarks/RESULTS.md, speed round 11). A CUDA graph
+    keeps the priority of the stream it was captured on (PyTorch instantiates graphs with per-node priorities),
+    so ``graphs.GraphedGrad`` captures on a stream of the current stream's priority."""
     if device.type != "cuda" or len(terms) < 2:
         return {}
     return {  # lower is higher; 0 is the default streams' (the render and the backward run there)
