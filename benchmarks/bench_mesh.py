@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 import tyro
 
-from splatvlm.bench_report import write_report
+from splatvlm.commands.bench_report import write_report
 from splatvlm.gaussians.scene import init_toy
 from splatvlm.hub import device_name
-from splatvlm.mesh import MeshConfig, save_mesh, splats_to_mesh
+from splatvlm.outputs.mesh import MeshConfig, save_mesh, splats_to_mesh
 
 
 @dataclass

@@ -27,7 +27,7 @@ from typing import Literal
 import torch
 import tyro
 
-from splatvlm.bench_report import write_report
+from splatvlm.commands.bench_report import write_report
 from splatvlm.gaussians.cameras import CameraConfig, sample_orbit
 from splatvlm.gaussians.render import RenderConfig, render
 from splatvlm.gaussians.scene import SceneConfig, init_ball

@@ -31,7 +31,7 @@ from typing import Literal
 import torch
 import tyro
 
-from splatvlm.bench_report import write_report
+from splatvlm.commands.bench_report import write_report
 from splatvlm.guidance.reward import RewardConfig, VLMReward
 from splatvlm.hub import device_name
 from splatvlm.models import load_reward

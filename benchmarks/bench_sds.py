@@ -36,7 +36,7 @@ from typing import Literal
 import torch
 import tyro
 
-from splatvlm.bench_report import write_report
+from splatvlm.commands.bench_report import write_report
 from splatvlm.gaussians.cameras import CameraConfig, sample_orbit
 from splatvlm.guidance.sds import SDSConfig, SDSGuidance
 from splatvlm.hub import device_name

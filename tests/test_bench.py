@@ -4,7 +4,7 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 
-from splatvlm.bench import BenchArgs, Phase, recipe_phases, run_bench
+from splatvlm.commands.bench import BenchArgs, Phase, recipe_phases, run_bench
 from splatvlm.config import load_run_config
 
 
@@ -25,7 +25,7 @@ def test_recipe_phases_follow_the_schedule():
 
 
 def test_timed_records_skip_the_warmup_and_the_draining_last_step():
-    from splatvlm.bench import timed_records
+    from splatvlm.commands.bench import timed_records
 
     records = [{"step": i} for i in range(6)]
     assert [r["step"] for r in timed_records(records, warmup=2, steps=3)] == [2, 3, 4]  # 5 is the last one
@@ -150,7 +150,7 @@ def test_bench_bad_gaussians(tmp_path):
 
 
 def test_write_report_adds_provenance_and_keeps_fields(tmp_path):
-    from splatvlm.bench_report import write_report
+    from splatvlm.commands.bench_report import write_report
 
     path = write_report(tmp_path / "r.json", {"device": "X", "date": "2026-01-02", "ms": 1.5})
     data = json.loads(path.read_text())

@@ -13,7 +13,7 @@ from splatvlm.config import (
     to_yaml,
 )
 from splatvlm.errors import SplatVLMError
-from splatvlm.schedules import ever_active, weight_at
+from splatvlm.run.schedules import ever_active, weight_at
 
 
 def test_vlm3d_weight_schedule():

@@ -26,8 +26,8 @@ from splatvlm.gaussians.densify import (
 )
 from splatvlm.gaussians.render import RenderConfig, render
 from splatvlm.gaussians.scene import SceneConfig, init_ball, make_optimizers, num_gaussians
-from splatvlm.train_state import new_state
-from splatvlm.trainer import Term, train
+from splatvlm.run.train_state import new_state
+from splatvlm.run.trainer import Term, train
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 

@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from splatvlm import distributed
 from splatvlm.cli import main
+from splatvlm.commands.generate import Guidance
 from splatvlm.config import Weight, load_run_config
-from splatvlm.distributed import DistInfo, dist_info, placement_devices, shard
 from splatvlm.errors import SplatVLMError
-from splatvlm.generate import Guidance
+from splatvlm.run import distributed
+from splatvlm.run.distributed import DistInfo, dist_info, placement_devices, shard
 
 PROMPTS = ["a red apple", "a blue chair", "a green cat", "a wooden dog", "a tiny hat"]
 # Two ranks need two GPUs (cuda:LOCAL_RANK, NCCL); with fewer they run on the CPU (gloo).
@@ -363,8 +363,8 @@ def test_two_process_bench_writes_one_report_with_every_prompt(tmp_path):
 @pytest.mark.parametrize("cuda_graph", [False, True])
 def test_split_placement_matches_single_on_two_gpus(tmp_path, cuda_graph):
     from splatvlm.gaussians.scene import init_ball
-    from splatvlm.train_state import new_state
-    from splatvlm.trainer import train
+    from splatvlm.run.train_state import new_state
+    from splatvlm.run.trainer import train
 
     cfg = load_run_config("demo")
     cfg = replace(

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-import splatvlm.export as export
+import splatvlm.outputs.export as export
 from splatvlm.errors import SplatVLMError
 from splatvlm.gaussians.cameras import CameraConfig
 from splatvlm.gaussians.render import RenderConfig

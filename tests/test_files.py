@@ -112,10 +112,10 @@ def test_lock_removes_temp_files_of_a_killed_writer(tmp_path):
 
 
 def test_non_regular_files_are_refused_without_blocking(tmp_path):
+    from splatvlm.commands.train_reward import read_reward_data
     from splatvlm.config import read_yaml
     from splatvlm.gaussians.ply import load_ply
     from splatvlm.prompts import read_prompts
-    from splatvlm.train_reward import read_reward_data
 
     fifo = tmp_path / "fifo"
     os.mkfifo(fifo)

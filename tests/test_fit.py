@@ -2,8 +2,8 @@ import dataclasses
 
 import torch
 
+from splatvlm.commands.fit import fit_views, run_fit
 from splatvlm.config import load_run_config
-from splatvlm.fit import fit_views, run_fit
 from splatvlm.gaussians.scene import init_toy
 
 

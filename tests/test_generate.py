@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 import torch
 
-from splatvlm import generate
+from splatvlm.commands import generate
+from splatvlm.commands.generate import RunControl, prepare_single, resume_run, run_one
 from splatvlm.config import apply_overrides, load_run_config, read_yaml, to_yaml
 from splatvlm.errors import SplatVLMError, StopRun
-from splatvlm.generate import RunControl, prepare_single, resume_run, run_one
 from splatvlm.models import Sources
 from splatvlm.prompts import Prompts
-from splatvlm.runs import check_batch_folders, cut_metrics, recipe_hash
-from splatvlm.trainer import Term
+from splatvlm.run.runs import check_batch_folders, cut_metrics, recipe_hash
+from splatvlm.run.trainer import Term
 
 CPU = torch.device("cpu")
 

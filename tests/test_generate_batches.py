@@ -6,10 +6,10 @@ import json
 import pytest
 import torch
 
-from splatvlm import generate
+from splatvlm.commands import generate
+from splatvlm.commands.generate import RunControl, make_guidance, run_one
 from splatvlm.config import load_run_config
 from splatvlm.errors import SplatVLMError
-from splatvlm.generate import RunControl, make_guidance, run_one
 from splatvlm.models import Sources
 
 CPU_CONTROL = RunControl(progress=False)

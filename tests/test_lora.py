@@ -9,12 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
+from splatvlm.commands.train_reward import TrainRewardConfig, read_reward_data, train_reward
 from splatvlm.demo import demo_vlm_path
 from splatvlm.errors import SplatVLMError
 from splatvlm.guidance.adapters import check_adapter_dir
 from splatvlm.guidance.reward import RewardConfig, VLMReward
 from splatvlm.models import check_reward_source, load_reward
-from splatvlm.train_reward import TrainRewardConfig, read_reward_data, train_reward
 
 PROMPT = "a red cube"
 
@@ -74,7 +74,7 @@ def adapter(dataset, tmp_path_factory):
 
 
 def p_yes(reward: VLMReward, paths) -> float:
-    from splatvlm.train_reward import load_views
+    from splatvlm.commands.train_reward import load_views
 
     return float(reward.score(load_views(list(paths), 56), PROMPT)["p_yes"])
 

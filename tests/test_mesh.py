@@ -26,7 +26,7 @@ from splatvlm.cli import main  # noqa: E402
 from splatvlm.errors import SplatVLMError  # noqa: E402
 from splatvlm.gaussians.ply import ply_field_names, save_ply  # noqa: E402
 from splatvlm.gaussians.scene import make_params, rgb_to_sh0  # noqa: E402
-from splatvlm.mesh import (  # noqa: E402
+from splatvlm.outputs.mesh import (  # noqa: E402
     LARGE_RADIUS,
     Z_UP_TO_Y_UP,
     Grid,
@@ -38,7 +38,7 @@ from splatvlm.mesh import (  # noqa: E402
     splats_to_geometry,
     splats_to_mesh,
 )
-from splatvlm.mesh_color import bake_texture, color_views, rasterize_uv, vertex_colors  # noqa: E402
+from splatvlm.outputs.mesh_color import bake_texture, color_views, rasterize_uv, vertex_colors  # noqa: E402
 
 RED, BLUE = (0.9, 0.1, 0.1), (0.1, 0.2, 0.9)
 CPU = torch.device("cpu")
@@ -345,7 +345,7 @@ def test_view_serves_a_glb(tmp_path, vertex_mesh):
     pytest.importorskip("viser")
     path = tmp_path / "m.glb"
     save_mesh(vertex_mesh, path)
-    code = "import sys; from splatvlm.view import view_ply; from splatvlm.viewer import ViewerConfig; view_ply(sys.argv[1], ViewerConfig(port=0))"
+    code = "import sys; from splatvlm.commands.view import view_ply; from splatvlm.viewer.server import ViewerConfig; view_ply(sys.argv[1], ViewerConfig(port=0))"
     proc = subprocess.Popen(
         [sys.executable, "-u", "-c", code, str(path)],
         stdout=subprocess.PIPE,
@@ -373,7 +373,7 @@ def test_view_serves_a_glb(tmp_path, vertex_mesh):
 
 
 def test_view_mesh_loads_z_up(tmp_path, sphere, vertex_mesh):
-    from splatvlm.view import is_mesh_file, load_mesh_for_view
+    from splatvlm.commands.view import is_mesh_file, load_mesh_for_view
 
     mesh = vertex_mesh
     for name in ("m.glb", "m.ply"):

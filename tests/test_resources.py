@@ -18,7 +18,7 @@ def test_host_memory_is_read():
 
 
 def test_full_size_random_models_need_what_their_parameters_say():
-    from splatvlm.bench import random_weights
+    from splatvlm.commands.bench import random_weights
 
     cfg = random_weights(load_run_config("vlm3d"))
     need = resources.model_bytes(cfg, torch.device("cpu"), torch.device("cpu"))[torch.device("cpu")]
@@ -30,7 +30,7 @@ def test_full_size_random_models_need_what_their_parameters_say():
 
 
 def test_bench_random_weights_refused_when_ram_is_short(monkeypatch, tmp_path):
-    from splatvlm.bench import BenchArgs, run_bench
+    from splatvlm.commands.bench import BenchArgs, run_bench
 
     monkeypatch.setattr(resources, "host_memory", lambda: (10 * GB, 16 * GB))
     args = BenchArgs(output=tmp_path / "bench", recipe=load_run_config("vlm3d"), weights="random")
@@ -46,7 +46,7 @@ def test_bench_random_weights_refused_when_ram_is_short(monkeypatch, tmp_path):
 
 
 def test_models_that_fit_pass(monkeypatch):
-    from splatvlm.bench import random_weights
+    from splatvlm.commands.bench import random_weights
 
     monkeypatch.setattr(resources, "host_memory", lambda: (1024 * GB, 1024 * GB))
     resources.check_models_fit(random_weights(load_run_config("vlm3d")), torch.device("cpu"))

@@ -237,8 +237,8 @@ def test_gradient_checkpointing_same_gradient():
 
 
 def test_every_k_steps_is_the_trainers():
+    from splatvlm.commands.generate import Guidance
     from splatvlm.config import load_run_config
-    from splatvlm.generate import Guidance
 
     cfg = load_run_config("demo")
     cfg = dataclasses.replace(cfg, vlm=dataclasses.replace(cfg.vlm, every=3))

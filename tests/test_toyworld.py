@@ -258,9 +258,9 @@ def test_photometric_fit_carves_the_start_ball_in_120_steps(tmp_path: Path):
     from splatvlm.config import apply_overrides
     from splatvlm.gaussians.render import RenderConfig, render
     from splatvlm.gaussians.scene import init_ball
+    from splatvlm.run.train_state import new_state
+    from splatvlm.run.trainer import Term, train
     from splatvlm.toyworld.models import TORCH_CHUNK
-    from splatvlm.train_state import new_state
-    from splatvlm.trainer import Term, train
 
     torch.set_num_threads(1)
     cfg = toy_run_config("mvdream", 120, 0, "cpu", WEIGHTS_DIR)
@@ -342,7 +342,7 @@ def test_eval_smoke_cli(tmp_path: Path):
 
 
 def test_eval_cut_short_keeps_the_objects_it_finished(tmp_path: Path, monkeypatch):
-    import splatvlm.generate as generate
+    import splatvlm.commands.generate as generate
     from splatvlm.toyworld.eval import EvalConfig, run_eval
 
     real, calls = generate.run_one, []

@@ -3,14 +3,14 @@ import dataclasses
 import pytest
 import torch
 
+from splatvlm.commands.fit import render_views
 from splatvlm.config import RunConfig, Weight, load_run_config
 from splatvlm.errors import StopRun
-from splatvlm.fit import render_views
 from splatvlm.gaussians.cameras import eval_orbit
 from splatvlm.gaussians.scene import SceneConfig, init_ball, init_toy
 from splatvlm.guidance.photometric import PhotometricTerm
-from splatvlm.train_state import load_checkpoint, new_state, restore_state
-from splatvlm.trainer import Term, train, weighted_sum
+from splatvlm.run.train_state import load_checkpoint, new_state, restore_state
+from splatvlm.run.trainer import Term, train, weighted_sum
 
 CPU = torch.device("cpu")
 
@@ -242,7 +242,7 @@ def test_graphed_prior_and_reward_on_streams_stay_finite(tmp_path):
     H200, 2026-12-01, the vlm3d recipe with parallel_terms on had NaN losses from step 1 on with full-size
     random models while both graphs were captured on one stream; this is the demo-size check of the same path,
     and it passed there once each graph had its own capture stream.)"""
-    from splatvlm.generate import Guidance
+    from splatvlm.commands.generate import Guidance
 
     base = load_run_config("vlm3d")
     cfg = dataclasses.replace(
@@ -310,7 +310,7 @@ def test_terminal_bar_keeps_step_and_times_readable_at_80_columns():
     from rich.console import Console
     from rich.progress import Progress
 
-    from splatvlm.progress import progress_columns
+    from splatvlm.run.progress import progress_columns
 
     buf = io.StringIO()
     console = Console(file=buf, width=80, force_terminal=True, color_system=None)
@@ -325,7 +325,7 @@ def test_terminal_bar_keeps_step_and_times_readable_at_80_columns():
 
 
 def test_plain_progress_line_has_step_losses_gaussians_rate_and_eta():
-    from splatvlm.progress import progress_line as _progress_line
+    from splatvlm.run.progress import progress_line as _progress_line
 
     logs = {"loss_sds": 12.5, "loss_vlm": 0.25, "p_yes": 0.5, "num_gaussians": 4096}
     line = _progress_line(250, 5000, 5000, logs, 10.0, elapsed=25.0, done=250)
@@ -335,7 +335,7 @@ def test_plain_progress_line_has_step_losses_gaussians_rate_and_eta():
 
 
 def test_readback_returns_numbers_in_order_and_keeps_the_rest():
-    from splatvlm.trainer import finish_readback, start_readback
+    from splatvlm.run.trainer import finish_readback, start_readback
 
     values = {
         "loss_a": torch.tensor(1.5),
@@ -350,7 +350,7 @@ def test_readback_returns_numbers_in_order_and_keeps_the_rest():
 
 
 def test_launch_order_puts_the_long_pole_first_only_on_streams():
-    from splatvlm.trainer import launch_order
+    from splatvlm.run.trainer import launch_order
 
     def fn(rgb, cams, step):
         return {}
@@ -363,7 +363,7 @@ def test_launch_order_puts_the_long_pole_first_only_on_streams():
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_long_pole_runs_on_a_higher_priority_stream():
-    from splatvlm.trainer import term_streams
+    from splatvlm.run.trainer import term_streams
 
     def fn(rgb, cams, step):
         return {}

@@ -20,20 +20,20 @@ import torch
 from splatvlm.errors import SplatVLMError
 from splatvlm.gaussians.cameras import orbit_cameras
 from splatvlm.gaussians.scene import SceneConfig, init_ball, make_params
-from splatvlm.viewer import (
+from splatvlm.viewer.cameras import (
+    pinhole_K,
+    preview_cameras,
+    preview_size,
+    rotmat_to_wxyz,
+    viser_camera_to_viewmat,
+)
+from splatvlm.viewer.server import (
     DENSIFY_CURVES,
     MAX_CURVE_POINTS,
     Viewer,
     ViewerConfig,
     _Curve,
     splats_to_numpy,
-)
-from splatvlm.viewer_cameras import (
-    pinhole_K,
-    preview_cameras,
-    preview_size,
-    rotmat_to_wxyz,
-    viser_camera_to_viewmat,
 )
 
 viser = pytest.importorskip("viser")
@@ -73,7 +73,7 @@ def viewer(tmp_path):
 
 
 def test_import_does_not_load_viser():
-    code = "import sys, splatvlm.viewer; assert 'viser' not in sys.modules, 'viser imported eagerly'"
+    code = "import sys, splatvlm.viewer.server; assert 'viser' not in sys.modules, 'viser imported eagerly'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
@@ -146,7 +146,7 @@ def test_update_uploads_splats_every_refresh(viewer, tiny_scene):
 
 
 def test_update_is_cheap_when_not_due(tmp_path, tiny_scene, monkeypatch):
-    import splatvlm.viewer as viewer_mod
+    import splatvlm.viewer.server as viewer_mod
 
     conversions = []
     real = viewer_mod.splats_to_numpy
@@ -360,7 +360,7 @@ def test_view_ply_serves_until_ctrl_c(tmp_path, tiny_scene):
     path = tmp_path / "scene.ply"
     ply.save_ply(tiny_scene, path)
     code = (
-        "import sys; from splatvlm.view import view_ply; from splatvlm.viewer import ViewerConfig; "
+        "import sys; from splatvlm.commands.view import view_ply; from splatvlm.viewer.server import ViewerConfig; "
         "view_ply(sys.argv[1], ViewerConfig(port=0))"
     )
     proc = subprocess.Popen(
@@ -398,7 +398,7 @@ def test_view_ply_rejects_bad_file_before_binding(tmp_path):
     pytest.importorskip("splatvlm.gaussians.ply")
     bad = tmp_path / "bad.ply"
     bad.write_bytes(b"not a ply")
-    from splatvlm.view import view_ply
+    from splatvlm.commands.view import view_ply
 
     with pytest.raises(SplatVLMError):
         view_ply(bad, ViewerConfig(port=0))
@@ -406,7 +406,7 @@ def test_view_ply_rejects_bad_file_before_binding(tmp_path):
 
 def test_make_render_fn_shape(tiny_scene):
     pytest.importorskip("splatvlm.gaussians.render")
-    from splatvlm.viewer import make_render_fn
+    from splatvlm.viewer.server import make_render_fn
 
     cams = orbit_cameras(
         torch.tensor([15.0]), torch.tensor([0.0]), torch.tensor([2.5]), torch.tensor([40.0]), 40, 32
@@ -464,7 +464,7 @@ def test_foreign_origin_is_refused_own_origin_and_no_origin_accepted(tmp_path, c
 
 
 def test_allowed_origins_follow_the_chosen_host():
-    from splatvlm.viewer_guard import allowed_origins, origin_allowed
+    from splatvlm.viewer.guard import allowed_origins, origin_allowed
 
     assert origin_allowed("http://192.168.1.5:8080", "192.168.1.5", 8080)
     assert not origin_allowed("http://192.168.1.5:8080", "127.0.0.1", 8080)
@@ -495,8 +495,8 @@ def test_signal_while_paused_stops_with_a_checkpoint(tmp_path):
 
     from splatvlm.config import load_run_config
     from splatvlm.errors import StopRun
-    from splatvlm.train_state import load_checkpoint, new_state
-    from splatvlm.trainer import Term, train
+    from splatvlm.run.train_state import load_checkpoint, new_state
+    from splatvlm.run.trainer import Term, train
 
     cfg = load_run_config("fit")
     cfg = dataclasses.replace(

@@ -33,7 +33,7 @@ from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 
 from splatvlm.gaussians.ply import load_ply, save_ply  # noqa: E402
-from splatvlm.viewer import Viewer, ViewerConfig, make_render_fn  # noqa: E402
+from splatvlm.viewer.server import Viewer, ViewerConfig, make_render_fn  # noqa: E402
 
 CHROMIUM_FLAGS = (
     "--headless",

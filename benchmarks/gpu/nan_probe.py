@@ -21,14 +21,14 @@ from pathlib import Path
 
 import torch
 
-from splatvlm.bench import random_weights, recipe_phases
+from splatvlm.commands.bench import random_weights, recipe_phases
+from splatvlm.commands.generate import Guidance
 from splatvlm.config import load_run_config
 from splatvlm.gaussians.render import render
 from splatvlm.gaussians.scene import init_ball
-from splatvlm.generate import Guidance
 from splatvlm.guidance.sds import SDSGuidance
-from splatvlm.train_state import new_state
-from splatvlm.trainer import default_view_sampler, make_backgrounds, train
+from splatvlm.run.train_state import new_state
+from splatvlm.run.trainer import default_view_sampler, make_backgrounds, train
 
 
 def stats(x: torch.Tensor) -> dict:

@@ -121,12 +121,12 @@ def host_syncs(fn, *args, **kwargs) -> list[dict]:
 
 
 def main() -> None:
-    from splatvlm.bench import random_weights, recipe_phases
+    from splatvlm.commands.bench import random_weights, recipe_phases
+    from splatvlm.commands.generate import Guidance
     from splatvlm.config import load_run_config
     from splatvlm.gaussians.scene import init_ball
-    from splatvlm.generate import Guidance
-    from splatvlm.train_state import new_state
-    from splatvlm.trainer import train
+    from splatvlm.run.train_state import new_state
+    from splatvlm.run.trainer import train
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)

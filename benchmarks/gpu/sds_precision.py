@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 import tyro
 
-from splatvlm.bench_report import write_report
+from splatvlm.commands.bench_report import write_report
 from splatvlm.config import load_run_config
 from splatvlm.gaussians.cameras import CameraConfig, sample_orbit
 from splatvlm.guidance.sds import SDSGuidance

@@ -39,16 +39,16 @@ from pathlib import Path
 import torch
 
 from splatvlm.config import apply_overrides
-from splatvlm.export import save_png, to_uint8
 from splatvlm.gaussians.cameras import sample_orbit
 from splatvlm.gaussians.render import RenderConfig, render
 from splatvlm.gaussians.scene import init_ball
+from splatvlm.outputs.export import save_png, to_uint8
+from splatvlm.run.train_state import new_state
+from splatvlm.run.trainer import Term, train
 from splatvlm.toyworld import metrics
 from splatvlm.toyworld.eval import picture, render_white, score, toy_run_config
 from splatvlm.toyworld.models import RESOLUTION, TORCH_CHUNK, WEIGHTS_DIR, toy_camera
 from splatvlm.toyworld.world import get_objects, object_params
-from splatvlm.train_state import new_state
-from splatvlm.trainer import Term, train
 
 DEV = torch.device("cpu")
 
@@ -154,8 +154,8 @@ def drift_one(obj, seed: int, weights: Path) -> dict:
 
 
 def opgrad_one(obj, seed: int, weights: Path) -> dict:
+    from splatvlm.run.trainer import make_backgrounds
     from splatvlm.toyworld.models import start_params
-    from splatvlm.trainer import make_backgrounds
 
     gt, p = object_params(obj), start_params(seed)
     rc = RenderConfig(torch_chunk=TORCH_CHUNK)

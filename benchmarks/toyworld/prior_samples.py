@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from splatvlm.export import save_png, to_uint8
 from splatvlm.guidance.sds import SDSConfig, SDSGuidance
+from splatvlm.outputs.export import save_png, to_uint8
 from splatvlm.toyworld.eval import render_white, side_cameras
 from splatvlm.toyworld.models import WEIGHTS_DIR
 from splatvlm.toyworld.world import get_objects, object_params

@@ -40,9 +40,9 @@ _EXPORTS = {
     "load_prior": "models",
     "load_reward": "models",
     "check_sources": "models",
-    "Term": "trainer",
-    "train": "trainer",
-    "new_state": "train_state",
+    "Term": "run.trainer",
+    "train": "run.trainer",
+    "new_state": "run.train_state",
     "SplatVLMError": "errors",
 }
 __all__ = [
@@ -94,5 +94,5 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .guidance.reward import RewardConfig, VLMReward
     from .guidance.sds import SDSConfig, SDSGuidance
     from .models import check_sources, load_prior, load_reward
-    from .train_state import new_state
-    from .trainer import Term, train
+    from .run.train_state import new_state
+    from .run.trainer import Term, train

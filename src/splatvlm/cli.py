@@ -22,7 +22,7 @@ from .config import RunConfig, list_presets, load_run_config, preset_description
 from .errors import SplatVLMError, StopRun
 from .gaussians.cameras import CameraConfig
 from .gaussians.render import RenderConfig
-from .mesh import MeshConfig
+from .outputs.mesh import MeshConfig
 
 
 def _parse(cls: type, argv: list[str], prog: str, default=None):
@@ -78,9 +78,9 @@ def _preset_defaults(argv: list[str]) -> tuple[RunConfig, str]:
 
 
 def cmd_generate(argv: list[str]) -> int:
-    from .generate import RunControl, prepare_single, resume_run, run_batch, run_one
+    from .commands.generate import RunControl, prepare_single, resume_run, run_batch, run_one
     from .prompts import read_prompts, slugify
-    from .viewer import ViewerConfig
+    from .viewer.server import ViewerConfig
 
     run_cfg, preset = _preset_defaults(argv)
     args: GenerateArgs = _parse(
@@ -103,7 +103,7 @@ def cmd_generate(argv: list[str]) -> int:
         mesh=_mesh_control(args),
     )
     _check_control(control)
-    from .distributed import dist_info, require_one_process
+    from .run.distributed import dist_info, require_one_process
 
     if args.prompts is None:
         require_one_process(dist_info(), "a single prompt or --resume")
@@ -122,7 +122,7 @@ def cmd_generate(argv: list[str]) -> int:
         )
         _print_summary(summaries)
         return 0
-    from .generate import check_sources, make_guidance
+    from .commands.generate import check_sources, make_guidance
 
     guidance = make_guidance(args.run, control)  # devices first: a bad --placement fails before any file
     prompt, output, run_dir, replaces = prepare_single(
@@ -149,7 +149,7 @@ def _check_resume_flags(argv: list[str], args: GenerateArgs) -> tuple[int | None
     A run-config flag whose value equals the saved one is harmless; more --steps is applied, with a message.
     """
     from .config import apply_overrides, read_yaml
-    from .runs import EXECUTION_ONLY
+    from .run.runs import EXECUTION_ONLY
 
     saved = None
     if (Path(args.resume) / "config.yaml").is_file():
@@ -227,7 +227,7 @@ def _mesh_control(args: GenerateArgs) -> MeshConfig | None:
     if not args.mesh:
         return None
     from .files import check_output_path
-    from .mesh import check_mesh_config
+    from .outputs.mesh import check_mesh_config
 
     cfg = MeshConfig(resolution=args.mesh_resolution, faces=args.faces, texture=args.texture)
     check_mesh_config(cfg)
@@ -266,10 +266,10 @@ def _print_summary(summaries: list[dict]) -> None:
 
 
 def cmd_fit(argv: list[str]) -> int:
+    from .commands.fit import run_fit
+    from .commands.generate import console
     from .files import check_output_dir, check_output_path
-    from .fit import run_fit
     from .gaussians.ply import load_ply, save_ply
-    from .generate import console
     from .hub import pick_device
 
     args: FitArgs = _parse(FitArgs, argv, "splatvlm fit")
@@ -297,10 +297,10 @@ def cmd_fit(argv: list[str]) -> int:
 
 
 def cmd_render(argv: list[str]) -> int:
-    from .export import export_render
     from .files import check_output_path
     from .gaussians.ply import load_ply
     from .hub import pick_device
+    from .outputs.export import export_render
 
     args: RenderArgs = _parse(RenderArgs, argv, "splatvlm render")
     if (args.output is None) == (args.gpteval3d is None):
@@ -321,8 +321,8 @@ def cmd_render(argv: list[str]) -> int:
     params = load_ply(args.input)
     device = pick_device(args.device)
     if args.gpteval3d is not None:
-        from .export import export_gpteval3d
         from .files import check_output_dir
+        from .outputs.export import export_gpteval3d
 
         folder = args.gpteval3d / args.method / str(args.prompt_id) / str(args.seed)
         if folder.is_dir() and any(folder.iterdir()) and not args.overwrite:
@@ -346,7 +346,7 @@ def cmd_render(argv: list[str]) -> int:
 def cmd_mesh(argv: list[str]) -> int:
     from .files import check_output_path
     from .gaussians.ply import load_ply
-    from .mesh import check_mesh_config, check_mesh_output, export_mesh
+    from .outputs.mesh import check_mesh_config, check_mesh_output, export_mesh
 
     args: MeshArgs = _parse(MeshArgs, argv, "splatvlm mesh")
     check_mesh_config(args.mesh)
@@ -361,8 +361,8 @@ def cmd_mesh(argv: list[str]) -> int:
 
 
 def cmd_view(argv: list[str]) -> int:
-    from .view import view_ply
-    from .viewer import ViewerConfig
+    from .commands.view import view_ply
+    from .viewer.server import ViewerConfig
 
     args: ViewArgs = _parse(ViewArgs, argv, "splatvlm view")
     if not 0 < args.port < 65536:
@@ -372,7 +372,7 @@ def cmd_view(argv: list[str]) -> int:
 
 
 def cmd_train_reward(argv: list[str]) -> int:
-    from .train_reward import TrainRewardConfig, train_reward
+    from .commands.train_reward import TrainRewardConfig, train_reward
 
     args = _parse(TrainRewardConfig, argv, "splatvlm train-reward")
     train_reward(args)
@@ -380,7 +380,7 @@ def cmd_train_reward(argv: list[str]) -> int:
 
 
 def cmd_bench(argv: list[str]) -> int:
-    from .bench import BenchArgs, run_bench
+    from .commands.bench import BenchArgs, run_bench
 
     run_cfg, preset = _preset_defaults(argv)
     args = _parse(BenchArgs, argv, "splatvlm bench", BenchArgs(preset=preset, recipe=run_cfg))

@@ -13,7 +13,7 @@ from .gaussians.cameras import CameraConfig
 from .gaussians.densify import StrategyConfig
 from .gaussians.render import RenderConfig
 from .gaussians.scene import SceneConfig
-from .mesh import MeshConfig
+from .outputs.mesh import MeshConfig
 
 DEFAULT_PRESET = "vlm3d"
 
@@ -66,7 +66,7 @@ class GenerateArgs:
     """--mesh: bake a UV texture of this many pixels square (0: per-vertex colors)."""
     placement: Literal["single", "split"] = "single"
     """'split': the VLM reward on cuda:1, prior + scene + renderer on cuda:0 (torchrun: GPUs 2*LOCAL_RANK, +1).
-    Under torchrun a batch's prompts are shared out over the processes (see splatvlm.distributed)."""
+    Under torchrun a batch's prompts are shared out over the processes (see splatvlm.run.distributed)."""
     run: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=RunConfig)
 
 

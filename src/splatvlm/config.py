@@ -23,7 +23,7 @@ from .gaussians.render import RenderConfig
 from .gaussians.scene import SceneConfig
 from .guidance.reward import RewardConfig
 from .guidance.sds import SDSConfig
-from .schedules import Weight
+from .run.schedules import Weight
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
 

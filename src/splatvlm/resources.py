@@ -69,7 +69,7 @@ def _weights_on_disk(source: str) -> int:
 
 def model_bytes(cfg, vlm_device: torch.device, sds_device: torch.device) -> dict[torch.device, int]:
     """Estimated bytes the guidance models of run config ``cfg`` need, per device."""
-    from .schedules import terms_active
+    from .run.schedules import terms_active
 
     need: dict[torch.device, int] = {}
     active = terms_active(cfg)

@@ -186,7 +186,7 @@ def score(params: torch.nn.ParameterDict, obj: ToyObject, device: torch.device) 
 
 def picture(rows: list[torch.nn.ParameterDict], path: Path, device: torch.device, scale: int = 3) -> None:
     """One PNG: a row per scene (ground truth first), 4 sides each, upscaled for viewing."""
-    from ..export import save_png, to_uint8
+    from ..outputs.export import save_png, to_uint8
 
     cams = side_cameras()
     images = []
@@ -251,8 +251,8 @@ def report_markdown(report: dict[str, Any]) -> str:
 
 
 def run_eval(cfg: EvalConfig, argv: list[str] | None = None) -> dict[str, Any]:
+    from ..commands.generate import Guidance, RunControl, check_sources, run_one
     from ..gaussians.ply import load_ply
-    from ..generate import Guidance, RunControl, check_sources, run_one
     from ..hub import device_name, pick_device
 
     # 1. check inputs

@@ -18,16 +18,18 @@ from typing import Any, Literal
 
 import torch
 
-from . import distributed, export, models
-from .config import RunConfig, apply_overrides, nest_dotted, read_yaml, to_dict, validate_run_config
-from .errors import SplatVLMError, StopRun
-from .files import RunLock, atomic_write_text, check_output_dir, check_output_path, clean_temp_files
-from .gaussians.cameras import Cameras
-from .gaussians.ply import save_ply
-from .gaussians.scene import init_ball, num_gaussians
-from .models import Sources
-from .prompts import check_prompt, slugify, where_of
-from .runs import (
+from .. import models
+from ..config import RunConfig, apply_overrides, nest_dotted, read_yaml, to_dict, validate_run_config
+from ..errors import SplatVLMError, StopRun
+from ..files import RunLock, atomic_write_text, check_output_dir, check_output_path, clean_temp_files
+from ..gaussians.cameras import Cameras
+from ..gaussians.ply import save_ply
+from ..gaussians.scene import init_ball, num_gaussians
+from ..models import Sources
+from ..outputs import export
+from ..prompts import check_prompt, slugify, where_of
+from ..run import distributed
+from ..run.runs import (
     aside_dir,
     batch_report,
     check_batch_folders,
@@ -45,10 +47,10 @@ from .runs import (
     swap_in,
     yaml_dict,
 )
-from .schedules import terms_active
-from .train_state import TrainState, load_checkpoint, new_state, restore_state
-from .trainer import Term, train, write_run_files
-from .viewer import ViewerConfig
+from ..run.schedules import terms_active
+from ..run.train_state import TrainState, load_checkpoint, new_state, restore_state
+from ..run.trainer import Term, train, write_run_files
+from ..viewer.server import ViewerConfig
 
 
 @dataclass
@@ -87,7 +89,7 @@ class Guidance:
         terms: dict[str, Term] = {}
         if active["sds"]:
             if self.sds is None:
-                from .guidance.sds import SDSGuidance
+                from ..guidance.sds import SDSGuidance
 
                 t0 = time.perf_counter()
                 self.sds = SDSGuidance(self.cfg.sds, self.device).load()
@@ -97,7 +99,7 @@ class Guidance:
         if active["vlm"]:
             vlm_device = self.device if self.vlm_device is None else self.vlm_device
             if self.vlm is None:
-                from .guidance.reward import VLMReward
+                from ..guidance.reward import VLMReward
 
                 t0 = time.perf_counter()
                 src = self.sources.vlm if self.sources is not None and self.sources.vlm is not None else None
@@ -211,7 +213,7 @@ def _run_one(
         if cfg.scene.init == "ball":
             params = init_ball(cfg.scene, init_gen)
         else:
-            from .gaussians.ply import load_ply
+            from ..gaussians.ply import load_ply
 
             params = load_ply(cfg.scene.init)
         state = new_state(params, cfg, device)
@@ -221,7 +223,7 @@ def _run_one(
     # 4. Live viewer.
     viewer = None
     if control.viewer.enabled:
-        from .viewer import Viewer, make_render_fn
+        from ..viewer.server import Viewer, make_render_fn
 
         viewer = Viewer(
             control.viewer,
@@ -289,7 +291,7 @@ def _run_one(
             # Inside the run folder (one prompt), the folder being built moves to final_dir when it is complete.
             summary["gpteval3d"] = written if control.gpteval3d_root else str(final_dir / "gpteval3d")
         if control.mesh is not None:
-            from .mesh import export_mesh
+            from ..outputs.mesh import export_mesh
 
             try:  # the splats are saved already: a scene with no surface yet costs the mesh, not the run
                 mesh = export_mesh(
@@ -408,7 +410,7 @@ def resume_run(
                 "the total (the means learning rate) follow the new total from here"
             )
             cfg = replace(cfg, steps=steps)
-            from .config import to_yaml
+            from ..config import to_yaml
 
             atomic_write_text(run_dir / "config.yaml", to_yaml(cfg))
         del ckpt
@@ -443,7 +445,7 @@ def make_guidance(
     info = distributed.dist_info() if info is None else info
     device, vlm_device = distributed.placement_devices(cfg.device, control.placement, info)
     distributed.use_device(device)
-    from .resources import check_models_fit
+    from ..resources import check_models_fit
 
     check_models_fit(cfg, device, vlm_device)
     return Guidance(cfg, device, vlm_device=None if vlm_device == device else vlm_device, sources=sources)

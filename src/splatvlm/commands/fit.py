@@ -12,14 +12,14 @@ from pathlib import Path
 
 import torch
 
-from .config import RunConfig
-from .errors import SplatVLMError
-from .gaussians.cameras import Cameras, orbit_cameras
-from .gaussians.render import render
-from .gaussians.scene import init_ball, num_gaussians
-from .guidance.photometric import PhotometricTerm, psnr
-from .train_state import new_state
-from .trainer import Term, train, write_run_files
+from ..config import RunConfig
+from ..errors import SplatVLMError
+from ..gaussians.cameras import Cameras, orbit_cameras
+from ..gaussians.render import render
+from ..gaussians.scene import init_ball, num_gaussians
+from ..guidance.photometric import PhotometricTerm, psnr
+from ..run.train_state import new_state
+from ..run.trainer import Term, train, write_run_files
 
 
 @dataclass

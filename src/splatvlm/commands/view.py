@@ -8,15 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import SplatVLMError
-from .gaussians.scene import num_gaussians
-from .viewer import Viewer, ViewerConfig, check_viewer_config, make_render_fn
-from .viewer_guard import check_bindable, guarded_server, is_loopback, url
+from ..errors import SplatVLMError
+from ..gaussians.scene import num_gaussians
+from ..viewer.guard import check_bindable, guarded_server, is_loopback, url
+from ..viewer.server import Viewer, ViewerConfig, check_viewer_config, make_render_fn
 
 
 def view_ply(path: str | Path, cfg: ViewerConfig) -> None:
     """Serve a finished .ply until Ctrl-C (``splatvlm view IN.ply``); a mesh (.glb, .obj, mesh .ply) too."""
-    from .gaussians.ply import load_ply
+    from ..gaussians.ply import load_ply
 
     path = Path(path)
     if is_mesh_file(path):
@@ -53,7 +53,7 @@ def load_mesh_for_view(path: Path):
     """The mesh in splatvlm's z-up world (.glb and .obj are y-up files; see ``mesh.py``)."""
     import trimesh
 
-    from .mesh import Z_UP_TO_Y_UP
+    from ..outputs.mesh import Z_UP_TO_Y_UP
 
     if not path.is_file():
         raise SplatVLMError(f"cannot load {path}: file not found")

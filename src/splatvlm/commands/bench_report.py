@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_path, atomic_write_text
+from ..files import atomic_path, atomic_write_text
 
 COMPONENTS = ("render", "sds", "vlm", "backward", "densify", "viewer")
 

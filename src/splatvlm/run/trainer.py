@@ -23,13 +23,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import RunConfig, to_yaml
-from .errors import SplatVLMError, StopRun
-from .files import atomic_write_text
-from .gaussians import densify
-from .gaussians.cameras import Cameras, sample_orbit, to_device, views_at_step
-from .gaussians.render import RenderOutput, render
-from .gaussians.scene import means_lr, num_gaussians
+from ..config import RunConfig, to_yaml
+from ..errors import SplatVLMError, StopRun
+from ..files import atomic_write_text
+from ..gaussians import densify
+from ..gaussians.cameras import Cameras, sample_orbit, to_device, views_at_step
+from ..gaussians.render import RenderOutput, render
+from ..gaussians.scene import means_lr, num_gaussians
 from .progress import StepTimer, progress_columns, progress_info, progress_line
 from .schedules import Weight, weight_at
 from .train_state import TrainState, save_checkpoint

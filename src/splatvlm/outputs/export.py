@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import SplatVLMError
-from .files import atomic_path, check_output_dir
-from .gaussians.cameras import CameraConfig, Cameras, eval_orbit
-from .gaussians.render import RenderConfig, normals_from_depth, render
+from ..errors import SplatVLMError
+from ..files import atomic_path, check_output_dir
+from ..gaussians.cameras import CameraConfig, Cameras, eval_orbit
+from ..gaussians.render import RenderConfig, normals_from_depth, render
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
 RENDER_SUFFIXES = (".gif", ".mp4", ".png")

@@ -39,11 +39,11 @@ import torch
 import torch.nn.functional as F
 import tyro
 
-from .errors import SplatVLMError
-from .guidance.adapters import DEFAULT_TARGETS
-from .guidance.reward import RewardConfig, VLMReward
-from .guidance.vlm_views import resize_views
-from .models import check_reward_source
+from ..errors import SplatVLMError
+from ..guidance.adapters import DEFAULT_TARGETS
+from ..guidance.reward import RewardConfig, VLMReward
+from ..guidance.vlm_views import resize_views
+from ..models import check_reward_source
 
 # ---------------------------------------------------------------------------------------------------
 # Training data
@@ -62,7 +62,7 @@ class RewardExample:
 
 
 def _image_list(value, key: str, where: str, root: Path) -> list[Path]:
-    from .files import check_image
+    from ..files import check_image
 
     if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
         raise SplatVLMError(f"{where}: '{key}' must be a non-empty list of image paths")
@@ -79,7 +79,7 @@ def _image_list(value, key: str, where: str, root: Path) -> list[Path]:
 
 def read_reward_data(path: str | os.PathLike) -> list[RewardExample]:
     """Parse and validate the whole JSONL up front; any problem -> one-line error naming the line."""
-    from .files import check_regular_file
+    from ..files import check_regular_file
 
     path = Path(path)
     if not path.exists():
@@ -159,7 +159,7 @@ class TrainRewardConfig:
     """Fine-tune a LoRA adapter for the reward VLM on labeled renders or preference pairs."""
 
     data: tyro.conf.Positional[Path]
-    """JSONL training data (format in `splatvlm.train_reward`'s docstring: images + prompt + yes/no label, or
+    """JSONL training data (format in `splatvlm.commands.train_reward`'s docstring: images + prompt + yes/no label, or
     images_chosen + images_rejected + prompt)."""
     output: Annotated[Path, tyro.conf.arg(aliases=("-o",))]
     """Adapter folder to write (adapter_config.json + adapter_model.safetensors + train_reward.json)."""

@@ -15,7 +15,7 @@ import sys
 import threading
 from typing import Any
 
-from .errors import SplatVLMError
+from ..errors import SplatVLMError
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 

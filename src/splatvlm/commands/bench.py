@@ -32,15 +32,15 @@ from typing import Annotated, Any, Literal
 import torch
 import tyro
 
+from ..config import RunConfig, preset_help, to_dict, validate_run_config
+from ..errors import SplatVLMError
+from ..files import atomic_write_text, check_output_dir
+from ..hub import device_name
+from ..prompts import read_prompts
+from ..run.schedules import weight_at
 from .bench_report import COMPONENTS, report_markdown, save_breakdown_png
-from .config import RunConfig, preset_help, to_dict, validate_run_config
-from .errors import SplatVLMError
-from .files import atomic_write_text, check_output_dir
-from .hub import device_name
-from .prompts import read_prompts
-from .schedules import weight_at
 
-SHIPPED_PROMPTS = Path(__file__).resolve().parent / "data" / "bench_prompts.json"
+SHIPPED_PROMPTS = Path(__file__).resolve().parents[1] / "data" / "bench_prompts.json"
 
 
 @dataclass
@@ -142,7 +142,7 @@ def _median(values: list[float]) -> float:
 
 
 def _viewer_for(state: Any, cfg: RunConfig, run_dir: Path, every: int) -> Any:
-    from .viewer import Viewer, ViewerConfig, make_render_fn
+    from ..viewer.server import Viewer, ViewerConfig, make_render_fn
 
     render_fn = make_render_fn(state.params, state.params["means"].device, cfg.render)
     return Viewer(ViewerConfig(enabled=True, port=0, refresh_every=every), render_fn, run_dir)
@@ -168,9 +168,9 @@ def time_prompt(
 ) -> dict[str, Any]:
     """Time every phase of the recipe for one prompt (with a live viewer when ``viewer_every`` is set),
     on a scene of ``gaussians`` Gaussians (0: the recipe's initial scene)."""
-    from .gaussians.scene import init_ball
-    from .train_state import new_state
-    from .trainer import train
+    from ..gaussians.scene import init_ball
+    from ..run.train_state import new_state
+    from ..run.trainer import train
 
     terms = guidance.terms(prompt)
     result: dict[str, Any] = {"prompt": prompt, "phases": [], "full_run": False, "extrapolated": True}
@@ -269,9 +269,9 @@ def run_prompt_full(
     Per-component times come from the trainer's profiler (CUDA events; the trainer reads the loss on
     the host every step, so the extra sync costs little).
     """
-    from .gaussians.scene import init_ball
-    from .train_state import new_state
-    from .trainer import train
+    from ..gaussians.scene import init_ball
+    from ..run.train_state import new_state
+    from ..run.trainer import train
 
     phases = recipe_phases(cfg)
     records: list[dict[str, Any]] = []
@@ -365,7 +365,7 @@ def gradient_probe(
     The render, cameras, step and RNG are seeded, so the same call on the reference path is comparable:
     the prior's noise and timestep are drawn in the same order on both paths.
     """
-    from .gaussians.cameras import sample_orbit
+    from ..gaussians.cameras import sample_orbit
 
     terms = guidance.terms(prompt)
     phase = max(recipe_phases(cfg), key=lambda p: (p.reward, p.resolution))
@@ -398,7 +398,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     """Time the recipe over the prompts and write the report; under torchrun each rank times its share
     (``distributed.shard``: index % world == rank) and rank 0 gathers, writes and returns the report
     (other ranks return {})."""
-    from . import distributed
+    from ..run import distributed
     from .generate import Guidance, check_sources
 
     # 1. Inputs.
@@ -416,7 +416,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     info = distributed.dist_info()
     device, vlm_device = distributed.placement_devices(cfg.device, args.placement, info)
     distributed.use_device(device)
-    from .resources import check_models_fit
+    from ..resources import check_models_fit
 
     check_models_fit(cfg, device, vlm_device)  # before building full-size models that cannot fit
     out = check_output_dir(args.output)

@@ -27,8 +27,8 @@ import torch
 import tyro
 from torch import Tensor
 
-from .errors import SplatVLMError
-from .files import atomic_path, atomic_write_bytes, atomic_write_text
+from ..errors import SplatVLMError
+from ..files import atomic_path, atomic_write_bytes, atomic_write_text
 
 MESH_SUFFIXES = (".glb", ".obj", ".ply")
 LARGE_RADIUS = 24  # voxels: Gaussians with a larger 3-sigma box are splatted one by one, clipped to the grid
@@ -115,7 +115,7 @@ class Grid:
 
 def _gaussians(params: torch.nn.ParameterDict, min_opacity: float, device: torch.device) -> dict[str, Tensor]:
     """Activated means, rotations, scales and opacities of the Gaussians above ``min_opacity``."""
-    from .gaussians.raster_torch import quat_to_rotmat
+    from ..gaussians.raster_torch import quat_to_rotmat
 
     opac = torch.sigmoid(params["opacities"].detach().float()).to(device)
     keep = opac > min_opacity

@@ -15,10 +15,10 @@ from typing import Any
 
 from rich.console import Console
 
-from .config import RunConfig, apply_overrides, read_yaml, to_dict
-from .errors import SplatVLMError
-from .files import atomic_write_text, check_output_dir
-from .prompts import where_of
+from ..config import RunConfig, apply_overrides, read_yaml, to_dict
+from ..errors import SplatVLMError
+from ..files import atomic_write_text, check_output_dir
+from ..prompts import where_of
 
 console = Console(stderr=True)  # every run's and batch's messages (stderr: stdout stays for data)
 

@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .config import RunConfig, to_yaml
-from .errors import SplatVLMError
-from .files import atomic_path
-from .gaussians import densify
-from .gaussians.scene import make_optimizers, make_params
+from ..config import RunConfig, to_yaml
+from ..errors import SplatVLMError
+from ..files import atomic_path
+from ..gaussians import densify
+from ..gaussians.scene import make_optimizers, make_params
 
 CHECKPOINT_VERSION = 1
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .gaussians.cameras import Cameras
-from .gaussians.raster_torch import quat_to_rotmat
+from ..gaussians.cameras import Cameras
+from ..gaussians.raster_torch import quat_to_rotmat
 
 
 def wxyz_to_rotmat(wxyz: np.ndarray) -> np.ndarray:

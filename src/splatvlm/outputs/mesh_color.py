@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .gaussians.cameras import Cameras, orbit_cameras
-from .gaussians.render import RenderConfig, render
-from .gaussians.scene import sh0_to_rgb
+from ..gaussians.cameras import Cameras, orbit_cameras
+from ..gaussians.render import RenderConfig, render
+from ..gaussians.scene import sh0_to_rgb
 
 RING_ELEVATIONS = (-30.0, 15.0, 50.0)
 POLE_ELEVATION = 85.0  # straight above would make the orbit camera's z-up "look at" degenerate

@@ -31,15 +31,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .errors import SplatVLMError
-from .gaussians.cameras import CameraConfig
-from .gaussians.raster_torch import quat_to_rotmat
-from .gaussians.scene import num_gaussians, sh0_to_rgb
-from .viewer_cameras import pinhole_K, preview_cameras, preview_size, viser_camera_to_viewmat
-from .viewer_guard import check_bindable, guarded_server, is_loopback, url
+from ..errors import SplatVLMError
+from ..gaussians.cameras import CameraConfig
+from ..gaussians.raster_torch import quat_to_rotmat
+from ..gaussians.scene import num_gaussians, sh0_to_rgb
+from .cameras import pinhole_K, preview_cameras, preview_size, viser_camera_to_viewmat
+from .guard import check_bindable, guarded_server, is_loopback, url
 
 if TYPE_CHECKING:
-    from .gaussians.render import RenderConfig
+    from ..gaussians.render import RenderConfig
 
 RenderFn = Callable[[Tensor, Tensor, int, int], np.ndarray]
 """(viewmat [4, 4] OpenCV world-to-camera, K [3, 3], width, height) -> uint8 image [H, W, 3]."""
@@ -556,7 +556,7 @@ def make_render_fn(
 
     ``params`` is read at every call, so a training scene's preview follows its updates.
     """
-    from .gaussians.render import RenderConfig, render
+    from ..gaussians.render import RenderConfig, render
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     params = params.to(device)

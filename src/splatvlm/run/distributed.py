@@ -34,8 +34,8 @@ from typing import Any, Literal
 
 import torch
 
-from .errors import SplatVLMError
-from .hub import pick_device
+from ..errors import SplatVLMError
+from ..hub import pick_device
 
 Placement = Literal["single", "split"]
 # How long a rank may wait for the others at a gather: a whole share of assets (hours), not seconds.

@@ -1,0 +1,1 @@
+"""The applications behind `splatvlm COMMAND`: generate, fit, bench, train-reward, view."""
