@@ -10,18 +10,20 @@ from splatvlm.config import load_run_config
 
 def test_recipe_phases_follow_the_schedule():
     phases = recipe_phases(load_run_config("vlm3d-full"))
-    assert [(p.start, p.end, p.num_views, p.resolution, p.reward) for p in phases] == [
-        (0, 5000, 8, 64, True),
-        (5000, 10000, 4, 256, True),
-        (10000, 20000, 4, 256, False),
+    on = ("sds", "vlm", "reg")  # vlm3d-full has the Gaussian regularizers on
+    assert [(p.start, p.end, p.num_views, p.resolution, p.terms) for p in phases] == [
+        (0, 5000, 8, 64, on),
+        (5000, 10000, 4, 256, on),
+        (10000, 20000, 4, 256, ("sds", "reg")),
     ]
     phases = recipe_phases(load_run_config("vlm3d"))  # no low-res phase
-    assert [(p.start, p.end, p.num_views, p.resolution, p.reward) for p in phases] == [
-        (0, 2500, 4, 256, True),
-        (2500, 5000, 4, 256, False),
+    assert [(p.start, p.end, p.num_views, p.resolution, p.terms) for p in phases] == [
+        (0, 2500, 4, 256, ("sds", "vlm")),
+        (2500, 5000, 4, 256, ("sds",)),
     ]
-    assert Phase(0, 1, 4, 256, True).label == "4x256px +reward"
-    assert [p.reward for p in recipe_phases(load_run_config("mvdream"))] == [False]
+    assert Phase(0, 1, 4, 256, ("sds", "vlm")).label == "4x256px +reward"
+    assert Phase(0, 1, 4, 256, ("sds",)).label == "4x256px"
+    assert [p.terms for p in recipe_phases(load_run_config("mvdream"))] == [("sds",)]
 
 
 def test_timed_records_skip_the_warmup_and_the_draining_last_step():

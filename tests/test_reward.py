@@ -60,6 +60,37 @@ def test_query_layout_and_token_ids():
     assert r.query("a red cube", 3, (4, 4)) is q  # built once per prompt
 
 
+# The VLM3D authors' `prompt_type 2` question (custom/threestudio-mvdream/guidance/mvdream_guidance.py in
+# ai4imaging/vlm3d), with {contexts} = the prompt: a fact of the method, like the GPTEval3D prompt list.
+AUTHORS_QUESTION = (
+    "Carefully evaluate the provided images, which show multiple views of a single 3D object. Does the underlying "
+    "3D object, considering all views together, meet all of the following criteria simultaneously? \n"
+    "1. Content Match: The object corresponds to the description: {contexts}. \n"
+    "2. Geometric Quality: Based on all views combined, the object appears geometrically sound and consistent. "
+    "There are no visible signs of major flaws such as multiple faces on one part (Janus-faced issue), broken "
+    "surfaces, intersecting geometry, or highly unrealistic polygonal facets when considering the object from "
+    "these different perspectives. \n"
+    "Strictly respond with only 'Yes' or 'No'."
+)
+
+
+def test_the_authors_question_verbatim_and_within_the_context():
+    prompt = "a DSLR photo of a corgi wearing a beret"
+    assert question_text("vlm3d", prompt, 4) == AUTHORS_QUESTION.format(contexts=prompt)
+    assert question_text("vlm3d", prompt, 1) == question_text("vlm3d", prompt, 4)  # it names no view count
+    r = make_reward(question="vlm3d")
+    q = r.query(prompt, 4, (18, 18))  # 4 views at 252 px, as VLM3D
+    text = r.tokenizer.decode(q.input_ids[0])
+    assert AUTHORS_QUESTION.format(contexts=prompt) in text and text.count("<|vision_start|>") == 4
+    # The whole query (the demo tokenizer's small vocabulary makes it longer than the real one's) fits the context
+    src = check_reward_source(RewardConfig(model="demo", size=252, question="vlm3d"), prompt)  # no error
+    n_question = len(r.tokenizer.encode(question_text("vlm3d", prompt, 4), add_special_tokens=False))
+    assert 4 * 81 + n_question < q.input_ids.shape[1] < src.config.text_config.max_position_embeddings
+    long_prompt = "a red cube " * 1500  # the demo model has a 4096-token context
+    with pytest.raises(SplatVLMError, match="prompt too long"):
+        check_reward_source(RewardConfig(model="demo", size=56, question="vlm3d"), long_prompt)
+
+
 def test_views_taken_evenly_from_batch():
     r = make_reward(num_views=2)
     rgb = torch.rand(4, 56, 56, 3)

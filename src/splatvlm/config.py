@@ -40,6 +40,18 @@ class Weights:
     """Photometric L1 (fit only)."""
     ssim: Weight = field(default_factory=lambda: Weight(0.2))
     """Photometric 1 - SSIM (fit only)."""
+    position: Weight = field(default_factory=lambda: Weight(0.0))
+    """Mean distance of the Gaussians from the origin: a compact, centered object; too high shrinks it."""
+    opacity: Weight = field(default_factory=lambda: Weight(0.0))
+    """Sum of opacity x size over Gaussians: large Gaussians fade; grows with the count."""
+    scales: Weight = field(default_factory=lambda: Weight(0.0))
+    """Sum of the Gaussians' scales: smaller, sharper splats; grows with the count."""
+    sparsity: Weight = field(default_factory=lambda: Weight(0.0))
+    """Smooth L1 on the rendered alpha: less haze and fewer floaters; too high erodes thin parts."""
+    depth_tv: Weight = field(default_factory=lambda: Weight(0.0))
+    """Total variation of the rendered depth on opaque pixels: smoother surfaces; renders depth."""
+    normal_smooth: Weight = field(default_factory=lambda: Weight(0.0))
+    """Smoothness of the depth normals: fewer bumps, less fine detail; renders depth."""
 
 
 @dataclass
@@ -345,3 +357,5 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise SplatVLMError(f"--vlm.every must be positive, got {cfg.vlm.every}")
     if cfg.vlm.num_views <= 0 or cfg.vlm.size <= 0:
         raise SplatVLMError("--vlm.num-views and --vlm.size must be positive")
+    if not 0.0 <= cfg.render.shading_after <= 1.0:
+        raise SplatVLMError(f"--render.shading-after must be in [0, 1], got {cfg.render.shading_after}")

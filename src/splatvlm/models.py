@@ -5,7 +5,8 @@ heavy work, with one clear line when they cannot be found.
   ``--sds.base-model``), ``demo`` or ``random``: ``check_sds_source``;
 - the reward (``--vlm.model``): a Qwen2.5-VL folder or HF id, ``demo``, ``random-7b`` / ``random-3b``:
   ``check_reward_source`` returns the ``VLMSource`` the reward is built from;
-- ``check_sources(cfg, prompts)`` does both for a run or a batch, loading each tokenizer once.
+- ``check_sources(cfg, prompts, kinds)`` does both for a run or a batch, loading each tokenizer once, and
+  ``load_model(kind, cfg, device)`` loads either (the kinds a loss term names in ``guidance.terms``).
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ import os
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .demo import demo_vlm_path, ensure_demo_models, vlm_config
 from .errors import SplatVLMError
@@ -337,33 +339,55 @@ def check_prompt_fits(cfg: RewardConfig, src: VLMSource, prompt: str) -> None:
 
 @dataclass
 class Sources:
-    """What a run's guidance terms load, resolved once (None = that term is off for the whole run)."""
+    """What a run's models load from, resolved once, by model kind (``guidance.terms.ModelKind``); a kind
+    absent is off for the whole run, or has nothing to resolve beyond its config (the prior)."""
 
-    vlm: VLMSource | None = None
+    found: dict[str, Any] = field(default_factory=dict)
 
 
 def check_sources(
-    cfg, prompts: Sequence[str] = (), sds: bool = True, vlm: bool = True, where: Sequence[str] = (), say=None
+    cfg,
+    prompts: Sequence[str] = (),
+    kinds: Sequence[str] = ("prior", "reward"),
+    where: Sequence[str] = (),
+    say=None,
 ) -> Sources:
-    """Validate model ids/paths, and that each prompt fits the models' context, before any heavy work.
+    """Validate the model ids/paths of ``kinds``, and that each prompt fits their context, before any heavy work.
 
-    ``cfg`` is a RunConfig; ``sds``/``vlm`` say which terms are active; ``where[i]`` names prompt i in an error.
-    Each tokenizer loads once and reads all prompts in one call. ``say(line)`` reports progress (long batches).
+    ``cfg`` is a RunConfig; ``where[i]`` names prompt i in an error. Each tokenizer loads once and reads all
+    prompts in one call. ``say(line)`` reports progress (long batches).
     """
     out = Sources()
     t0 = time.perf_counter()
-    if sds:
-        check_sds_source(cfg.sds)
-        check_prompt_length(cfg.sds, list(prompts), where)
-        if say:
-            say(f"  diffusion prior's text encoder: all fit ({time.perf_counter() - t0:.1f} s)")
-    if vlm:
-        src = check_reward_source(cfg.vlm)
-        check_reward_prompts(cfg.vlm, src, list(prompts), where)
-        if say:
-            say(f"  reward VLM's context: all fit ({time.perf_counter() - t0:.1f} s)")
-        out.vlm = src
+    for kind in kinds:
+        if kind == "prior":
+            check_sds_source(cfg.sds)
+            check_prompt_length(cfg.sds, list(prompts), where)
+            if say:
+                say(f"  diffusion prior's text encoder: all fit ({time.perf_counter() - t0:.1f} s)")
+        elif kind == "reward":
+            src = check_reward_source(cfg.vlm)
+            check_reward_prompts(cfg.vlm, src, list(prompts), where)
+            if say:
+                say(f"  reward VLM's context: all fit ({time.perf_counter() - t0:.1f} s)")
+            out.found[kind] = src
+        else:
+            raise ValueError(f"unknown model kind {kind!r}")
     return out
+
+
+def load_model(kind: str, cfg, device, source: Any = None) -> Any:
+    """Load the model of ``kind`` a run config ``cfg`` asks for onto ``device``; ``source``: what ``check_sources``
+    resolved for it (None: resolve it now)."""
+    if kind == "prior":
+        from .guidance.sds import SDSGuidance
+
+        return SDSGuidance(cfg.sds, device).load()
+    elif kind == "reward":
+        from .guidance.reward import VLMReward
+
+        return VLMReward(cfg.vlm, source if source is not None else check_reward_source(cfg.vlm), device)
+    raise ValueError(f"unknown model kind {kind!r}")
 
 
 def load_reward(cfg: RewardConfig, device="auto"):

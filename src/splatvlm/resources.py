@@ -67,22 +67,36 @@ def _weights_on_disk(source: str) -> int:
     )
 
 
+def model_estimate(kind: str, cfg, device: torch.device) -> int:
+    """Estimated bytes of the model of ``kind`` (``guidance.terms.ModelKind``) that run config ``cfg`` loads."""
+    if kind == "reward":
+        model = cfg.vlm.model
+        n = RANDOM_PARAMS.get(model, 0) * _dtype_bytes(cfg.vlm.dtype, device)
+        n = n or _weights_on_disk(model) * _dtype_bytes(cfg.vlm.dtype, device) / 2  # files hold bf16
+    elif kind == "prior":
+        model = cfg.sds.model
+        n = RANDOM_PARAMS["random-sds"] * _dtype_bytes(cfg.sds.dtype, device) if model == "random" else 0
+        n = n or _weights_on_disk(model) * _dtype_bytes(cfg.sds.dtype, device) / 2
+    else:
+        raise ValueError(f"unknown model kind {kind!r}")
+    return int(n * ACTIVATION_MARGIN)
+
+
 def model_bytes(cfg, vlm_device: torch.device, sds_device: torch.device) -> dict[torch.device, int]:
-    """Estimated bytes the guidance models of run config ``cfg`` need, per device."""
+    """Estimated bytes the guidance models of run config ``cfg`` need, per device (``vlm_device``: the
+    own-device terms', the reward's)."""
+    from .guidance.terms import TERMS
     from .run.schedules import terms_active
 
     need: dict[torch.device, int] = {}
     active = terms_active(cfg)
-    if active["vlm"]:
-        model = cfg.vlm.model
-        n = RANDOM_PARAMS.get(model, 0) * _dtype_bytes(cfg.vlm.dtype, vlm_device)
-        n = n or _weights_on_disk(model) * _dtype_bytes(cfg.vlm.dtype, vlm_device) / 2  # files hold bf16
-        need[vlm_device] = need.get(vlm_device, 0) + int(n * ACTIVATION_MARGIN)
-    if active["sds"]:
-        model = cfg.sds.model
-        n = RANDOM_PARAMS["random-sds"] * _dtype_bytes(cfg.sds.dtype, sds_device) if model == "random" else 0
-        n = n or _weights_on_disk(model) * _dtype_bytes(cfg.sds.dtype, sds_device) / 2
-        need[sds_device] = need.get(sds_device, 0) + int(n * ACTIVATION_MARGIN)
+    counted: set[str] = set()
+    for spec in TERMS:
+        if spec.model is None or not active[spec.name] or spec.model in counted:
+            continue
+        counted.add(spec.model)
+        device = vlm_device if spec.own_device else sds_device
+        need[device] = need.get(device, 0) + model_estimate(spec.model, cfg, device)
     return need
 
 

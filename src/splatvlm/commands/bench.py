@@ -35,6 +35,7 @@ import tyro
 from ..config import RunConfig, preset_help, to_dict, validate_run_config
 from ..errors import SplatVLMError
 from ..files import atomic_write_text, check_output_dir
+from ..guidance.terms import TERMS
 from ..hub import device_name
 from ..prompts import read_prompts
 from ..run.schedules import weight_at
@@ -105,33 +106,37 @@ class Phase:
     end: int
     num_views: int
     resolution: int
-    reward: bool
+    terms: tuple[str, ...]  # the loss terms on in this phase (guidance.terms names)
 
     @property
     def label(self) -> str:
-        return f"{self.num_views}x{self.resolution}px" + (" +reward" if self.reward else "")
+        shown = "".join(f" +{s.bench_label}" for s in TERMS if s.bench_label and s.name in self.terms)
+        return f"{self.num_views}x{self.resolution}px" + shown
 
 
 def recipe_phases(cfg: RunConfig) -> list[Phase]:
-    """Split [0, steps) where the per-step work changes (resolution switch, reward on/off)."""
+    """Split [0, steps) where the per-step work changes (resolution switch, a term switching off)."""
     cuts = {0, cfg.steps, cfg.camera.low_res_until}
-    w = cfg.weights.vlm
-    if w.stop_after is not None:
-        cuts.add(w.stop_after)
+    weights = {w: getattr(cfg.weights, w) for spec in TERMS for w in spec.weights}
+    cuts |= {w.stop_after for w in weights.values() if w.stop_after is not None}
     cuts = sorted(c for c in cuts if 0 <= c <= cfg.steps)
     phases = []
     for a, b in zip(cuts[:-1], cuts[1:], strict=False):
         if b <= a:
             continue
         low = a < cfg.camera.low_res_until
-        reward = weight_at(w, a) != 0.0 or (w.end not in (None, 0.0) and weight_at(w, b - 1) != 0.0)
+        on = {
+            n
+            for n, w in weights.items()
+            if weight_at(w, a) != 0.0 or (w.end not in (None, 0.0) and weight_at(w, b - 1) != 0.0)
+        }
         phases.append(
             Phase(
                 a,
                 b,
                 cfg.camera.low_res_views if low else cfg.camera.num_views,
                 cfg.camera.low_res if low else cfg.camera.resolution,
-                reward,
+                tuple(s.name for s in TERMS if on & set(s.weights)),
             )
         )
     return phases
@@ -368,12 +373,14 @@ def gradient_probe(
     from ..gaussians.cameras import sample_orbit
 
     terms = guidance.terms(prompt)
-    phase = max(recipe_phases(cfg), key=lambda p: (p.reward, p.resolution))
+    phase = max(recipe_phases(cfg), key=lambda p: (len(p.terms), p.resolution))
     gen = torch.Generator().manual_seed(cfg.seed)
     cams = sample_orbit(cfg.camera, phase.num_views, phase.resolution, gen).to(device)
     rgb = torch.rand(phase.num_views, phase.resolution, phase.resolution, 3, generator=gen).to(device)
     grads = {}
     for name, term in terms.items():
+        if term.inputs != "images":  # scene terms (regularizers) have no reference path to compare with
+            continue
         x = rgb.clone().requires_grad_(True)
         views = x if term.num_views is None else x[: term.num_views]
         torch.manual_seed(cfg.seed)
@@ -389,9 +396,11 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 def full_step(result: dict[str, Any]) -> dict[str, Any]:
-    """The phase whose step runs every term at the highest resolution (reward included where the recipe has it)."""
+    """The phase whose step runs the most terms at the highest resolution (the reward where the recipe has it)."""
     phases = result["phases"]
-    return max(phases, key=lambda p: (p["label"].endswith("+reward"), int(p["label"].split("x")[1][:-2])))
+    return max(
+        phases, key=lambda p: (p["label"].count(" +"), int(p["label"].split(" ")[0].split("x")[1][:-2]))
+    )
 
 
 def run_bench(args: BenchArgs) -> dict[str, Any]:

@@ -7,8 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from ..files import atomic_path, atomic_write_text
+from ..guidance.terms import TERMS
 
-COMPONENTS = ("render", "sds", "vlm", "backward", "densify", "viewer")
+COMPONENTS = ("render", *(spec.name for spec in TERMS), "backward", "densify", "viewer")
+PALETTE = ((76, 114, 176), (221, 132, 82), (85, 168, 104), (196, 78, 82), (129, 114, 179), (147, 120, 96),
+           (218, 139, 195), (140, 140, 140), (204, 185, 116), (100, 181, 205))  # fmt: skip
 
 
 def report_markdown(report: dict[str, Any]) -> str:
@@ -50,9 +53,9 @@ def report_markdown(report: dict[str, Any]) -> str:
     ]
     lines.append("|---|---|" + ("---|" if "reference_per_component_ms" in report else ""))
     for c in COMPONENTS:
-        row = f"| {c} | {report['per_component_ms'][c]:.1f} |"
+        row = f"| {c} | {report['per_component_ms'].get(c, 0.0):.1f} |"
         if "reference_per_component_ms" in report:
-            row += f" {report['reference_per_component_ms'][c]:.1f} |"
+            row += f" {report['reference_per_component_ms'].get(c, 0.0):.1f} |"
         lines.append(row)
     lines += [
         "",
@@ -81,14 +84,7 @@ def save_breakdown_png(report: dict[str, Any], path: Path) -> None:
     """Stacked horizontal bars of the per-component ms of each timed phase (ours, and the reference)."""
     from PIL import Image, ImageDraw
 
-    colors = {
-        "render": (76, 114, 176),
-        "sds": (221, 132, 82),
-        "vlm": (85, 168, 104),
-        "backward": (196, 78, 82),
-        "densify": (129, 114, 179),
-        "viewer": (147, 120, 96),
-    }
+    colors = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(COMPONENTS)}
     rows: list[tuple[str, dict[str, float]]] = []
     for name in ("ours", "reference"):
         if name in report:

@@ -25,6 +25,7 @@ from ..files import RunLock, atomic_write_text, check_output_dir, check_output_p
 from ..gaussians.cameras import Cameras
 from ..gaussians.ply import save_ply
 from ..gaussians.scene import init_ball, num_gaussians
+from ..guidance.terms import TERMS
 from ..models import Sources
 from ..outputs import export
 from ..prompts import check_prompt, slugify, where_of
@@ -78,46 +79,38 @@ class Guidance:
 
     cfg: RunConfig
     device: torch.device  # the prior's, the scene's and the renderer's
-    sds: Any = None
-    vlm: Any = None
-    loaded: dict[str, float] = field(default_factory=dict)
-    vlm_device: torch.device | None = None  # the reward's, when not `device` (--placement split)
+    models: dict[str, Any] = field(default_factory=dict)  # loaded models by kind (guidance.terms.ModelKind)
+    loaded: dict[str, float] = field(default_factory=dict)  # load seconds, "<term name>_s"
+    vlm_device: torch.device | None = None  # an own-device term's (the reward's), when not `device` (split)
     sources: Sources | None = None  # resolved once per run by check_sources; None = resolve on first use
 
     def terms(self, prompt: str) -> dict[str, Term]:
         active = terms_active(self.cfg)
         terms: dict[str, Term] = {}
-        if active["sds"]:
-            if self.sds is None:
-                from ..guidance.sds import SDSGuidance
-
-                t0 = time.perf_counter()
-                self.sds = SDSGuidance(self.cfg.sds, self.device).load()
-                self.loaded["sds_s"] = time.perf_counter() - t0
-            self.sds.set_prompt(prompt)
-            terms["sds"] = Term(self.sds, weights=("sds",))
-        if active["vlm"]:
-            vlm_device = self.device if self.vlm_device is None else self.vlm_device
-            if self.vlm is None:
-                from ..guidance.reward import VLMReward
-
-                t0 = time.perf_counter()
-                src = self.sources.vlm if self.sources is not None and self.sources.vlm is not None else None
-                if src is None:
-                    src = models.check_reward_source(self.cfg.vlm)
-                with distributed.on_device(vlm_device):
-                    self.vlm = VLMReward(self.cfg.vlm, src, vlm_device)
-                self.loaded["vlm_s"] = time.perf_counter() - t0
-            self.vlm.set_prompt(prompt)
-            reward_term = (
-                self.vlm if vlm_device == self.device else on_other_device(self.vlm, vlm_device, self.device)
-            )
-            terms["vlm"] = Term(
-                reward_term,
-                weights=("vlm",),
-                every=self.cfg.vlm.every,
-                num_views=self.cfg.vlm.num_views,
-                launch_first=True,  # the 7B reward is the step's long pole; its graph launch alone takes ~4 ms
+        for spec in TERMS:
+            if not active[spec.name]:
+                continue
+            device = self.vlm_device if spec.own_device and self.vlm_device is not None else self.device
+            model = None
+            if spec.model is not None:
+                if spec.model not in self.models:
+                    t0 = time.perf_counter()
+                    source = self.sources.found.get(spec.model) if self.sources is not None else None
+                    with distributed.on_device(device):
+                        self.models[spec.model] = models.load_model(spec.model, self.cfg, device, source)
+                    self.loaded[f"{spec.name}_s"] = time.perf_counter() - t0
+                model = self.models[spec.model]
+            fn = spec.make(self.cfg, model, prompt)
+            if device != self.device:
+                fn = on_other_device(fn, device, self.device)
+            terms[spec.name] = Term(
+                fn,
+                weights=spec.weights,
+                every=spec.every(self.cfg),
+                num_views=spec.views(self.cfg),
+                launch_first=spec.launch_first,
+                inputs=spec.inputs,
+                depth=spec.depth(self.cfg),
             )
         if not terms:
             raise SplatVLMError("every loss weight is zero for the whole run; nothing to train")
@@ -144,13 +137,9 @@ def check_sources(cfg: RunConfig, prompts: list[str] = ()) -> Sources:
     many = len(prompts) >= 1000
     if many:
         console.print(f"checking {len(prompts):,} prompts against the models' context ...")
+    kinds = tuple(dict.fromkeys(s.model for s in TERMS if s.model is not None and active[s.name]))
     return models.check_sources(
-        cfg,
-        prompts,
-        sds=active["sds"],
-        vlm=active["vlm"],
-        where=where_of(prompts),
-        say=console.print if many else None,
+        cfg, prompts, kinds, where=where_of(prompts), say=console.print if many else None
     )
 
 

@@ -42,6 +42,11 @@ class RenderConfig:
     """Also accumulate |2D gradients| per Gaussian (AbsGS); needed when strategy.absgrad is on."""
     torch_chunk: int = 1 << 21
     """Torch backend: pixels x Gaussians evaluated at once (bounds its memory, not its result)."""
+    shading: Literal["albedo", "mixed"] = "albedo"
+    """Training images: 'albedo' = plain colors; 'mixed' = also diffuse-lit and textureless renders from depth
+    normals (a geometry signal for both terms; renders depth, a little slower)."""
+    shading_after: float = 0.25
+    """With shading 'mixed': the fraction of the run rendered albedo-only before the mix starts."""
 
 
 @dataclass

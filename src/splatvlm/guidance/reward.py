@@ -51,7 +51,7 @@ from .qwen_fast import (
 )
 from .vlm_views import patchify, preprocess_views, resize_views
 
-QuestionKind = Literal["dual", "content", "spatial"]
+QuestionKind = Literal["vlm3d", "dual", "content", "spatial"]
 RewardKind = Literal["logit_diff", "log_p_yes", "answer_ll"]
 
 
@@ -65,8 +65,9 @@ class RewardConfig:
     dtype: DType = "auto"
     """Weights and activations dtype; auto = bfloat16 on CUDA, float32 on CPU."""
     question: QuestionKind = "dual"
-    """What the VLM is asked: dual = matches the prompt AND is geometrically sound (VLM3D); content = matches
-    the prompt only; spatial = all named objects present with the stated spatial relations."""
+    """What the VLM is asked: vlm3d = the VLM3D authors' question, verbatim (their reward scale was tuned on it);
+    dual = our wording of the same two checks; content = matches the prompt only; spatial = all named objects
+    present with the stated spatial relations."""
     kind: RewardKind = "logit_diff"
     """Reward read from the answer: logit_diff = logit(Yes) - logit(No) (VLM3D); log_p_yes = log p(Yes)
     over the pair {Yes, No}; answer_ll = log-likelihood of the multi-token target_answer."""
@@ -136,7 +137,19 @@ class RewardConfig:
 def question_text(question: QuestionKind, prompt: str, num_views: int) -> str:
     """The question asked after the images."""
     views = "This image shows" if num_views == 1 else f"These {num_views} images show"
-    if question == "dual":
+    if question == "vlm3d":  # the authors' `prompt_type 2`, character for character (it names no view count)
+        return (
+            "Carefully evaluate the provided images, which show multiple views of a single 3D object. Does the "
+            "underlying 3D object, considering all views together, meet all of the following criteria "
+            "simultaneously? \n"
+            f"1. Content Match: The object corresponds to the description: {prompt}. \n"
+            "2. Geometric Quality: Based on all views combined, the object appears geometrically sound and "
+            "consistent. There are no visible signs of major flaws such as multiple faces on one part (Janus-faced "
+            "issue), broken surfaces, intersecting geometry, or highly unrealistic polygonal facets when "
+            "considering the object from these different perspectives. \n"
+            "Strictly respond with only 'Yes' or 'No'."
+        )
+    elif question == "dual":
         return (
             f"{views} one 3D object from different viewpoints. Answer two things at once. "
             f'(1) Does the object match the description "{prompt}"? '

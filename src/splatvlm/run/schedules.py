@@ -42,8 +42,10 @@ def ever_active(w: Weight, total_steps: int) -> bool:
 
 
 def terms_active(cfg) -> dict[str, bool]:
-    """Which guidance terms a generate run (a RunConfig) needs at all."""
+    """Which loss terms (``guidance.terms.TERMS``, by name) a generate run (a RunConfig) needs at all."""
+    from ..guidance.terms import TERMS
+
     return {
-        "sds": ever_active(cfg.weights.sds, cfg.steps),
-        "vlm": ever_active(cfg.weights.vlm, cfg.steps),
+        spec.name: any(ever_active(getattr(cfg.weights, w), cfg.steps) for w in spec.weights)
+        for spec in TERMS
     }

@@ -1,7 +1,8 @@
 """The training loop: sample views, render, loss terms, weighted sum, backward, densify, log, checkpoint.
 
-Loss terms are callables ``term(rgb [C, H, W, 3], cams, step) -> {"loss_<name>": Tensor, <diagnostics>}``;
-only this module multiplies them by the weights in ``RunConfig.weights``.
+Loss terms are callables ``term(rgb [C, H, W, 3], cams, step) -> {"loss_<name>": Tensor, <diagnostics>}``
+(scene terms: ``term(params, render, cams, step)``); only this module multiplies them by ``RunConfig.weights``.
+With ``render.shading`` 'mixed' every image term sees the same shaded images.
 
 A step makes the CPU wait for the GPU only where gsplat must (its intersection counts, inside the render): a
 step's losses, diagnostics and finite flag are copied to the host as the step ends and read during the next
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -30,6 +31,7 @@ from ..gaussians import densify
 from ..gaussians.cameras import Cameras, sample_orbit, to_device, views_at_step
 from ..gaussians.render import RenderOutput, render
 from ..gaussians.scene import means_lr, num_gaussians
+from ..gaussians.shading import MODES, Lighting, sample_lighting, shade
 from .progress import StepTimer, progress_columns, progress_info, progress_line
 from .schedules import Weight, weight_at
 from .train_state import TrainState, save_checkpoint
@@ -48,6 +50,8 @@ class Term:
     num_views: int | None = None  # only the first `num_views` rendered views go to this term
     launch_first: bool = False  # on several CUDA streams, queue it before the others (the step's long pole)
     # and, with RunConfig.long_pole_priority, run it on a high-priority stream
+    inputs: Literal["images", "scene"] = "images"  # scene: fn(params, render output, cams, step)
+    depth: bool = False  # it reads the rendered depth
 
 
 # ---------------------------------------------------------------------------------------------
@@ -124,6 +128,15 @@ def default_view_sampler(cfg: RunConfig) -> ViewSampler:
         return sample_orbit(cfg.camera, n, res, generator)
 
     return sample
+
+
+def step_lighting(cfg: RunConfig, cams: Cameras, step: int, generator: torch.Generator) -> Lighting:
+    """The step's shading: albedo (no draw from the generator) unless ``render.shading`` mixes from this step."""
+    if cfg.render.shading == "albedo" or step < cfg.render.shading_after * cfg.steps:
+        return Lighting("albedo")
+    if cfg.render.shading == "mixed":
+        return sample_lighting(cams, cfg.camera.views_per_group, generator)
+    raise SplatVLMError(f"unknown render.shading {cfg.render.shading!r}")
 
 
 def weighted_sum(
@@ -359,13 +372,17 @@ def train(
                     group["lr"] = means_lr(cfg.scene, step, cfg.steps)
 
                 # 2. Sample cameras and backgrounds (on CPU; copied without waiting for the GPU).
-                cams = sample_views(step, state.generator).to(device)
+                cams_host = sample_views(step, state.generator)
+                cams = cams_host.to(device)
                 backgrounds = make_backgrounds(cfg.background, len(cams), state.generator, device)
+                lighting = step_lighting(cfg, cams_host, step, state.generator)
+                depth = lighting.mode != "albedo" or any(t.depth for t in terms.values())
 
-                # 3. Render. gsplat reads its intersection counts back to the host here, so the previous
+                # 3. Render (and shade: the same images go to every term). gsplat reads its intersection counts back to the host here, so the previous
                 # step has finished on the GPU by now: its values are read (3b) without stalling anything.
                 with timer("render"):
-                    out: RenderOutput = render(params, cams, cfg.render, backgrounds, depth=False)
+                    out: RenderOutput = render(params, cams, cfg.render, backgrounds, depth=depth)
+                    rgb_all = shade(out.rgb, out.alpha, out.depth, backgrounds, cams, lighting)
                     # gsplat's DefaultStrategy asks autograd to keep the 2D means' gradient
                     state.strategy.step_pre_backward(
                         params, state.optimizers, state.strategy_state, step, out.info
@@ -381,15 +398,20 @@ def train(
                         continue
                     if all(weight_at(weights[w], step) == 0.0 for w in term.weights):
                         continue
-                    rgb = out.rgb if term.num_views is None else out.rgb[: term.num_views]
+                    rgb = rgb_all if term.num_views is None else rgb_all[: term.num_views]
                     views = cams if term.num_views is None else cams[: term.num_views]
                     with on_stream(streams.get(name)), timer(name):
-                        outputs[name] = term.fn(rgb, views, step)
+                        if term.inputs == "scene":
+                            outputs[name] = term.fn(params, out, cams, step)
+                        else:
+                            outputs[name] = term.fn(rgb, views, step)
                 join_streams(streams, device)
 
                 # 5. Combine with the scheduled weights (in the terms' own order, whatever the launch order).
                 outputs = {name: outputs[name] for name in terms if name in outputs}
                 loss, logs = weighted_sum(outputs, weights, every, step)
+                if cfg.render.shading != "albedo":
+                    logs["shading"] = MODES.index(lighting.mode)
 
                 # 6. Backward. A non-finite loss or gradient skips the update; the flag stays on the device.
                 with timer("backward"):

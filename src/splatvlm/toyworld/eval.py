@@ -115,7 +115,13 @@ def toy_run_config(
             "image_size": 0,
             **TOY_SDS,
         },
-        "vlm": {"model": str(Path(weights) / "reward"), "size": REWARD_SIZE, "dtype": "float32"},
+        # the question the toy reward was trained on (`toyworld build`), whatever the preset asks a real VLM
+        "vlm": {
+            "model": str(Path(weights) / "reward"),
+            "size": REWARD_SIZE,
+            "dtype": "float32",
+            "question": "dual",
+        },
         "weights": {"vlm": vlm_weight},
     }
     cfg = apply_overrides(base, overrides)
@@ -301,8 +307,8 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None) -> dict[str, Any]:
                 summary = run_one(obj.caption, run_cfg, run_dir / "scene.ply", run_dir, g, control)
                 seconds = time.perf_counter() - t0
                 for other in guidance.values():  # load the prior once for every method
-                    if other.sds is None and g.sds is not None:
-                        other.sds = g.sds
+                    if "prior" not in other.models and "prior" in g.models:
+                        other.models["prior"] = g.models["prior"]
                 params = load_ply(run_dir / "scene.ply")
                 s = score(params, obj, device)
                 results.append({"object": obj.name, "caption": obj.caption, "method": method, "seed": seed,
