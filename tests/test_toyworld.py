@@ -124,38 +124,37 @@ def test_negative_shares_set_the_janus_share_and_keep_the_others_ratios():
         negative_shares(1.0)
 
 
-def test_vae_shrink_term_asks_for_linear_decoding_toward_the_batch_mean():
-    """`BuildConfig.vae_shrink`: off (as shipped) the loss is reconstruction + KL and draws nothing from its
-    generator; on, it adds weight x |D((1 - a) z + a mu) - ((1 - a) x + a xbar)|^2 with per-pixel batch means."""
-    import torch.nn.functional as F
-    from diffusers import AutoencoderKL
+def test_space_to_depth_autoencoder_is_exact_and_neutral(tmp_path: Path):
+    """The toy prior's autoencoder: decode(encode(x)) == x, a zero-variance posterior, a linear decoder (a blend
+    of latents decodes to the blend of images, so a shrunk x0 estimate has no color of its own), and the zero
+    latent decodes to the fitted gray level; it saves and loads through the SDS path's loader."""
+    from splatvlm.toyworld.autoencoder import SpaceToDepthAutoencoder, fitted_autoencoder, is_space_to_depth
 
-    from splatvlm.toyworld.models import BuildConfig, vae_loss
-
-    assert BuildConfig().vae_shrink == 0.0
-    torch.manual_seed(0)
-    vae = AutoencoderKL(
-        block_out_channels=(8,), down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
-        latent_channels=4, norm_num_groups=4, layers_per_block=1, sample_size=8,
-    )  # fmt: skip
-    x = torch.rand(3, 3, 8, 8) * 2 - 1
-    gen = torch.Generator().manual_seed(7)
-    torch.manual_seed(1)
-    base, rec = vae_loss(vae, x, 1e-6, 0.0, gen)
-    assert gen.get_state().equal(torch.Generator().manual_seed(7).get_state())
-    torch.manual_seed(1)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 8, 8, generator=gen) * 2 - 1
+    vae = fitted_autoencoder(x)
+    assert vae.config.shift == pytest.approx(float(x.mean()), abs=1e-5)
     post = vae.encode(x).latent_dist
-    z = post.sample()
-    torch.testing.assert_close(rec, F.mse_loss(vae.decode(z).sample, x))
-    torch.testing.assert_close(base, rec + 1e-6 * post.kl().mean())
-
-    torch.manual_seed(1)
-    loss, _ = vae_loss(vae, x, 1e-6, 2.0, gen)
-    a = torch.rand(3, 1, 1, 1, generator=torch.Generator().manual_seed(7))
-    mid = vae.decode((1 - a) * z + a * z.mean(0, keepdim=True)).sample
-    want = F.mse_loss(mid, (1 - a) * x + a * x.mean(0, keepdim=True))
-    assert want > 1e-3
-    torch.testing.assert_close(loss - base, 2.0 * want)
+    assert post.mean.shape == (6, 12, 4, 4) and float(post.std.abs().max()) == 0.0
+    z = post.mean * vae.config.scaling_factor
+    assert float(z.std()) == pytest.approx(1.0, abs=1e-3) and abs(float(z.mean())) < 1e-4
+    torch.testing.assert_close(vae.decode(post.mean).sample, x, atol=1e-6, rtol=0)
+    a, b = post.mean[:3], post.mean[3:]
+    torch.testing.assert_close(
+        vae.decode(0.3 * a + 0.7 * b).sample, 0.3 * x[:3] + 0.7 * x[3:], atol=1e-6, rtol=0
+    )
+    gray = vae.decode(torch.zeros(1, 12, 4, 4)).sample
+    torch.testing.assert_close(gray, torch.full_like(gray, vae.config.shift))
+    # a pixel moves only its own latent entries: 2x2 blocks, 3 channels each
+    y = x.clone()
+    y[0, 1, 5, 2] += 1.0
+    changed = (vae.encode(y).latent_dist.mean - post.mean).ne(0).nonzero().tolist()
+    assert changed == [[0, 1 * 4 + 1 * 2 + 0, 2, 1]]
+    vae.save_pretrained(tmp_path / "vae")
+    assert is_space_to_depth(tmp_path / "vae") and not is_space_to_depth(tmp_path)
+    back = SpaceToDepthAutoencoder.from_pretrained(tmp_path, subfolder="vae")
+    assert back.config.scaling_factor == vae.config.scaling_factor
+    torch.testing.assert_close(back.decode(back.encode(x).latent_dist.mean).sample, x, atol=1e-6, rtol=0)
 
 
 def test_prior_lr_follows_the_time_limit_when_it_runs_out_first():
@@ -205,21 +204,16 @@ def test_prior_from_continues_a_prior_and_keeps_its_autoencoder(tmp_path: Path, 
         return copy.deepcopy(renders[key])
 
     monkeypatch.setattr(build_module, "world_renders", world_renders_once)
-    tiny = dict(
-        groups=1, janus_groups=1, vae_steps=2, vae_batch=1, prior_steps=2, prior_batch=1, only="prior"
-    )
+    tiny = dict(groups=1, janus_groups=1, prior_steps=2, prior_batch=1, only="prior")
     first, second = tmp_path / "a", tmp_path / "b"
     build(BuildConfig(out=first, **tiny), log=lambda _: None)
     info = build(BuildConfig(out=second, prior_from=first, **dict(tiny, prior_steps=3)), log=lambda _: None)
     assert len(renders) == 1
     prior = info["stages"]["prior"]
-    assert (
-        prior["prior_steps_done"] == 3 and prior["prior_steps_total"] == 5 and prior["vae_recon_mse"] is None
-    )
+    assert prior["prior_steps_done"] == 3 and prior["prior_steps_total"] == 5
+    vae_config = lambda d: json.loads((d / "prior" / "vae" / "config.json").read_text())  # noqa: E731
+    assert vae_config(first) == vae_config(second)  # the autoencoder is kept
     weights = lambda d, part, f: load_file(d / "prior" / part / f)  # noqa: E731
-    vae_a = weights(first, "vae", "diffusion_pytorch_model.safetensors")
-    vae_b = weights(second, "vae", "diffusion_pytorch_model.safetensors")
-    assert all(torch.equal(vae_a[k], vae_b[k]) for k in vae_a)  # the autoencoder is kept
     unet_a = weights(first, "unet", "diffusion_pytorch_model.safetensors")
     unet_b = weights(second, "unet", "diffusion_pytorch_model.safetensors")
     assert any(not torch.equal(unet_a[k], unet_b[k]) for k in unet_a)  # the UNet trained on
@@ -231,23 +225,6 @@ def test_prior_from_a_folder_without_a_prior_is_one_clear_error(tmp_path: Path):
 
     with pytest.raises(SplatVLMError, match="no toy prior there"):
         load_prior(tmp_path)
-
-
-def test_vae_shapeless_appends_shapeless_groups_over_backgrounds():
-    """`BuildConfig.vae_shapeless`: off (as shipped) the autoencoder's batch is the objects' and nothing is drawn;
-    on, n shapeless 4-view groups over one random background each are appended."""
-    from splatvlm.toyworld.models import BuildConfig, Renders, with_shapeless
-
-    assert BuildConfig().vae_shapeless == 0
-    x = torch.rand(8, 3, 6, 6) * 2 - 1
-    empty = Renders(torch.zeros(5, 4, 6, 6, 3), torch.zeros(5, 4, 6, 6, 1), torch.zeros(5, 4, 16))
-    gen = torch.Generator().manual_seed(3)
-    assert with_shapeless(x, empty, 0, gen) is x
-    assert gen.get_state().equal(torch.Generator().manual_seed(3).get_state())
-    out = with_shapeless(x, empty, 2, gen)
-    assert out.shape == (16, 3, 6, 6) and torch.equal(out[:8], x)
-    extra = out[8:].reshape(2, 4, 3, 36)  # nothing drawn: each group is its background, one color per group
-    assert torch.equal(extra, extra[:, :1, :, :1].expand_as(extra)) and not torch.equal(extra[0], extra[1])
 
 
 def test_photometric_fit_carves_the_start_ball_in_120_steps(tmp_path: Path):

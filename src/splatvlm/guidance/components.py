@@ -80,7 +80,14 @@ def load_components(cfg, dtype: torch.dtype, device: torch.device | str = "cpu")
             source = named = cfg.base_model
             what = f"the text encoder, tokenizer, VAE and scheduler for {what}"
             flag = "--sds.base-model"
-        vae = AutoencoderKL.from_pretrained(
+        vae_class = AutoencoderKL
+        if is_local(source):
+            # The toy world's prior ships an exact, weightless autoencoder in place of an AutoencoderKL.
+            from ..toyworld.autoencoder import SpaceToDepthAutoencoder, is_space_to_depth
+
+            if is_space_to_depth(os.path.join(os.path.expanduser(source), "vae")):
+                vae_class = SpaceToDepthAutoencoder
+        vae = vae_class.from_pretrained(
             source, subfolder="vae", torch_dtype=dtype, local_files_only=local_only
         )
         text_encoder = CLIPTextModel.from_pretrained(

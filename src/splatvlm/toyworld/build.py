@@ -10,7 +10,8 @@ from pathlib import Path
 
 import torch
 
-from .models import BuildConfig, cat_renders, train_prior, world_renders
+from ..errors import SplatVLMError
+from .models import BuildConfig, train_prior, world_renders
 from .reward_model import build_reward_folder, train_reward_model
 from .world import world
 
@@ -37,8 +38,7 @@ def build(cfg: BuildConfig, log=print) -> dict:
     stages: dict[str, dict] = {}
     if cfg.only in ("all", "prior"):
         t0 = time.perf_counter()
-        extra = cat_renders(list(shapeless.values())) if cfg.vae_shapeless else None
-        parts, prior_log = train_prior(data, captions, cfg, log, shapeless=extra)
+        parts, prior_log = train_prior(data, captions, cfg, log)
         with quiet_model_io():
             save_components(parts, tmp / "prior")
         stages["prior"] = {
@@ -48,8 +48,16 @@ def build(cfg: BuildConfig, log=print) -> dict:
         }
     if cfg.only in ("all", "reward"):
         t0 = time.perf_counter()
-        with quiet_model_io():
-            build_reward_folder(tmp / "reward", cfg.seed)
+        if cfg.reward_from is not None:
+            src = Path(cfg.reward_from) / "reward"
+            if not (src / "config.json").is_file():
+                raise SplatVLMError(
+                    f"--reward-from {cfg.reward_from}: no toy reward there (missing reward/config.json)"
+                )
+            shutil.copytree(src, tmp / "reward")
+        else:
+            with quiet_model_io():
+                build_reward_folder(tmp / "reward", cfg.seed)
         reward_log = train_reward_model(tmp / "reward", data, janus, shapeless, captions, cfg, log)
         stages["reward"] = {
             "render_s": round(render_s, 1),
@@ -57,7 +65,9 @@ def build(cfg: BuildConfig, log=print) -> dict:
             "stage_s": round(time.perf_counter() - t0 + render_s, 1),
         }
     config = {
-        k: str(v) if isinstance(v, Path) else v for k, v in vars(cfg).items() if k not in ("out", "only")
+        k: str(v) if isinstance(v, Path) else [str(p) for p in v] if k == "reward_hard" else v
+        for k, v in vars(cfg).items()
+        if k not in ("out", "only")
     }
     command = "splatvlm toyworld build" + (f" --device {cfg.device}" if cfg.device != "cpu" else "")
     for st in stages.values():

@@ -28,7 +28,7 @@ from ..errors import SplatVLMError
 from ..files import atomic_write_text
 from ..gaussians.cameras import Cameras, eval_orbit, orbit_cameras
 from ..gaussians.render import RenderConfig, render
-from . import metrics
+from . import metrics, sweep
 from .models import (
     CAMERA_OVERRIDES,
     RESOLUTION,
@@ -72,6 +72,18 @@ class EvalConfig:
     threads: int = 1
     """CPU threads for torch (one: the toy's ops are too small to share, and a second thread that waits for a
     busy core slows every op down)."""
+    sweep: list[str] = field(default_factory=list)
+    """Arms of a sweep as KEY=V1,V2,... (e.g. weights.vlm.start=20,100,300,1000): each method runs once per value,
+    that value applied after ``set`` (several keys: every combination). Empty: one arm, ``set`` alone."""
+    shard: str = "0/1"
+    """Run only the I-th of N interleaved slices of the (object, method, arm, seed) runs, as I/N, so that N
+    processes share an eval; ``--merge`` joins their folders."""
+    snapshot_every: int = 0
+    """Also save each run's scene every N steps (runs/*/snapshots/step-*.ply, the reward's hard negatives): the
+    run stops and resumes from its checkpoint at each, which leaves its result unchanged. 0: off."""
+    merge: list[Path] = field(default_factory=list)
+    """Run nothing: merge these eval folders' report.json into ``output`` (report.json, report.md, the
+    pictures where the runs' scenes are there, and sweep.png when there are arms)."""
 
 
 def _scaled(value: int, scale: float) -> int:
@@ -208,11 +220,16 @@ def picture(rows: list[torch.nn.ParameterDict], path: Path, device: torch.device
 # The benchmark
 
 
+def label(result: dict[str, Any]) -> str:
+    """A result's method and sweep arm, as the reports name them ("vlm3d weights.vlm.start=100")."""
+    return f"{result['method']} {result['arm']}" if result.get("arm") else result["method"]
+
+
 def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Medians per method: IoU and PSNR over all results, Janus over the front/back objects."""
+    """Medians per method (and sweep arm): IoU and PSNR over all results, Janus over the front/back objects."""
     out: dict[str, dict[str, float | None]] = {}
-    for method in sorted({r["method"] for r in results}):
-        rs = [r for r in results if r["method"] == method]
+    for method in sorted({label(r) for r in results}, key=sweep.arm_order):
+        rs = [r for r in results if label(r) == method]
         janus = [r["janus"] for r in rs if r["front_back"] and r["janus"] is not None]
         out[method] = {
             "runs": len(rs),
@@ -249,20 +266,26 @@ def report_markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in report["results"]:
-        lines.append(f"| {r['object']} | {r['method']} | {r['seed']} | {r['iou']} | {r['psnr']} | {r['janus']} | "
+        lines.append(f"| {r['object']} | {label(r)} | {r['seed']} | {r['iou']} | {r['psnr']} | {r['janus']} | "
                      f"{r['num_gaussians']} | {r['seconds']} |")  # fmt: skip
-    lines += ["", "Pictures (`<object>.png`): rows are the ground truth, then each method's first seed; "
-              "columns are azimuth 0 (front), 90, 180 (back), 270.", ""]  # fmt: skip
+    lines += ["", "Pictures (`<object>.png`): rows are the ground truth, then each method's (and arm's) first "
+              "seed; columns are azimuth 0 (front), 90, 180 (back), 270.", ""]  # fmt: skip
+    if any(r.get("arm") for r in report["results"]):
+        lines += ["`sweep.png`: median IoU, masked PSNR and Janus (front/back objects) over each swept value, "
+                  "one curve per method; dashed: the runs without an arm.", ""]  # fmt: skip
     return "\n".join(lines)
 
 
 def run_eval(cfg: EvalConfig, argv: list[str] | None = None) -> dict[str, Any]:
-    from ..commands.generate import Guidance, RunControl, check_sources, run_one
+    from ..commands.generate import Guidance, check_sources
     from ..gaussians.ply import load_ply
     from ..hub import device_name, pick_device
 
     # 1. check inputs
     torch.set_num_threads(cfg.threads)
+    command = "splatvlm toyworld eval " + shlex.join(argv if argv is not None else sys.argv[3:])
+    if cfg.merge:
+        return sweep.merge(cfg.merge, Path(cfg.output), command)
     objs = get_objects(cfg.objects)
     if cfg.limit is not None:
         if cfg.limit < 1:
@@ -270,6 +293,10 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None) -> dict[str, Any]:
         objs = objs[: cfg.limit]
     if not cfg.seeds or not cfg.methods:
         raise SplatVLMError("give at least one --seeds and one --methods")
+    if cfg.snapshot_every < 0:
+        raise SplatVLMError(f"--snapshot-every must be >= 0, got {cfg.snapshot_every}")
+    arms = sweep.parse_arms(cfg.sweep)
+    index, count = sweep.parse_shard(cfg.shard)
     for part in ("prior/model_index.json", "reward/config.json"):
         if not (Path(cfg.weights) / part).is_file():
             raise SplatVLMError(
@@ -278,15 +305,18 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None) -> dict[str, Any]:
     device = pick_device(cfg.device)
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    configs = {
-        m: toy_run_config(m, cfg.steps, cfg.seeds[0], cfg.device, cfg.weights, cfg.set) for m in cfg.methods
-    }
-    for c in configs.values():
-        check_sources(c, [o.caption for o in objs])
-    # 2. guidance per method, the prior shared (same SDS config)
-    guidance = {m: Guidance(c, device) for m, c in configs.items()}
-    control = RunControl(progress=False, overwrite=True)
-    command = "splatvlm toyworld eval " + shlex.join(argv if argv is not None else sys.argv[3:])
+    jobs = [(o, m, a, s) for o in objs for m in cfg.methods for a in arms for s in cfg.seeds][index::count]
+
+    def run_config(method: Method, arm: tuple[str, list[str]], seed: int) -> RunConfig:
+        return toy_run_config(method, cfg.steps, seed, cfg.device, cfg.weights, [*cfg.set, *arm[1]])
+
+    # 2. guidance per method and arm, the loaded models shared where their configs agree
+    guidance: dict[tuple[str, str], Guidance] = {}
+    for _, m, a, _ in jobs:
+        if (m, a[0]) not in guidance:
+            c = run_config(m, a, cfg.seeds[0])
+            check_sources(c, [o.caption for o in objs])
+            guidance[m, a[0]] = Guidance(c, device)
     report = {
         "suite": "toyworld",
         "device": device_name(device),
@@ -297,30 +327,51 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None) -> dict[str, Any]:
     results = report["results"]
     for obj in objs:
         firsts = [object_params(obj)]
-        for method in cfg.methods:
-            for seed in cfg.seeds:
-                run_cfg = toy_run_config(method, cfg.steps, seed, cfg.device, cfg.weights, cfg.set)
-                run_dir = out / "runs" / f"{obj.name}-{method}-s{seed}"
-                run_dir.mkdir(parents=True, exist_ok=True)
-                t0 = time.perf_counter()
-                g = guidance[method]
-                summary = run_one(obj.caption, run_cfg, run_dir / "scene.ply", run_dir, g, control)
-                seconds = time.perf_counter() - t0
-                for other in guidance.values():  # load the prior once for every method
-                    if "prior" not in other.models and "prior" in g.models:
-                        other.models["prior"] = g.models["prior"]
-                params = load_ply(run_dir / "scene.ply")
-                s = score(params, obj, device)
-                results.append({"object": obj.name, "caption": obj.caption, "method": method, "seed": seed,
-                                **s, "front_back": obj.front_back, "num_gaussians": summary["num_gaussians"],
-                                "seconds": round(seconds, 2)})  # fmt: skip
-                print(f"{obj.name} {method} seed {seed}: IoU {s['iou']:.3f} PSNR {s['psnr']:.2f} "
-                      f"Janus {s['janus']} ({seconds:.0f} s)", flush=True)  # fmt: skip
-                if seed == cfg.seeds[0]:
-                    firsts.append(params)
-        picture(firsts, out / f"{obj.name}.png", device)
+        for _, method, arm, seed in [j for j in jobs if j[0] is obj]:
+            run_cfg = run_config(method, arm, seed)
+            run_dir = out / "runs" / sweep.run_name(obj.name, method, arm[0], seed)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            g = guidance[method, arm[0]]
+            t0 = time.perf_counter()
+            summary = run_with_snapshots(obj.caption, run_cfg, run_dir, g, cfg.snapshot_every)
+            seconds = time.perf_counter() - t0
+            for other in guidance.values():  # load each model once for every arm that shares its config
+                for kind, section in (("prior", "sds"), ("reward", "vlm")):
+                    same = getattr(other.cfg, section) == getattr(g.cfg, section)
+                    if kind in g.models and kind not in other.models and same:
+                        other.models[kind] = g.models[kind]
+            params = load_ply(run_dir / "scene.ply")
+            s = score(params, obj, device)
+            results.append({"object": obj.name, "caption": obj.caption, "method": method, "arm": arm[0],
+                            "seed": seed, **s, "front_back": obj.front_back,
+                            "num_gaussians": summary["num_gaussians"], "seconds": round(seconds, 2)})  # fmt: skip
+            print(f"{obj.name} {label(results[-1])} seed {seed}: IoU {s['iou']:.3f} PSNR {s['psnr']:.2f} "
+                  f"Janus {s['janus']} ({seconds:.0f} s)", flush=True)  # fmt: skip
+            if seed == cfg.seeds[0]:
+                firsts.append(params)
+        if len(firsts) > 1:
+            picture(firsts, out / f"{obj.name}.png", device)
         # 3. the reports so far, after every object: a run cut short keeps the objects it finished
         report["date"] = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         atomic_write_text(out / "report.json", json.dumps(report, indent=2))
         atomic_write_text(out / "report.md", report_markdown(report))
     return report
+
+
+def run_with_snapshots(prompt: str, cfg: RunConfig, run_dir: Path, guidance, every: int) -> dict[str, Any]:
+    """``generate.run_one`` into run_dir/scene.ply; with ``every`` > 0 in legs of ``every`` steps, each leg's
+    scene copied to run_dir/snapshots/step-<step>.ply and the next leg resumed from the checkpoint."""
+    import shutil
+
+    from ..commands import generate
+    from ..commands.generate import RunControl
+
+    control = RunControl(progress=False, overwrite=True, stop_after=every or None)
+    summary = generate.run_one(prompt, cfg, run_dir / "scene.ply", run_dir, guidance, control)
+    while not summary["finished"]:
+        (run_dir / "snapshots").mkdir(exist_ok=True)
+        shutil.copyfile(run_dir / "partial.ply", run_dir / "snapshots" / f"step-{summary['steps']:05d}.ply")
+        summary = generate.run_one(
+            prompt, cfg, run_dir / "scene.ply", run_dir, guidance, control, resume=True
+        )
+    return summary

@@ -2,11 +2,12 @@
 
 - Data: 4-view groups from the recipe's orbit sampler (``sample_orbit``) at the toy camera settings,
   rendered with our renderer (RGB on black plus alpha, composited over random backgrounds when used).
-- Prior (``weights/prior``, a diffusers folder ``SDSGuidance`` loads as any MVDream model): a small
-  AutoencoderKL (2 levels: 32 px images -> 16x16 latents) trained for reconstruction first, then the
-  stock ``UNet2DConditionModel`` with the camera projection (MVDream's cameras as ``class_labels``) and
-  our multi-view attention, trained jointly with a tiny CLIP text encoder on eps-prediction, with 10 %
-  caption dropout to the empty caption (the toy presets use "" as the negative prompt, so CFG works).
+- Prior (``weights/prior``, a diffusers folder ``SDSGuidance`` loads as any MVDream model): the exact, fixed
+  autoencoder of ``autoencoder.py`` (2x2 space-to-depth, 32 px images -> 16x16x12 latents, an affine map fitted
+  to the training images, no learned colors), then the stock ``UNet2DConditionModel`` with the camera projection
+  (MVDream's cameras as ``class_labels``) and our multi-view attention, trained jointly with a tiny CLIP text
+  encoder on eps-prediction, with 10 % caption dropout to the empty caption (the toy presets use "" as the
+  negative prompt, so CFG works).
 - Reward (``weights/reward``, a Qwen2.5-VL folder ``VLMReward`` loads; trained in ``reward_model.py``): the
   demo-size Qwen2.5-VL, fully
   fine-tuned to answer Yes for 4 views of the captioned object and No for other objects, for the
@@ -23,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +35,7 @@ from torch import Tensor
 from ..gaussians.cameras import CameraConfig, sample_orbit
 from ..gaussians.render import RenderConfig, render
 from ..gaussians.scene import SceneConfig, init_ball
+from .autoencoder import SpaceToDepthAutoencoder, fitted_autoencoder
 from .world import ToyObject, janus_variant, object_params, world
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
@@ -76,25 +78,6 @@ class BuildConfig:
     janus_groups: int = 0
     """4-view groups rendered per Janus variant (0: half of ``groups``, at least 4, as shipped). The last
     quarter is held out, as for the objects; another value also shifts the seeded renders drawn after them."""
-    vae_steps: int = 1500
-    """Autoencoder reconstruction steps."""
-    vae_batch: int = 4
-    """4-view groups per autoencoder step."""
-    vae_kl: float = 1e-6
-    """Weight of the autoencoder's KL term (SD's 1e-6 ships). With it the latent space is barely regularized:
-    the zero latent decodes to saturated green and a latent shrunk 0.8x toward the mean shifts the image by
-    MSE 0.0021. 1e-4 cut that shift to 0.0005 but raised the reconstruction error 2.5x and left the prior's eps
-    MSE at 0.56 (vs 0.10), and its SDS runs were worse (benchmarks/RESULTS.md, toy world diagnostics)."""
-    vae_shrink: float = 0.0
-    """Weight of a term that makes decoding linear on the path to the batch's mean latent: for each image, with
-    a ~ U(0, 1), |D((1 - a) z + a mu) - ((1 - a) x + a xbar)|^2 (mu, xbar: the batch's per-pixel mean latent,
-    detached, and mean image). A denoiser's x0 estimate shrinks toward the mean latent where it is unsure; with
-    this term that decodes to the blend of the images, not to a color of its own (0: off, as shipped)."""
-    vae_shapeless: int = 0
-    """4-view groups of the shapeless scenes (the half-opaque and the faint balls, over random backgrounds)
-    added to each autoencoder step beside its ``vae_batch`` object groups, so that the autoencoder also sees the
-    hazes a run starts from (the shipped one round-trips the faint ball's gray toward green). The UNet trains on
-    the objects alone either way. 0: off, as shipped (the object batches are the same draws either way)."""
     prior_steps: int = 4000
     """Prior (UNet + text encoder) steps."""
     prior_max_s: float = 0.0
@@ -123,6 +106,24 @@ class BuildConfig:
     """Train the reward on noisy views: each training record's views get Gaussian pixel noise of a std drawn
     uniformly from [0, reward_noise] (clamped to [0, 1]); a smoother input gradient is the aim. 0: off, as shipped
     (nothing is drawn). The held-out accuracy is measured on clean views either way."""
+    reward_from: Path | None = None
+    """Fine-tune the reward in this weights folder (its reward/) instead of a fresh demo-size VLM (None: fresh,
+    as shipped before adversarial training). The held-out gradient alignment is measured before and after."""
+    reward_pgd_steps: int = 0
+    """Adversarial training: each training record's views are moved by this many signed-gradient steps of
+    2.5 x eps / steps, from a random start inside the L-inf ball of ``reward_pgd_eps``, to raise the record's
+    loss, and the reward trains on the moved views (Madry et al.). A robust classifier's pixel gradient points
+    toward the object rather than along adversarial directions, at (1 + steps) x the cost of a step and some
+    clean accuracy. 0: off."""
+    reward_pgd_eps: float = 4 / 255
+    """L-inf radius of the adversarial views, on pixels in [0, 1]."""
+    reward_hard: list[Path] = field(default_factory=list)
+    """Hard negatives: files written by ``hard_negatives.py`` (4-view renders of toy runs' intermediate scenes
+    that are clearly not their object), answered No for the run's caption. Their last quarter per object is
+    held out. Empty: none."""
+    reward_hard_share: float = 0.3
+    """Share of the negatives drawn from ``reward_hard`` (when given); the other kinds fill the rest in their
+    ratios."""
     threads: int = 1
     """CPU threads for torch (the toy models are too small to gain from a second thread on a shared machine)."""
     only: Literal["all", "prior", "reward"] = "all"
@@ -197,56 +198,11 @@ def start_params(seed: int) -> torch.nn.ParameterDict:
 # The prior
 
 
-def vae_config() -> dict:
-    from ..demo import SD21_VAE_CONFIG
-
-    return dict(
-        SD21_VAE_CONFIG,
-        down_block_types=("DownEncoderBlock2D",) * 2,
-        up_block_types=("UpDecoderBlock2D",) * 2,
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=RESOLUTION,
-    )
-
-
 def unet_config() -> dict:
     from ..demo import tiny_unet_config
 
-    return dict(tiny_unet_config("mvdream"), sample_size=RESOLUTION // 2)
-
-
-def vae_loss(vae, x: Tensor, kl: float, shrink: float, gen: torch.Generator) -> tuple[Tensor, Tensor]:
-    """The autoencoder's training loss on images x [B, 3, H, W] in [-1, 1]; returns (loss, detached recon MSE).
-
-    With ``shrink`` > 0 adds ``BuildConfig.vae_shrink``'s term: decoding (1 - a) z + a mu must give
-    (1 - a) x + a xbar, one a ~ U(0, 1) per image drawn from ``gen``. The means are per pixel (a denoiser
-    shrinks each latent position toward its own mean) and over the same batch, so that each (mu, xbar) pair
-    is one that a linear decoder maps exactly.
-    """
-    post = vae.encode(x).latent_dist
-    z = post.sample()
-    rec = vae.decode(z).sample
-    mse = F.mse_loss(rec, x)
-    loss = mse + kl * post.kl().mean()
-    if shrink > 0:
-        a = torch.rand(x.shape[0], 1, 1, 1, generator=gen).to(x.device)
-        mu = z.detach().mean(0, keepdim=True)
-        xbar = x.mean(0, keepdim=True)
-        mid = vae.decode((1 - a) * z + a * mu).sample
-        loss = loss + shrink * F.mse_loss(mid, (1 - a) * x + a * xbar)
-    return loss, mse.detach()
-
-
-def with_shapeless(x: Tensor, shapeless: Renders | None, n: int, gen: torch.Generator) -> Tensor:
-    """Images x [B, 3, H, W] in [-1, 1] with ``n`` shapeless 4-view groups over random backgrounds appended
-    ([B + 4n, 3, H, W]); n = 0 returns x and draws nothing from ``gen``."""
-    if n == 0 or shapeless is None:
-        return x
-    idx = torch.randint(shapeless.rgb.shape[0], (n,), generator=gen)
-    extra = composite(shapeless.rgb[idx], shapeless.alpha[idx], gen)  # [n, 4, H, W, 3]
-    return torch.cat([x, extra.reshape(-1, *extra.shape[2:]).permute(0, 3, 1, 2) * 2 - 1])
+    # the exact autoencoder's latents: 2x2 space-to-depth of RGB
+    return dict(tiny_unet_config("mvdream"), sample_size=RESOLUTION // 2, in_channels=12, out_channels=12)
 
 
 def last_mean(values: list[Tensor], n: int) -> float:
@@ -257,16 +213,19 @@ def last_mean(values: list[Tensor], n: int) -> float:
 def load_prior(folder: Path) -> tuple[dict, int]:
     """The prior parts in ``folder/prior`` (autoencoder, UNet, text encoder, tokenizer) and the steps it had done
     in all (``folder/build.json``; 0 when it has no record)."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     from ..errors import SplatVLMError
+    from .autoencoder import is_space_to_depth
 
     src = Path(folder) / "prior"
     if not (src / "model_index.json").is_file():
         raise SplatVLMError(f"--prior-from {folder}: no toy prior there (missing prior/model_index.json)")
+    if not is_space_to_depth(src / "vae"):
+        raise SplatVLMError(f"--prior-from {folder}: its prior has a learned autoencoder, not the exact one")
     parts = {
-        "vae": AutoencoderKL.from_pretrained(src / "vae"),
+        "vae": SpaceToDepthAutoencoder.from_pretrained(src / "vae"),
         "unet": UNet2DConditionModel.from_pretrained(src / "unet"),
         "text_encoder": CLIPTextModel.from_pretrained(src / "text_encoder"),
         "tokenizer": CLIPTokenizer.from_pretrained(src / "tokenizer"),
@@ -285,18 +244,10 @@ def prior_lr_factor(step: int, steps: int, max_s: float = 0.0, elapsed: float = 
     return min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(angle)))
 
 
-def train_prior(
-    data: dict[str, Renders],
-    captions: dict[str, str],
-    cfg: BuildConfig,
-    log,
-    shapeless: Renders | None = None,
-) -> tuple:
-    """Autoencoder, then UNet + text encoder; returns the SDComponents (on the CPU) and a log dict.
-
-    ``shapeless`` (with ``cfg.vae_shapeless``) adds shapeless groups to the autoencoder's batches only.
-    """
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildConfig, log) -> tuple:
+    """The exact autoencoder's affine map, then UNet + text encoder; returns the SDComponents (on the CPU) and a
+    log dict."""
+    from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from ..demo import SD_SCHEDULER_CONFIG, tiny_clip_tokenizer, tiny_text_encoder
     from ..guidance.mvdream import set_multiview_attention
@@ -320,35 +271,15 @@ def train_prior(
             [owner[i] for i in idx],
         )
 
-    # 1. autoencoder, trained and scaled here, or the continued prior's as it is
-    t0 = time.perf_counter()
-    recon = []
+    # 1. the exact autoencoder, its affine map fitted to every group over a random background (its own
+    # generator, so the batches below are the same either way), or the continued prior's as it is
     if base is None:
-        vae = AutoencoderKL(**vae_config()).to(dev)
-        opt = torch.optim.AdamW(vae.parameters(), lr=1e-3)
-        shrink_gen = torch.Generator().manual_seed(cfg.seed + 2)  # its own: the batches stay the shipped ones
-        extra_gen = torch.Generator().manual_seed(cfg.seed + 3)  # likewise for the shapeless groups
-        for step in range(cfg.vae_steps):
-            x, _, _ = batch(cfg.vae_batch)
-            x = with_shapeless(x, shapeless, cfg.vae_shapeless, extra_gen)
-            loss, rec = vae_loss(vae, x.to(dev), cfg.vae_kl, cfg.vae_shrink, shrink_gen)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            recon.append(rec.detach())  # read back only when logged: no host sync a step
-            if step % 50 == 0 or step == cfg.vae_steps - 1:
-                log(
-                    f"vae step {step} recon mse {last_mean(recon, 50):.4f} ({time.perf_counter() - t0:.0f} s)"
-                )
-        vae.eval().requires_grad_(False)
-        with torch.no_grad():
-            x, _, _ = batch(16)
-            z = vae.encode(x.to(dev)).latent_dist.mean
-            vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+        every = composite(all_rgb, all_alpha, torch.Generator().manual_seed(cfg.seed + 2))
+        vae = fitted_autoencoder(every.reshape(-1, RESOLUTION, RESOLUTION, 3).permute(0, 3, 1, 2) * 2 - 1)
     else:
-        vae = base["vae"].to(dev).eval().requires_grad_(False)
+        vae = base["vae"]
+    vae = vae.to(dev).eval().requires_grad_(False)
     scale = float(vae.config.scaling_factor)
-    vae_s = time.perf_counter() - t0
 
     # 2. UNet + text encoder (fresh, or the continued prior's, in training mode)
     t0 = time.perf_counter()
@@ -413,8 +344,7 @@ def train_prior(
     return (
         parts,
         {
-            "vae_s": round(vae_s, 1),
-            "vae_recon_mse": round(last_mean(recon, 50), 4) if recon else None,  # on [-1, 1], last 50 steps
+            "autoencoder": {"shift": vae.config.shift, "scaling_factor": vae.config.scaling_factor},
             "prior_s": round(unet_s, 1),
             "prior_steps_done": done,
             **(
