@@ -47,9 +47,7 @@ def test_no_import_cycles_and_the_flow_points_down():
                 if not d.startswith(("splatvlm.gaussians", "splatvlm.errors", "splatvlm.files"))
             }, m
         if m.startswith("splatvlm.guidance"):
-            assert not {
-                d for d in deps if d.split(".")[1] in ("run", "cli", "viewer", "commands")
-            }, m
+            assert not {d for d in deps if d.split(".")[1] in ("run", "cli", "viewer", "commands")}, m
     state: dict[str, int] = {}
 
     def visit(m, stack):

@@ -55,15 +55,12 @@ class TermSpec:
     name: str  # the trainer's name for it: its timer (ms_<name>) and the bench's component
     weights: tuple[str, ...]  # the config.Weights fields of the loss_* entries it returns
     section: str | None  # the RunConfig field holding its settings (None: its weights only)
-    model: (
-        ModelKind | None
-    )  # the model it needs: models.py checks its source and loads it, resources.py sizes it
-    make: Callable[
-        [Any, Any, str], Callable[..., dict[str, Any]]
-    ]  # (run config, model or None, prompt) -> term
-    inputs: Inputs = (
-        "images"  # images: fn(rgb [C, H, W, 3], cams, step); scene: fn(params, render, cams, step)
-    )
+    # The model it needs (models.py checks its source and loads it, resources.py sizes it); None: no model.
+    model: ModelKind | None
+    # (run config, model or None, prompt) -> the term.
+    make: Callable[[Any, Any, str], Callable[..., dict[str, Any]]]
+    # images: fn(rgb [C, H, W, 3], cams, step); scene: fn(params, render, cams, step).
+    inputs: Inputs = "images"
     every: Callable[[Any], int] = _once  # steps between calls (the trainer scales the weight by it)
     views: Callable[[Any], int | None] = _all_views  # the first N rendered views only (None: all)
     depth: Callable[[Any], bool] = _no_depth  # whether it reads the rendered depth
