@@ -4,6 +4,7 @@ The library API, re-exported here by name (imported on first use, so ``import sp
 start stay fast)::
 
     import splatvlm
+    summary = splatvlm.generate("a red apple", "apple.ply", cfg="demo")   # the whole run, as the CLI does
     cfg = splatvlm.load_run_config("demo")
     prior = splatvlm.load_prior(cfg.sds, "cpu")          # SDSGuidance: prior(rgb, cams, step) -> {"loss_sds": ...}
     reward = splatvlm.load_reward(cfg.vlm, "cpu")        # VLMReward:   reward(rgb, cams, step) -> {"loss_vlm": ...}
@@ -27,6 +28,7 @@ _EXPORTS = {
     "CameraConfig": "gaussians.cameras",
     "Cameras": "gaussians.cameras",
     "orbit_cameras": "gaussians.cameras",
+    "eval_orbit": "gaussians.cameras",
     "sample_orbit": "gaussians.cameras",
     "RenderConfig": "gaussians.render",
     "render": "gaussians.render",
@@ -37,10 +39,12 @@ _EXPORTS = {
     "SDSGuidance": "guidance.sds",
     "RewardConfig": "guidance.reward",
     "VLMReward": "guidance.reward",
+    "generate": "commands.generate",
     "load_prior": "models",
     "load_reward": "models",
     "check_sources": "models",
     "Term": "run.trainer",
+    "Weight": "run.schedules",
     "train": "run.trainer",
     "new_state": "run.train_state",
     "SplatVLMError": "errors",
@@ -55,6 +59,7 @@ __all__ = [
     "CameraConfig",
     "Cameras",
     "orbit_cameras",
+    "eval_orbit",
     "sample_orbit",
     "RenderConfig",
     "render",
@@ -65,10 +70,12 @@ __all__ = [
     "SDSGuidance",
     "RewardConfig",
     "VLMReward",
+    "generate",
     "load_prior",
     "load_reward",
     "check_sources",
     "Term",
+    "Weight",
     "train",
     "new_state",
     "SplatVLMError",
@@ -84,9 +91,10 @@ def __getattr__(name: str):
 
 
 if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eagerly
+    from .commands.generate import generate
     from .config import RunConfig, list_presets, load_run_config
     from .errors import SplatVLMError
-    from .gaussians.cameras import CameraConfig, Cameras, orbit_cameras, sample_orbit
+    from .gaussians.cameras import CameraConfig, Cameras, eval_orbit, orbit_cameras, sample_orbit
     from .gaussians.densify import StrategyConfig
     from .gaussians.ply import load_ply, save_ply
     from .gaussians.render import RenderConfig, render
@@ -94,5 +102,6 @@ if TYPE_CHECKING:  # for type checkers and editors: the same names, imported eag
     from .guidance.reward import RewardConfig, VLMReward
     from .guidance.sds import SDSConfig, SDSGuidance
     from .models import check_sources, load_prior, load_reward
+    from .run.schedules import Weight
     from .run.train_state import new_state
     from .run.trainer import Term, train

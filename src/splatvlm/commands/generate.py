@@ -533,3 +533,32 @@ def _run_batch(
     atomic_write_text(out_dir / "batch_report.json", json.dumps(report, indent=2))
     print_batch_summary(report, out_dir / "batch_report.json")
     return [e["summary"] for e in report["prompts"] if e["summary"] and e["status"] != "failed"]
+
+
+def generate(
+    prompt: str,
+    output: str | Path | None = None,
+    cfg: RunConfig | str = "vlm3d",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train one prompt into a .ply, as ``splatvlm generate PROMPT -o OUTPUT`` does; returns the run's summary.
+
+    Args:
+        prompt: the text prompt.
+        output: the .ply to write (default: named after the prompt, in the current folder). The run folder is
+            ``<output stem>_run`` beside it, with the same checks, locks and resume as the command.
+        cfg: a RunConfig, or a preset's name (``"demo"`` runs the tiny offline models on the CPU).
+        overwrite: replace an existing output and run folder (built aside and swapped in at the end).
+        progress: show the progress bar (or log lines when not on a terminal).
+    """
+    from ..config import load_run_config
+
+    cfg = load_run_config(cfg) if isinstance(cfg, str) else cfg
+    control = RunControl(overwrite=overwrite, progress=progress)
+    guidance = make_guidance(cfg, control)
+    prompt, out, run_dir, replaces = prepare_single(
+        prompt, None if output is None else Path(output), cfg, control, None
+    )
+    guidance.sources = check_sources(cfg, [prompt])
+    return run_one(prompt, cfg, out, run_dir, guidance, control, replaces=replaces)

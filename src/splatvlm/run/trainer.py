@@ -17,7 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,6 +52,8 @@ class Term:
     # and, with RunConfig.long_pole_priority, run it on a high-priority stream
     inputs: Literal["images", "scene"] = "images"  # scene: fn(params, render output, cams, step)
     depth: bool = False  # it reads the rendered depth
+    # Schedules for weights that RunConfig.weights does not hold (a term defined outside the package).
+    own_weights: dict[str, Weight] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -288,6 +290,7 @@ def train(
 
     sample_views = sample_views or default_view_sampler(cfg)
     weights = {f.name: getattr(cfg.weights, f.name) for f in cfg.weights.__dataclass_fields__.values()}
+    weights.update({name: w for t in terms.values() for name, w in t.own_weights.items()})
     every = {name: t.every for name, t in terms.items()}
     timer = StepTimer(profile, device)
     ckpt_path = run_dir / "checkpoint.pt"
