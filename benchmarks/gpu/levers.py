@@ -113,14 +113,15 @@ def reward_levers(records: list, iters: int, names: list[str]) -> None:
 
 
 def sds_levers(records: list, iters: int) -> None:
-    from splatvlm.guidance.sds import SDSConfig, SDSGuidance
+    from splatvlm.guidance.sds import SDSConfig
+    from splatvlm.models import build_prior
 
     cases = {"4x256": (4, 256), "8x64": (8, 64)}
     variants = {"plain": (False, False), "compile_vae": (False, True), "compile_vae_unet": (True, True)}
     base: dict[str, torch.Tensor] = {}
     for name, (unet, vae) in variants.items():
         free()
-        g = SDSGuidance(SDSConfig(model="random", compile=unet, compile_vae=vae), "cuda").load()
+        g = build_prior(SDSConfig(model="random", compile=unet, compile_vae=vae), "cuda")
         g.set_prompt("a DSLR photo of a corgi wearing a top hat")
         for case, (views, px) in cases.items():
             cams = sample_orbit(CameraConfig(views_per_group=4), views, px, torch.Generator().manual_seed(0))

@@ -26,7 +26,7 @@ from splatvlm.commands.generate import Guidance
 from splatvlm.config import load_run_config
 from splatvlm.gaussians.render import render
 from splatvlm.gaussians.scene import init_ball
-from splatvlm.guidance.sds import SDSGuidance
+from splatvlm.models import build_prior
 from splatvlm.run.train_state import new_state
 from splatvlm.run.trainer import default_view_sampler, make_backgrounds, train
 
@@ -80,7 +80,7 @@ def main() -> None:
     report["load_s"] = time.perf_counter() - t0
     extra = {}
     if device.type == "cuda":
-        sds_bf16 = SDSGuidance(replace(cfg.sds, dtype="bfloat16"), device).load()
+        sds_bf16 = build_prior(replace(cfg.sds, dtype="bfloat16"), device)
         sds_bf16.set_prompt(prompt)
         extra["sds_bf16"] = sds_bf16
     gen = torch.Generator().manual_seed(0)

@@ -89,24 +89,20 @@ class Guidance:
         terms: dict[str, Term] = {}
         if active["sds"]:
             if self.sds is None:
-                from ..guidance.sds import SDSGuidance
-
                 t0 = time.perf_counter()
-                self.sds = SDSGuidance(self.cfg.sds, self.device).load()
+                self.sds = models.build_prior(self.cfg.sds, self.device)
                 self.loaded["sds_s"] = time.perf_counter() - t0
             self.sds.set_prompt(prompt)
             terms["sds"] = Term(self.sds, weights=("sds",))
         if active["vlm"]:
             vlm_device = self.device if self.vlm_device is None else self.vlm_device
             if self.vlm is None:
-                from ..guidance.reward import VLMReward
-
                 t0 = time.perf_counter()
                 src = self.sources.vlm if self.sources is not None and self.sources.vlm is not None else None
                 if src is None:
                     src = models.check_reward_source(self.cfg.vlm)
                 with distributed.on_device(vlm_device):
-                    self.vlm = VLMReward(self.cfg.vlm, src, vlm_device)
+                    self.vlm = models.build_reward(self.cfg.vlm, src, vlm_device)
                 self.loaded["vlm_s"] = time.perf_counter() - t0
             self.vlm.set_prompt(prompt)
             reward_term = (

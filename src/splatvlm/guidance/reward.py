@@ -16,11 +16,10 @@ attention segments, causal masks, image-token positions), and runs the last deco
 head only at the answer rows. Having no host syncs, the fast path's forward and pixel gradient are
 captured in one CUDA graph (``RewardConfig.cuda_graph``, via ``graphs.GraphedGrad``) and replayed.
 
-Model sources (``RewardConfig.model``) are resolved once per run by ``splatvlm.models.check_reward_source``
-into a ``VLMSource`` that the reward is built from: an HF id or a local folder, loaded with
-``from_pretrained``; ``"demo"``, the tiny random Qwen2.5-VL of ``splatvlm.demo``, loaded the same way;
-``"random-7b"`` / ``"random-3b"``, full-size random weights built on the target device (speed only).
-The capture-safe forward lives in ``qwen_fast.py``.
+``VLMReward`` receives its model loaded: ``splatvlm.models`` resolves ``RewardConfig.model`` once per run
+into a ``VLMSource`` (an HF id or a local folder; ``"demo"``, the tiny random Qwen2.5-VL of ``splatvlm.demo``;
+``"random-7b"`` / ``"random-3b"``, full-size random weights, for speed only), loads the model from it and
+hands both over (``splatvlm.models.load_reward``). The capture-safe forward lives in ``qwen_fast.py``.
 """
 
 from __future__ import annotations
@@ -32,9 +31,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..demo import build_random_vlm
 from ..errors import SplatVLMError
-from ..hub import DType, missing_weights_error, pick_device, pick_dtype
+from ..hub import DType, pick_dtype
 from . import adapters
 from .fp8 import MLP_PROJECTIONS, fp8_mlp, fp8_supported, fp8_vision_mlp
 from .graphs import GraphedGrad, surrogate_loss
@@ -254,13 +252,11 @@ class Query:
 class VLMReward:
     """The loaded, frozen reward VLM; ``__call__(rgb, step)`` gives the ``loss_vlm`` term."""
 
-    def __init__(self, cfg: RewardConfig, src: VLMSource, device: str | torch.device = "auto"):
-        """Build the reward from the source ``splatvlm.models.check_reward_source(cfg)`` resolved."""
-        from transformers import Qwen2_5_VLForConditionalGeneration
-
+    def __init__(self, cfg: RewardConfig, src: VLMSource, model: torch.nn.Module, device: torch.device):
+        """Wrap the loaded ``model`` (a Qwen2.5-VL on ``device``, in ``cfg``'s dtype) that ``src`` names."""
         # 1. the cheap parts were checked when the source was resolved
         self.cfg = cfg
-        self.device = pick_device(device) if isinstance(device, str) else device
+        self.device = device
         self.dtype = pick_dtype(cfg.dtype, self.device)
         if src.model != cfg.model:
             raise ValueError(f"the source was resolved for {src.model!r}, not {cfg.model!r}")
@@ -268,22 +264,8 @@ class VLMReward:
         self.tokenizer = self.src.tokenizer
         self.yes_id, self.no_id = answer_token_ids(self.tokenizer)
 
-        # 2. load (or build) the model, frozen
-        if cfg.model in ("random-7b", "random-3b"):
-            which = cfg.model.split("-")[1]
-            self.model = build_random_vlm(
-                which, self.device, self.dtype, cfg.attn_implementation, self.tokenizer
-            )
-        else:
-            try:
-                self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                    self.src.source, dtype=self.dtype, attn_implementation=cfg.attn_implementation,
-                    device_map={"": self.device} if self.device.type == "cuda" else None,
-                )  # fmt: skip
-            except (OSError, ValueError) as e:
-                detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-                raise missing_weights_error(cfg.model, "the reward VLM", "--vlm.model", detail) from None
-            self.model.to(self.device)
+        # 2. the model, frozen
+        self.model = model
         self.model.requires_grad_(False)
         self.model.eval()
         if cfg.gradient_checkpointing:

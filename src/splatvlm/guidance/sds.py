@@ -7,9 +7,9 @@ gradient on the latents is the SDS gradient. Two targets:
   rescaled per object toward the unguided reconstruction's std;
 - ``mode="eps"`` (DreamFusion): the target is ``z - w(t) (eps_cfg - eps)``.
 
-Weights load lazily once through ``from_pretrained`` (HF id or local folder), from MVDream's original
-.pt checkpoint (see ``mvdream.py``), or from tiny random ``demo`` models built from config and saved
-under the user cache on first use.
+``SDSGuidance`` receives its models loaded (``SDComponents``): ``splatvlm.models.load_prior`` loads them from
+an HF id, a local folder, MVDream's original .pt checkpoint (see ``mvdream.py``), the tiny ``demo`` models
+or full-size ``random`` ones, and hands them over.
 """
 
 from __future__ import annotations
@@ -23,12 +23,7 @@ from torch import Tensor
 
 from ..errors import SplatVLMError
 from ..gaussians.cameras import Cameras
-from ..hub import (
-    DType,
-    pick_dtype,
-    quiet_model_io,
-)
-from .components import SDComponents, load_components
+from ..hub import DType, pick_dtype
 from .graphs import GraphedGrad, surrogate_loss
 
 # threestudio-mvdream's negative prompt, which the VLM3D recipe inherits (a hyperparameter value).
@@ -37,6 +32,17 @@ DEFAULT_NEGATIVE_PROMPT = (
     "cropped, lowres, low quality, artifacts, duplicate, morbid, mutilated, poorly drawn face, deformed, "
     "dehydrated, bad proportions"
 )
+
+
+@dataclass
+class SDComponents:
+    """The diffusers / transformers parts of a latent diffusion prior, loaded."""
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: object
 
 
 @dataclass
@@ -217,27 +223,31 @@ def check_config(cfg: SDSConfig) -> None:
 # The guidance term
 
 
-class SDSGuidance:
-    """A diffusion prior that scores rendered views; models load lazily, once.
+def prior_dtype(cfg: SDSConfig, device: torch.device) -> torch.dtype:
+    """The prior's weights dtype: ``cfg.dtype``, where 'auto' is fp16 on CUDA and fp32 on CPU."""
+    if cfg.dtype == "auto" and device.type == "cuda":
+        return torch.float16
+    return pick_dtype(cfg.dtype, device)
 
-    Usage: ``g = SDSGuidance(cfg, device); g.set_prompt("a red apple"); out = g(rgb, cams, step)``.
+
+class SDSGuidance:
+    """A diffusion prior that scores rendered views, built around its loaded models.
+
+    Usage: ``g = splatvlm.models.load_prior(cfg, device); g.set_prompt("a red apple"); out = g(rgb, cams, step)``.
     """
 
-    def __init__(self, cfg: SDSConfig, device: torch.device | str):
+    def __init__(self, cfg: SDSConfig, device: torch.device | str, parts: SDComponents):
+        """Take the loaded ``parts`` (in ``prior_dtype(cfg, device)``), freeze them and set them up for ``cfg``."""
         check_config(cfg)  # the weights' source is checked once per run (splatvlm.models.check_sds_source)
         self.cfg = cfg
         self.device = torch.device(device)
-        self.dtype = (
-            torch.float16
-            if cfg.dtype == "auto" and self.device.type == "cuda"
-            else pick_dtype(cfg.dtype, self.device)
-        )
-        self.parts: SDComponents | None = None
+        self.dtype = prior_dtype(cfg, self.device)
         self.prompt: str | None = None
         self._cond: Tensor | None = None  # [1 or 4, L, D] prompt (or per-direction prompts)
         self._uncond: Tensor | None = None  # [1, L, D] negative prompt
         self._static: dict[tuple[int, ...], dict[str, Tensor]] = {}  # CUDA-graph inputs per render shape
         self._graphed: GraphedGrad | None = None
+        self.parts = self._prepare(parts)
 
     @property
     def notice(self) -> str | None:
@@ -248,14 +258,10 @@ class SDSGuidance:
             return "SDS prior: full-size models with random weights (speed test), not real quality"
         return None
 
-    def load(self) -> SDSGuidance:
-        """Load the models once (later calls return at once)."""
-        if self.parts is not None:
-            return self
+    def _prepare(self, parts: SDComponents) -> SDComponents:
+        """Frozen, on the device, with the configured attention processors and compiled modules."""
         from .mvdream import set_multiview_attention
 
-        with quiet_model_io():
-            parts = load_components(self.cfg, self.dtype, self.device)
         if parts.scheduler.config.prediction_type != "epsilon":
             raise SplatVLMError(
                 f"{self.cfg.model}: only epsilon-prediction models are supported "
@@ -283,19 +289,18 @@ class SDSGuidance:
                 parts.vae.encoder.compile(dynamic=False, options=layout)
         self.alphas_cumprod = parts.scheduler.alphas_cumprod.to(self.device, torch.float32)  # [T]
         self.num_train_timesteps = int(parts.scheduler.config.num_train_timesteps)
-        self.parts = parts
-        return self
+        return parts
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.load().parts.vae.config.block_out_channels) - 1)
+        return 2 ** (len(self.parts.vae.config.block_out_channels) - 1)
 
     @property
     def image_size(self) -> int:
         """Render size fed to the VAE."""
         if self.cfg.image_size:
             return self.cfg.image_size
-        unet = self.load().parts.unet
+        unet = self.parts.unet
         return int(getattr(unet, "_orig_mod", unet).config.sample_size) * self.vae_scale_factor
 
     @property
@@ -307,7 +312,7 @@ class SDSGuidance:
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> Tensor:
         """Text-encoder last hidden states [N, L, D] (SD-2's CLIP already stops at OpenCLIP's penultimate layer)."""
-        parts = self.load().parts
+        parts = self.parts
         length = int(parts.text_encoder.config.max_position_embeddings)
         ids = parts.tokenizer(
             texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
@@ -318,7 +323,7 @@ class SDSGuidance:
         """Encode and cache the prompt (per view direction when view-dependent) and the negative prompt."""
         if prompt == self.prompt:
             return
-        check_prompt_tokens(self.load().parts.tokenizer, prompt)
+        check_prompt_tokens(self.parts.tokenizer, prompt)
         texts = [prompt]
         if self.cfg.view_dependent_prompts:
             texts = [f"{prompt}, {suffix}" for suffix in VIEW_SUFFIXES]
@@ -344,7 +349,7 @@ class SDSGuidance:
         A posterior sample, as threestudio(-mvdream) does, not the mean; ``noise`` [C, 4, h, w] in the
         model dtype is its standard normal draw (None: drawn here, as diffusers' ``sample()`` does).
         """
-        vae = self.load().parts.vae
+        vae = self.parts.vae
         x = rgb.permute(0, 3, 1, 2)
         size = self.image_size
         if x.shape[-2:] != (size, size):
@@ -381,7 +386,7 @@ class SDSGuidance:
         class_labels: Tensor | None,  # [2C, 16] or None
     ) -> tuple[Tensor, Tensor]:
         """Conditional and unconditional eps [C, 4, h, w] from one UNet call on the CFG batch of 2C."""
-        unet = self.load().parts.unet
+        unet = self.parts.unet
         model_in = torch.cat([z_t, z_t]).to(self.dtype)
         if self.cfg.channels_last:
             model_in = model_in.contiguous(memory_format=torch.channels_last)
@@ -423,7 +428,6 @@ class SDSGuidance:
         self, latents: Tensor, cams: Cameras, step: int, t: int | None = None, noise: Tensor | None = None
     ) -> dict[str, Tensor | float]:
         """SDS on latents [C, 4, h, w] (eager); ``t`` and ``noise`` may be fixed (tests)."""
-        self.load()
         c = latents.shape[0]
         if t is None:
             t = self.sample_timestep(step)
@@ -450,7 +454,6 @@ class SDSGuidance:
     def fill_static_inputs(self, shape: tuple[int, ...], cams: Cameras, step: int) -> int:
         """Draw this step's timestep and noises into the static buffers for renders of ``shape``
         [C, H, W, 3] and copy in the text and camera embeddings; returns the timestep."""
-        self.load()
         c, key = shape[0], tuple(shape)
         if key not in self._static:
             r = self.latent_resolution
@@ -519,7 +522,6 @@ class SDSGuidance:
             )
         if self.prompt is None:
             raise RuntimeError("call set_prompt() before the first SDS step")
-        self.load()
         cams = cams.to(self.device)
         x = rgb.to(self.device)
         if self.uses_cuda_graph(x):
@@ -534,8 +536,3 @@ class SDSGuidance:
         latents = self.encode_images(x)
         # 3. one timestep for all views, CFG noise prediction, detached target, MSE
         return self.latent_loss(latents, cams, step)
-
-
-def load_sds(cfg: SDSConfig, device: torch.device | str) -> SDSGuidance:
-    """Check the source, then load the prior's models onto ``device``."""
-    return SDSGuidance(cfg, device).load()
