@@ -52,14 +52,12 @@ class SDSConfig:
     kind: Literal["mvdream", "sd"] = "mvdream"
     """'mvdream': the 4-view MVDream prior (VLM3D's); 'sd': a Stable Diffusion text-to-image model."""
     model: str = "ashawkey/mvdream-sd2.1-diffusers"
-    """HF id or local folder of diffusers components, a path to MVDream's sd-v2.1-base-4view.pt (or an HF file
-    'MVDream/MVDream/sd-v2.1-base-4view.pt'), 'demo' (tiny random models, a pipeline demo) or 'random'
-    (full-size random weights, for speed tests)."""
+    """HF id or folder of diffusers components, MVDream's .pt checkpoint (a path or owner/repo/file.pt), 'demo'
+    (tiny random models) or 'random' (full-size random weights, for speed tests)."""
     base_model: str = "stabilityai/stable-diffusion-2-1-base"
     """Where the text encoder, tokenizer, VAE and scheduler come from when `model` is a .pt checkpoint."""
     dtype: DType = "auto"
-    """Weights dtype ('auto': fp16 on CUDA, which tracked fp32's SDS gradient best at bf16's speed on the H200
-    (benchmarks/RESULTS.md); fp32 on CPU)."""
+    """Weights dtype; 'auto': fp16 on CUDA (as fast as bf16, closer to fp32's SDS gradient), fp32 on CPU."""
     guidance_scale: float = 50.0
     """Classifier-free guidance scale (MVDream / VLM3D 50; VLM3D's SD-2.1 variant 100)."""
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
@@ -89,30 +87,26 @@ class SDSConfig:
     """MVDream: consecutive views that form one object (its attention spans them); views per step must be a
     multiple."""
     attention: Literal["sdpa", "math"] = "sdpa"
-    """Attention kernel: torch scaled_dot_product_attention or the explicit softmax (for comparisons)."""
+    """The UNet's attention: torch's scaled_dot_product_attention, or the explicit softmax (slower; a reference
+    for comparisons)."""
     vae_attention: Literal["sdpa", "math"] = "math"
-    """The VAE encoder's attention (one head 512 wide over the 32x32 latent grid at 256 px): 'math' is
-    softmax(QK^T)V as two GEMMs with an fp32 softmax (diffusers' AttnProcessor); 'sdpa' is torch's kernel, which for
-    a 512-wide head falls back to the memory-efficient one (its backward alone 1.5 ms of the 4x256 step, H200)."""
+    """The VAE encoder's attention (one 512-wide head): 'math', two GEMMs and an fp32 softmax as diffusers'
+    AttnProcessor, is faster than 'sdpa', whose kernel for so wide a head is the slower memory-efficient one."""
     channels_last: bool = False
-    """Run the UNet and VAE in channels-last memory format (often faster on CUDA)."""
+    """Run the UNet and VAE in channels-last memory format: it drops cuDNN's layout conversions, but copies
+    elsewhere take the time back."""
     compile: bool = True
-    """torch.compile the UNet inside the CUDA graph (CUDA only, ignored on CPU), static per render shape. On the H200
-    with --sds.compile-vae: 4x256 27.2 -> 18.9 ms, 8x64 44.0 -> 32.0 ms, about 46 s saved per vlm3d asset. The
-    first compile costs ~50 s per shape (two in the vlm3d recipe) with a cold inductor cache and seconds with a
-    warm one (torch keeps it on disk); a batch pays it once (benchmarks/RESULTS.md). Off for a one-off run."""
+    """torch.compile the UNet inside the CUDA graph, once per render shape (CUDA only): a much faster prior step,
+    after a compile of about a minute per shape on a cold inductor cache (seconds once torch has it on disk)."""
     compile_vae: bool = True
-    """torch.compile the VAE encoder, forward and backward (CUDA only, ignored on CPU), static per render shape:
-    alone 27.2 -> 23.0 ms at 4x256; ~39 s per shape with a cold inductor cache."""
+    """torch.compile the VAE encoder, forward and backward, once per render shape (CUDA only): faster steps after
+    a compile of under a minute per shape on a cold inductor cache."""
     compile_vae_channels_last: bool = True
-    """With --sds.compile-vae: inductor lays the VAE encoder's activations out channels-last. Its own heuristic
-    declines for training graphs with a narrowing 3x3 convolution (the encoder's conv_out, 512 to 8 channels), and
-    cuDNN then converts NCHW to NHWC and back around every fp16 convolution: 3.7 ms of kernels in a 4x256 step
-    on the H200 (round 9 of benchmarks/RESULTS.md). The UNet (no backward) gets channels-last from the heuristic."""
+    """With --sds.compile-vae: lay the encoder's activations out channels-last, which inductor's heuristic
+    declines for its narrowing last convolution; saves cuDNN's layout conversions around every convolution."""
     cuda_graph: bool = True
-    """Capture the SDS step (VAE encode, noising, CFG UNet, target, and the gradient to the pixels) in one
-    CUDA graph per render shape and replay it (the first step of each shape captures it); ignored on CPU.
-    Read at every call."""
+    """Capture the SDS step (encode, noising, CFG UNet, target, gradient to the pixels) as one CUDA graph per
+    render shape and replay it: no launch overhead, the same result; ignored on CPU."""
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,8 +14,7 @@
   faint ball every toy run starts from (the presets' initial scene). Full
   fine-tune, not `train-reward`'s LoRA: that adapts only the language model's projections and never the
   vision tower, which in a random base gives random features, so every visual distinction would have to
-  be read out of a frozen random encoder by low-rank updates. (Not compared here for lack of CPU time;
-  ``benchmarks/RESULTS.md`` says how to compare.)
+  be read out of a frozen random encoder by low-rank updates. (Not compared here, for lack of CPU time.)
 """
 
 from __future__ import annotations
@@ -49,9 +48,9 @@ CAMERA_OVERRIDES = dict(
 
 # The toy prior's score-distillation settings, in place of the preset's CFG 50 and t annealed down from 0.98: with
 # the tiny prior, CFG 50 drives the x0 target far from the truth (|target - z|^2 / |z|^2 up to 45 at t 800) and
-# t > 0.5 gives gradients unrelated to the object (cosine 0.016 against a photometric one), so no run left the start
-# ball (benchmarks/RESULTS.md, "Why every run ends as a haze"). A calibration on the world's own objects, not
-# held-out evidence, and no evidence about the real presets.
+# t > 0.5 gives gradients unrelated to the object (almost orthogonal to a photometric one), so no run left the
+# start ball. A calibration on the world's own objects, not held-out evidence, and no evidence about the real
+# presets.
 TOY_SDS = dict(guidance_scale=7.5, anneal_steps=0)  # anneal 0: t in [0.02, 0.5] from the first step
 
 
@@ -81,10 +80,9 @@ class BuildConfig:
     vae_batch: int = 4
     """4-view groups per autoencoder step."""
     vae_kl: float = 1e-6
-    """Weight of the autoencoder's KL term (SD's 1e-6 ships). With it the latent space is barely regularized:
-    the zero latent decodes to saturated green and a latent shrunk 0.8x toward the mean shifts the image by
-    MSE 0.0021. 1e-4 cut that shift to 0.0005 but raised the reconstruction error 2.5x and left the prior's eps
-    MSE at 0.56 (vs 0.10), and its SDS runs were worse (benchmarks/RESULTS.md, toy world diagnostics)."""
+    """Weight of the autoencoder's KL term (SD's 1e-6 ships). So small a weight barely regularizes the latent
+    space (latents off the data decode to odd colors); a larger one smooths it but reconstructs worse and trains
+    a worse prior, whose SDS runs were worse too."""
     vae_shrink: float = 0.0
     """Weight of a term that makes decoding linear on the path to the batch's mean latent: for each image, with
     a ~ U(0, 1), |D((1 - a) z + a mu) - ((1 - a) x + a xbar)|^2 (mu, xbar: the batch's per-pixel mean latent,
