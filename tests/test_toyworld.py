@@ -254,7 +254,7 @@ def test_photometric_fit_carves_the_start_ball_in_120_steps(tmp_path: Path):
     """The Gaussian side at toy scale: the real trainer, the toy run config and its start ball, with the SDS
     term swapped for an L1 against the ground truth on the same cameras, reaches the object in 120 steps
     (tower IoU 0.949 when measured). The toy runs' haze is therefore not the scene's initialization,
-    learning rates or rasterizer (benchmarks/RESULTS.md, toy world diagnostics)."""
+    learning rates or rasterizer."""
     from splatvlm.config import apply_overrides
     from splatvlm.gaussians.render import RenderConfig, render
     from splatvlm.gaussians.scene import init_ball

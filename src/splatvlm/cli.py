@@ -436,7 +436,7 @@ COMMANDS = {
     "toyworld": cmd_toyworld,
 }
 
-USAGE = """usage: splatvlm [--verbose] COMMAND [ARGS]  (splatvlm COMMAND --help for a command's flags)
+USAGE = """usage: splatvlm [--verbose] COMMAND [ARGS]  (COMMAND --help: its common flags; --help-all: every one)
 
   --verbose     also show the model libraries' progress bars, info logs and deprecation warnings
 

@@ -113,7 +113,7 @@ class Guidance:
                 weights=("vlm",),
                 every=self.cfg.vlm.every,
                 num_views=self.cfg.vlm.num_views,
-                launch_first=True,  # the 7B reward is the step's long pole; its graph launch alone takes ~4 ms
+                launch_first=True,  # the reward is the step's long pole: launch its graph before the prior's
             )
         if not terms:
             raise SplatVLMError("every loss weight is zero for the whole run; nothing to train")

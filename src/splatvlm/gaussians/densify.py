@@ -124,7 +124,7 @@ class BoundedDefaultStrategy(DefaultStrategy):
         waited there every step for the whole step's GPU work and left the GPU idle while it queued the next.
         Packed renders (their pairs already listed) go to gsplat's own code. The pixel scale stays two Python
         floats: a tensor made from them is a pageable host-to-device copy, and CUDA synchronizes the stream
-        before one (that wait alone cost ~40 ms of CPU a step)."""
+        before one (a wait for the whole step's GPU work)."""
         if packed:
             return super()._update_state(params, state, info, packed=True)
         means2d = info[self.key_for_gradient]
