@@ -70,9 +70,8 @@ class StrategyConfig:
     cap_max: int = 1_000_000
     """Both: no refinement takes the number of Gaussians above this."""
     max_grow_frac: float | None = None
-    """Both: a refinement adds at most this fraction of the current count (highest gradients first);
-    None: unbounded for 'default' (3DGS: every qualifying Gaussian, at most doubling), 0.05 for 'mcmc'
-    (gsplat's rate; MCMC always adds its whole budget)."""
+    """Both: a refinement adds at most this fraction of the count (highest gradients first); None: no bound
+    for 'default' (3DGS: at most doubling), 0.05 for 'mcmc' (gsplat's rate)."""
     noise_lr: float = 5e5
     """MCMC: position noise scale, multiplied by the current means learning rate."""
     verbose: bool = False

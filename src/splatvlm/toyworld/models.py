@@ -80,30 +80,22 @@ class BuildConfig:
     vae_batch: int = 4
     """4-view groups per autoencoder step."""
     vae_kl: float = 1e-6
-    """Weight of the autoencoder's KL term (SD's 1e-6 ships). So small a weight barely regularizes the latent
-    space (latents off the data decode to odd colors); a larger one smooths it but reconstructs worse and trains
-    a worse prior, whose SDS runs were worse too."""
+    """Weight of the autoencoder's KL term (SD's 1e-6, as shipped): a larger one smooths the latent space but
+    reconstructs worse and trained a worse prior."""
     vae_shrink: float = 0.0
-    """Weight of a term that makes decoding linear on the path to the batch's mean latent: for each image, with
-    a ~ U(0, 1), |D((1 - a) z + a mu) - ((1 - a) x + a xbar)|^2 (mu, xbar: the batch's per-pixel mean latent,
-    detached, and mean image). A denoiser's x0 estimate shrinks toward the mean latent where it is unsure; with
-    this term that decodes to the blend of the images, not to a color of its own (0: off, as shipped)."""
+    """Weight of a term that makes decoding linear toward the batch's mean latent, so an x0 estimate shrunk
+    toward it decodes to a blend of images, not a color of its own (0: off, as shipped)."""
     vae_shapeless: int = 0
-    """4-view groups of the shapeless scenes (the half-opaque and the faint balls, over random backgrounds)
-    added to each autoencoder step beside its ``vae_batch`` object groups, so that the autoencoder also sees the
-    hazes a run starts from (the shipped one round-trips the faint ball's gray toward green). The UNet trains on
-    the objects alone either way. 0: off, as shipped (the object batches are the same draws either way)."""
+    """Shapeless 4-view groups (the hazes a run starts from) added to each autoencoder step so it round-trips
+    them too; the UNet trains on the objects alone either way (0: off, as shipped)."""
     prior_steps: int = 4000
     """Prior (UNet + text encoder) steps."""
     prior_max_s: float = 0.0
-    """Stop the prior's training after this many seconds (0: no limit, the seeded default); the learning rate's
-    cosine then follows the elapsed share of the limit when that runs ahead of the steps, so a build cut by time
-    still ends at the decayed rate. build.json records the steps done."""
+    """Stop the prior's training after this many seconds (0: no limit); the learning rate then decays with the
+    elapsed time, so a build cut short still ends decayed. build.json records the steps done."""
     prior_from: Path | None = None
-    """Continue the prior in this weights folder (its prior/ and build.json) instead of starting fresh: its
-    autoencoder is kept (not retrained), its UNet and text encoder train on with a fresh AdamW and schedule (a warm
-    restart), and the batches come from a generator offset by the steps it had done, so a long build can span
-    several time-limited runs. build.json records the steps in all (prior_steps_total)."""
+    """Continue the prior of this weights folder (a warm restart: its autoencoder kept, its UNet and text
+    encoder trained on with a fresh optimizer, the batches continued), so a long build can span several runs."""
     prior_batch: int = 4
     """Objects (4-view groups) per prior step."""
     prior_lr: float = 1e-3
@@ -118,9 +110,8 @@ class BuildConfig:
     """Share of the reward's negatives that are Janus variants; the other kinds keep their ratios in
     ``reward_model.NEGATIVE_SHARES`` and fill the rest (0.35, the shipped value, leaves them as they are)."""
     reward_noise: float = 0.0
-    """Train the reward on noisy views: each training record's views get Gaussian pixel noise of a std drawn
-    uniformly from [0, reward_noise] (clamped to [0, 1]); a smoother input gradient is the aim. 0: off, as shipped
-    (nothing is drawn). The held-out accuracy is measured on clean views either way."""
+    """Train the reward on views with Gaussian pixel noise of std up to this, for a smoother input gradient
+    (0: off, as shipped); the held-out accuracy is measured on clean views."""
     threads: int = 1
     """CPU threads for torch (the toy models are too small to gain from a second thread on a shared machine)."""
     only: Literal["all", "prior", "reward"] = "all"
