@@ -240,7 +240,7 @@ EXPERIMENTAL: dict[type, tuple[str, ...]] = {
     SDSConfig: ("channels_last",),
     RewardConfig: ("fp8", "fp8_forward", "fp8_projections", "fp8_vision"),
 }
-EXPERIMENTAL_TAG = "Experimental (measured, not adopted): "
+EXPERIMENTAL_TAG = "Experimental (measured, not adopted). "
 HELP_ALL = "--help-all"
 
 
