@@ -40,6 +40,7 @@ from splatvlm.commands.bench_report import write_report
 from splatvlm.gaussians.cameras import CameraConfig, sample_orbit
 from splatvlm.guidance.sds import SDSConfig, SDSGuidance
 from splatvlm.hub import device_name
+from splatvlm.models import build_prior
 
 CASES: dict[str, tuple[Literal["mvdream", "sd"], int, int, int]] = {
     # name: (kind, views, render px, VAE input px)
@@ -198,7 +199,7 @@ def run_case(name: str, args: Args, device: torch.device) -> list[dict]:
         view_dependent_prompts=kind == "sd",
     )
     t0 = time.perf_counter()
-    g = SDSGuidance(cfg, device).load()
+    g = build_prior(cfg, device)
     g.set_prompt("a DSLR photo of a corgi wearing a top hat")
     load_s = time.perf_counter() - t0
     cams = sample_orbit(CameraConfig(), views, render, torch.Generator().manual_seed(0)).to(device)

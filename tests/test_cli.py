@@ -336,7 +336,7 @@ def _undocumented_flags(help_text: str) -> list[str]:
 def test_every_flag_has_a_description(command, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "100")
     with pytest.raises(SystemExit) as e:
-        main([command, "--help"])
+        main([command, "--help-all"])
     out = capsys.readouterr().out
     assert e.value.code == 0 and "--help" in out
     assert _undocumented_flags(out) == []

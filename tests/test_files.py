@@ -69,7 +69,7 @@ def test_outputs_get_umask_permissions(tmp_path):
 
 
 # ----------------------------------------------------------------------------------------------
-# One writer per folder, leftovers of killed processes, inputs that are not files (issue 14)
+# One writer per folder, leftovers of killed processes, inputs that are not files
 
 
 def test_second_process_is_refused_naming_the_holder(tmp_path):

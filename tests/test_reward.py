@@ -100,7 +100,7 @@ def test_views_taken_evenly_from_batch():
         r(rgb[:1], 0)
 
 
-def test_random_full_size_configs_match_facts():
+def test_random_full_size_configs_match_the_published_ones():
     from transformers import AutoTokenizer
 
     from splatvlm.demo import build_random_vlm

@@ -17,14 +17,13 @@ from splatvlm.guidance.sds import (
     SDSConfig,
     SDSGuidance,
     cfg_combine,
-    load_sds,
     predict_x0,
     sds_weight,
     timestep_range,
     view_directions,
     x0_target,
 )
-from splatvlm.models import check_sds_source
+from splatvlm.models import build_prior, check_sds_source
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -50,7 +49,7 @@ def demo_cache(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mv() -> SDSGuidance:
-    g = load_sds(SDSConfig(kind="mvdream", model="demo"), "cpu")
+    g = build_prior(SDSConfig(kind="mvdream", model="demo"), "cpu")
     g.set_prompt("a red apple")
     return g
 
@@ -155,7 +154,7 @@ def direct_eps(g: SDSGuidance, z_t, t: int, cams, prompt: str):
 
 @pytest.mark.parametrize("scale", [0.0, 1.0, 7.5])
 def test_eps_gradient_on_latents_is_w_times_eps_error(scale):
-    g = load_sds(
+    g = build_prior(
         SDSConfig(kind="mvdream", model="demo", mode="eps", guidance_scale=scale, weighting="sds"), "cpu"
     )
     g.set_prompt("a red apple")
@@ -235,7 +234,7 @@ def test_vae_attention_math_equals_sdpa():
     rgb = torch.rand(4, 64, 64, 3)
     outs = {}
     for kind in ("math", "sdpa"):
-        g = load_sds(SDSConfig(kind="mvdream", model="demo", vae_attention=kind), "cpu")
+        g = build_prior(SDSConfig(kind="mvdream", model="demo", vae_attention=kind), "cpu")
         procs = {type(p).__name__ for p in g.parts.vae.attn_processors.values()}
         assert procs == {"AttnProcessor" if kind == "math" else "AttnProcessor2_0"}
         x = rgb.clone().requires_grad_(True)
@@ -267,7 +266,7 @@ def test_prompt_embeddings_are_cached(mv, monkeypatch):
 
 
 def test_view_dependent_prompts_pick_the_direction():
-    g = load_sds(
+    g = build_prior(
         SDSConfig(kind="sd", model="demo", view_dependent_prompts=True, negative_prompt="blurry"), "cpu"
     )
     g.set_prompt("a cat")
@@ -304,7 +303,7 @@ def graph_step(g: SDSGuidance, rgb: torch.Tensor, cams, step: int):
 def test_capture_safe_step_equals_eager_step_exactly(kind, mode, views, px):
     """Seeded alike, the graph path draws the same timestep and noises and gives bit-identical results."""
     cfg = SDSConfig(kind=kind, model="demo", mode=mode, view_dependent_prompts=kind == "sd", t_min_start=0.02)
-    g = load_sds(cfg, "cpu")
+    g = build_prior(cfg, "cpu")
     g.set_prompt("a red apple")
     cams = sample_orbit(CameraConfig(views_per_group=1), views, px, torch.Generator().manual_seed(4))
     for step, seed in ((0, 11), (5000, 12)):  # the second step reuses the buffers
@@ -373,7 +372,7 @@ def test_saved_tiny_pipeline_loads_through_the_hf_code_path(kind, tmp_path):
     """A folder written by save_components loads with the same from_pretrained calls as an HF id."""
     ref = tiny_components(kind, seed=5)
     save_components(ref, tmp_path / "model")
-    g = load_sds(SDSConfig(kind=kind, model=str(tmp_path / "model")), "cpu")
+    g = build_prior(SDSConfig(kind=kind, model=str(tmp_path / "model")), "cpu")
     for name in ("unet", "vae", "text_encoder"):
         got, want = getattr(g.parts, name).state_dict(), ref[name].state_dict()
         assert set(got) == set(want)
@@ -439,9 +438,9 @@ def test_checkpoint_needs_a_base_model(tmp_path):
 def test_not_an_mvdream_checkpoint_fails_cleanly(tmp_path):
     torch.save({"x": torch.zeros(1)}, tmp_path / "mv.pt")
     save_components(tiny_components("sd"), tmp_path / "base")
-    g = SDSGuidance(SDSConfig(model=str(tmp_path / "mv.pt"), base_model=str(tmp_path / "base")), "cpu")
+    cfg = SDSConfig(model=str(tmp_path / "mv.pt"), base_model=str(tmp_path / "base"))
     with pytest.raises(SplatVLMError, match="camera MLP"):
-        g.load()
+        build_prior(cfg, "cpu")
 
 
 def test_offline_hf_id_fails_fast(tmp_path, monkeypatch):
@@ -468,9 +467,9 @@ def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
 def test_load_errors_become_one_line(tmp_path):
     save_components(tiny_components("sd"), tmp_path / "m")
     (tmp_path / "m" / "vae" / "config.json").write_text("{ not json")
-    g = SDSGuidance(SDSConfig(kind="sd", model=str(tmp_path / "m")), "cpu")
+    cfg = SDSConfig(kind="sd", model=str(tmp_path / "m"))
     with pytest.raises(SplatVLMError) as e:
-        g.load()
+        build_prior(cfg, "cpu")
     assert str(tmp_path / "m") in one_line(e)
 
 
@@ -482,9 +481,9 @@ def test_base_model_load_errors_name_the_base_model(tmp_path, monkeypatch):
     torch.save({"x": torch.zeros(1)}, tmp_path / "mv.pt")
     save_components(tiny_components("sd"), tmp_path / "base")
     (tmp_path / "base" / "text_encoder" / "config.json").write_text("{ not json")
-    g = SDSGuidance(SDSConfig(model=str(tmp_path / "mv.pt"), base_model=str(tmp_path / "base")), "cpu")
+    cfg = SDSConfig(model=str(tmp_path / "mv.pt"), base_model=str(tmp_path / "base"))
     with pytest.raises(SplatVLMError) as e:
-        g.load()
+        build_prior(cfg, "cpu")
     msg = one_line(e)
     assert str(tmp_path / "base") in msg and "--sds.base-model" in msg
 
@@ -515,7 +514,7 @@ def test_cuda_matches_cpu():
     )
     try:
         for device in ("cpu", "cuda"):
-            g = load_sds(cfg, device)
+            g = build_prior(cfg, device)
             g.set_prompt("a red apple")
             z = latents.detach().to(device).requires_grad_(True)
             g.latent_loss(z, cams.to(device), 0, t=400, noise=noise.to(device))["loss_sds"].backward()
@@ -524,7 +523,7 @@ def test_cuda_matches_cpu():
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     scale = float(grads[0].abs().max())
     torch.testing.assert_close(grads[1], grads[0], atol=1e-4 * scale, rtol=1e-3)
-    g = load_sds(SDSConfig(kind="mvdream", model="demo", dtype="bfloat16"), "cuda")
+    g = build_prior(SDSConfig(kind="mvdream", model="demo", dtype="bfloat16"), "cuda")
     g.set_prompt("a red apple")
     rgb = torch.rand(4, 64, 64, 3, device="cuda", requires_grad=True)
     g(rgb, cams, 0)["loss_sds"].backward()
@@ -559,7 +558,7 @@ def test_cuda_graph_matches_eager_bf16(model, kind, mode, views, px):
         t_min_start=0.02,  # steps 0..: any timestep in 20..980, so replays differ
         image_size=image_size,
     )
-    g = load_sds(cfg, "cuda")
+    g = build_prior(cfg, "cuda")
     g.set_prompt("a DSLR photo of a corgi wearing a top hat")
     cams = sample_orbit(CameraConfig(views_per_group=1), views, px, torch.Generator().manual_seed(0))
     cams = cams.to("cuda")
@@ -609,7 +608,7 @@ def test_cuda_graph_matches_eager_bf16(model, kind, mode, views, px):
 @pytest.mark.parametrize("kind", ["mvdream", "sd"])
 def test_cuda_graph_step_launches_without_host_sync(kind):
     """Filling the static inputs and replaying never waits for the GPU (only the diagnostics read does)."""
-    g = load_sds(
+    g = build_prior(
         SDSConfig(kind=kind, model="demo", dtype="bfloat16", view_dependent_prompts=kind == "sd"), "cuda"
     )
     g.set_prompt("a red apple")
@@ -635,7 +634,7 @@ def test_prompt_longer_than_text_encoder_context_is_rejected():
         check_prompt_length(cfg, ["a red apple", long_prompt])
     assert "\n" not in str(e.value)
     check_prompt_length(cfg, ["a red apple"])  # fits
-    g = SDSGuidance(cfg, "cpu")
+    g = build_prior(cfg, "cpu")
     with pytest.raises(SplatVLMError, match="at most 77"):
         g.set_prompt(long_prompt)
 
@@ -648,7 +647,9 @@ def test_cuda_compiled_vae_and_unet_match_the_plain_graph():
     rgb = torch.rand(4, 64, 64, 3, device="cuda")
     grads = []
     for compiled in (False, True):
-        g = load_sds(SDSConfig(kind="mvdream", model="demo", compile=compiled, compile_vae=compiled), "cuda")
+        g = build_prior(
+            SDSConfig(kind="mvdream", model="demo", compile=compiled, compile_vae=compiled), "cuda"
+        )
         g.set_prompt("a red apple")
         for _ in range(2):  # capture, then a replay with the same draws
             x = rgb.clone().requires_grad_(True)
@@ -663,7 +664,7 @@ def test_cuda_compiled_vae_and_unet_match_the_plain_graph():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_compiled_vae_encoder_runs_channels_last():
     """The compiled encoder (forward and backward) leaves cuDNN no NCHW<->NHWC conversions to make."""
-    g = load_sds(SDSConfig(kind="mvdream", model="random", dtype="float16", image_size=256), "cuda")
+    g = build_prior(SDSConfig(kind="mvdream", model="random", dtype="float16", image_size=256), "cuda")
     rgb = torch.rand(4, 256, 256, 3, device="cuda", requires_grad=True)  # the vlm3d step's shape
 
     def step():

@@ -231,7 +231,7 @@ def test_photometric_fit_carves_the_start_ball_in_120_steps(tmp_path: Path):
     """The Gaussian side at toy scale: the real trainer, the toy run config and its start ball, with the SDS
     term swapped for an L1 against the ground truth on the same cameras, reaches the object in 120 steps
     (tower IoU 0.949 when measured). The toy runs' haze is therefore not the scene's initialization,
-    learning rates or rasterizer (benchmarks/RESULTS.md, toy world diagnostics)."""
+    learning rates or rasterizer."""
     from splatvlm.config import apply_overrides
     from splatvlm.gaussians.render import RenderConfig, render
     from splatvlm.gaussians.scene import init_ball
@@ -262,15 +262,15 @@ def test_photometric_fit_carves_the_start_ball_in_120_steps(tmp_path: Path):
 
 def test_shipped_weights_load_and_run():
     from splatvlm.guidance.reward import RewardConfig
-    from splatvlm.guidance.sds import SDSConfig, SDSGuidance
-    from splatvlm.models import load_reward
+    from splatvlm.guidance.sds import SDSConfig
+    from splatvlm.models import build_prior, load_reward
     from splatvlm.toyworld.eval import side_cameras
 
     files = [p for p in WEIGHTS_DIR.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 40 * 2**20
     build = json.loads((WEIGHTS_DIR / "build.json").read_text())
     assert build["total_s"] > 0
-    sds = SDSGuidance(SDSConfig(model=str(WEIGHTS_DIR / "prior"), negative_prompt=""), "cpu").load()
+    sds = build_prior(SDSConfig(model=str(WEIGHTS_DIR / "prior"), negative_prompt=""), "cpu")
     assert sds.image_size == 32
     sds.set_prompt("a snowman with an orange nose")
     obj = get_objects(["snowman"])[0]

@@ -238,10 +238,9 @@ def test_terms_on_their_own_streams_train_as_one_stream(tmp_path):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_graphed_prior_and_reward_on_streams_stay_finite(tmp_path):
     """The prior and the reward, each replaying its CUDA graph, on two streams: every step finite, as on one
-    stream. The graphs' capture draws random numbers, so the two runs' noise differs: no value parity. (On the
-    H200, 2026-12-01, the vlm3d recipe with parallel_terms on had NaN losses from step 1 on with full-size
-    random models while both graphs were captured on one stream; this is the demo-size check of the same path,
-    and it passed there once each graph had its own capture stream.)"""
+    stream. The graphs' capture draws random numbers, so the two runs' noise differs: no value parity. (Two
+    graphs captured on one stream share a cuBLAS workspace and gave NaN losses from the first step; each graph
+    now has its own capture stream, and this is the demo-size check of that path.)"""
     from splatvlm.commands.generate import Guidance
 
     base = load_run_config("vlm3d")

@@ -146,6 +146,8 @@ def test_update_uploads_splats_every_refresh(viewer, tiny_scene):
 
 
 def test_update_is_cheap_when_not_due(tmp_path, tiny_scene, monkeypatch):
+    """A step with no refresh due does not convert the splats (the costly part; only converted splats are
+    queued for sending)."""
     import splatvlm.viewer.server as viewer_mod
 
     conversions = []
@@ -153,16 +155,11 @@ def test_update_is_cheap_when_not_due(tmp_path, tiny_scene, monkeypatch):
     monkeypatch.setattr(viewer_mod, "splats_to_numpy", lambda p: conversions.append(1) or real(p))
     with Viewer(ViewerConfig(port=0, refresh_every=1000), black_render, tmp_path) as v:
         v.update(tiny_scene, 0, {"loss": 1.0})
-        times = []
         for step in range(1, 300):  # no splat refresh is due before step 1000
-            t0 = time.perf_counter()
             v.update(tiny_scene, step, {"loss": 1.0, "loss_sds": 0.5, "p_yes": 0.5})
-            times.append(time.perf_counter() - t0)
         assert len(conversions) == 1, "params were converted on a step with no refresh due"
         v.update(tiny_scene, 1000, {})
         assert len(conversions) == 2
-    median = float(np.median(times))
-    assert median < 1e-3, f"update took {median * 1e3:.2f} ms (median) when nothing was due"
 
 
 def test_nonfinite_metrics_and_gaussians_are_not_sent(viewer):
@@ -329,10 +326,8 @@ def test_warns_for_non_loopback_host(tmp_path, capfd):
     ],
 )
 def test_bad_config_fails_fast(cfg, match, tmp_path):
-    t0 = time.monotonic()
     with pytest.raises(SplatVLMError, match=match):
         Viewer(cfg, black_render, tmp_path)
-    assert time.monotonic() - t0 < 15
 
 
 def test_busy_port_moves_on(tmp_path, capfd):
@@ -424,21 +419,24 @@ def test_update_ignores_non_numeric_metrics(viewer, tiny_scene):
 
 
 # ----------------------------------------------------------------------------------------------
-# Who may connect (issue 14): a real websocket client, as a browser page on another site would be
+# Who may connect: a real websocket client, as a browser page on another site would be
+
+
+def _connect(port, origin=None):
+    """viser's websocket as its browser client opens it (None: no Origin header)."""
+    from websockets.sync.client import connect
+
+    return connect(
+        f"ws://127.0.0.1:{port}", origin=origin, subprotocols=[f"viser-v{viser.__version__}"], open_timeout=10
+    )
 
 
 def _handshake(port, origin):
     """Open viser's websocket with ``origin`` (None: no header); return the HTTP status (101 = open)."""
     from websockets.exceptions import InvalidStatus
-    from websockets.sync.client import connect
 
     try:
-        with connect(
-            f"ws://127.0.0.1:{port}",
-            origin=origin,
-            subprotocols=[f"viser-v{viser.__version__}"],
-            open_timeout=10,
-        ) as ws:
+        with _connect(port, origin) as ws:
             assert ws.recv(timeout=10)  # the viewer's state arrives: this client is served
             return 101
     except InvalidStatus as e:
@@ -474,17 +472,26 @@ def test_allowed_origins_follow_the_chosen_host():
 
 
 @pytest.mark.parametrize("share", [False, True])
-def test_share_request_ignored_unless_asked(tmp_path, share, monkeypatch):
-    from viser import _messages
+def test_share_request_ignored_unless_asked(tmp_path, share, monkeypatch, capfd):
+    """A client presses "share": the request goes out only with share on (request_share_url is stood in for,
+    so no tunnel opens); with it off the viewer says it ignored the request."""
+    import msgspec
 
     v = Viewer(ViewerConfig(port=0, share=share), black_render, tmp_path)
     try:
         calls = []
         monkeypatch.setattr(v.server, "request_share_url", lambda *a, **k: calls.append(1))
-        handlers = v.server._websock_server._incoming_handlers[_messages.ShareUrlRequest]
-        for h in handlers:
-            h(0, _messages.ShareUrlRequest())
-        assert wait_for(lambda: bool(calls), timeout=2.0) is share
+        err = []
+        with _connect(v.port) as ws:
+            assert ws.recv(timeout=10)
+            ws.send(msgspec.msgpack.encode({"type": "ShareUrlRequest"}))  # what viser's page sends
+            if share:
+                assert wait_for(lambda: bool(calls))
+            else:
+                assert wait_for(
+                    lambda: err.append(capfd.readouterr().err) or "ignored a request" in "".join(err)
+                )
+        assert bool(calls) is share
     finally:
         v.close()
 
@@ -504,8 +511,9 @@ def test_signal_while_paused_stops_with_a_checkpoint(tmp_path):
         steps=50,
         log_every=1,
         scene=dataclasses.replace(cfg.scene, num_points=64),
-        # at the preset's 256 px the torch rasterizer takes seconds a step, and the 20 s bound below failed under load
-        camera=dataclasses.replace(cfg.camera, resolution=32),
+        camera=dataclasses.replace(
+            cfg.camera, resolution=32
+        ),  # the torch rasterizer at the preset's 256 px is slow
     )
 
     def term(rgb, cams, step):
@@ -514,7 +522,8 @@ def test_signal_while_paused_stops_with_a_checkpoint(tmp_path):
     state = new_state(init_ball(cfg.scene, torch.Generator().manual_seed(0)), cfg, torch.device("cpu"))
     v = Viewer(ViewerConfig(port=0), black_render, tmp_path)
     steps_seen = []
-    unpause = threading.Timer(10.0, v.set_paused, (False,))  # were the signal ignored: fail, not hang
+    unpaused = []  # were the signal ignored, the run would wait for this timer: fail, not hang
+    unpause = threading.Timer(60.0, lambda: unpaused.append(1) or v.set_paused(False))
 
     def on_step(step, logs):
         steps_seen.append(step)
@@ -523,7 +532,6 @@ def test_signal_while_paused_stops_with_a_checkpoint(tmp_path):
             threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGTERM)).start()
             unpause.start()
 
-    t0 = time.monotonic()
     try:
         with pytest.raises(StopRun) as info:
             train(cfg, state, {"l1": Term(term, weights=("l1",))}, tmp_path, torch.device("cpu"),
@@ -531,7 +539,7 @@ def test_signal_while_paused_stops_with_a_checkpoint(tmp_path):
     finally:
         unpause.cancel()
         v.close()
-    assert time.monotonic() - t0 < 20
+    assert not unpaused, "the run went on only when the pause was lifted, not at the signal"
     assert info.value.exit_code == 143 and "SIGTERM" in str(info.value)
     # on_step(1) runs early in step 2 (a step's numbers are read back during the next one), so step 2 finishes
     # and no step runs after it

@@ -35,6 +35,7 @@ from splatvlm.config import load_run_config
 from splatvlm.gaussians.cameras import CameraConfig, sample_orbit
 from splatvlm.guidance.sds import SDSGuidance
 from splatvlm.hub import device_name
+from splatvlm.models import build_prior
 
 Precision = Literal["float32", "bfloat16", "float16"]
 
@@ -126,7 +127,7 @@ def time_steps(
 def build(
     base, dtype: Precision, device: torch.device, weights_from: SDSGuidance | None, prompt: str
 ) -> SDSGuidance:
-    g = SDSGuidance(replace(base, dtype=dtype), device).load()
+    g = build_prior(replace(base, dtype=dtype), device)
     if weights_from is not None:  # the same weights in every precision (random builds differ otherwise)
         for name in ("unet", "vae", "text_encoder"):
             getattr(g.parts, name).load_state_dict(getattr(weights_from.parts, name).state_dict())

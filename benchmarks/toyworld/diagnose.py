@@ -81,10 +81,10 @@ def fit_one(obj, steps: int, seed: int, extra: list[str]) -> tuple[dict, torch.n
 def image_one(
     obj, steps: int, seed: int, extra: list[str], lr: float, weights: Path = WEIGHTS_DIR
 ) -> tuple[dict, torch.Tensor, torch.Tensor]:
-    from splatvlm.guidance.sds import SDSGuidance
+    from splatvlm.models import build_prior
 
     cfg = toy_run_config("mvdream", steps, seed, "cpu", weights, extra)
-    sds = SDSGuidance(cfg.sds, DEV).load()
+    sds = build_prior(cfg.sds, DEV)
     sds.set_prompt(obj.caption)
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
@@ -120,10 +120,11 @@ def start_one(obj, seed: int) -> dict:
 
 
 def load_prior(weights: Path, guidance: float = 50.0, **sds):
-    from splatvlm.guidance.sds import SDSConfig, SDSGuidance
+    from splatvlm.guidance.sds import SDSConfig
+    from splatvlm.models import build_prior
 
     cfg = SDSConfig(model=str(weights / "prior"), negative_prompt="", guidance_scale=guidance, **sds)
-    return SDSGuidance(cfg, DEV).load()
+    return build_prior(cfg, DEV)
 
 
 @torch.no_grad()

@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from splatvlm.guidance.sds import SDSConfig, SDSGuidance
+from splatvlm.models import build_prior
 from splatvlm.outputs.export import save_png, to_uint8
 from splatvlm.toyworld.eval import render_white, side_cameras
 from splatvlm.toyworld.models import WEIGHTS_DIR
@@ -53,7 +54,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    sds = SDSGuidance(SDSConfig(model=str(args.weights / "prior"), negative_prompt=""), "cpu").load()
+    sds = build_prior(SDSConfig(model=str(args.weights / "prior"), negative_prompt=""), "cpu")
     gen = torch.Generator().manual_seed(args.seed)
     rows = []
     for obj in get_objects(args.objects):

@@ -15,9 +15,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import tyro
-
-from .cli_args import DEFAULT_PRESET, FitArgs, GenerateArgs, MeshArgs, PresetsArgs, RenderArgs, ViewArgs
+from .cli_args import (
+    DEFAULT_PRESET,
+    FitArgs,
+    GenerateArgs,
+    MeshArgs,
+    PresetsArgs,
+    RenderArgs,
+    ViewArgs,
+    parse_args,
+)
 from .config import RunConfig, list_presets, load_run_config, preset_description, to_yaml
 from .errors import SplatVLMError, StopRun
 from .gaussians.cameras import CameraConfig
@@ -30,7 +37,7 @@ def _parse(cls: type, argv: list[str], prog: str, default=None):
     err = io.StringIO()
     try:
         with contextlib.redirect_stderr(err):
-            return tyro.cli(cls, args=argv, prog=prog, default=default)
+            return parse_args(cls, argv, prog, default)
     except SystemExit as e:
         if e.code in (0, None):
             raise
@@ -429,7 +436,7 @@ COMMANDS = {
     "toyworld": cmd_toyworld,
 }
 
-USAGE = """usage: splatvlm [--verbose] COMMAND [ARGS]  (splatvlm COMMAND --help for a command's flags)
+USAGE = """usage: splatvlm [--verbose] COMMAND [ARGS]  (COMMAND --help: its common flags; --help-all: every one)
 
   --verbose     also show the model libraries' progress bars, info logs and deprecation warnings
 

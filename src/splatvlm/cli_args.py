@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import typing
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
 import tyro
+from tyro.constructors import ConstructorRegistry, StructConstructorSpec, StructTypeInfo
 
-from .config import RunConfig, Weight, load_run_config, preset_help
+from .config import RunConfig, Weight, Weights, load_run_config, preset_help
 from .gaussians.cameras import CameraConfig
 from .gaussians.densify import StrategyConfig
 from .gaussians.render import RenderConfig
 from .gaussians.scene import SceneConfig
+from .guidance.reward import RewardConfig
+from .guidance.sds import SDSConfig
 from .outputs.mesh import MeshConfig
 
 DEFAULT_PRESET = "vlm3d"
@@ -22,21 +28,21 @@ DEFAULT_PRESET = "vlm3d"
 class GenerateArgs:
     """Generate a 3D Gaussian splat from a text prompt (or a file of prompts)."""
 
-    prompt: tyro.conf.Positional[str | None] = None
-    """The text prompt."""
+    prompt: Annotated[str | None, tyro.conf.Positional, tyro.conf.arg(metavar="[PROMPT]")] = None
+    """The text prompt (or --prompts FILE for a batch)."""
     output: Annotated[Path | None, tyro.conf.arg(aliases=["-o"])] = None
-    """Output .ply of a single prompt (default: <prompt slug>.ply in the current folder); missing folders are made."""
+    """Output .ply of a single prompt (default: <prompt slug>.ply here); missing folders are made."""
     preset: Annotated[str, tyro.conf.arg(help=preset_help())] = DEFAULT_PRESET
     config: Path | None = None
-    """A YAML config file applied on top of the preset."""
+    """A YAML config file applied over the preset."""
     prompts: Path | None = None
     """Batch mode: a prompt file (one per line, or a JSON list as GPTEval3D ships)."""
     out_dir: Path | None = None
-    """Batch mode: one run folder per prompt is made in here; finished ones are skipped on re-run."""
+    """Batch mode: a run folder per prompt goes in here; finished ones are skipped on re-run."""
     resume: Path | None = None
-    """Continue the run in this run folder from its checkpoint (its saved config is used)."""
+    """Continue the run in this run folder from its checkpoint, with its saved config."""
     run_dir: Path | None = None
-    """Run folder of a single-prompt run (default: <output stem>_run beside the output)."""
+    """Run folder of a single prompt (default: <output stem>_run beside the output)."""
     overwrite: bool = False
     """Replace an existing output and run folder."""
     viewer: bool = False
@@ -50,14 +56,14 @@ class GenerateArgs:
     viewer_every: int = 50
     """Steps between splat refreshes in the viewer."""
     gpteval3d: bool = False
-    """Also write GPTEval3D's render folder (120 views, rgb_<i>.png and normal_<i>.png); in batch mode one
-    tree per prompt file, OUT_DIR/gpteval3d/<prompt file stem>/splatvlm/<index in the file>/<seed>."""
+    """Also write GPTEval3D's 120-view render folder: in the run folder, or for a batch
+    OUT_DIR/gpteval3d/<prompt file stem>/splatvlm/<index in the file>/<seed>."""
     fail_fast: bool = False
-    """Batch mode: stop at the first failed prompt (default: report it and go on with the others)."""
+    """Batch mode: stop at the first failed prompt instead of reporting it and going on."""
     stop_after: int | None = None
     """Stop (with a checkpoint) after this many steps in this invocation; --resume continues."""
     mesh: bool = False
-    """Also export a colored mesh, <output stem>.glb (batch: scene.glb in each run folder); see `splatvlm mesh`."""
+    """Also export a colored mesh, <output stem>.glb (batch: scene.glb per run folder); see `splatvlm mesh`."""
     mesh_resolution: int = 256
     """--mesh: marching-cubes cells along the object's longest side."""
     faces: int = 100_000
@@ -65,8 +71,8 @@ class GenerateArgs:
     texture: int = 0
     """--mesh: bake a UV texture of this many pixels square (0: per-vertex colors)."""
     placement: Literal["single", "split"] = "single"
-    """'split': the VLM reward on cuda:1, prior + scene + renderer on cuda:0 (torchrun: GPUs 2*LOCAL_RANK, +1).
-    Under torchrun a batch's prompts are shared out over the processes (see splatvlm.run.distributed)."""
+    """'split': the reward on a second GPU, the rest on the first (cuda:0 and cuda:1; under torchrun, GPUs
+    2*LOCAL_RANK and the next). Under torchrun a batch's prompts are shared out over the processes."""
     run: Annotated[RunConfig, tyro.conf.arg(name="")] = field(default_factory=RunConfig)
 
 
@@ -204,3 +210,112 @@ class PresetsArgs:
 
     name: tyro.conf.Positional[str | None] = None
     """A preset to print in full, resolved over the defaults (e.g. vlm3d)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Short help and --help-all
+
+# The flags the default --help shows, by config class (a nested section shows when its field is listed; a
+# class not listed shows every field). --help-all shows every flag: also the recipe's finer settings (the
+# presets set them), the speed and memory tuning (kernels, CUDA graphs, compilation, streams, fused and padded
+# GEMMs, the prompt-prefix cache: the same result up to rounding) and the experimental flags below.
+SHORT_HELP: dict[type, tuple[str, ...]] = {
+    GenerateArgs: (
+        "prompt", "output", "preset", "config", "prompts", "out_dir", "resume", "run_dir", "overwrite",
+        "viewer", "host", "port", "gpteval3d", "fail_fast", "stop_after", "mesh", "run",
+    ),
+    RunConfig: ("steps", "seed", "device", "camera", "strategy", "sds", "vlm", "weights"),
+    CameraConfig: ("num_views", "resolution"),
+    StrategyConfig: ("kind", "cap_max"),
+    SDSConfig: ("kind", "model", "base_model", "guidance_scale"),
+    RewardConfig: ("model", "question", "lora", "lora_weights", "gradient_checkpointing"),
+    Weights: ("vlm",),
+    FitRecipe: ("steps", "seed", "device", "scene", "strategy"),
+    SceneConfig: ("num_points", "sh_degree"),
+    MeshConfig: ("resolution", "faces", "texture", "device"),
+}  # fmt: skip
+
+# Measured and not adopted: off by default, kept so they can be measured again. --help-all marks them.
+EXPERIMENTAL: dict[type, tuple[str, ...]] = {
+    SDSConfig: ("channels_last",),
+    RewardConfig: ("fp8", "fp8_forward", "fp8_projections", "fp8_vision"),
+}
+EXPERIMENTAL_TAG = "Experimental (measured, not adopted). "
+HELP_ALL = "--help-all"
+
+
+def _help_registry(full: bool) -> ConstructorRegistry:
+    """tyro rules for --help: hide what the short help leaves out (``full`` False), tag the experimental flags,
+    join a docstring's wrapped lines, and state no default where the docstring says what None means."""
+    registry = ConstructorRegistry()
+    inside: set[type] = set()  # types whose default rule is running (the rule asks tyro for it, then edits)
+
+    @registry.struct_rule
+    def help_fields(info: StructTypeInfo) -> StructConstructorSpec | None:
+        t = info.type
+        if not dataclasses.is_dataclass(t) or not isinstance(t, type) or t in inside:
+            return None
+        inside.add(t)
+        try:
+            spec = ConstructorRegistry.get_struct_spec(info)
+        finally:
+            inside.discard(t)
+        if not isinstance(spec, StructConstructorSpec):
+            return None
+        shown, experimental = SHORT_HELP.get(t), EXPERIMENTAL.get(t, ())
+        out = []
+        for f in spec.fields:
+            if not full and shown is not None and f.name not in shown:
+                out.append(replace(f, type=tyro.conf.Suppress[f.type]))
+            else:
+                out.append(_help_field(f, f.name in experimental))
+        return replace(spec, fields=tuple(out))
+
+    return registry
+
+
+_METAVARS = {str: "STR", int: "INT", float: "FLOAT", Path: "PATH"}
+
+
+def _help_field(f, experimental: bool):
+    """A field as --help shows it: one paragraph of help; optional values shown as their type, not {None}|T."""
+    helptext = f.helptext
+
+    def text() -> str | None:
+        doc = helptext() if callable(helptext) else helptext
+        if doc is None:  # a section without a field doc: tyro shows its class docstring
+            return None
+        doc = re.sub(r"(?<!\n)\n(?!\n)\s*", " ", doc)  # a docstring's wrapped lines are one paragraph
+        return (EXPERIMENTAL_TAG if experimental else "") + doc
+
+    conf = {}
+    if f.default is None:
+        conf["help_behavior_hint"] = ""  # the help says what None means
+    elif isinstance(f.default, list | tuple) and not f.default:
+        conf["help_behavior_hint"] = ""  # likewise an empty list
+    base, *meta = typing.get_args(f.type) if typing.get_origin(f.type) is Annotated else (f.type,)
+    options = typing.get_args(base)
+    if len(options) == 2 and type(None) in options and not any(getattr(m, "metavar", None) for m in meta):
+        other = options[0] if options[1] is type(None) else options[1]
+        if other in _METAVARS:
+            conf["metavar"] = _METAVARS[other]
+    typ = Annotated[f.type, tyro.conf.arg(**conf)] if conf else f.type
+    return replace(f, type=typ, helptext=text)
+
+
+def parse_args(cls: type, argv: list[str], prog: str, default=None):
+    """tyro.cli with a short --help (the flags of SHORT_HELP) and a full one under --help-all."""
+    full = HELP_ALL in argv
+    wants_help = full or "-h" in argv or "--help" in argv
+    if not wants_help:
+        return tyro.cli(cls, args=argv, prog=prog, default=default)
+    argv = ["--help" if a == HELP_ALL else a for a in argv]
+    doc = (cls.__doc__ or "").strip()
+    note = "Every flag, the advanced ones included." if full else (
+        f"The common flags; `{prog} --help-all` lists every one (the recipe's details, speed tuning, "
+        "experimental flags)."
+    )  # fmt: skip
+    registry = _help_registry(full)
+    return tyro.cli(
+        cls, args=argv, prog=prog, default=default, registry=registry, description=f"{doc}\n\n{note}"
+    )

@@ -35,7 +35,7 @@ class Weights:
     sds: Weight = field(default_factory=lambda: Weight(1.0))
     """Score distillation from the diffusion prior."""
     vlm: Weight = field(default_factory=lambda: Weight(300.0, 1.0, 10000, 10000))
-    """The VLM reward loss (VLM3D: 300 -> 1 over 10000 steps, then off)."""
+    """The VLM reward loss (VLM3D ramps its weight from 300 down to 1, then turns it off)."""
     l1: Weight = field(default_factory=lambda: Weight(0.8))
     """Photometric L1 (fit only)."""
     ssim: Weight = field(default_factory=lambda: Weight(0.2))
@@ -76,14 +76,11 @@ class RunConfig:
     log_every: int = 10
     """Steps between progress-bar / JSONL log updates."""
     parallel_terms: bool = True
-    """On CUDA, run the loss terms of a step on their own CUDA streams, overlapping the prior and the reward
-    (they are independent given the renders); ignored on CPU. The NaN losses it once caused (both CUDA graphs
-    captured on one stream, so sharing a cuBLAS workspace) are gone since each graph has its own capture stream:
-    a whole vlm3d run with it on had 0 bad steps in 5000 (H200, benchmarks/results/2026-12-01-h200-whole-run-r3.json)."""
+    """On CUDA, run a step's loss terms on their own streams so the prior and the reward overlap (they are
+    independent given the renders): faster, the same result; ignored on CPU."""
     long_pole_priority: bool = True
-    """With parallel_terms, run the step's long pole (the reward) on a high-priority CUDA stream, its graph
-    captured there: its kernels get the GPU first and the prior's fill the gaps (see trainer.term_streams). On
-    the H200 the full step went 52.29 -> 50.52 ms with it (benchmarks/RESULTS.md, speed round 11)."""
+    """With parallel_terms, run the reward (the step's longest term) on a high-priority stream: its kernels get
+    the GPU first and the prior's fill the gaps, which shortens the step a little; the same result."""
     checkpoint_every: int = 500
     """Steps between checkpoints (0: only at the end and on interrupt)."""
     max_bad_steps: int = 20

@@ -35,7 +35,7 @@ def seeded(device: torch.device | str, seed: int):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Diffusion priors (SD-2.1-base shapes, FACTS.md)
+# Diffusion priors (SD-2.1-base shapes, as its published config)
 
 SD21_VAE_CONFIG: dict = dict(
     in_channels=3,
@@ -325,7 +325,7 @@ def _token_ids(tokenizer) -> dict[str, int]:
 
 
 def vlm_config(which: Literal["demo", "7b", "3b"], tokenizer, max_positions: int | None = None):
-    """A Qwen2.5-VL config: the tiny demo, or the full-size 7B / 3B shapes (FACTS.md) for random weights."""
+    """A Qwen2.5-VL config: the tiny demo, or the full-size 7B / 3B shapes (as published) for random weights."""
     from transformers import Qwen2_5_VLConfig
 
     ids = _token_ids(tokenizer)

@@ -88,7 +88,7 @@ def missing_weights_error(source: str, what: str, flag: str, detail: str = "") -
 
 
 def hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick TCP connect to the HF hub instead of the hub client's retries (about 25 s when offline)."""
+    """One quick TCP connect to the HF hub instead of the hub client's retries, which take long offline."""
     import socket
     from urllib.parse import urlparse
 

@@ -1,12 +1,14 @@
-"""Model sources, resolved once per run: which weights each guidance term loads, checked before any
-heavy work, with one clear line when they cannot be found.
+"""The loading layer: which weights each guidance term uses, checked before any heavy work (one clear line
+when they cannot be found), then loaded or built here and handed to the guidance terms, which receive
+loaded models and never load them themselves.
 
 - the prior (``--sds.model``): a diffusers folder or HF id, MVDream's original checkpoint (plus
-  ``--sds.base-model``), ``demo`` or ``random``: ``check_sds_source``;
+  ``--sds.base-model``), ``demo`` or ``random``: ``check_sds_source``, then ``build_prior``;
 - the reward (``--vlm.model``): a Qwen2.5-VL folder or HF id, ``demo``, ``random-7b`` / ``random-3b``:
-  ``check_reward_source`` returns the ``VLMSource`` the reward is built from;
-- ``check_sources(cfg, prompts, kinds)`` does both for a run or a batch, loading each tokenizer once, and
-  ``load_model(kind, cfg, device)`` loads either (the kinds a loss term names in ``guidance.terms``).
+  ``check_reward_source`` returns the ``VLMSource`` that ``build_reward`` loads the model from;
+- ``check_sources(cfg, prompts, kinds)`` does both checks for a run or a batch, loading each tokenizer once;
+- ``load_model(kind, cfg, device)`` builds the model a loss term names (``guidance.terms``) for a run;
+- ``load_prior`` / ``load_reward``: check and build in one call (the library's entry points).
 """
 
 from __future__ import annotations
@@ -18,14 +20,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from pickle import UnpicklingError
 from typing import Any
 
-from .demo import demo_vlm_path, ensure_demo_models, vlm_config
+import torch
+
+from .demo import build_random_vlm, demo_vlm_path, ensure_demo_models, random_components, vlm_config
 from .errors import SplatVLMError
 from .guidance import adapters
-from .guidance.components import _HF_FILE, _what, local_files_only, uses_base_model
 from .guidance.reward import (
     RewardConfig,
+    VLMReward,
     VLMSource,
     answer_token_ids,
     check_context,
@@ -33,14 +38,41 @@ from .guidance.reward import (
     question_text,
     target_ids,
 )
-from .guidance.sds import SDSConfig, check_config
-from .hub import hf_offline, hub_reachable, is_local, missing_weights_error, quiet_model_io, short_error
+from .guidance.sds import SDComponents, SDSConfig, SDSGuidance, check_config, prior_dtype
+from .hub import (
+    hf_offline,
+    hub_reachable,
+    is_local,
+    missing_weights_error,
+    pick_device,
+    pick_dtype,
+    quiet_model_io,
+    short_error,
+)
 from .prompts import token_counts
 
 # ---------------------------------------------------------------------------------------------------
 # The prior
 
 _HF_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HF_FILE = re.compile(r"^([A-Za-z0-9][\w.-]*/[\w.-]+)/(.+\.(?:pt|pth|ckpt|bin|safetensors))$")
+
+
+def _what(cfg: SDSConfig) -> str:
+    return "the MVDream prior" if cfg.kind == "mvdream" else "the Stable Diffusion prior"
+
+
+def uses_base_model(cfg: SDSConfig) -> bool:
+    """Whether the text encoder, VAE and scheduler come from ``cfg.base_model`` (an original .pt UNet)."""
+    return cfg.kind == "mvdream" and (
+        os.path.isfile(os.path.expanduser(cfg.model)) or bool(_HF_FILE.match(cfg.model))
+    )
+
+
+def local_files_only(*sources: str) -> bool:
+    """Load hub ids from the local HF cache only (offline, or the hub unreachable)."""
+    hub = [s for s in sources if not is_local(s)]
+    return bool(hub) and (hf_offline() or not hub_reachable())
 
 
 def _check_local_file(path: Path, source: str, what: str, flag: str) -> None:
@@ -377,30 +409,126 @@ def check_sources(
 
 
 def load_model(kind: str, cfg, device, source: Any = None) -> Any:
-    """Load the model of ``kind`` a run config ``cfg`` asks for onto ``device``; ``source``: what ``check_sources``
-    resolved for it (None: resolve it now)."""
+    """Build the model of ``kind`` that the run config ``cfg`` asks for on ``device``; ``source``: what
+    ``check_sources`` resolved for it (None: resolve it now)."""
     if kind == "prior":
-        from .guidance.sds import SDSGuidance
-
-        return SDSGuidance(cfg.sds, device).load()
+        return build_prior(cfg.sds, device)
     elif kind == "reward":
-        from .guidance.reward import VLMReward
-
-        return VLMReward(cfg.vlm, source if source is not None else check_reward_source(cfg.vlm), device)
+        return build_reward(cfg.vlm, source if source is not None else check_reward_source(cfg.vlm), device)
     raise ValueError(f"unknown model kind {kind!r}")
 
 
-def load_reward(cfg: RewardConfig, device="auto"):
-    """Resolve the reward's source and build it (the library's one-call entry point)."""
-    from .guidance.reward import VLMReward
-
-    return VLMReward(cfg, check_reward_source(cfg), device)
+# ---------------------------------------------------------------------------------------------------
+# Loading: the models are loaded (or built) here and handed to the guidance terms
 
 
-def load_prior(cfg: SDSConfig, device="auto"):
-    """Check the prior's source and load it (the library's one-call entry point)."""
-    from .guidance.sds import SDSGuidance
-    from .hub import pick_device
+def load_components(cfg: SDSConfig, dtype: torch.dtype, device: torch.device | str = "cpu") -> SDComponents:
+    """Load (or build) the prior's components; any failure to find weights becomes one clear error."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from huggingface_hub.errors import EntryNotFoundError
+    from safetensors import SafetensorError
+    from transformers import CLIPTextModel, CLIPTokenizer
 
+    from .guidance.mvdream import load_mvdream_unet
+
+    if cfg.model == "random":
+        return SDComponents(**random_components(cfg.kind, device, dtype))
+    source = str(ensure_demo_models(cfg.kind)) if cfg.model == "demo" else cfg.model
+    named, what, flag = source, _what(cfg), "--sds.model"
+    uses_base = uses_base_model(cfg)
+    local_only = local_files_only(source, cfg.base_model) if uses_base else local_files_only(source)
+    try:
+        if cfg.kind == "mvdream":
+            m = _HF_FILE.match(source)
+            if m and not is_local(source):
+                from huggingface_hub import hf_hub_download
+
+                source = hf_hub_download(m.group(1), m.group(2), local_files_only=local_only)
+            unet = load_mvdream_unet(source, dtype, local_files_only=local_only)
+        else:
+            unet = UNet2DConditionModel.from_pretrained(
+                source, subfolder="unet", torch_dtype=dtype, local_files_only=local_only
+            )
+        if uses_base:
+            source = named = cfg.base_model
+            what = f"the text encoder, tokenizer, VAE and scheduler for {what}"
+            flag = "--sds.base-model"
+        vae_class = AutoencoderKL
+        if is_local(source):
+            # The toy world's prior ships an exact, weightless autoencoder in place of an AutoencoderKL.
+            from .toyworld.autoencoder import SpaceToDepthAutoencoder, is_space_to_depth
+
+            if is_space_to_depth(os.path.join(os.path.expanduser(source), "vae")):
+                vae_class = SpaceToDepthAutoencoder
+        vae = vae_class.from_pretrained(
+            source, subfolder="vae", torch_dtype=dtype, local_files_only=local_only
+        )
+        text_encoder = CLIPTextModel.from_pretrained(
+            source, subfolder="text_encoder", dtype=dtype, local_files_only=local_only
+        )
+        tokenizer = CLIPTokenizer.from_pretrained(source, subfolder="tokenizer", local_files_only=local_only)
+        scheduler = DDPMScheduler.from_pretrained(source, subfolder="scheduler", local_files_only=local_only)
+    except SplatVLMError:
+        raise
+    except (
+        OSError,
+        ValueError,
+        KeyError,
+        RuntimeError,
+        EntryNotFoundError,
+        SafetensorError,
+        UnpicklingError,
+    ) as e:
+        # Hub errors (OSError subclasses), bad json, wrong or truncated files: the user needs the source
+        # named, not a traceback. Other exception types are bugs and keep their traceback.
+        raise missing_weights_error(named, what, flag, short_error(e)) from None
+    return SDComponents(unet, vae, text_encoder, tokenizer, scheduler)
+
+
+def build_prior(cfg: SDSConfig, device: torch.device | str = "auto") -> SDSGuidance:
+    """Load the prior's models and hand them to ``SDSGuidance``; the source is not checked again
+    (``check_sources`` did it for the run)."""
+    device = pick_device(device) if isinstance(device, str) else device
+    with quiet_model_io():
+        parts = load_components(cfg, prior_dtype(cfg, device), device)
+    return SDSGuidance(cfg, device, parts)
+
+
+def load_prior(cfg: SDSConfig, device: torch.device | str = "auto") -> SDSGuidance:
+    """Check the prior's source, then load it (the library's one-call entry point)."""
     check_sds_source(cfg)
-    return SDSGuidance(cfg, pick_device(device) if isinstance(device, str) else device).load()
+    return build_prior(cfg, device)
+
+
+def reward_model(cfg: RewardConfig, src: VLMSource, device: torch.device) -> torch.nn.Module:
+    """The reward's Qwen2.5-VL on ``device`` in ``cfg``'s dtype: loaded from ``src``, or built with random
+    weights for ``random-7b`` / ``random-3b``."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    dtype = pick_dtype(cfg.dtype, device)
+    if cfg.model in ("random-7b", "random-3b"):
+        which = cfg.model.split("-")[1]
+        return build_random_vlm(which, device, dtype, cfg.attn_implementation, src.tokenizer)
+    try:
+        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            src.source, dtype=dtype, attn_implementation=cfg.attn_implementation,
+            device_map={"": device} if device.type == "cuda" else None,
+        )  # fmt: skip
+    except (OSError, ValueError) as e:
+        detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise missing_weights_error(cfg.model, "the reward VLM", "--vlm.model", detail) from None
+    return model.to(device)
+
+
+def build_reward(cfg: RewardConfig, src: VLMSource, device: torch.device | str = "auto") -> VLMReward:
+    """Load the reward's model from the source ``check_reward_source(cfg)`` resolved and hand it to
+    ``VLMReward``."""
+    device = pick_device(device) if isinstance(device, str) else device
+    if src.model != cfg.model:
+        raise ValueError(f"the source was resolved for {src.model!r}, not {cfg.model!r}")
+    return VLMReward(cfg, src, reward_model(cfg, src, device), device)
+
+
+def load_reward(cfg: RewardConfig, device: torch.device | str = "auto") -> VLMReward:
+    """Resolve the reward's source, then load it (the library's one-call entry point)."""
+    return build_reward(cfg, check_reward_source(cfg), device)

@@ -15,7 +15,7 @@ import torch
 from .errors import SplatVLMError
 
 GB = 2**30
-# Parameter counts of the full-size architectures that `--*.model random*` builds (FACTS.md shapes).
+# Parameter counts of the full-size architectures that `--*.model random*` builds (the published configs' shapes).
 RANDOM_PARAMS = {
     "random-7b": 8.29e9,  # Qwen2.5-VL-7B: language model 7.6e9 + vision tower 0.67e9
     "random-3b": 3.75e9,  # Qwen2.5-VL-3B

@@ -43,7 +43,7 @@ from ..errors import SplatVLMError
 from ..guidance.adapters import DEFAULT_TARGETS
 from ..guidance.reward import RewardConfig, VLMReward
 from ..guidance.vlm_views import resize_views
-from ..models import check_reward_source
+from ..models import load_reward
 
 # ---------------------------------------------------------------------------------------------------
 # Training data
@@ -258,7 +258,7 @@ def train_reward(cfg: TrainRewardConfig) -> Path:
 
     # 3. model with a fresh LoRA on the language model
     torch.manual_seed(cfg.seed)
-    reward = VLMReward(cfg.vlm, check_reward_source(cfg.vlm), cfg.device)
+    reward = load_reward(cfg.vlm, cfg.device)
     lcfg = LoraConfig(
         r=cfg.rank,
         lora_alpha=cfg.alpha,

@@ -70,9 +70,8 @@ class StrategyConfig:
     cap_max: int = 1_000_000
     """Both: no refinement takes the number of Gaussians above this."""
     max_grow_frac: float | None = None
-    """Both: a refinement adds at most this fraction of the current count (highest gradients first);
-    None: unbounded for 'default' (3DGS: every qualifying Gaussian, at most doubling), 0.05 for 'mcmc'
-    (gsplat's rate; MCMC always adds its whole budget)."""
+    """Both: a refinement adds at most this fraction of the count (highest gradients first); None: no bound
+    for 'default' (3DGS: at most doubling), 0.05 for 'mcmc' (gsplat's rate)."""
     noise_lr: float = 5e5
     """MCMC: position noise scale, multiplied by the current means learning rate."""
     verbose: bool = False
@@ -124,7 +123,7 @@ class BoundedDefaultStrategy(DefaultStrategy):
         waited there every step for the whole step's GPU work and left the GPU idle while it queued the next.
         Packed renders (their pairs already listed) go to gsplat's own code. The pixel scale stays two Python
         floats: a tensor made from them is a pageable host-to-device copy, and CUDA synchronizes the stream
-        before one (that wait alone cost ~40 ms of CPU a step)."""
+        before one (a wait for the whole step's GPU work)."""
         if packed:
             return super()._update_state(params, state, info, packed=True)
         means2d = info[self.key_for_gradient]

@@ -26,7 +26,7 @@ from torch import Tensor
 from ..errors import SplatVLMError
 from ..gaussians.cameras import Cameras, rigid_inverse
 
-# SD-2.1-base UNet (FACTS.md); ``attention_head_dim`` is diffusers' historical name for heads per block.
+# SD-2.1-base UNet (its published config); ``attention_head_dim`` is diffusers' historical name for heads per block.
 SD21_BASE_UNET_CONFIG: dict = dict(
     sample_size=64,
     in_channels=4,

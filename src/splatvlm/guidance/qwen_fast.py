@@ -462,9 +462,9 @@ def prefix_kv(model, st: StaticInputs, input_ids: torch.Tensor) -> list[KV]:
 def pad_vision_mlp(model, multiple: int = 64) -> int:
     """Zero-pad the vision blocks' MLP width to a multiple of ``multiple``; returns the new width.
 
-    Qwen2.5-VL's vision MLP is 3420 wide, which no GEMM tile divides: on an H200 its bf16 matmuls ran at
-    145 TFLOP/s, and at 511 once padded to 3456 (FACTS.md). The padding is exact: the extra gate and up
-    rows are zero (with zero bias), act(0) * 0 = 0, and the extra down-projection columns are zero.
+    Qwen2.5-VL's vision MLP is 3420 wide, which no GEMM tile divides, so its matmuls run several times
+    slower than at a padded 3456. The padding is exact: the extra gate and up rows are zero (with zero bias),
+    act(0) * 0 = 0, and the extra down-projection columns are zero.
     """
     width = None
     for blk in model.model.visual.blocks:

@@ -16,11 +16,10 @@ attention segments, causal masks, image-token positions), and runs the last deco
 head only at the answer rows. Having no host syncs, the fast path's forward and pixel gradient are
 captured in one CUDA graph (``RewardConfig.cuda_graph``, via ``graphs.GraphedGrad``) and replayed.
 
-Model sources (``RewardConfig.model``) are resolved once per run by ``splatvlm.models.check_reward_source``
-into a ``VLMSource`` that the reward is built from: an HF id or a local folder, loaded with
-``from_pretrained``; ``"demo"``, the tiny random Qwen2.5-VL of ``splatvlm.demo``, loaded the same way;
-``"random-7b"`` / ``"random-3b"``, full-size random weights built on the target device (speed only).
-The capture-safe forward lives in ``qwen_fast.py``.
+``VLMReward`` receives its model loaded: ``splatvlm.models`` resolves ``RewardConfig.model`` once per run
+into a ``VLMSource`` (an HF id or a local folder; ``"demo"``, the tiny random Qwen2.5-VL of ``splatvlm.demo``;
+``"random-7b"`` / ``"random-3b"``, full-size random weights, for speed only), loads the model from it and
+hands both over (``splatvlm.models.load_reward``). The capture-safe forward lives in ``qwen_fast.py``.
 """
 
 from __future__ import annotations
@@ -32,9 +31,8 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-from ..demo import build_random_vlm
 from ..errors import SplatVLMError
-from ..hub import DType, missing_weights_error, pick_device, pick_dtype
+from ..hub import DType, pick_dtype
 from . import adapters
 from .fp8 import MLP_PROJECTIONS, fp8_mlp, fp8_supported, fp8_vision_mlp
 from .graphs import GraphedGrad, surrogate_loss
@@ -60,14 +58,14 @@ class RewardConfig:
     """The Qwen2.5-VL reward: which model, what it is asked, how the answer becomes a loss, and when."""
 
     model: str = "Qwen/Qwen2.5-VL-7B-Instruct"
-    """HF id or local folder of a Qwen2.5-VL model; "demo" = tiny random model built locally (tests, CPU
-    demo); "random-7b" / "random-3b" = full-size random weights (speed benchmarks only)."""
+    """HF id or local folder of a Qwen2.5-VL model; 'demo' (a tiny random model: tests, the CPU demo);
+    'random-7b' / 'random-3b' (full-size random weights: speed tests)."""
     dtype: DType = "auto"
     """Weights and activations dtype; auto = bfloat16 on CUDA, float32 on CPU."""
     question: QuestionKind = "dual"
-    """What the VLM is asked: vlm3d = the VLM3D authors' question, verbatim (their reward scale was tuned on it);
-    dual = our wording of the same two checks; content = matches the prompt only; spatial = all named objects
-    present with the stated spatial relations."""
+    """What the VLM is asked: 'vlm3d' = the VLM3D authors' question, verbatim; 'dual' = our wording of the same
+    two checks (matches the prompt, sound geometry); 'content' = matches the prompt only; 'spatial' = every named
+    object present in the stated relations."""
     kind: RewardKind = "logit_diff"
     """Reward read from the answer: logit_diff = logit(Yes) - logit(No) (VLM3D); log_p_yes = log p(Yes)
     over the pair {Yes, No}; answer_ll = log-likelihood of the multi-token target_answer."""
@@ -81,57 +79,45 @@ class RewardConfig:
     """Compute the reward every k-th step only (the trainer skips the others and scales the weight by k; the
     weight schedule itself lives in the run config's weights.vlm)."""
     lora: list[str] = field(default_factory=list)
-    """LoRA adapter folder(s) (peft) to load onto the reward VLM; repeat the flag for several."""
+    """LoRA adapter folders (peft) to load onto the reward VLM (none by default)."""
     lora_weights: list[float] = field(default_factory=list)
-    """One weight per --vlm.lora adapter (empty = 1.0 each)."""
+    """One weight per --vlm.lora adapter (1.0 each when not given)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, slower."""
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
-    """Attention kernel of the VLM's HF forward (--vlm.no-fast); the fast path runs its layers on SDPA."""
+    """Attention kernel of the plain HF forward (--vlm.no-fast); the fast path uses its own."""
     compile: bool = True
-    """torch.compile each decoder layer and vision block (CUDA only, ignored on CPU; about 16 s of compiling
-    at the first step, paid once per process: later prompts reuse the compiled code)."""
+    """torch.compile each decoder layer and vision block (CUDA only): faster steps, after some seconds of
+    compiling at the first step of a process (later prompts reuse it)."""
     pad_gemm: bool = True
-    """Zero-pad the vision MLP's width (3420) to a multiple of 64 for fast GEMM tiles; exact (fast path only)."""
+    """Zero-pad the vision MLP's width to a multiple of 64 so its GEMMs run on fast tiles; exact (fast path)."""
     fuse_gemm: bool = True
-    """Run each decoder layer's q/k/v projections and each gated MLP's gate/up projections as one GEMM (one
-    weight tensor, the modules' weights views of it: no extra memory); exact (fast path only; a projection
-    LoRA wraps or FP8 replaces keeps its own GEMM)."""
+    """Run the q/k/v projections, and each MLP's gate/up projections, as one GEMM each over one shared weight
+    tensor (no extra memory); exact (fast path; a projection under LoRA or FP8 keeps its own)."""
     fp8: bool = False
-    """Run the language model's MLP matmuls, forward and pixel gradient, in FP8 (e4m3, a scale per row; see
-    guidance/fp8.py): approximate, for speed. Fast path on CUDA only, needs compute capability 8.9+ (Ada, Hopper).
-    Off: on the H200 it took the 7B reward step from 38.0 to 32.8 ms but its pixel gradient to cosine 0.875
-    against bf16 (random weights, benchmarks/RESULTS.md)."""
+    """Run the language model's MLP matmuls in FP8 (e4m3, a scale per row): a faster reward step, but a pixel
+    gradient far from bf16's. Fast path on CUDA, compute capability 8.9+ (Ada, Hopper)."""
     fp8_forward: bool = True
-    """With --vlm.fp8: False = the MLPs' forward in the model dtype from the unquantized weights, only their
-    input gradient in e4m3 (about half the GEMM saving; the bf16 weights are kept beside W^T in e4m3, 3 bytes a
-    weight instead of 2). On the H200 (random 7B): reward step 36.0 -> 33.45 ms, +5.2 GB, pixel-gradient cosine
-    0.992 against bf16 (e4m3 both ways: 0.874), but 0.987 against the eager reference in the full step, under the
-    0.99 the defaults keep (benchmarks/RESULTS.md, speed round 6)."""
+    """With --vlm.fp8: also the forward in e4m3; off, only the input gradient (about half the saving, a gradient
+    much closer to bf16's, and more memory: the weights are kept in both formats)."""
     fp8_projections: tuple[Literal["gate_proj", "up_proj", "down_proj"], ...] = MLP_PROJECTIONS
-    """With --vlm.fp8: which of the language model's MLP projections run in e4m3 (e.g. down_proj alone: a third
-    of the GEMMs, and of the gradient's rounding)."""
+    """With --vlm.fp8: which MLP projections run in e4m3 (down_proj alone: a third of the saving and of the
+    rounding)."""
     fp8_vision: bool = False
-    """With --vlm.fp8: also the vision blocks' MLPs, input gradient only in e4m3 (their forward stays in the
-    model dtype; needs pad_gemm). On the H200 it gave no time (33.48 vs 33.45 ms) and cost cosine (0.988 vs 0.992
-    against bf16; benchmarks/RESULTS.md, speed round 6)."""
+    """With --vlm.fp8: also the vision MLPs' input gradient in e4m3 (needs pad_gemm): no faster, and a little
+    further from bf16's gradient."""
     prefix_cache: bool = True
-    """In the captured path, compute the decoder's keys and values of the tokens before the first image (the chat
-    template's system turn, which no pixel changes) once per captured graph, and run the decoder layers on the
-    tokens after them only; exact up to rounding (fast path only; the graph is captured anew whenever weights or
-    adapters change)."""
+    """In the CUDA graph, compute the keys and values of the tokens before the first image (which no pixel
+    changes) once per capture and run the decoder on the rest only; the same up to rounding (fast path)."""
     varlen_attention: bool = True
-    """Run the vision tower's window and image attention and the prefix-cached decoder layers' attention as
-    flash-attention calls over packed tokens (torch.nn.attention.varlen, torch 2.10+; CUDA in bf16/fp16 only,
-    SDPA elsewhere) instead of SDPA with materialized masks; same function, other rounding (fast path only).
-    On the H200 the full step went 51.01 -> 50.12 ms with it (one A/B, benchmarks/RESULTS.md, speed round 11)."""
+    """Run the vision tower's and the prefix-cached decoder's attention as flash attention over packed tokens
+    instead of SDPA with masks (CUDA, bf16/fp16, torch 2.10+): a little faster, the same up to rounding."""
     fast: bool = True
-    """Compute only what the reward needs, with every grid- and prompt-dependent index precomputed (no host
-    syncs): the last layer and the LM head only at the answer rows; False = the straightforward full HF
-    forward with full-vocabulary logits (reference path)."""
+    """Compute only what the reward needs, without host syncs (the last layer and LM head at the answer rows
+    only); off, the plain HF forward with full logits: slower, the reference."""
     cuda_graph: bool = True
-    """Capture the fast path's forward + pixel gradient in a CUDA graph (once per prompt and view shape)
-    and replay it; ignored on CPU, with fast=False and with gradient_checkpointing."""
+    """Capture the fast path's forward and pixel gradient as a CUDA graph per prompt and view shape and replay
+    it: no launch overhead, the same result; ignored on CPU, off the fast path and with gradient checkpointing."""
 
 
 def question_text(question: QuestionKind, prompt: str, num_views: int) -> str:
@@ -267,13 +253,11 @@ class Query:
 class VLMReward:
     """The loaded, frozen reward VLM; ``__call__(rgb, step)`` gives the ``loss_vlm`` term."""
 
-    def __init__(self, cfg: RewardConfig, src: VLMSource, device: str | torch.device = "auto"):
-        """Build the reward from the source ``splatvlm.models.check_reward_source(cfg)`` resolved."""
-        from transformers import Qwen2_5_VLForConditionalGeneration
-
+    def __init__(self, cfg: RewardConfig, src: VLMSource, model: torch.nn.Module, device: torch.device):
+        """Wrap the loaded ``model`` (a Qwen2.5-VL on ``device``, in ``cfg``'s dtype) that ``src`` names."""
         # 1. the cheap parts were checked when the source was resolved
         self.cfg = cfg
-        self.device = pick_device(device) if isinstance(device, str) else device
+        self.device = device
         self.dtype = pick_dtype(cfg.dtype, self.device)
         if src.model != cfg.model:
             raise ValueError(f"the source was resolved for {src.model!r}, not {cfg.model!r}")
@@ -281,22 +265,8 @@ class VLMReward:
         self.tokenizer = self.src.tokenizer
         self.yes_id, self.no_id = answer_token_ids(self.tokenizer)
 
-        # 2. load (or build) the model, frozen
-        if cfg.model in ("random-7b", "random-3b"):
-            which = cfg.model.split("-")[1]
-            self.model = build_random_vlm(
-                which, self.device, self.dtype, cfg.attn_implementation, self.tokenizer
-            )
-        else:
-            try:
-                self.model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-                    self.src.source, dtype=self.dtype, attn_implementation=cfg.attn_implementation,
-                    device_map={"": self.device} if self.device.type == "cuda" else None,
-                )  # fmt: skip
-            except (OSError, ValueError) as e:
-                detail = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-                raise missing_weights_error(cfg.model, "the reward VLM", "--vlm.model", detail) from None
-            self.model.to(self.device)
+        # 2. the model, frozen
+        self.model = model
         self.model.requires_grad_(False)
         self.model.eval()
         if cfg.gradient_checkpointing:

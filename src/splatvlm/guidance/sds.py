@@ -7,9 +7,9 @@ gradient on the latents is the SDS gradient. Two targets:
   rescaled per object toward the unguided reconstruction's std;
 - ``mode="eps"`` (DreamFusion): the target is ``z - w(t) (eps_cfg - eps)``.
 
-Weights load lazily once through ``from_pretrained`` (HF id or local folder), from MVDream's original
-.pt checkpoint (see ``mvdream.py``), or from tiny random ``demo`` models built from config and saved
-under the user cache on first use.
+``SDSGuidance`` receives its models loaded (``SDComponents``): ``splatvlm.models.load_prior`` loads them from
+an HF id, a local folder, MVDream's original .pt checkpoint (see ``mvdream.py``), the tiny ``demo`` models
+or full-size ``random`` ones, and hands them over.
 """
 
 from __future__ import annotations
@@ -23,12 +23,7 @@ from torch import Tensor
 
 from ..errors import SplatVLMError
 from ..gaussians.cameras import Cameras
-from ..hub import (
-    DType,
-    pick_dtype,
-    quiet_model_io,
-)
-from .components import SDComponents, load_components
+from ..hub import DType, pick_dtype
 from .graphs import GraphedGrad, surrogate_loss
 
 # threestudio-mvdream's negative prompt, which the VLM3D recipe inherits (a hyperparameter value).
@@ -40,20 +35,29 @@ DEFAULT_NEGATIVE_PROMPT = (
 
 
 @dataclass
+class SDComponents:
+    """The diffusers / transformers parts of a latent diffusion prior, loaded."""
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    text_encoder: torch.nn.Module
+    tokenizer: object
+    scheduler: object
+
+
+@dataclass
 class SDSConfig:
     """The diffusion prior and its score-distillation loss."""
 
     kind: Literal["mvdream", "sd"] = "mvdream"
     """'mvdream': the 4-view MVDream prior (VLM3D's); 'sd': a Stable Diffusion text-to-image model."""
     model: str = "ashawkey/mvdream-sd2.1-diffusers"
-    """HF id or local folder of diffusers components, a path to MVDream's sd-v2.1-base-4view.pt (or an HF file
-    'MVDream/MVDream/sd-v2.1-base-4view.pt'), 'demo' (tiny random models, a pipeline demo) or 'random'
-    (full-size random weights, for speed tests)."""
+    """HF id or folder of diffusers components, MVDream's .pt checkpoint (a path or owner/repo/file.pt), 'demo'
+    (tiny random models) or 'random' (full-size random weights, for speed tests)."""
     base_model: str = "stabilityai/stable-diffusion-2-1-base"
     """Where the text encoder, tokenizer, VAE and scheduler come from when `model` is a .pt checkpoint."""
     dtype: DType = "auto"
-    """Weights dtype ('auto': fp16 on CUDA, which tracked fp32's SDS gradient best at bf16's speed on the H200
-    (benchmarks/RESULTS.md); fp32 on CPU)."""
+    """Weights dtype; 'auto': fp16 on CUDA (as fast as bf16, closer to fp32's SDS gradient), fp32 on CPU."""
     guidance_scale: float = 50.0
     """Classifier-free guidance scale (MVDream / VLM3D 50; VLM3D's SD-2.1 variant 100)."""
     negative_prompt: str = DEFAULT_NEGATIVE_PROMPT
@@ -83,30 +87,26 @@ class SDSConfig:
     """MVDream: consecutive views that form one object (its attention spans them); views per step must be a
     multiple."""
     attention: Literal["sdpa", "math"] = "sdpa"
-    """Attention kernel: torch scaled_dot_product_attention or the explicit softmax (for comparisons)."""
+    """The UNet's attention: torch's scaled_dot_product_attention, or the explicit softmax (slower; a reference
+    for comparisons)."""
     vae_attention: Literal["sdpa", "math"] = "math"
-    """The VAE encoder's attention (one head 512 wide over the 32x32 latent grid at 256 px): 'math' is
-    softmax(QK^T)V as two GEMMs with an fp32 softmax (diffusers' AttnProcessor); 'sdpa' is torch's kernel, which for
-    a 512-wide head falls back to the memory-efficient one (its backward alone 1.5 ms of the 4x256 step, H200)."""
+    """The VAE encoder's attention (one 512-wide head): 'math', two GEMMs and an fp32 softmax as diffusers'
+    AttnProcessor, is faster than 'sdpa', whose kernel for so wide a head is the slower memory-efficient one."""
     channels_last: bool = False
-    """Run the UNet and VAE in channels-last memory format (often faster on CUDA)."""
+    """Run the UNet and VAE in channels-last memory format: it drops cuDNN's layout conversions, but copies
+    elsewhere take the time back."""
     compile: bool = True
-    """torch.compile the UNet inside the CUDA graph (CUDA only, ignored on CPU), static per render shape. On the H200
-    with --sds.compile-vae: 4x256 27.2 -> 18.9 ms, 8x64 44.0 -> 32.0 ms, about 46 s saved per vlm3d asset. The
-    first compile costs ~50 s per shape (two in the vlm3d recipe) with a cold inductor cache and seconds with a
-    warm one (torch keeps it on disk); a batch pays it once (benchmarks/RESULTS.md). Off for a one-off run."""
+    """torch.compile the UNet inside the CUDA graph, once per render shape (CUDA only): a much faster prior step,
+    after a compile of about a minute per shape on a cold inductor cache (seconds once torch has it on disk)."""
     compile_vae: bool = True
-    """torch.compile the VAE encoder, forward and backward (CUDA only, ignored on CPU), static per render shape:
-    alone 27.2 -> 23.0 ms at 4x256; ~39 s per shape with a cold inductor cache."""
+    """torch.compile the VAE encoder, forward and backward, once per render shape (CUDA only): faster steps after
+    a compile of under a minute per shape on a cold inductor cache."""
     compile_vae_channels_last: bool = True
-    """With --sds.compile-vae: inductor lays the VAE encoder's activations out channels-last. Its own heuristic
-    declines for training graphs with a narrowing 3x3 convolution (the encoder's conv_out, 512 to 8 channels), and
-    cuDNN then converts NCHW to NHWC and back around every fp16 convolution: 3.7 ms of kernels in a 4x256 step
-    on the H200 (round 9 of benchmarks/RESULTS.md). The UNet (no backward) gets channels-last from the heuristic."""
+    """With --sds.compile-vae: lay the encoder's activations out channels-last, which inductor's heuristic
+    declines for its narrowing last convolution; saves cuDNN's layout conversions around every convolution."""
     cuda_graph: bool = True
-    """Capture the SDS step (VAE encode, noising, CFG UNet, target, and the gradient to the pixels) in one
-    CUDA graph per render shape and replay it (the first step of each shape captures it); ignored on CPU.
-    Read at every call."""
+    """Capture the SDS step (encode, noising, CFG UNet, target, gradient to the pixels) as one CUDA graph per
+    render shape and replay it: no launch overhead, the same result; ignored on CPU."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,27 +217,31 @@ def check_config(cfg: SDSConfig) -> None:
 # The guidance term
 
 
-class SDSGuidance:
-    """A diffusion prior that scores rendered views; models load lazily, once.
+def prior_dtype(cfg: SDSConfig, device: torch.device) -> torch.dtype:
+    """The prior's weights dtype: ``cfg.dtype``, where 'auto' is fp16 on CUDA and fp32 on CPU."""
+    if cfg.dtype == "auto" and device.type == "cuda":
+        return torch.float16
+    return pick_dtype(cfg.dtype, device)
 
-    Usage: ``g = SDSGuidance(cfg, device); g.set_prompt("a red apple"); out = g(rgb, cams, step)``.
+
+class SDSGuidance:
+    """A diffusion prior that scores rendered views, built around its loaded models.
+
+    Usage: ``g = splatvlm.models.load_prior(cfg, device); g.set_prompt("a red apple"); out = g(rgb, cams, step)``.
     """
 
-    def __init__(self, cfg: SDSConfig, device: torch.device | str):
+    def __init__(self, cfg: SDSConfig, device: torch.device | str, parts: SDComponents):
+        """Take the loaded ``parts`` (in ``prior_dtype(cfg, device)``), freeze them and set them up for ``cfg``."""
         check_config(cfg)  # the weights' source is checked once per run (splatvlm.models.check_sds_source)
         self.cfg = cfg
         self.device = torch.device(device)
-        self.dtype = (
-            torch.float16
-            if cfg.dtype == "auto" and self.device.type == "cuda"
-            else pick_dtype(cfg.dtype, self.device)
-        )
-        self.parts: SDComponents | None = None
+        self.dtype = prior_dtype(cfg, self.device)
         self.prompt: str | None = None
         self._cond: Tensor | None = None  # [1 or 4, L, D] prompt (or per-direction prompts)
         self._uncond: Tensor | None = None  # [1, L, D] negative prompt
         self._static: dict[tuple[int, ...], dict[str, Tensor]] = {}  # CUDA-graph inputs per render shape
         self._graphed: GraphedGrad | None = None
+        self.parts = self._prepare(parts)
 
     @property
     def notice(self) -> str | None:
@@ -248,14 +252,10 @@ class SDSGuidance:
             return "SDS prior: full-size models with random weights (speed test), not real quality"
         return None
 
-    def load(self) -> SDSGuidance:
-        """Load the models once (later calls return at once)."""
-        if self.parts is not None:
-            return self
+    def _prepare(self, parts: SDComponents) -> SDComponents:
+        """Frozen, on the device, with the configured attention processors and compiled modules."""
         from .mvdream import set_multiview_attention
 
-        with quiet_model_io():
-            parts = load_components(self.cfg, self.dtype, self.device)
         if parts.scheduler.config.prediction_type != "epsilon":
             raise SplatVLMError(
                 f"{self.cfg.model}: only epsilon-prediction models are supported "
@@ -283,19 +283,18 @@ class SDSGuidance:
                 parts.vae.encoder.compile(dynamic=False, options=layout)
         self.alphas_cumprod = parts.scheduler.alphas_cumprod.to(self.device, torch.float32)  # [T]
         self.num_train_timesteps = int(parts.scheduler.config.num_train_timesteps)
-        self.parts = parts
-        return self
+        return parts
 
     @property
     def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.load().parts.vae.config.block_out_channels) - 1)
+        return 2 ** (len(self.parts.vae.config.block_out_channels) - 1)
 
     @property
     def image_size(self) -> int:
         """Render size fed to the VAE."""
         if self.cfg.image_size:
             return self.cfg.image_size
-        unet = self.load().parts.unet
+        unet = self.parts.unet
         return int(getattr(unet, "_orig_mod", unet).config.sample_size) * self.vae_scale_factor
 
     @property
@@ -307,7 +306,7 @@ class SDSGuidance:
     @torch.no_grad()
     def encode_text(self, texts: list[str]) -> Tensor:
         """Text-encoder last hidden states [N, L, D] (SD-2's CLIP already stops at OpenCLIP's penultimate layer)."""
-        parts = self.load().parts
+        parts = self.parts
         length = int(parts.text_encoder.config.max_position_embeddings)
         ids = parts.tokenizer(
             texts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
@@ -318,7 +317,7 @@ class SDSGuidance:
         """Encode and cache the prompt (per view direction when view-dependent) and the negative prompt."""
         if prompt == self.prompt:
             return
-        check_prompt_tokens(self.load().parts.tokenizer, prompt)
+        check_prompt_tokens(self.parts.tokenizer, prompt)
         texts = [prompt]
         if self.cfg.view_dependent_prompts:
             texts = [f"{prompt}, {suffix}" for suffix in VIEW_SUFFIXES]
@@ -344,7 +343,7 @@ class SDSGuidance:
         A posterior sample, as threestudio(-mvdream) does, not the mean; ``noise`` [C, 4, h, w] in the
         model dtype is its standard normal draw (None: drawn here, as diffusers' ``sample()`` does).
         """
-        vae = self.load().parts.vae
+        vae = self.parts.vae
         x = rgb.permute(0, 3, 1, 2)
         size = self.image_size
         if x.shape[-2:] != (size, size):
@@ -381,7 +380,7 @@ class SDSGuidance:
         class_labels: Tensor | None,  # [2C, 16] or None
     ) -> tuple[Tensor, Tensor]:
         """Conditional and unconditional eps [C, 4, h, w] from one UNet call on the CFG batch of 2C."""
-        unet = self.load().parts.unet
+        unet = self.parts.unet
         model_in = torch.cat([z_t, z_t]).to(self.dtype)
         if self.cfg.channels_last:
             model_in = model_in.contiguous(memory_format=torch.channels_last)
@@ -423,7 +422,6 @@ class SDSGuidance:
         self, latents: Tensor, cams: Cameras, step: int, t: int | None = None, noise: Tensor | None = None
     ) -> dict[str, Tensor | float]:
         """SDS on latents [C, 4, h, w] (eager); ``t`` and ``noise`` may be fixed (tests)."""
-        self.load()
         c = latents.shape[0]
         if t is None:
             t = self.sample_timestep(step)
@@ -450,7 +448,6 @@ class SDSGuidance:
     def fill_static_inputs(self, shape: tuple[int, ...], cams: Cameras, step: int) -> int:
         """Draw this step's timestep and noises into the static buffers for renders of ``shape``
         [C, H, W, 3] and copy in the text and camera embeddings; returns the timestep."""
-        self.load()
         c, key = shape[0], tuple(shape)
         if key not in self._static:
             r = self.latent_resolution
@@ -519,7 +516,6 @@ class SDSGuidance:
             )
         if self.prompt is None:
             raise RuntimeError("call set_prompt() before the first SDS step")
-        self.load()
         cams = cams.to(self.device)
         x = rgb.to(self.device)
         if self.uses_cuda_graph(x):
@@ -534,8 +530,3 @@ class SDSGuidance:
         latents = self.encode_images(x)
         # 3. one timestep for all views, CFG noise prediction, detached target, MSE
         return self.latent_loss(latents, cams, step)
-
-
-def load_sds(cfg: SDSConfig, device: torch.device | str) -> SDSGuidance:
-    """Check the source, then load the prior's models onto ``device``."""
-    return SDSGuidance(cfg, device).load()

@@ -170,10 +170,10 @@ def term_streams(
     """One CUDA stream per loss term when there are several (none on CPU); with ``priority`` the
     ``launch_first`` terms' streams run at a higher priority than the others.
 
-    Why: the prior's and the reward's kernels slow each other when they share the GPU (round 10's trace: the
-    two streams' kernels sum to 64 ms a step in a 45 ms window), and the step waits for the reward, the longer
-    one. At a higher priority the block scheduler gives the reward's kernels the SMs first and the prior's fill
-    what they leave (H200: 52.29 -> 50.52 ms a step, benchmarks/RESULTS.md, speed round 11). A CUDA graph
+    Why: the prior's and the reward's kernels slow each other when they share the GPU (a profile shows the
+    two streams' kernels summing to more than the step's wall time), and the step waits for the reward, the
+    longer one. At a higher priority the block scheduler gives the reward's kernels the SMs first and the
+    prior's fill what they leave, which shortens the step. A CUDA graph
     keeps the priority of the stream it was captured on (PyTorch instantiates graphs with per-node priorities),
     so ``graphs.GraphedGrad`` captures on a stream of the current stream's priority."""
     if device.type != "cuda" or len(terms) < 2:
