@@ -35,7 +35,12 @@ class Weights:
     sds: Weight = field(default_factory=lambda: Weight(1.0))
     """Score distillation from the diffusion prior."""
     vlm: Weight = field(default_factory=lambda: Weight(300.0, 1.0, 10000, 10000))
-    """The VLM reward loss (VLM3D: 300 -> 1 over 10000 steps, then off)."""
+    """The VLM reward loss (VLM3D: 300 -> 1 over 10000 steps, then off); with vlm_mode 'ratio', unused."""
+    vlm_mode: Literal["fixed", "ratio"] = "fixed"
+    """'fixed': the reward's loss times `vlm`; 'ratio': its pixel gradient scaled each step to `vlm_ratio` x the
+    prior's (carries over between models of other gradient scales; one more backward of each term's pixels)."""
+    vlm_ratio: Weight = field(default_factory=lambda: Weight(1.0, None, 0, 10000))
+    """With vlm_mode 'ratio': the reward's pixel-gradient length over the prior's (0: the reward is off)."""
     l1: Weight = field(default_factory=lambda: Weight(0.8))
     """Photometric L1 (fit only)."""
     ssim: Weight = field(default_factory=lambda: Weight(0.2))
@@ -52,8 +57,11 @@ class RunConfig:
     """Random seed (cameras, initialization, diffusion noise)."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cuda', 'cuda:1' or 'cpu'."""
-    background: Literal["white", "black", "random"] = "random"
-    """Training background: 'random' draws one solid color per step shared by all views."""
+    background: Literal["white", "black", "random", "learned"] = "random"
+    """Training background, one solid color per step shared by all views: 'random': a random color, half the
+    steps white; 'learned': a random color, half the steps a learned one (VLM3D's; checkpointed)."""
+    background_lr: float = 1e-3
+    """Adam learning rate of the learned background color (its logits)."""
     scene: SceneConfig = field(default_factory=SceneConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
@@ -345,3 +353,8 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise SplatVLMError(f"--vlm.every must be positive, got {cfg.vlm.every}")
     if cfg.vlm.num_views <= 0 or cfg.vlm.size <= 0:
         raise SplatVLMError("--vlm.num-views and --vlm.size must be positive")
+    if not cfg.scene.lr_means_decay > 0:
+        raise SplatVLMError(f"--scene.lr-means-decay must be positive, got {cfg.scene.lr_means_decay}")
+    lo, hi = cam.elevation_range
+    if cam.elevation_sampling == "mixed" and not -90.0 <= lo <= hi <= 90.0:
+        raise SplatVLMError(f"--camera.elevation-sampling mixed needs -90 <= lo <= hi <= 90, got {lo}, {hi}")
