@@ -386,7 +386,7 @@ def _prior(rgb, cams, step):  # a stand-in prior: pull every pixel toward gray
 
 
 def _reward(rgb, cams, step):  # a stand-in reward: push red up, more on the right of the image
-    ramp = torch.linspace(0.0, 1.0, rgb.shape[2])[None, None, :]
+    ramp = torch.linspace(0.0, 1.0, rgb.shape[2], device=rgb.device)[None, None, :]
     return {"loss_vlm": -(rgb[..., 0] * ramp).mean()}
 
 
@@ -417,11 +417,14 @@ def prior_reward_setup(steps, reward_weight, grad_source="prior", vlm_mode="fixe
     return cfg, terms, sample
 
 
-def first_refinement(tmp_path, name, **kw):
+def first_refinement(tmp_path, name, device=CPU, packed=True, **kw):
     cfg, terms, sample = prior_reward_setup(4, **kw)
+    cfg = dataclasses.replace(cfg, device=str(device), render=dataclasses.replace(cfg.render, packed=packed))
+    torch.manual_seed(cfg.seed)
+    state = new_state(init_ball(cfg.scene, torch.Generator().manual_seed(cfg.seed)), cfg, device)
     rows = []
     (tmp_path / name).mkdir()
-    train(cfg, fresh_state(cfg), terms, tmp_path / name, CPU, sample, progress=False,
+    train(cfg, state, terms, tmp_path / name, device, sample, progress=False,
           on_step=lambda s, logs: rows.append(logs))  # fmt: skip
     (row,) = [r for r in rows if "densify_grad_p50" in r]
     assert row["step"] == 3
@@ -440,6 +443,25 @@ def test_prior_statistic_is_the_same_whatever_the_reward_weight(tmp_path):
     # without a reward the two sources are one statistic (up to float rounding of the two backward routes)
     for k in ("densify_grad_p50", "densify_grad_p90", "densify_grad_p99"):
         assert prior_0[k] == pytest.approx(all_0[k], rel=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("packed", [True, False])
+def test_prior_statistic_on_gsplat_is_the_same_whatever_the_reward_weight(tmp_path, packed):
+    """The same on gsplat's kernels (their atomics add in any order: equal up to float rounding)."""
+    cuda = torch.device("cuda")
+    stats = {
+        (source, w): first_refinement(
+            tmp_path, f"{source}{w}", cuda, packed, reward_weight=w, grad_source=source
+        )
+        for source in ("prior", "all")
+        for w in (0.0, 1000.0)
+    }
+    for k in ("densify_grad_p50", "densify_grad_p90", "densify_grad_p99"):
+        assert stats["prior", 1000.0][k] == pytest.approx(stats["prior", 0.0][k], rel=1e-4)
+        assert stats["prior", 0.0][k] == pytest.approx(stats["all", 0.0][k], rel=1e-4)
+    assert stats["all", 1000.0]["densify_grad_p50"] > 10 * stats["all", 0.0]["densify_grad_p50"]
 
 
 def test_prior_source_leaves_the_gaussians_update_unchanged(tmp_path):

@@ -37,10 +37,9 @@ class Weights:
     vlm: Weight = field(default_factory=lambda: Weight(300.0, 1.0, 10000, 10000))
     """The VLM reward loss (VLM3D: 300 -> 1 over 10000 steps, then off); with vlm_mode 'ratio', unused."""
     vlm_mode: Literal["fixed", "ratio"] = "fixed"
-    """'fixed': the reward's loss times `vlm`; 'ratio': its pixel gradient scaled each step to `vlm_ratio` x the
-    prior's (carries over between models of other gradient scales; one more backward of each term's pixels)."""
+    """'fixed': reward loss x `vlm`; 'ratio': its pixel gradient at `vlm_ratio` x the prior's (any models)."""
     vlm_ratio: Weight = field(default_factory=lambda: Weight(1.0, None, 0, 10000))
-    """With vlm_mode 'ratio': the reward's pixel-gradient length over the prior's (0: the reward is off)."""
+    """vlm_mode 'ratio': the reward's pixel-gradient norm over the prior's (0: reward off)."""
     l1: Weight = field(default_factory=lambda: Weight(0.8))
     """Photometric L1 (fit only)."""
     ssim: Weight = field(default_factory=lambda: Weight(0.2))
@@ -58,10 +57,9 @@ class RunConfig:
     device: str = "auto"
     """'auto' (CUDA when available), 'cuda', 'cuda:1' or 'cpu'."""
     background: Literal["white", "black", "random", "learned"] = "random"
-    """Training background, one solid color per step shared by all views: 'random': a random color, half the
-    steps white; 'learned': a random color, half the steps a learned one (VLM3D's; checkpointed)."""
+    """A solid color per step: 'random': random or white; 'learned': random or a learned color (VLM3D)."""
     background_lr: float = 1e-3
-    """Adam learning rate of the learned background color (its logits)."""
+    """Adam learning rate of the learned background color."""
     scene: SceneConfig = field(default_factory=SceneConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     render: RenderConfig = field(default_factory=RenderConfig)

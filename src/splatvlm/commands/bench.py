@@ -37,7 +37,7 @@ from ..errors import SplatVLMError
 from ..files import atomic_write_text, check_output_dir
 from ..hub import device_name
 from ..prompts import read_prompts
-from ..run.schedules import weight_at
+from ..run.schedules import loss_weights, weight_at
 from .bench_report import COMPONENTS, report_markdown, save_breakdown_png
 
 SHIPPED_PROMPTS = Path(__file__).resolve().parents[1] / "data" / "bench_prompts.json"
@@ -115,7 +115,7 @@ class Phase:
 def recipe_phases(cfg: RunConfig) -> list[Phase]:
     """Split [0, steps) where the per-step work changes (resolution switch, reward on/off)."""
     cuts = {0, cfg.steps, cfg.camera.low_res_until}
-    w = cfg.weights.vlm
+    w = loss_weights(cfg.weights)["vlm"]  # vlm_mode 'ratio': the ratio's schedule says when the reward runs
     if w.stop_after is not None:
         cuts.add(w.stop_after)
     cuts = sorted(c for c in cuts if 0 <= c <= cfg.steps)

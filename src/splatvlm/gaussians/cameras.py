@@ -48,8 +48,7 @@ class CameraConfig:
     elevation_range: tuple[float, float] = (0.0, 30.0)
     """Elevation range in degrees."""
     elevation_sampling: Literal["degrees", "mixed"] = "degrees"
-    """'degrees': uniform in degrees; 'mixed': each step half the time that, else threestudio's "uniform on the
-    sphere" (sin(elevation) uniform on [lo/90, hi/90]: below `hi` unless the range is [-90, 90])."""
+    """'degrees': uniform in degrees; 'mixed': per step that or threestudio's sphere draw (more low views)."""
     fovy_range: tuple[float, float] = (15.0, 60.0)
     """Vertical field of view range in degrees."""
     distance_range: tuple[float, float] = (0.8, 1.0)
@@ -195,7 +194,7 @@ def sample_elevation(cfg: CameraConfig, n: int, generator: torch.Generator | Non
 
     'mixed' is the MVDream / VLM3D data module's rule, one coin per step: uniform in degrees, or the inverse
     transform of a uniform-on-the-sphere draw whose range is mapped linearly, (lo + 90) / 180 .. (hi + 90) / 180,
-    as in threestudio. That mapping makes sin(elevation) uniform on [lo / 90, hi / 90], so with (0, 30) this
+    as threestudio does. That mapping makes sin(elevation) uniform on [lo / 90, hi / 90], so with (0, 30) this
     half reaches asin(1/3) = 19.5 degrees at most; kept as the references run it.
     """
     if cfg.elevation_sampling == "degrees":

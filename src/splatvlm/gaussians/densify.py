@@ -57,8 +57,7 @@ class StrategyConfig:
     prune_opa: float = 0.005
     """Prune (default) or relocate (mcmc) Gaussians with opacity below this."""
     prune_scale3d: float = 0.1
-    """Default: prune Gaussians larger than this x scene_scale (from prune_scale3d_after on); 0: never (large
-    Gaussians stay, floaters among them)."""
+    """Default: prune Gaussians larger than this x scene_scale (from prune_scale3d_after on); 0: never."""
     prune_scale3d_after: int | None = None
     """Default: prune large Gaussians at refinements after this step; None: after the first opacity
     reset (3DGS's rule), or after refine_start_iter when resets are off."""
@@ -67,8 +66,7 @@ class StrategyConfig:
     absgrad: bool = False
     """Default: grow by summed absolute 2D gradients (AbsGS); needs render.absgrad too."""
     grad_source: Literal["prior", "all"] = "all"
-    """Default: what feeds the 2D-gradient statistic: 'prior': the prior's (SDS) loss alone, so the reward's
-    weight does not decide growth (one more rasterizer backward per step); 'all': the whole weighted loss."""
+    """Default: growth statistic from 'prior': the SDS loss alone (+1 rasterizer backward), or 'all'."""
     revised_opacity: bool = False
     """Default: split opacities with the revised formula of arXiv 2404.06109."""
     cap_max: int = 1_000_000

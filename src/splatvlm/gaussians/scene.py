@@ -54,8 +54,7 @@ class SceneConfig:
     lr_means_final: float = 2e-5
     """Means learning rate at the end of its decay (exponential, as in 3DGS)."""
     lr_means_decay: float = 1.0
-    """Fraction of the run over which the means' rate decays to `lr_means_final`, then stays there (1: the
-    whole run; smaller settles positions sooner, leaving later steps to color and opacity)."""
+    """Fraction of the run the means' rate decays over, then stays (less: positions settle sooner)."""
 
 
 def num_sh_bases(degree: int) -> int:

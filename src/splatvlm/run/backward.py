@@ -6,7 +6,8 @@ With neither, the trainer runs one ``loss.backward()``. With either, the backwar
 1. each of the prior and the reward is back-propagated to the pixels alone (its own backward, once);
 2. ratio mode: the reward's pixel gradient is scaled to ``ratio x |prior's pixel gradient|``, on the device;
 3. prior source: the 2D-mean gradient of the prior's pixel gradient alone (one more rasterizer backward,
-   stopping at the 2D means: the projection's backward is not run twice);
+   stopping at the 2D means: the projection's backward is not run twice; none when the prior is the step's
+   only loss, as once the reward is off);
 4. one backward of the summed pixel gradient and of every other term into the Gaussians.
 
 The Gaussians' gradients are those of the weighted loss (ratio mode: with the reward's weight set each step),
@@ -120,9 +121,20 @@ def backward_through_pixels(
             # the weight of the loss as logged (as weighted_sum logs it: times `every`)
             logs[f"w_{REWARD}"] = scale * period[REWARD]
 
-    # 3. The 2D-mean statistic of the prior alone (zero when the prior did not run this step).
+    # The other terms, weighted (their backward is step 4's).
+    rest = None
+    for name, value in named.items():
+        w = weight_at(weights[name], step)
+        if w != 0.0:
+            rest = value * w if rest is None else rest + value * w
+    if rest is not None:
+        total = rest.detach() if total is None else total + rest.detach()
+
+    # 3. The 2D-mean statistic of the prior alone (zero when the prior did not run this step). When the prior
+    # is the step's only loss, step 4's backward gives exactly that statistic, and this pass is skipped.
+    solo = rest is None and g_pixels is g_prior
     stat = abs_stat = None
-    if means2d is not None:
+    if means2d is not None and not solo:
         if g_prior is not None:
             (stat,) = torch.autograd.grad(pixels, means2d, g_prior, retain_graph=True, allow_unused=True)
             # |2D gradient| filled by that backward, where the renderer keeps one (render.absgrad)
@@ -132,13 +144,6 @@ def backward_through_pixels(
             stat = torch.zeros_like(means2d)
 
     # 4. One backward into the Gaussians: the pixels' summed gradient and every other term.
-    rest = None
-    for name, value in named.items():
-        w = weight_at(weights[name], step)
-        if w != 0.0:
-            rest = value * w if rest is None else rest + value * w
-    if rest is not None:
-        total = rest.detach() if total is None else total + rest.detach()
     roots: list[Tensor] = []
     grads: list[Tensor | None] = []
     if g_pixels is not None:
@@ -149,7 +154,7 @@ def backward_through_pixels(
         grads.append(None)
     if roots:
         torch.autograd.backward(roots, grads)
-    if means2d is not None:  # the statistic replaces what step 4 left (the whole loss's)
+    if stat is not None:  # the statistic replaces what step 4 left (the whole loss's)
         means2d.grad = stat
         if getattr(means2d, "absgrad", None) is not None:
             means2d.absgrad = abs_stat if abs_stat is not None else torch.zeros_like(means2d)

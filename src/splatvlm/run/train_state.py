@@ -45,7 +45,7 @@ class TrainState:
 
 
 def make_background(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Parameter | None, Any]:
-    """The learned background color's logits (mid gray) and their Adam, when ``cfg.background`` is 'learned'."""
+    """The learned background color's logits (mid gray) and their Adam ('learned' backgrounds only)."""
     if cfg.background != "learned":
         return None, None
     logits = torch.nn.Parameter(torch.zeros(3, device=device))

@@ -208,8 +208,8 @@ def join_streams(streams: dict[str, torch.cuda.Stream], device: torch.device) ->
 def finite_flag(
     loss: Tensor | None, params: torch.nn.ParameterDict, extra: tuple[Tensor | None, ...] = ()
 ) -> Tensor:
-    """A device bool [], True when the loss and every gradient (of ``params`` and the ``extra`` parameters) are
-    finite (read without a host sync)."""
+    """A device bool [], True when the loss and every gradient (``params``' and ``extra``'s) are finite (read
+    without a host sync)."""
     device = next(iter(params.values())).device
     tensors = [*params.values(), *(p for p in extra if p is not None)]
     flags = [torch.isfinite(p.grad).all() for p in tensors if p.grad is not None]
