@@ -10,6 +10,7 @@ from splatvlm.gaussians.cameras import (
     look_at_c2w,
     orbit_cameras,
     rigid_inverse,
+    sample_elevation,
     sample_orbit,
     views_at_step,
 )
@@ -109,3 +110,35 @@ def test_rigid_inverse_equals_the_general_inverse():
     torch.testing.assert_close(rigid_inverse(v), torch.linalg.inv(v), rtol=0, atol=1e-6)
     torch.testing.assert_close(rigid_inverse(v) @ v, torch.eye(4, dtype=torch.float64).expand(16, 4, 4),
                                rtol=0, atol=1e-6)  # fmt: skip
+
+
+def test_elevation_in_degrees_draws_as_before():
+    """'degrees' (the default) draws exactly the numbers it always did: a uniform per group, nothing more."""
+    cfg = CameraConfig(elevation_range=(5.0, 25.0))
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    got = sample_elevation(cfg, 6, g1)
+    want = 5.0 + 20.0 * torch.rand(6, generator=g2, dtype=torch.float64)
+    assert torch.equal(got, want) and torch.equal(g1.get_state(), g2.get_state())
+
+
+def test_mixed_elevation_is_half_degrees_half_threestudio_sphere():
+    """'mixed': a coin per call; one side uniform in degrees, the other sin(elevation) uniform on
+    [lo/90, hi/90] (threestudio's mapping). On [-90, 90]: P(|el| < 30) is 1/3 in degrees, 1/2 on the sphere."""
+    g = torch.Generator().manual_seed(0)
+    full = CameraConfig(elevation_range=(-90.0, 90.0), elevation_sampling="mixed")
+    calls = [sample_elevation(full, 2000, g) for _ in range(200)]
+    inside = torch.stack([(c.abs() < 30).double().mean() for c in calls])
+    # each call is one kind: its share near 1/3 or 1/2 (std 0.011 at 2000 draws); about half of each kind
+    sphere = inside > 5 / 12
+    assert 0.4 < sphere.double().mean() < 0.6
+    assert abs(inside[sphere].mean() - 0.5) < 0.02 and abs(inside[~sphere].mean() - 1 / 3) < 0.02
+    # On (0, 30) the sphere side stays below asin(1/3) = 19.47 degrees, the degrees side fills the range.
+    narrow = CameraConfig(elevation_range=(0.0, 30.0), elevation_sampling="mixed")
+    tops = torch.stack([sample_elevation(narrow, 200, g).max() for _ in range(100)])
+    top_sphere = math.degrees(math.asin(1 / 3))
+    assert ((tops <= top_sphere + 1e-9) | (tops > 29.0)).all()
+    assert 0.3 < (tops <= top_sphere + 1e-9).double().mean() < 0.7
+    assert all(0.0 <= e <= 30.0 for e in tops.tolist())
+    # the orbit sampler uses it: one elevation per group of views
+    cams = sample_orbit(narrow, 8, 16, g)
+    assert torch.equal(cams.elevation[:4], cams.elevation[:1].expand(4))

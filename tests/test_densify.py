@@ -295,6 +295,11 @@ def test_large_gaussians_pruned_without_resets():
     )
     _, _, counts, _ = fit(kept, 3, RenderConfig())
     assert counts[2] == 140
+    never = StrategyConfig(
+        refine_start_iter=0, refine_every=2, reset_every=0, grow_grad2d=1e9, prune_scale3d=0.0
+    )  # 0: no size pruning at all (threestudio-3dgs prunes none by size)
+    _, _, counts, _ = fit(never, 3, RenderConfig())
+    assert counts[2] == 140
 
 
 def test_trainer_logs_refinement_statistics(tmp_path):

@@ -44,6 +44,20 @@ def test_means_lr_decays():
     assert math.isclose(means_lr(cfg, 50, 100), 1e-4, rel_tol=1e-6)
 
 
+def test_means_lr_decays_over_a_fraction_then_stays():
+    """threestudio-3dgs's shape: 1e-4 -> 1e-5 by step 1500 of 10000, constant after."""
+    cfg = SceneConfig(lr_means=1e-4, lr_means_final=1e-5, lr_means_decay=0.15)
+    assert math.isclose(means_lr(cfg, 0, 10000), 1e-4)
+    assert math.isclose(means_lr(cfg, 750, 10000), math.sqrt(1e-9), rel_tol=1e-9)  # halfway, geometric
+    assert math.isclose(means_lr(cfg, 1500, 10000), 1e-5)
+    assert math.isclose(means_lr(cfg, 9999, 10000), 1e-5)
+    # the whole run (the default) is the former schedule exactly
+    whole = SceneConfig(lr_means=1e-3, lr_means_final=2e-5)
+    for step in (0, 1, 777, 4999, 5000):
+        t = min(max(step / 5000, 0.0), 1.0)
+        assert means_lr(whole, step, 5000) == math.exp((1 - t) * math.log(1e-3) + t * math.log(2e-5))
+
+
 def test_bad_init_rejected():
     with pytest.raises(SplatVLMError):
         init_ball(SceneConfig(num_points=0))

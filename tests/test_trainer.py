@@ -374,3 +374,235 @@ def test_long_pole_runs_on_a_higher_priority_stream():
     plain = term_streams(terms, cuda, priority=False)
     assert plain["vlm"].priority == plain["sds"].priority
     assert term_streams(terms, torch.device("cpu"), priority=True) == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# The backward through the pixels: the prior-only densification statistic, the reward's ratio weighting
+
+
+def _prior(rgb, cams, step):  # a stand-in prior: pull every pixel toward gray
+    return {"loss_sds": (rgb - 0.3).square().mean()}
+
+
+def _reward(rgb, cams, step):  # a stand-in reward: push red up, more on the right of the image
+    ramp = torch.linspace(0.0, 1.0, rgb.shape[2], device=rgb.device)[None, None, :]
+    return {"loss_vlm": -(rgb[..., 0] * ramp).mean()}
+
+
+def prior_reward_setup(steps, reward_weight, grad_source="prior", vlm_mode="fixed", frozen=True):
+    """fit_setup's views, a prior and a reward instead of the photometric term; ``frozen``: every learning rate
+    ~0, so that the Gaussians do not move and each step's statistic depends on that step's losses alone."""
+    cfg, _, sample = fit_setup(steps)
+    lrs = dict(
+        lr_means=1e-30, lr_means_final=1e-30, lr_quats=0.0, lr_scales=0.0, lr_opacities=0.0, lr_sh0=0.0
+    )
+    cfg = dataclasses.replace(
+        cfg,
+        scene=dataclasses.replace(cfg.scene, **(lrs if frozen else {})),
+        strategy=dataclasses.replace(
+            cfg.strategy, grad_source=grad_source, refine_start_iter=2, refine_every=3
+        ),
+        weights=dataclasses.replace(
+            cfg.weights,
+            sds=Weight(1.0),
+            vlm=Weight(reward_weight),
+            vlm_mode=vlm_mode,
+            vlm_ratio=Weight(reward_weight),
+            l1=Weight(0.0),
+            ssim=Weight(0.0),
+        ),
+    )
+    terms = {"sds": Term(_prior, weights=("sds",)), "vlm": Term(_reward, weights=("vlm",))}
+    return cfg, terms, sample
+
+
+def first_refinement(tmp_path, name, device=CPU, packed=True, **kw):
+    cfg, terms, sample = prior_reward_setup(4, **kw)
+    cfg = dataclasses.replace(cfg, device=str(device), render=dataclasses.replace(cfg.render, packed=packed))
+    torch.manual_seed(cfg.seed)
+    state = new_state(init_ball(cfg.scene, torch.Generator().manual_seed(cfg.seed)), cfg, device)
+    rows = []
+    (tmp_path / name).mkdir()
+    train(cfg, state, terms, tmp_path / name, device, sample, progress=False,
+          on_step=lambda s, logs: rows.append(logs))  # fmt: skip
+    (row,) = [r for r in rows if "densify_grad_p50" in r]
+    assert row["step"] == 3
+    return {k: v for k, v in row.items() if k.startswith("densify_grad") or k == "densify_qualified"}
+
+
+def test_prior_statistic_is_the_same_whatever_the_reward_weight(tmp_path):
+    """Same seed, reward weight 0 and 1000: the same statistic at the first refinement with grad_source
+    'prior'; with 'all' (today's) the reward's x1000 changes it."""
+    prior_0 = first_refinement(tmp_path, "p0", reward_weight=0.0)
+    prior_1000 = first_refinement(tmp_path, "p1000", reward_weight=1000.0)
+    assert prior_0 == prior_1000 and prior_0["densify_grad_p50"] > 0
+    all_0 = first_refinement(tmp_path, "a0", reward_weight=0.0, grad_source="all")
+    all_1000 = first_refinement(tmp_path, "a1000", reward_weight=1000.0, grad_source="all")
+    assert all_1000["densify_grad_p50"] > 10 * all_0["densify_grad_p50"]
+    # without a reward the two sources are one statistic (up to float rounding of the two backward routes)
+    for k in ("densify_grad_p50", "densify_grad_p90", "densify_grad_p99"):
+        assert prior_0[k] == pytest.approx(all_0[k], rel=1e-5)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("packed", [True, False])
+def test_prior_statistic_on_gsplat_is_the_same_whatever_the_reward_weight(tmp_path, packed):
+    """The same on gsplat's kernels (their atomics add in any order: equal up to float rounding)."""
+    cuda = torch.device("cuda")
+    stats = {
+        (source, w): first_refinement(
+            tmp_path, f"{source}{w}", cuda, packed, reward_weight=w, grad_source=source
+        )
+        for source in ("prior", "all")
+        for w in (0.0, 1000.0)
+    }
+    for k in ("densify_grad_p50", "densify_grad_p90", "densify_grad_p99"):
+        assert stats["prior", 1000.0][k] == pytest.approx(stats["prior", 0.0][k], rel=1e-4)
+        assert stats["prior", 0.0][k] == pytest.approx(stats["all", 0.0][k], rel=1e-4)
+    assert stats["all", 1000.0]["densify_grad_p50"] > 10 * stats["all", 0.0]["densify_grad_p50"]
+
+
+def test_prior_source_leaves_the_gaussians_update_unchanged(tmp_path):
+    """Only the statistic changes: the Gaussians trained with grad_source 'prior' match 'all' (same terms,
+    learning rates on) up to the rounding of the split backward, until a refinement makes their counts differ."""
+    finals = []
+    for source in ("all", "prior"):
+        cfg, terms, sample = prior_reward_setup(2, 1000.0, grad_source=source, frozen=False)
+        (tmp_path / source).mkdir()
+        state = train(cfg, fresh_state(cfg), terms, tmp_path / source, CPU, sample, progress=False)
+        finals.append({k: v.detach().clone() for k, v in state.params.items()})
+    for k in finals[0]:
+        torch.testing.assert_close(finals[1][k], finals[0][k], rtol=1e-5, atol=1e-7)
+
+
+def test_ratio_mode_sets_the_reward_to_a_fraction_of_the_prior():
+    """A known case: prior loss a . x (weight 2), reward loss b . x; ratio 0.25 (and every 2): the pixels get
+    2a + c b with |c b| = 0.25 x 2 x |2a|, and c is logged as the reward's weight."""
+    from splatvlm.run.backward import backward_through_pixels
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 4, 4, 3, generator=g), torch.randn(2, 4, 4, 3, generator=g)
+    x = torch.rand(2, 4, 4, 3, generator=g, requires_grad=True)
+    pixels = x * 1.0
+    outputs = {"sds": {"loss_sds": (pixels * a).sum()}, "vlm": {"loss_vlm": (pixels[:1] * b[:1]).sum()}}
+    weights = {"sds": Weight(2.0), "vlm": Weight(0.25)}
+    logs = {}
+    total = backward_through_pixels(outputs, weights, {"sds": 1, "vlm": 2}, 0, pixels, None, True, logs)
+    reward_part = x.grad - 2 * a
+    assert reward_part.norm().item() == pytest.approx(0.25 * 2 * (2 * a).norm().item(), rel=1e-5)
+    assert reward_part[1].abs().max() == 0  # the reward saw the first view only
+    c = logs["w_vlm"].item()
+    torch.testing.assert_close(reward_part[:1], c * b[:1])
+    assert total.item() == pytest.approx(
+        (2 * (pixels * a).sum() + c * (pixels[:1] * b[:1]).sum()).item(), rel=1e-5
+    )
+
+
+def test_fixed_mode_through_pixels_is_the_plain_backward():
+    """vlm_mode 'fixed' (today's) with the prior-only statistic: the same gradient as one loss.backward()."""
+    from splatvlm.run.backward import backward_through_pixels
+
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(5, 3, generator=g)
+    grads = []
+    for split in (False, True):
+        x = w.clone().requires_grad_(True)
+        pixels = (
+            x[None, :, None, :] * torch.linspace(0.5, 1.5, 4)[None, None, :, None]
+        ).tanh()  # [1, 5, 4, 3]
+        outputs = {
+            "sds": {"loss_sds": pixels.square().sum()},
+            "vlm": {"loss_vlm": pixels[..., 0].sum()},
+            "reg": {"loss_l1": x.abs().sum()},  # a term on the parameters, not the pixels
+        }
+        weights = {"sds": Weight(1.0), "vlm": Weight(300.0), "l1": Weight(0.5)}
+        every = {"sds": 1, "vlm": 1, "reg": 1}
+        if split:
+            backward_through_pixels(outputs, weights, every, 0, pixels, None, False, {})
+        else:
+            loss, _ = weighted_sum(outputs, weights, every, 0)
+            loss.backward()
+        grads.append(x.grad)
+    torch.testing.assert_close(grads[1], grads[0])
+
+
+def test_defaults_take_the_single_backward():
+    from splatvlm.run.backward import through_pixels
+
+    cfg = load_run_config("vlm3d")
+    assert cfg.strategy.grad_source == "all" and cfg.weights.vlm_mode == "fixed"
+    assert through_pixels(cfg, 0) == (False, False)
+    prior = dataclasses.replace(cfg, strategy=dataclasses.replace(cfg.strategy, grad_source="prior"))
+    assert through_pixels(prior, 0) == (True, False)
+    assert through_pixels(prior, cfg.strategy.refine_stop_iter) == (False, False)  # no statistic used after
+
+
+def test_ratio_mode_in_training_logs_the_reward_weight_of_a_known_case(tmp_path):
+    """In the loop: at step 0 the reward's logged weight is ratio x |d prior / d pixels| / |d reward / d pixels|,
+    both computed here from the renders the terms saw."""
+    cfg, terms, sample = prior_reward_setup(3, 0.5, grad_source="prior", vlm_mode="ratio", frozen=False)
+    seen = {}
+
+    def prior(rgb, cams, step):
+        seen.setdefault(step, rgb.detach().clone())
+        return _prior(rgb, cams, step)
+
+    terms = dict(terms, sds=Term(prior, weights=("sds",)))
+    rows = []
+    train(cfg, fresh_state(cfg), terms, tmp_path, CPU, sample, progress=False,
+          on_step=lambda s, logs: rows.append(logs))  # fmt: skip
+    rgb = seen[0]
+    g_prior = 2 * (rgb - 0.3) / rgb.numel()
+    ramp = torch.linspace(0.0, 1.0, rgb.shape[2])[None, None, :]
+    g_reward = torch.zeros_like(rgb)
+    g_reward[..., 0] = -ramp / rgb[..., 0].numel()
+    want = 0.5 * g_prior.norm() / g_reward.norm()
+    assert rows[0]["w_vlm"] == pytest.approx(want.item(), rel=1e-4)
+    assert all(r["bad_step"] is False for r in rows) and rows[1]["w_vlm"] != rows[0]["w_vlm"]
+
+
+# ---------------------------------------------------------------------------------------------
+# The learned background
+
+
+def test_learned_background_draws_like_random_and_uses_the_learned_color():
+    from splatvlm.run.trainer import make_backgrounds
+
+    logits = torch.tensor([2.0, -1.0, 0.0], requires_grad=True)
+    for seed in range(6):
+        g_random, g_learned = torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+        plain = make_backgrounds("random", 4, g_random, CPU)
+        learned = make_backgrounds("learned", 4, g_learned, CPU, logits)
+        assert torch.equal(g_random.get_state(), g_learned.get_state())  # the cameras' draws stay in step
+        if torch.equal(plain, torch.ones(4, 3)):  # 'random' took white: 'learned' takes the learned color
+            torch.testing.assert_close(learned, torch.sigmoid(logits).detach().expand(4, 3))
+            assert learned.requires_grad
+        else:
+            assert torch.equal(learned, plain)
+
+
+def test_learned_background_trains_and_resumes_exactly(tmp_path):
+    n = 6
+    cfg, terms, sample = fit_setup(2 * n)
+    cfg = dataclasses.replace(cfg, background="learned", background_lr=0.05)
+    (tmp_path / "a").mkdir()
+    a = train(cfg, fresh_state(cfg), terms, tmp_path / "a", CPU, sample, progress=False)
+    assert a.background is not None and a.background.abs().max() > 1e-3  # it learned something
+    (tmp_path / "b").mkdir()
+    train(cfg, fresh_state(cfg), terms, tmp_path / "b", CPU, sample, stop_after=n, progress=False)
+    ckpt = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
+    assert set(ckpt["background"]) == {"logits", "optimizer"}
+    torch.manual_seed(999)
+    b = train(cfg, restore_state(ckpt, cfg, CPU), terms, tmp_path / "b", CPU, sample, progress=False)
+    assert torch.equal(a.background, b.background)
+    for key in a.params:
+        assert torch.equal(a.params[key], b.params[key]), key
+    # a checkpoint of a run without one does not resume a run with one
+    from splatvlm.errors import SplatVLMError
+
+    plain_cfg = dataclasses.replace(cfg, background="random")
+    (tmp_path / "c").mkdir()
+    train(plain_cfg, fresh_state(plain_cfg), terms, tmp_path / "c", CPU, sample, stop_after=1, progress=False)
+    with pytest.raises(SplatVLMError, match="does not fit this run's config"):
+        restore_state(load_checkpoint(tmp_path / "c" / "checkpoint.pt"), cfg, CPU)

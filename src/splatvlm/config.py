@@ -35,7 +35,11 @@ class Weights:
     sds: Weight = field(default_factory=lambda: Weight(1.0))
     """Score distillation from the diffusion prior."""
     vlm: Weight = field(default_factory=lambda: Weight(300.0, 1.0, 10000, 10000))
-    """The VLM reward loss (VLM3D ramps its weight from 300 down to 1, then turns it off)."""
+    """The VLM reward loss (VLM3D: 300 -> 1 over 10000 steps, then off); with vlm_mode 'ratio', unused."""
+    vlm_mode: Literal["fixed", "ratio"] = "fixed"
+    """'fixed': reward loss x `vlm`; 'ratio': its pixel gradient at `vlm_ratio` x the prior's (any models)."""
+    vlm_ratio: Weight = field(default_factory=lambda: Weight(1.0, None, 0, 10000))
+    """vlm_mode 'ratio': the reward's pixel-gradient norm over the prior's (0: reward off)."""
     l1: Weight = field(default_factory=lambda: Weight(0.8))
     """Photometric L1 (fit only)."""
     ssim: Weight = field(default_factory=lambda: Weight(0.2))
@@ -64,8 +68,10 @@ class RunConfig:
     """Random seed (cameras, initialization, diffusion noise)."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cuda', 'cuda:1' or 'cpu'."""
-    background: Literal["white", "black", "random"] = "random"
-    """Training background: 'random' draws one solid color per step shared by all views."""
+    background: Literal["white", "black", "random", "learned"] = "random"
+    """A solid color per step: 'random': random or white; 'learned': random or a learned color (VLM3D)."""
+    background_lr: float = 1e-3
+    """Adam learning rate of the learned background color."""
     scene: SceneConfig = field(default_factory=SceneConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
     render: RenderConfig = field(default_factory=RenderConfig)
@@ -356,3 +362,8 @@ def validate_run_config(cfg: RunConfig) -> None:
         raise SplatVLMError("--vlm.num-views and --vlm.size must be positive")
     if not 0.0 <= cfg.render.shading_after <= 1.0:
         raise SplatVLMError(f"--render.shading-after must be in [0, 1], got {cfg.render.shading_after}")
+    if not cfg.scene.lr_means_decay > 0:
+        raise SplatVLMError(f"--scene.lr-means-decay must be positive, got {cfg.scene.lr_means_decay}")
+    lo, hi = cam.elevation_range
+    if cam.elevation_sampling == "mixed" and not -90.0 <= lo <= hi <= 90.0:
+        raise SplatVLMError(f"--camera.elevation-sampling mixed needs -90 <= lo <= hi <= 90, got {lo}, {hi}")

@@ -38,7 +38,7 @@ from ..files import atomic_write_text, check_output_dir
 from ..guidance.terms import TERMS
 from ..hub import device_name
 from ..prompts import read_prompts
-from ..run.schedules import weight_at
+from ..run.schedules import loss_weights, weight_at
 from .bench_report import COMPONENTS, report_markdown, save_breakdown_png
 
 SHIPPED_PROMPTS = Path(__file__).resolve().parents[1] / "data" / "bench_prompts.json"
@@ -117,7 +117,8 @@ class Phase:
 def recipe_phases(cfg: RunConfig) -> list[Phase]:
     """Split [0, steps) where the per-step work changes (resolution switch, a term switching off)."""
     cuts = {0, cfg.steps, cfg.camera.low_res_until}
-    weights = {w: getattr(cfg.weights, w) for spec in TERMS for w in spec.weights}
+    schedules = loss_weights(cfg.weights)  # vlm_mode 'ratio': the ratio's schedule says when the reward runs
+    weights = {w: schedules[w] for spec in TERMS for w in spec.weights}
     cuts |= {w.stop_after for w in weights.values() if w.stop_after is not None}
     cuts = sorted(c for c in cuts if 0 <= c <= cfg.steps)
     phases = []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass, replace
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -46,6 +47,8 @@ class CameraConfig:
     """Views that share one random azimuth offset and are evenly spaced in azimuth (MVDream's 4)."""
     elevation_range: tuple[float, float] = (0.0, 30.0)
     """Elevation range in degrees."""
+    elevation_sampling: Literal["degrees", "mixed"] = "degrees"
+    """'degrees': uniform in degrees; 'mixed': per step that or threestudio's sphere draw (more low views)."""
     fovy_range: tuple[float, float] = (15.0, 60.0)
     """Vertical field of view range in degrees."""
     distance_range: tuple[float, float] = (0.8, 1.0)
@@ -186,6 +189,26 @@ def _uniform(lo_hi: tuple[float, float], n: int, generator: torch.Generator | No
     return lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
 
 
+def sample_elevation(cfg: CameraConfig, n: int, generator: torch.Generator | None = None) -> Tensor:  # [n]
+    """``n`` elevations in degrees (float64) drawn as ``cfg.elevation_sampling`` says.
+
+    'mixed' is the MVDream / VLM3D data module's rule, one coin per step: uniform in degrees, or the inverse
+    transform of a uniform-on-the-sphere draw whose range is mapped linearly, (lo + 90) / 180 .. (hi + 90) / 180,
+    as threestudio does. That mapping makes sin(elevation) uniform on [lo / 90, hi / 90], so with (0, 30) this
+    half reaches asin(1/3) = 19.5 degrees at most; kept as the references run it.
+    """
+    if cfg.elevation_sampling == "degrees":
+        return _uniform(cfg.elevation_range, n, generator)
+    if cfg.elevation_sampling != "mixed":
+        raise SplatVLMError(
+            f"unknown elevation sampling {cfg.elevation_sampling!r}; use 'degrees' or 'mixed'"
+        )
+    if torch.rand(1, generator=generator).item() < 0.5:
+        return _uniform(cfg.elevation_range, n, generator)
+    lo, hi = cfg.elevation_range
+    return torch.rad2deg(torch.asin(_uniform((lo / 90.0, hi / 90.0), n, generator)))
+
+
 def sample_orbit(
     cfg: CameraConfig, num_views: int, resolution: int, generator: torch.Generator | None = None
 ) -> Cameras:
@@ -199,7 +222,7 @@ def sample_orbit(
             f"views per step ({num_views}) must be a positive multiple of views_per_group ({group})"
         )
     n_groups = num_views // group
-    elevation = _uniform(cfg.elevation_range, n_groups, generator).repeat_interleave(group)
+    elevation = sample_elevation(cfg, n_groups, generator).repeat_interleave(group)
     fovy = _uniform(cfg.fovy_range, n_groups, generator).repeat_interleave(group)
     distance = _uniform(cfg.distance_range, n_groups, generator).repeat_interleave(group)
     if cfg.relative_distance:

@@ -57,7 +57,7 @@ class StrategyConfig:
     prune_opa: float = 0.005
     """Prune (default) or relocate (mcmc) Gaussians with opacity below this."""
     prune_scale3d: float = 0.1
-    """Default: prune Gaussians larger than this x scene_scale (from prune_scale3d_after on)."""
+    """Default: prune Gaussians larger than this x scene_scale (from prune_scale3d_after on); 0: never."""
     prune_scale3d_after: int | None = None
     """Default: prune large Gaussians at refinements after this step; None: after the first opacity
     reset (3DGS's rule), or after refine_start_iter when resets are off."""
@@ -65,6 +65,8 @@ class StrategyConfig:
     """Scene radius the 3D size thresholds are relative to (objects live in the unit ball)."""
     absgrad: bool = False
     """Default: grow by summed absolute 2D gradients (AbsGS); needs render.absgrad too."""
+    grad_source: Literal["prior", "all"] = "all"
+    """Default: growth statistic from 'prior': the SDS loss alone (+1 rasterizer backward), or 'all'."""
     revised_opacity: bool = False
     """Default: split opacities with the revised formula of arXiv 2404.06109."""
     cap_max: int = 1_000_000
@@ -195,7 +197,7 @@ class BoundedDefaultStrategy(DefaultStrategy):
     ) -> int:
         is_prune = torch.sigmoid(params["opacities"].flatten()) < self.prune_opa
         n_transparent = int(is_prune.sum())
-        if step > self.prune_scale3d_after:
+        if self.prune_scale3d > 0 and step > self.prune_scale3d_after:
             scale = torch.exp(params["scales"]).max(dim=-1).values
             is_prune = is_prune | (scale > self.prune_scale3d * state["scene_scale"])
         n_prune = int(is_prune.sum())

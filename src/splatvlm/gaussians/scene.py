@@ -52,7 +52,9 @@ class SceneConfig:
     lr_shN: float = 5e-4
     """Adam learning rate of the higher SH coefficients (view-dependent color)."""
     lr_means_final: float = 2e-5
-    """Means learning rate at the last step (exponential decay, as in 3DGS)."""
+    """Means learning rate at the end of its decay (exponential, as in 3DGS)."""
+    lr_means_decay: float = 1.0
+    """Fraction of the run the means' rate decays over, then stays (less: positions settle sooner)."""
 
 
 def num_sh_bases(degree: int) -> int:
@@ -189,8 +191,9 @@ def make_optimizers(params: torch.nn.ParameterDict, cfg: SceneConfig) -> dict[st
 
 
 def means_lr(cfg: SceneConfig, step: int, total_steps: int) -> float:
-    """Exponential decay of the means learning rate from lr_means to lr_means_final."""
-    t = min(max(step / max(total_steps, 1), 0.0), 1.0)
+    """Exponential decay of the means learning rate from lr_means to lr_means_final over the first
+    ``lr_means_decay`` of ``total_steps``, constant after."""
+    t = min(max(step / max(cfg.lr_means_decay * total_steps, 1.0), 0.0), 1.0)
     return math.exp((1 - t) * math.log(cfg.lr_means) + t * math.log(cfg.lr_means_final))
 
 

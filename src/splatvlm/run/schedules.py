@@ -5,7 +5,9 @@ Kept apart from config.py so that modules below the config (resources.py) can as
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
@@ -41,11 +43,24 @@ def ever_active(w: Weight, total_steps: int) -> bool:
     return w.end is not None and w.end != 0.0 and last > 1
 
 
+def loss_weights(weights: Any) -> dict[str, Weight]:
+    """The schedule of each loss name: the ``Weight`` fields of a run config's ``weights``. With
+    ``vlm_mode: ratio`` the reward's is its ratio schedule: it decides when the reward runs, and the trainer
+    turns it into the reward's weight each step."""
+    out = {
+        f.name: getattr(weights, f.name)
+        for f in dataclasses.fields(weights)
+        if isinstance(getattr(weights, f.name), Weight)
+    }
+    ratio = out.pop("vlm_ratio", None)
+    if getattr(weights, "vlm_mode", "fixed") == "ratio":
+        out["vlm"] = ratio
+    return out
+
+
 def terms_active(cfg) -> dict[str, bool]:
     """Which loss terms (``guidance.terms.TERMS``, by name) a generate run (a RunConfig) needs at all."""
     from ..guidance.terms import TERMS
 
-    return {
-        spec.name: any(ever_active(getattr(cfg.weights, w), cfg.steps) for w in spec.weights)
-        for spec in TERMS
-    }
+    weights = loss_weights(cfg.weights)
+    return {spec.name: any(ever_active(weights[w], cfg.steps) for w in spec.weights) for spec in TERMS}

@@ -33,6 +33,24 @@ class TrainState:
     bad_steps_total: int = 0
     elapsed_s: float = 0.0  # training time of the run so far, over every invocation (resumes)
     meta: dict[str, str] = field(default_factory=dict)  # what the run is (its prompt), checked on resume
+    background: torch.nn.Parameter | None = None  # [3] logits of the learned background color ('learned')
+    background_optimizer: torch.optim.Optimizer | None = None
+
+    def all_optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        """The Gaussians' optimizers (one per parameter key, as gsplat's strategies edit them) and the learned
+        background's."""
+        if self.background_optimizer is None:
+            return self.optimizers
+        return {**self.optimizers, "background": self.background_optimizer}
+
+
+def make_background(cfg: RunConfig, device: torch.device) -> tuple[torch.nn.Parameter | None, Any]:
+    """The learned background color's logits (mid gray) and their Adam ('learned' backgrounds only)."""
+    if cfg.background != "learned":
+        return None, None
+    logits = torch.nn.Parameter(torch.zeros(3, device=device))
+    opt = torch.optim.Adam([logits], lr=cfg.background_lr, eps=1e-15, fused=logits.is_cuda or None)
+    return logits, opt
 
 
 def save_checkpoint(path: Path, state: TrainState, cfg: RunConfig) -> None:
@@ -54,6 +72,11 @@ def save_checkpoint(path: Path, state: TrainState, cfg: RunConfig) -> None:
         "meta": dict(state.meta),
         "config": to_yaml(cfg),
     }
+    if state.background is not None:
+        payload["background"] = {
+            "logits": state.background.detach().cpu(),
+            "optimizer": state.background_optimizer.state_dict(),
+        }
     with atomic_path(path) as tmp:
         try:
             torch.save(payload, tmp)
@@ -115,6 +138,14 @@ def _checkpoint_problem(ckpt: dict[str, Any]) -> str | None:
         return "the Gaussian parameters disagree on the number of Gaussians"
     if ckpt["step"] < 0:
         return f"step {ckpt['step']} is negative"
+    bg = ckpt.get("background")
+    if bg is not None and not (
+        isinstance(bg, dict)
+        and isinstance(bg.get("logits"), Tensor)
+        and tuple(bg["logits"].shape) == (3,)
+        and isinstance(bg.get("optimizer"), dict)
+    ):
+        return "the learned background is malformed"
     return None
 
 
@@ -144,6 +175,12 @@ def _restore_state(ckpt: dict[str, Any], cfg: RunConfig, device: torch.device) -
     strategy, strategy_state = densify.make_strategy(cfg.strategy, packed=cfg.render.packed)
     for k, v in ckpt["strategy_state"].items():
         strategy_state[k] = v.to(device) if isinstance(v, Tensor) else v
+    background, background_optimizer = make_background(cfg, device)
+    if background is not None:
+        saved = ckpt["background"]  # a KeyError here: the checkpoint is of a run without a learned background
+        with torch.no_grad():
+            background.copy_(saved["logits"])
+        background_optimizer.load_state_dict(saved["optimizer"])
     generator = torch.Generator()
     generator.set_state(ckpt["rng"]["generator"])
     torch.set_rng_state(ckpt["rng"]["torch"])
@@ -159,6 +196,8 @@ def _restore_state(ckpt: dict[str, Any], cfg: RunConfig, device: torch.device) -
         bad_steps_total=int(ckpt.get("bad_steps_total", 0)),
         elapsed_s=float(ckpt.get("elapsed_s", 0.0)),
         meta=dict(ckpt.get("meta") or {}),
+        background=background,
+        background_optimizer=background_optimizer,
     )
 
 
@@ -168,4 +207,14 @@ def new_state(params: torch.nn.ParameterDict, cfg: RunConfig, device: torch.devi
     strategy, strategy_state = densify.make_strategy(cfg.strategy, cfg.render.packed, params, optimizers)
     generator = torch.Generator()
     generator.manual_seed(cfg.seed)
-    return TrainState(params, optimizers, strategy, strategy_state, 0, generator)
+    background, background_optimizer = make_background(cfg, device)
+    return TrainState(
+        params,
+        optimizers,
+        strategy,
+        strategy_state,
+        0,
+        generator,
+        background=background,
+        background_optimizer=background_optimizer,
+    )

@@ -32,8 +32,9 @@ from ..gaussians.cameras import Cameras, sample_orbit, to_device, views_at_step
 from ..gaussians.render import RenderOutput, render
 from ..gaussians.scene import means_lr, num_gaussians
 from ..gaussians.shading import MODES, Lighting, sample_lighting, shade
+from .backward import backward_through_pixels, through_pixels
 from .progress import StepTimer, progress_columns, progress_info, progress_line
-from .schedules import Weight, weight_at
+from .schedules import Weight, loss_weights, weight_at
 from .train_state import TrainState, save_checkpoint
 
 LossTerm = Callable[[Tensor, Cameras, int], dict[str, Any]]
@@ -110,18 +111,26 @@ def deterministic_on_cpu(device: torch.device) -> Iterator[None]:
 # The loop
 
 
-def make_backgrounds(mode: str, n: int, generator: torch.Generator, device: torch.device) -> Tensor:  # [C, 3]
+def make_backgrounds(
+    mode: str,
+    n: int,
+    generator: torch.Generator,
+    device: torch.device,
+    learned: Tensor | None = None,  # [3] logits, for 'learned'
+) -> Tensor:  # [C, 3]
     if mode == "white":
         return torch.ones(n, 3, device=device)
     if mode == "black":
         return torch.zeros(n, 3, device=device)
-    # One random solid color shared by all views of the step; half the time white.
-    color = (
-        torch.rand(3, generator=generator)
-        if torch.rand(1, generator=generator).item() < 0.5
-        else torch.ones(3)
-    )
-    return to_device(color, device).expand(n, 3).contiguous()
+    # One solid color shared by all views of the step: half the time a random one, else white ('random') or
+    # the learned one ('learned'). Both modes draw the same numbers, so the cameras' draws stay in step.
+    if torch.rand(1, generator=generator).item() < 0.5:
+        return to_device(torch.rand(3, generator=generator), device).expand(n, 3).contiguous()
+    if mode == "learned":
+        if learned is None:
+            raise SplatVLMError("background 'learned' needs the run state's learned color")
+        return torch.sigmoid(learned).expand(n, 3)
+    return torch.ones(n, 3, device=device)
 
 
 def default_view_sampler(cfg: RunConfig) -> ViewSampler:
@@ -211,10 +220,14 @@ def join_streams(streams: dict[str, torch.cuda.Stream], device: torch.device) ->
             current.wait_stream(s)
 
 
-def finite_flag(loss: Tensor | None, params: torch.nn.ParameterDict) -> Tensor:
-    """A device bool [], True when the loss and every gradient are finite (read without a host sync)."""
+def finite_flag(
+    loss: Tensor | None, params: torch.nn.ParameterDict, extra: tuple[Tensor | None, ...] = ()
+) -> Tensor:
+    """A device bool [], True when the loss and every gradient (``params``' and ``extra``'s) are finite (read
+    without a host sync)."""
     device = next(iter(params.values())).device
-    flags = [torch.isfinite(p.grad).all() for p in params.values() if p.grad is not None]
+    tensors = [*params.values(), *(p for p in extra if p is not None)]
+    flags = [torch.isfinite(p.grad).all() for p in tensors if p.grad is not None]
     if loss is not None:
         flags.append(torch.isfinite(loss.detach()))
     return torch.stack(flags).all() if flags else torch.ones((), dtype=torch.bool, device=device)
@@ -289,7 +302,7 @@ def train(
     from rich.progress import Progress
 
     sample_views = sample_views or default_view_sampler(cfg)
-    weights = {f.name: getattr(cfg.weights, f.name) for f in cfg.weights.__dataclass_fields__.values()}
+    weights = loss_weights(cfg.weights)  # by loss name; with vlm_mode 'ratio' the reward's is the ratio
     weights.update({name: w for t in terms.values() for name, w in t.own_weights.items()})
     every = {name: t.every for name, t in terms.items()}
     timer = StepTimer(profile, device)
@@ -377,12 +390,15 @@ def train(
                 # 2. Sample cameras and backgrounds (on CPU; copied without waiting for the GPU).
                 cams_host = sample_views(step, state.generator)
                 cams = cams_host.to(device)
-                backgrounds = make_backgrounds(cfg.background, len(cams), state.generator, device)
+                backgrounds = make_backgrounds(
+                    cfg.background, len(cams), state.generator, device, state.background
+                )
                 lighting = step_lighting(cfg, cams_host, step, state.generator)
                 depth = lighting.mode != "albedo" or any(t.depth for t in terms.values())
 
-                # 3. Render (and shade: the same images go to every term). gsplat reads its intersection counts back to the host here, so the previous
-                # step has finished on the GPU by now: its values are read (3b) without stalling anything.
+                # 3. Render, and shade (the same images go to every term). gsplat reads its intersection counts
+                # back to the host here, so the previous step has finished on the GPU by now: its values are
+                # read (3b) without stalling anything.
                 with timer("render"):
                     out: RenderOutput = render(params, cams, cfg.render, backgrounds, depth=depth)
                     rgb_all = shade(out.rgb, out.alpha, out.depth, backgrounds, cams, lighting)
@@ -417,16 +433,24 @@ def train(
                     logs["shading"] = MODES.index(lighting.mode)
 
                 # 6. Backward. A non-finite loss or gradient skips the update; the flag stays on the device.
+                # With the densification statistic from the prior alone, or the reward scaled to the prior, it
+                # goes through the pixels (see backward.py); else one backward of the weighted sum.
+                prior_stat, ratio = through_pixels(cfg, step)
                 with timer("backward"):
-                    if loss is not None:
+                    if prior_stat or ratio:
+                        means2d = out.info["means2d"] if prior_stat else None
+                        loss = backward_through_pixels(
+                            outputs, weights, every, step, rgb_all, means2d, ratio, logs
+                        )
+                    elif loss is not None:
                         loss.backward()
-                ok = finite_flag(loss, params)
+                ok = finite_flag(loss, params, (state.background,))
 
                 # 7. Optimizer step and densification (under the viewer's lock). Between refinements a
                 # skipped step adds zero 2D gradients to the statistics (no host sync); refinements read `ok`.
                 refined: dict[str, float] = {}
                 with timer("densify"), lock:
-                    optimizer_step(state.optimizers, ok)
+                    optimizer_step(state.all_optimizers(), ok)
                     if densify_reads_ok(cfg, step):
                         run_densify = bool(ok)
                     else:
@@ -442,7 +466,7 @@ def train(
                             step,
                             out.info,
                         )
-                    for opt in state.optimizers.values():
+                    for opt in state.all_optimizers().values():
                         opt.zero_grad(set_to_none=True)
                 state.step = step + 1
                 state.elapsed_s = elapsed0 + time.perf_counter() - t_train0
@@ -460,7 +484,7 @@ def train(
                     _stop_on_signal(flag.signum, ckpt_path, state, cfg)
             finish_pending()
         except torch.cuda.OutOfMemoryError:
-            for opt in state.optimizers.values():
+            for opt in state.all_optimizers().values():
                 opt.zero_grad(set_to_none=True)
             torch.cuda.empty_cache()
             save_checkpoint(ckpt_path, state, cfg)

@@ -99,9 +99,12 @@ def toy_run_config(
 
     base = load_run_config(method)
     s = steps / base.steps
-    st, w = base.strategy, base.weights.vlm
-    vlm_weight: dict[str, Any] = {"start": w.start, "end": w.end, "ramp_steps": _scaled(w.ramp_steps, s) if w.ramp_steps else 0,
-                                  "stop_after": None if w.stop_after is None else _scaled(w.stop_after, s)}  # fmt: skip
+    st = base.strategy
+    vlm_weight, vlm_ratio = (
+        {"start": w.start, "end": w.end, "ramp_steps": _scaled(w.ramp_steps, s) if w.ramp_steps else 0,
+         "stop_after": None if w.stop_after is None else _scaled(w.stop_after, s)}
+        for w in (base.weights.vlm, base.weights.vlm_ratio)
+    )  # fmt: skip
     overrides: dict[str, Any] = {
         "steps": steps,
         "seed": seed,
@@ -134,7 +137,7 @@ def toy_run_config(
             "dtype": "float32",
             "question": "dual",
         },
-        "weights": {"vlm": vlm_weight},
+        "weights": {"vlm": vlm_weight, "vlm_ratio": vlm_ratio},
     }
     cfg = apply_overrides(base, overrides)
     for item in extra:
