@@ -347,8 +347,13 @@ class Studio:
         """A job started or ended: the Watch tab's header and controls, the queue, the gallery."""
         current = self.runner.current
         with self._lock:
-            if current is None:
-                self._gui_now.content = "Nothing is running."
+            if current is None:  # the last job's numbers, curves and splats stay on show until the next
+                last = self.runner.last
+                self._gui_now.content = "Nothing is running." + (
+                    f" Last: {md(last[0].id)}: {md(last[0].prompt)}, **{last[1]}**"
+                    if last is not None
+                    else ""
+                )
                 self._gui_pause.value = False
             else:
                 job, _ = current

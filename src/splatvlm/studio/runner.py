@@ -40,7 +40,9 @@ class Runner:
         self.display = display
         self.on_change = on_change or (lambda: None)
         self.current: tuple[Job, LiveRun] | None = None
-        self.last_summary: dict[str, Any] | None = None
+        self.last_job: Job | None = (
+            None  # the job that ended last, its state "finished", "stopped" or "failed"
+        )
         self._wake = threading.Event()
         self._closing = False
         self._guidance: Any = None
@@ -98,6 +100,7 @@ class Runner:
         if error:
             console.print(f"studio: {job.id} failed: {error}")
         self.queue.finish(job.id, state, error)
+        self.last = (job, "finished" if state == "done" else state)
         self.on_change()
 
     def run_job(self, job: Job) -> dict[str, Any]:
@@ -121,7 +124,6 @@ class Runner:
         resume = (run_dir / "checkpoint.pt").is_file()
         console.print(f"studio: {'resuming' if resume else 'starting'} {job.id}: {job.prompt}")
         summary = run_one(job.prompt, cfg, run_dir / "scene.ply", run_dir, guidance, control, resume=resume)
-        self.last_summary = summary
         return summary
 
     def _guidance_for(self, cfg):
