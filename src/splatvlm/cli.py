@@ -1,4 +1,4 @@
-"""Command-line entry points: `splatvlm {generate,fit,render,view,train-reward,bench}`.
+"""Command-line entry points: `splatvlm {generate,fit,render,view,studio,train-reward,bench}`.
 
 Each command is a dataclass parsed by tyro; ``--preset``/``--config`` are read first so their
 values become the defaults that the other flags override. Expected errors print one line and exit 2.
@@ -378,6 +378,13 @@ def cmd_view(argv: list[str]) -> int:
     return 0
 
 
+def cmd_studio(argv: list[str]) -> int:
+    from .studio.app import StudioConfig, serve
+
+    serve(_parse(StudioConfig, argv, "splatvlm studio"))
+    return 0
+
+
 def cmd_train_reward(argv: list[str]) -> int:
     from .commands.train_reward import TrainRewardConfig, train_reward
 
@@ -430,6 +437,7 @@ COMMANDS = {
     "render": cmd_render,
     "mesh": cmd_mesh,
     "view": cmd_view,
+    "studio": cmd_studio,
     "train-reward": cmd_train_reward,
     "bench": cmd_bench,
     "presets": cmd_presets,
@@ -446,6 +454,7 @@ commands:
   render        turntable .gif/.mp4 or contact-sheet .png of a .ply
   mesh          export a .ply as a colored mesh (.glb / .obj / .ply)
   view          serve a .ply (splats or mesh) or a .glb/.obj in the browser
+  studio        a local web app: queue prompts, watch them form live, download the assets
   train-reward  fine-tune a LoRA adapter for the reward VLM on labeled renders
   bench         speed benchmark over a prompt set (GPTEval3D format)
   toyworld      toy-world benchmark: build (train the toy models), eval (score the toy presets)

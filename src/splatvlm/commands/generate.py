@@ -12,6 +12,7 @@ import contextlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -71,6 +72,11 @@ class RunControl:
         None  # where GPTEval3D's <method>/<id>/<seed> tree goes (default: the run folder)
     )
     mesh: Any = None  # a mesh.MeshConfig: also write <output stem>.glb beside the .ply
+    # An application's own live view, used instead of a new Viewer (the studio's): it has the trainer's viewer
+    # methods (`lock`, `update`, `wait_if_paused`) and outlives the run, so the run neither serves nor closes it.
+    watcher: Any = None
+    # Asked before each step; True ends the run there as stop_after does (a controller on another thread).
+    should_stop: Callable[[], bool] | None = None
 
 
 @dataclass
@@ -209,9 +215,10 @@ def _run_one(
         state.meta = {"prompt": prompt}
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh run's log starts empty
     elapsed_before = state.elapsed_s
-    # 4. Live viewer.
-    viewer = None
-    if control.viewer.enabled:
+    # 4. Live viewer (or the application's own live view).
+    viewer = control.watcher
+    own_viewer = viewer is None and control.viewer.enabled
+    if own_viewer:
         from ..viewer.server import Viewer, make_render_fn
 
         viewer = Viewer(
@@ -232,11 +239,12 @@ def _run_one(
             stop_after=control.stop_after,
             progress=control.progress,
             profile=control.profile,
+            should_stop=control.should_stop,
         )
     except BaseException:
         with contextlib.suppress(OSError):  # a full disk must not hide the first error
             save_ply(state.params, run_dir / "interrupted.ply")
-        if viewer is not None:
+        if own_viewer:
             viewer.close()
         raise
     finished = state.step >= cfg.steps
@@ -307,9 +315,11 @@ def _run_one(
                 {"step": state.step, "num_gaussians": num_gaussians(state.params)},
                 force=True,
             )
-            console.print("training done")
-            viewer.serve_forever()
-        viewer.close()
+        if own_viewer:
+            if finished:
+                console.print("training done")
+                viewer.serve_forever()
+            viewer.close()
     return summary
 
 

@@ -294,8 +294,12 @@ def train(
     progress: bool = True,
     profile: bool = False,
     on_step: Callable[[int, dict[str, float]], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> TrainState:
     """Run from ``state.step`` to ``cfg.steps`` (or ``stop_after`` more steps), checkpointing into ``run_dir``.
+
+    ``should_stop``: asked before each step; True ends the run there as ``stop_after`` would (a checkpoint, and
+    the caller resumes later), so a controller on another thread can stop a run without a signal.
 
     Raises StopRun after saving a checkpoint on SIGINT/SIGTERM or too many bad steps.
     """
@@ -384,6 +388,8 @@ def train(
                     if flag.signum is not None:  # a signal while paused: stop before doing another step
                         finish_pending()
                         _stop_on_signal(flag.signum, ckpt_path, state, cfg)
+                if should_stop is not None and should_stop():
+                    break
                 for group in state.optimizers["means"].param_groups:
                     group["lr"] = means_lr(cfg.scene, step, cfg.steps)
 

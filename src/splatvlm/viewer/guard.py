@@ -2,13 +2,17 @@
 
 Binding to loopback does not stop a browser: a page on any other site can open ``ws://127.0.0.1:PORT``.
 So every websocket handshake must come from this viewer's own page (or from a local program that sends no
-Origin), and viser's public share tunnel is refused unless asked for.
+Origin), and viser's public share tunnel is refused unless asked for. A server reachable from the network can
+also require a secret token in its URL path (``http://HOST:PORT/<token>``, as Jupyter prints one at start):
+viser's page opens its websocket on the page's own path, so the token travels with every handshake.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
+import hmac
 import ipaddress
 import socket
 import sys
@@ -78,11 +82,20 @@ def origin_allowed(origin: str | None, host: str, port: int) -> bool:
     return origin is None or origin.lower() in allowed_origins(host, port)
 
 
+def token_ok(path: str, token: str) -> bool:
+    """Whether a request path (query string included) is ``/<token>``, compared in constant time."""
+    given = path.partition("?")[0].strip("/")
+    return hmac.compare_digest(given.encode("utf-8", "replace"), token.encode("utf-8"))
+
+
 _SERVE_PATCH = threading.Lock()
 
 
-def guarded_server(viser: Any, host: str, port: int, share: bool) -> Any:
+def guarded_server(viser: Any, host: str, port: int, share: bool, token: str | None = None) -> Any:
     """A ``viser.ViserServer`` whose websocket handshakes pass ``origin_allowed`` first.
+
+    ``token``: handshakes must also open ``/<token>``, and the page is served at that path only (its
+    scripts open the websocket on the page's path); ``/`` answers 403 with a line saying why.
 
     viser 1.1.1 builds its websockets server inside ``ViserServer.__init__`` (on a thread, with
     ``websockets.asyncio.server.serve(..., process_request=<its static-file server>)``) and offers
@@ -108,6 +121,17 @@ def guarded_server(viser: Any, host: str, port: int, share: bool) -> Any:
                     print(f"viewer: refused a connection from {origin[:200]!r} (not this viewer's page)",
                           file=sys.stderr, flush=True)  # fmt: skip
                     return connection.respond(http.HTTPStatus.FORBIDDEN, "Origin not allowed\n")
+                if token is not None and not token_ok(request.path, token):
+                    print("viewer: refused a connection without the URL's token", file=sys.stderr, flush=True)
+                    return connection.respond(http.HTTPStatus.FORBIDDEN, "Token required\n")
+            elif token is not None:
+                path = request.path.partition("?")[0]
+                if token_ok(path, token):  # the page itself, served as viser serves "/"
+                    request = dataclasses.replace(request, path="/")
+                elif path in ("/", "/index.html"):
+                    return connection.respond(
+                        http.HTTPStatus.FORBIDDEN, "Open the URL with the token that was printed at start\n"
+                    )
             return inner(connection, request) if inner is not None else None
 
         kwargs["process_request"] = process_request
