@@ -30,9 +30,9 @@ from splatvlm.viewer.cameras import (
 from splatvlm.viewer.server import (
     DENSIFY_CURVES,
     MAX_CURVE_POINTS,
+    Curve,
     Viewer,
     ViewerConfig,
-    _Curve,
     splats_to_numpy,
 )
 
@@ -341,7 +341,7 @@ def test_busy_port_moves_on(tmp_path, capfd):
 
 
 def test_curve_thinning_keeps_memory_flat():
-    c = _Curve()
+    c = Curve()
     for step in range(10_000):
         c.add(step, float(step))
     assert MAX_CURVE_POINTS // 2 <= len(c.steps) < MAX_CURVE_POINTS

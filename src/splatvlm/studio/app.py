@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import SplatVLMError
 from ..run.progress import clock
-from ..viewer.server import _color
+from ..viewer.server import curve_color
 from .gallery import (
     FinishedRun,
     export_glb,
@@ -328,7 +328,7 @@ class Studio:
                         data=data,
                         series=(
                             {"label": "step"},
-                            {"label": key, "stroke": _color(len(self._plots)), "width": 1.5},
+                            {"label": key, "stroke": curve_color(len(self._plots)), "width": 1.5},
                         ),
                         title=key,
                         scales={"x": {"time": False, "auto": True}, "y": {"auto": True}},

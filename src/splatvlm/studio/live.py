@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..gaussians.ply import save_ply
-from ..viewer.server import GUI_PERIOD_S, PLOT_PERIOD_S, _Curve, _plotted, splats_to_numpy
+from ..viewer.server import GUI_PERIOD_S, PLOT_PERIOD_S, Curve, plotted, splats_to_numpy
 
 SPLAT_PERIOD_S = 2.0  # seconds between splat uploads: a large scene's copy to the host costs milliseconds
 
@@ -51,7 +51,7 @@ class LiveRun:
         """Held by the trainer while it changes the parameters, and here while "save now" reads them."""
         self.step = 0
         self.metrics: dict[str, float] = {}
-        self.curves: dict[str, _Curve] = {}
+        self.curves: dict[str, Curve] = {}
         self._params: torch.nn.ParameterDict | None = None
         self._resume = threading.Event()  # set = running, clear = paused
         self._resume.set()
@@ -123,8 +123,8 @@ class LiveRun:
                 continue  # flags and notes are not curves
             value = float(value)
             self.metrics[key] = value
-            if _plotted(key) and math.isfinite(value):
-                self.curves.setdefault(key, _Curve()).add(step, value)
+            if plotted(key) and math.isfinite(value):
+                self.curves.setdefault(key, Curve()).add(step, value)
         if self.display is None:
             return
         if force or now - self._due["numbers"] >= GUI_PERIOD_S:

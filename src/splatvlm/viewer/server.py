@@ -129,7 +129,7 @@ def splats_to_numpy(params: torch.nn.ParameterDict) -> dict[str, np.ndarray]:
 # Curves kept on the training thread
 
 
-class _Curve:
+class Curve:
     """A metric's history, thinned 2x whenever it reaches MAX_CURVE_POINTS (so memory stays flat)."""
 
     def __init__(self) -> None:
@@ -206,7 +206,7 @@ class Viewer:
         self._last_step_for_time: int | None = None
         self._step_time_s: float | None = None
         self._metrics: dict[str, float] = {}
-        self._curves: dict[str, _Curve] = {}
+        self._curves: dict[str, Curve] = {}
         self._plots: dict[str, Any] = {}
 
         # 1. bind
@@ -325,8 +325,8 @@ class Viewer:
                 continue  # flags and notes are not curves
             value = float(value)
             self._metrics[key] = value
-            if _plotted(key) and math.isfinite(value):
-                self._curves.setdefault(key, _Curve()).add(step, value)
+            if plotted(key) and math.isfinite(value):
+                self._curves.setdefault(key, Curve()).add(step, value)
 
         if force or now - self._last_gui_time >= GUI_PERIOD_S:
             self._last_gui_time = now
@@ -384,7 +384,7 @@ class Viewer:
                     data=data,
                     series=(
                         {"label": "step"},
-                        {"label": key, "stroke": _color(len(self._plots)), "width": 1.5},
+                        {"label": key, "stroke": curve_color(len(self._plots)), "width": 1.5},
                     ),
                     title=key,
                     scales={"x": {"time": False, "auto": True}, "y": {"auto": True}},
@@ -532,14 +532,14 @@ class Viewer:
         self.close()
 
 
-def _plotted(key: str) -> bool:
+def plotted(key: str) -> bool:
     return key.startswith("loss") or key in (P_YES_KEY, GAUSSIANS_KEY) or key in DENSIFY_CURVES
 
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
 
 
-def _color(i: int) -> str:
+def curve_color(i: int) -> str:
     return _PALETTE[i % len(_PALETTE)]
 
 
