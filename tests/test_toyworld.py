@@ -302,6 +302,7 @@ def test_eval_smoke_cli(tmp_path: Path):
         "object",
         "caption",
         "method",
+        "arm",
         "seed",
         "psnr",
         "iou",
@@ -347,3 +348,124 @@ def test_eval_rejects_unknown_objects(tmp_path: Path):
 
     with pytest.raises(SplatVLMError, match="unknown toy object"):
         run_eval(EvalConfig(output=tmp_path, objects=["unicorn"]))
+
+
+def test_gradient_cosine_known_cases():
+    """The alignment measure: +1 for a score whose gradient points at the truth, -1 away from it, 0 for a
+    gradient orthogonal to the fix, and the share of the gradient's energy on the pixels that differ."""
+    from splatvlm.toyworld.alignment import gradient_cosine
+
+    gen = torch.Generator().manual_seed(0)
+    truth = torch.rand(2, 4, 4, 3, generator=gen)
+    variant = truth.clone()
+    variant[:, :2] = torch.rand(2, 2, 4, 3, generator=gen)  # differs on the top half only
+    cos, share = gradient_cosine(lambda x: -((x - truth) ** 2).sum(), variant, truth)
+    assert cos == pytest.approx(1.0, abs=1e-6) and share == pytest.approx(1.0, abs=1e-6)
+    cos, _ = gradient_cosine(lambda x: ((x - truth) ** 2).sum(), variant, truth)
+    assert cos == pytest.approx(-1.0, abs=1e-6)
+    u = torch.zeros_like(truth)
+    u[:, 2:] = 1.0  # only where variant == truth: orthogonal to truth - variant
+    cos, share = gradient_cosine(lambda x: (x * u).sum(), variant, truth)
+    assert cos == pytest.approx(0.0, abs=1e-6) and share == pytest.approx(0.0, abs=1e-6)
+    d = truth - variant
+    cos, share = gradient_cosine(lambda x: (x * (d + u)).sum(), variant, truth)  # half the energy off the fix
+    assert cos == pytest.approx(float(d.norm() / (d + u).norm()), abs=1e-5)
+    assert share == pytest.approx(float((d**2).sum() / ((d + u) ** 2).sum()), abs=1e-5)
+
+
+def test_pgd_views_stay_in_the_ball_and_raise_the_loss():
+    from splatvlm.toyworld.reward_model import pgd_views
+
+    gen = torch.Generator().manual_seed(0)
+    v = torch.rand(4, 6, 6, 3, generator=gen) * 0.8 + 0.1
+    w = torch.randn(4, 6, 6, 3, generator=gen)
+    loss = lambda x: (x * w).sum()  # noqa: E731
+    eps = 4 / 255
+    adv = pgd_views(loss, v, eps, 3, torch.Generator().manual_seed(1))
+    assert float((adv - v).abs().max()) <= eps + 1e-6 and not adv.requires_grad
+    assert float(loss(adv)) > float(loss(v)) + 0.5 * eps * float(w.abs().sum())  # most pixels moved to +eps
+    torch.testing.assert_close(adv, pgd_views(loss, v, eps, 3, torch.Generator().manual_seed(1)))  # seeded
+
+
+def test_hard_negative_records_and_shares():
+    """Hard negatives: their records are the caption object's, the last quarter held out; their share is taken
+    from the other kinds in proportion; a snapshot close to its object is not a negative."""
+    from splatvlm.toyworld.hard_negatives import clearly_off
+    from splatvlm.toyworld.models import Renders
+    from splatvlm.toyworld.reward_model import NEGATIVE_SHARES, reward_records, with_hard_share
+
+    r = lambda g: Renders(torch.zeros(g, 4, 2, 2, 3), torch.zeros(g, 4, 2, 2, 1), torch.zeros(g, 4, 16))  # noqa: E731
+    data, shapeless = {"a": r(4), "b": r(4), "c": r(4)}, {"start": r(4)}
+    hard = {"b": r(8)}
+    train = [x for x in reward_records(data, {}, shapeless, False, hard) if x[1] == "hard"]
+    held = [x for x in reward_records(data, {}, shapeless, True, hard) if x[1] == "hard"]
+    assert [x[3] for x in train] == list(range(6)) and [x[3] for x in held] == [6, 7]
+    assert all(x[0] == "b" and x[2] == 1 for x in train + held)
+    assert reward_records(data, {}, shapeless, False) == [
+        x for x in reward_records(data, {}, shapeless, False, hard) if x[1] != "hard"
+    ]
+    assert with_hard_share(NEGATIVE_SHARES, 0.0) == NEGATIVE_SHARES
+    shares = with_hard_share(NEGATIVE_SHARES, 0.3)
+    assert shares["hard"] == 0.3 and math.isclose(sum(shares.values()), 1.0)
+    assert math.isclose(
+        shares["janus"] / shares["other"], NEGATIVE_SHARES["janus"] / NEGATIVE_SHARES["other"]
+    )
+    assert clearly_off({"iou": 0.5, "psnr": 20.0, "janus": None})
+    assert clearly_off({"iou": 0.9, "psnr": 12.0, "janus": 0.0})
+    assert clearly_off({"iou": 0.9, "psnr": 20.0, "janus": 0.6})
+    assert not clearly_off({"iou": 0.9, "psnr": 20.0, "janus": 0.1})
+
+
+def test_sweep_arms_shards_and_merge(tmp_path: Path):
+    """`--sweep` arms (every combination), `--shard` slices that partition the runs, and `--merge` of shard
+    folders into one report with the swept curves; a run in two folders is an error."""
+    from splatvlm.errors import SplatVLMError
+    from splatvlm.toyworld import sweep
+    from splatvlm.toyworld.eval import summarize
+
+    assert sweep.parse_arms([]) == [("", [])]
+    arms = sweep.parse_arms(["weights.vlm.start=10,100", "sds.guidance_scale=5"])
+    assert [a[0] for a in arms] == [
+        "weights.vlm.start=10 sds.guidance_scale=5",
+        "weights.vlm.start=100 sds.guidance_scale=5",
+    ]
+    assert arms[1][1] == ["weights.vlm.start=100", "sds.guidance_scale=5"]
+    for bad in (["weights.vlm.start"], ["=1,2"], ["k="]):
+        with pytest.raises(SplatVLMError):
+            sweep.parse_arms(bad)
+    for bad in ("2/2", "1", "-1/2", "a/b"):
+        with pytest.raises(SplatVLMError):
+            sweep.parse_shard(bad)
+    jobs = list(range(11))
+    slices = [jobs[i::3] for i in (sweep.parse_shard(f"{k}/3")[0] for k in range(3))]
+    assert sorted(sum(slices, [])) == jobs
+    assert "/" not in sweep.run_name("mug", "vlm3d", "weights.vlm.start=10 a=b/c", 1)
+
+    def result(obj, method, arm, seed, iou):
+        return {"object": obj, "caption": obj, "method": method, "arm": arm, "seed": seed, "iou": iou,
+                "psnr": 10 * iou, "janus": 1 - iou, "front_back": True, "num_gaussians": 1, "seconds": 1.0}  # fmt: skip
+
+    folders = []
+    for k, rows in enumerate(
+        [
+            [result("mug", "mvdream", "", 0, 0.8), result("mug", "vlm3d", "weights.vlm.start=10", 0, 0.7)],
+            [result("mug", "vlm3d", "weights.vlm.start=100", 0, 0.5), result("pig", "vlm3d", "weights.vlm.start=10", 0, 0.6)],
+        ]
+    ):  # fmt: skip
+        folders.append(tmp_path / f"s{k}")
+        folders[-1].mkdir()
+        (folders[-1] / "report.json").write_text(
+            json.dumps({"suite": "toyworld", "device": "cpu", "date": "d", "command": "c", "results": rows})
+        )
+    report = sweep.merge(folders, tmp_path / "m", "merge")
+    assert len(report["results"]) == 4 and (tmp_path / "m" / "sweep.png").is_file()
+    s = summarize(report["results"])
+    assert list(s) == ["mvdream", "vlm3d weights.vlm.start=10", "vlm3d weights.vlm.start=100"]
+    assert s["vlm3d weights.vlm.start=10"]["median_iou"] == pytest.approx(0.65)
+    c = sweep.curves(report["results"])
+    assert (
+        c["iou"]["vlm3d"] == [(10.0, pytest.approx(0.65)), (100.0, 0.5)]
+        and c["iou"]["mvdream (no arm)"][0][1] == 0.8
+    )
+    with pytest.raises(SplatVLMError, match="twice"):
+        sweep.merge([folders[0], folders[0]], tmp_path / "m2", "merge")

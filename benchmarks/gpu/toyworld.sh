@@ -1,36 +1,75 @@
-# Toy world on one GPU (issue 13): rebuild the toy models at GPU scale, then eval both presets over 3 seeds.
-# Usage: bash benchmarks/gpu/toyworld.sh SECTION   (one device call per section keeps each under 10 min)
-#   build   retrain prior + reward at GPU scale into $OUT/toyworld/weights (build.json has the times)
-#   eval    eval every object, mvdream vs vlm3d, seeds $SEEDS, with $OUT/toyworld/weights (or the shipped ones
-#           when WEIGHTS is unset and no build ran), report.json under $OUT/toyworld/eval-s<seeds>
-#   merge   one report.json from every $OUT/toyworld/eval-*/report.json (run it in the last call)
-# Env: STEPS (eval steps per run, default 400), SEEDS (default "0"; one seed per call keeps a call under 10 min:
-# SEEDS=0, then SEEDS=1 and SEEDS=2, then merge). The lead copies report.json to
-# benchmarks/results/<date>-h200-toyworld.json; ship the rebuilt weights only if they fit in 40 MB (they do:
-# same model sizes).
-. benchmarks/gpu/setup.sh || exit 1
+# Toy world on one device machine: the toy evals run as parallel one-thread CPU processes (16 cores), sharded by
+# run (`toyworld eval --shard I/N`) and merged (`--merge`); builds may use the GPU.
+# Usage: bash benchmarks/gpu/toyworld.sh SECTION, each section one device call; everything lands in $OUT/toyworld
+# and comes back as $OUT/toyworld.tar.gz (reports, pictures, weights, logs; no run folders).
+#   build   retrain prior + reward on the GPU into $O/weights
+#   prior   prior-only runs (mvdream) with snapshots every 50 steps           -> $O/prior
+#   reward  hard negatives from $O/prior's snapshots, then the reward fine-tuned from $W's (PGD + the hard
+#           negatives, $RSTEPS steps) into $O/weights (with $W's prior)        -> $O/weights, $O/hard.pt
+#   sweep   prior + reward (vlm3d) over $SWEEP with $O/weights (or $W)         -> $O/sweep
+#   phase1  prior, reward, sweep in one call, each phase under its own time limit so the tar always runs
+# Env: W (weights to start from, default the shipped ones), OBJS (default the 7 front/back objects), SEEDS
+# (default "0 1"), STEPS (300), SWEEP (weights.vlm.start=30,100,300,1000), RSTEPS (150), PROCS (16),
+# EXTRA (more `toyworld eval` arguments, e.g. "--set key=value").
+if [ ! -f /tmp/site/.splatvlm-installed ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+  touch /tmp/site/.splatvlm-installed
+fi
+export PYTHONPATH=/tmp/site:$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1
+export SPLATVLM_CACHE=/tmp/splatvlm-cache PATH=/tmp/site/bin:$PATH
 O=$OUT/toyworld
 mkdir -p "$O"
-STEPS=${STEPS:-400}
-SEEDS=${SEEDS:-0}
-SECTION=${1:-eval}
+W=${W:-src/splatvlm/toyworld/weights}
+OBJS=${OBJS:-snowman mug bird house robot car pig}
+SEEDS=${SEEDS:-0 1}
+STEPS=${STEPS:-300}
+SWEEP=${SWEEP:-weights.vlm.start=30,100,300,1000}
+RSTEPS=${RSTEPS:-150}
+P=${PROCS:-16}
+SECTION=${1:-phase1}
+R=/tmp/toyworld-runs  # run folders stay on the machine (too big to bring back)
+mkdir -p $R
+
+sharded() {  # NAME LIMIT_S EVAL_ARGS...: P shards of one eval under a time limit, then one merged report
+  local name=$1 limit=$2
+  shift 2
+  for i in $(seq 0 $((P - 1))); do
+    timeout "$limit" python3 -m splatvlm.cli toyworld eval --device cpu --threads 1 --shard "$i/$P" \
+      -o "$R/$name-$i" "$@" >"$R/$name-$i.log" 2>&1 &
+  done
+  wait
+  grep -h "seed" "$R/$name"-*.log | grep -v -i warn | head -100 >"$O/$name-runs.log"
+  python3 -m splatvlm.cli toyworld eval -o "$O/$name" --merge $(for d in "$R/$name"-*/; do [ -f "$d/report.json" ] && echo "$d"; done) 2>&1 | tail -3
+  python3 -c "import json,sys; from splatvlm.toyworld.eval import summarize; print(json.dumps(summarize(json.load(open(sys.argv[1]))['results']), indent=1))" "$O/$name/report.json"
+}
+
 if [ "$SECTION" = build ]; then
-  python3 -m splatvlm.cli toyworld build --device cuda --out "$O/weights" --groups 48 --vae-steps 2000 --vae-batch 8 \
-    --prior-steps 15000 --prior-batch 8 --reward-steps 1500 2>&1 | grep -v -i warn | tail -40
+  python3 -m splatvlm.cli toyworld build --device cuda --out "$O/weights" 2>&1 | grep -v -i warn | tail -30
 fi
-if [ "$SECTION" = eval ]; then
-  W=${WEIGHTS:-$O/weights}
-  [ -f "$W/prior/model_index.json" ] || W=src/splatvlm/toyworld/weights
-  python3 -m splatvlm.cli toyworld eval --device cuda --steps "$STEPS" --seeds $SEEDS --weights "$W" \
-    -o "$O/eval-s${SEEDS// /}" 2>&1 | grep -v -i warn | tail -60
+if [ "$SECTION" = prior ] || [ "$SECTION" = phase1 ]; then
+  t=$(date +%s)
+  sharded prior "${PRIOR_LIMIT:-100}" --methods mvdream --objects $OBJS --seeds $SEEDS --steps "$STEPS" --weights "$W" \
+    --snapshot-every 50 $EXTRA
+  echo "prior section: $(($(date +%s) - t)) s"
 fi
-if [ "$SECTION" = merge ]; then
-  python3 - "$O" <<'PY'
-import glob, json, sys
-reports = [json.load(open(p)) for p in sorted(glob.glob(sys.argv[1] + "/eval-*/report.json"))]
-merged = dict(reports[0], command=" ; ".join(r["command"] for r in reports), results=[x for r in reports for x in r["results"]])
-json.dump(merged, open(sys.argv[1] + "/report.json", "w"), indent=2)
-from splatvlm.toyworld.eval import summarize
-print(json.dumps(summarize(merged["results"]), indent=2))
-PY
+if [ "$SECTION" = reward ] || [ "$SECTION" = phase1 ]; then
+  t=$(date +%s)
+  python3 benchmarks/toyworld/hard_negatives.py $(ls -d $R/prior-*/) -o "$O/hard.pt" 2>&1 | tail -2
+  HARD=""
+  [ -f "$O/hard.pt" ] && HARD="--reward-hard $O/hard.pt"  # without snapshots: PGD alone
+  mkdir -p "$O/weights" && cp -r "$W/prior" "$O/weights/" && cp "$W/build.json" "$O/weights/"
+  timeout "${REWARD_LIMIT:-110}" python3 -m splatvlm.cli toyworld build --only reward --device "${RDEVICE:-cpu}" \
+    --threads "${RTHREADS:-4}" --out "$O/weights" --reward-from "$W" $HARD \
+    --reward-steps "$RSTEPS" --reward-pgd-steps 3 2>&1 | grep -v -i warn | tee "$O/reward-build.log" | tail -8
+  echo "reward section: $(($(date +%s) - t)) s"
 fi
+if [ "$SECTION" = sweep ] || [ "$SECTION" = phase1 ]; then
+  t=$(date +%s)
+  SW=$O/weights
+  [ -f "$SW/reward/config.json" ] || SW=$W
+  sharded sweep "${SWEEP_LIMIT:-250}" --methods vlm3d --objects $OBJS --seeds $SEEDS --steps "$STEPS" --weights "$SW" \
+    --sweep $SWEEP $EXTRA
+  echo "sweep section: $(($(date +%s) - t)) s"
+fi
+tar -czf "$OUT/toyworld.tar.gz" --exclude=toyworld/weights/prior -C "$OUT" toyworld && rm -rf "$O"
+ls -la "$OUT"
