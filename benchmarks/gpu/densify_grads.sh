@@ -3,7 +3,7 @@
 # weights (MVDream UNet + Qwen2.5-VL-7B): their gradient scale is not the trained models', so a threshold read here
 # is a starting point for the real weights, as the current one was.
 #
-# The run: `bench --full` on prompt 0 of benchmarks/prompts.json, the vlm3d recipe cut to 2000 steps (the reward on
+# The run: `bench --full` on prompt 0 of src/splatvlm/data/bench_prompts.json, the vlm3d recipe cut to 2000 steps (the reward on
 # throughout; refinements every 100 steps from 300), grow_grad2d 0 so that the growth budget alone (max_grow_frac
 # 0.2, the presets') decides what grows, and the scene grows as a run's would.
 #
@@ -19,7 +19,7 @@ tail -1 /tmp/setup.log
 SOURCE=${SOURCE:-prior}
 O=$OUT/densify_grads
 mkdir -p "$O"
-python3 -c "import json; p=json.load(open('benchmarks/prompts.json')); json.dump(p[:1], open('/tmp/dg_prompts.json','w'))"
+python3 -c "import json; p=json.load(open('src/splatvlm/data/bench_prompts.json')); json.dump(p[:1], open('/tmp/dg_prompts.json','w'))"
 LEFT=$((${LIMIT_S:-590} - SECONDS - 20))
 timeout $LEFT python3 -m splatvlm.cli bench --preset vlm3d --weights random --prompts /tmp/dg_prompts.json \
   -o /tmp/dg_bench --full --recipe.steps 2000 --recipe.strategy.grow-grad2d 0.0 --recipe.strategy.max-grow-frac 0.2 \

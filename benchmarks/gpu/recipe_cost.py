@@ -50,7 +50,17 @@ NEW = {  # the references' Gaussian-side values (configs/vlm3d-full.yaml)
     "scene": {"lr_means": 1.0e-4, "lr_means_final": 1.0e-5, "lr_means_decay": 0.15},
     "camera": {"elevation_sampling": "mixed"},
     "background": "learned",
+    "render": {"shading": "mixed", "shading_after": 0.25},
+    "weights": {
+        "position": {"start": 10.0},
+        "opacity": {"start": 1.0e-3},
+        "scales": {"start": 1.0e-3},
+        "sparsity": {"start": 10.0},
+        "depth_tv": {"start": 10.0},
+    },
 }
+# The quick bench times each phase at its last step; shading from step 0 makes its steps the shaded ones.
+QUICK_NEW = {"render": {"shading_after": 0.0}}
 
 
 def summary(res: dict) -> dict:
@@ -132,6 +142,7 @@ def main() -> None:
     extrapolated: dict[str, float] = {}
     if "quick" in parts:
         for name, cfg in (("today", today), ("new", new), ("new_ratio", ratio)):
+            cfg = apply_overrides(cfg, QUICK_NEW) if name != "today" else cfg
             t0 = time.perf_counter()
             (out / "runs" / f"quick_{name}").mkdir(parents=True, exist_ok=True)
             res = time_prompt(prompt, cfg, guidance, out / "runs" / f"quick_{name}", device, args.steps,
