@@ -111,6 +111,9 @@ def test_swap_cut_between_renames_is_recovered(tmp_path):
     old = tmp_path / ".r.old"
     old.mkdir()
     (old / "summary.json").write_text("{}")
+    generate.recover_swap(tmp_path / "r")  # not a run folder of ours: left where it is
+    assert old.is_dir() and not (tmp_path / "r").exists()
+    (old / "run.json").write_text(json.dumps({"id": "0" * 32, "prompt": "a cat"}))
     generate.recover_swap(tmp_path / "r")
     assert (tmp_path / "r" / "summary.json").is_file() and not old.exists()
 
@@ -275,6 +278,8 @@ def test_run_folder_in_use_is_refused(tmp_path):
 
     cfg = tiny_cfg(4)
     prompt, output, run_dir, _ = prepare_single("a cat", tmp_path / "c.ply", cfg, CONTROL, None)
+    assert not run_dir.exists()  # made by run_one, once the sources are checked
+    run_dir.mkdir()  # an empty folder is taken
     code = (
         "import sys, time; from splatvlm.files import RunLock; RunLock(sys.argv[1]).acquire(); "
         "print('held', flush=True); time.sleep(60)"
