@@ -105,7 +105,9 @@ def dead_pid() -> int:
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
     return int(out.stdout)
 
 

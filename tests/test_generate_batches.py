@@ -73,7 +73,9 @@ def _fake_run_one(fail_on):
             "finished": True,
             "prompt_id": prompt_id,
         }
-        (run_dir / "run.json").write_text(json.dumps({"id": "0" * 32, "prompt": prompt, "recipe": recipe_hash(cfg)}))  # as a run does
+        (run_dir / "run.json").write_text(
+            json.dumps({"id": "0" * 32, "prompt": prompt, "recipe": recipe_hash(cfg)})
+        )  # as a run does
         (run_dir / "summary.json").write_text(json.dumps(summary))
         return summary
 
