@@ -351,7 +351,7 @@ def cmd_mesh(argv: list[str]) -> int:
     args: MeshArgs = _parse(MeshArgs, argv, "splatvlm mesh")
     check_mesh_config(args.mesh)
     output = check_output_path(args.output, args.overwrite)
-    check_mesh_output(output, args.mesh)
+    check_mesh_output(output, args.mesh, args.overwrite)
     summary = export_mesh(load_ply(args.input), output, args.mesh)
     print(
         f"wrote {output} ({summary['vertices']:,} vertices, {summary['faces']:,} triangles, "

@@ -336,6 +336,7 @@ def _run_one(
             from ..outputs.mesh import export_mesh
 
             try:  # the splats are saved already: a scene with no surface yet costs the mesh, not the run
+                check_output_replaceable(output.with_suffix(".glb"), {}, control.overwrite)
                 mesh = export_mesh(
                     state.params, output.with_suffix(".glb"), replace(control.mesh, device=str(device))
                 )
@@ -444,6 +445,11 @@ def resume_run(
         check_output_replaceable(output, info, overwrite=False)
         found = replaced_folder(run_dir, info)
         replaces = found[0] if found is not None else None
+        if found is not None and os.path.lexists(replaces) and run_id(replaces) != found[1]:
+            raise SplatVLMError(
+                f"{replaces} no longer holds the run this --overwrite replaces; nothing is replaced (move it "
+                f"away to let {run_dir} take its place)"
+            )
         cfg = apply_overrides(RunConfig(), read_yaml(run_dir / "config.yaml"))
         validate_run_config(cfg)
         ckpt = load_checkpoint(run_dir / "checkpoint.pt")

@@ -372,6 +372,11 @@ def print_batch_summary(report: dict[str, Any], path: Path) -> None:
 
 def gpteval3d_tree(out_dir: Path, prompt_set: str, prompts: list[str]) -> Path:
     """``out_dir/gpteval3d/<prompt_set>``, made once per prompt file; another file of the same name is refused."""
+    for part in (out_dir / "gpteval3d", out_dir / "gpteval3d" / prompt_set):  # the batch stays in its out-dir
+        if part.is_symlink():
+            raise SplatVLMError(
+                f"{part} is a symbolic link; a batch writes only inside its out-dir {out_dir}"
+            )
     root = check_output_dir(check_output_dir(out_dir / "gpteval3d") / prompt_set)
     record = root / "prompts.json"
     text = json.dumps(prompts, indent=1)

@@ -1,8 +1,10 @@
-"""The viewer's network guard: where it may listen, and which pages may talk to it.
+"""The viewer's network guard: where it may listen, which pages may talk to it, and how many at once.
 
 Binding to loopback does not stop a browser: a page on any other site can open ``ws://127.0.0.1:PORT``.
 So every websocket handshake must come from this viewer's own page (or from a local program that sends no
-Origin), and viser's public share tunnel is refused unless asked for.
+Origin), and viser's public share tunnel is refused unless asked for. Connections are capped, so clients
+cannot use up the file descriptors the run needs for its own writes; errors of the server's event loop
+(a failed accept under a low descriptor limit repeats every second) are printed once, in one line.
 """
 
 from __future__ import annotations
@@ -10,9 +12,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import logging
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import SplatVLMError
@@ -81,15 +85,65 @@ def origin_allowed(origin: str | None, host: str, port: int) -> bool:
 _SERVE_PATCH = threading.Lock()
 
 
-def guarded_server(viser: Any, host: str, port: int, share: bool) -> Any:
+def say_once(seen: set, key: Any, line: str) -> None:
+    """Print ``line`` to stderr the first time ``key`` is seen."""
+    if key not in seen:
+        seen.add(key)
+        print(line, file=sys.stderr, flush=True)
+
+
+def loop_errors_once(default: Callable[[dict], None]) -> Callable[[Any, dict], None]:
+    """An asyncio exception handler: a failed accept() (EMFILE, ENFILE, ENOBUFS, ENOMEM: asyncio retries it
+    every second, with a traceback each time) is one line, once per errno; anything else goes to ``default``."""
+    seen: set = set()
+
+    def handler(loop: Any, context: dict) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and "accept" in str(context.get("message", "")):
+            name = errno.errorcode.get(exc.errno or 0, "")
+            say_once(seen, exc.errno, f"viewer: cannot accept a connection: {exc.strerror or exc} (errno "
+                     f"{exc.errno} {name}); retrying, its clients stay served; not shown again")  # fmt: skip
+            return
+        default(context)
+
+    return handler
+
+
+class _OnceHandler(logging.Handler):
+    """websockets' server log, errors only, each kind once and in one line (no traceback)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: set = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        detail = f": {type(exc).__name__}: {str(exc)[:200]}" if exc is not None else ""
+        line = f"viewer: {record.getMessage()}{detail} (shown once)"
+        say_once(self.seen, (record.getMessage(), type(exc).__name__), line)
+
+
+def _once_logger(name: str) -> logging.Logger:
+    logger = logging.getLogger(name)
+    if not any(isinstance(h, _OnceHandler) for h in logger.handlers):
+        logger.addHandler(_OnceHandler())
+    logger.setLevel(logging.ERROR)
+    logger.propagate = False
+    return logger
+
+
+def guarded_server(viser: Any, host: str, port: int, share: bool, max_connections: int = 16) -> Any:
     """A ``viser.ViserServer`` whose websocket handshakes pass ``origin_allowed`` first.
 
     viser 1.1.1 builds its websockets server inside ``ViserServer.__init__`` (on a thread, with
     ``websockets.asyncio.server.serve(..., process_request=<its static-file server>)``) and offers
     no hook. For the duration of that call only, ``serve`` gets a ``process_request`` that answers a
-    foreign Origin with 403 and hands everything else to viser's own. If viser stops building its
-    server that way, the viewer refuses to start rather than run unguarded.
+    request beyond ``max_connections`` open connections (page loads and websockets) with 503 and a
+    foreign Origin with 403, and hands everything else to viser's own; its event loop's errors and its
+    log print once, in one line. If viser stops building its server that way, the viewer refuses to
+    start rather than run unguarded.
     """
+    import asyncio
     import http
 
     import websockets.asyncio.server as ws_server
@@ -97,10 +151,19 @@ def guarded_server(viser: Any, host: str, port: int, share: bool) -> Any:
     original_serve = ws_server.serve
     used = []
 
+    refused: set = set()
+
     def guarded_serve(*args: Any, **kwargs: Any) -> Any:
         inner = kwargs.get("process_request")
+        loop = asyncio.get_running_loop()  # viser calls serve inside its server thread's event loop
+        loop.set_exception_handler(loop_errors_once(loop.default_exception_handler))
 
         def process_request(connection: Any, request: Any) -> Any:
+            # Every accepted connection is in server.handlers until it ends (this one included).
+            if len(connection.server.handlers) > max_connections:
+                say_once(refused, "cap", f"viewer: refused a connection: {max_connections} are open, the most "
+                         "allowed; further refusals are not shown")  # fmt: skip
+                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
             if request.headers.get("Upgrade", "").lower() == "websocket":
                 origin = request.headers.get("Origin")
                 bound = connection.local_address[1]
@@ -111,6 +174,7 @@ def guarded_server(viser: Any, host: str, port: int, share: bool) -> Any:
             return inner(connection, request) if inner is not None else None
 
         kwargs["process_request"] = process_request
+        kwargs["logger"] = _once_logger("splatvlm.viewer.websockets")
         used.append(True)
         return original_serve(*args, **kwargs)
 
