@@ -446,8 +446,9 @@ def test_resume_of_a_relative_overwrite_elsewhere_replaces_only_its_own_folder(
     monkeypatch.chdir(tmp_path / "b")  # resumed from another folder holding a folder of the same name
     assert resume_run(aside, CONTROL)["finished"]
     assert (tmp_path / "b" / "x_run" / "thesis.tex").read_text() == "years of work"
-    assert json.loads((tmp_path / "a" / "x_run" / "run.json").read_text())["prompt"] == "a blue chair"
-    assert not aside.exists()
+    info = json.loads((tmp_path / "a" / "x_run" / "run.json").read_text())
+    assert info["prompt"] == "a blue chair" and info["replaces"] is None and not aside.exists()
+    assert resume_run(tmp_path / "a" / "x_run", CONTROL, steps=6)["steps"] == 6  # it resumes in its place
 
 
 def test_crafted_run_json_cannot_name_what_to_replace_or_write(tmp_path, no_models):

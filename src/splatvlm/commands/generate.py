@@ -353,6 +353,7 @@ def _run_one(
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
         if replaces is not None:
             swap_in(run_dir, replaces, info["replaces"]["id"])
+            update_run_info(replaces, replaces=None)  # in its place now: a later --resume replaces nothing
     if viewer is not None:
         if finished:
             viewer.update(
