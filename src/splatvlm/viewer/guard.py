@@ -99,10 +99,13 @@ def loop_errors_once(default: Callable[[dict], None]) -> Callable[[Any, dict], N
 
     def handler(loop: Any, context: dict) -> None:
         exc = context.get("exception")
-        if isinstance(exc, OSError) and "accept" in str(context.get("message", "")):
+        message = str(context.get("message", ""))
+        if isinstance(exc, OSError) and "accept" in message:
             name = errno.errorcode.get(exc.errno or 0, "")
             say_once(seen, exc.errno, f"viewer: cannot accept a connection: {exc.strerror or exc} (errno "
                      f"{exc.errno} {name}); retrying, its clients stay served; not shown again")  # fmt: skip
+            return
+        if "_start_serving" in message:  # the accept retry, due after the server was closed
             return
         default(context)
 
@@ -138,10 +141,10 @@ def guarded_server(viser: Any, host: str, port: int, share: bool, max_connection
     viser 1.1.1 builds its websockets server inside ``ViserServer.__init__`` (on a thread, with
     ``websockets.asyncio.server.serve(..., process_request=<its static-file server>)``) and offers
     no hook. For the duration of that call only, ``serve`` gets a ``process_request`` that answers a
-    request beyond ``max_connections`` open connections (page loads and websockets) with 503 and a
-    foreign Origin with 403, and hands everything else to viser's own; its event loop's errors and its
-    log print once, in one line. If viser stops building its server that way, the viewer refuses to
-    start rather than run unguarded.
+    foreign Origin with 403 and hands everything else to viser's own; a connection beyond
+    ``max_connections`` open ones (page loads and websockets) is closed as soon as it is accepted; its
+    event loop's errors and its log print once, in one line. If viser stops building its server that
+    way, the viewer refuses to start rather than run unguarded.
     """
     import asyncio
     import http
@@ -153,17 +156,23 @@ def guarded_server(viser: Any, host: str, port: int, share: bool, max_connection
 
     refused: set = set()
 
+    class CappedConnection(ws_server.ServerConnection):
+        """Closed as soon as it is accepted when ``max_connections`` are open already: a client that connects
+        and sends nothing would otherwise hold a file descriptor until the handshake times out."""
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)  # registers it in server.handlers, which counts every open one
+            if len(self.server.handlers) > max_connections:
+                say_once(refused, "cap", f"viewer: refused a connection: {max_connections} are open, the most "
+                         "allowed; further refusals are not shown")  # fmt: skip
+                transport.abort()
+
     def guarded_serve(*args: Any, **kwargs: Any) -> Any:
         inner = kwargs.get("process_request")
         loop = asyncio.get_running_loop()  # viser calls serve inside its server thread's event loop
         loop.set_exception_handler(loop_errors_once(loop.default_exception_handler))
 
         def process_request(connection: Any, request: Any) -> Any:
-            # Every accepted connection is in server.handlers until it ends (this one included).
-            if len(connection.server.handlers) > max_connections:
-                say_once(refused, "cap", f"viewer: refused a connection: {max_connections} are open, the most "
-                         "allowed; further refusals are not shown")  # fmt: skip
-                return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "Too many connections\n")
             if request.headers.get("Upgrade", "").lower() == "websocket":
                 origin = request.headers.get("Origin")
                 bound = connection.local_address[1]
@@ -175,6 +184,8 @@ def guarded_server(viser: Any, host: str, port: int, share: bool, max_connection
 
         kwargs["process_request"] = process_request
         kwargs["logger"] = _once_logger("splatvlm.viewer.websockets")
+        kwargs["create_connection"] = CappedConnection
+        kwargs["backlog"] = max_connections  # also how many asyncio accepts in one go, before any is closed
         used.append(True)
         return original_serve(*args, **kwargs)
 

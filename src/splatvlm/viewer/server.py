@@ -83,8 +83,8 @@ class ViewerConfig:
     share: bool = False
     """Honour viser's "share" request (a public tunnel to this viewer through share.viser.studio)."""
     max_connections: int = 16
-    """Connections served at once (browser tabs and their page loads); more are answered 503 at once, so
-    clients cannot use up the file descriptors the run needs for its checkpoints and outputs."""
+    """Connections served at once (browser tabs and their page loads); more are closed as soon as they are
+    accepted, so clients cannot use up the file descriptors the run needs for its checkpoints and outputs."""
 
 
 def check_viewer_config(cfg: ViewerConfig) -> None:
