@@ -100,15 +100,52 @@ def test_second_process_is_refused_naming_the_holder(tmp_path):
     assert not (tmp_path / ".splatvlm.lock").exists()
 
 
-def test_lock_removes_temp_files_of_a_killed_writer(tmp_path):
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    return int(out.stdout)
+
+
+def temp_of(folder, stem, suffix, pid, host=None):
+    from splatvlm.files import _HOST
+
+    path = folder / f".{stem}.~{host or _HOST}-{pid}-0123abcd.tmp{suffix}"
+    path.write_bytes(b"half")
+    return path
+
+
+def test_lock_removes_temp_files_of_a_killed_writer_only(tmp_path):
     from splatvlm.files import RunLock
 
-    (tmp_path / ".checkpoint.abc123.tmp.pt").write_bytes(b"half")
-    (tmp_path / ".scene.x.tmp.ply").write_bytes(b"half")
-    (tmp_path / "keep.ply").write_bytes(b"whole")
+    gone = dead_pid()
+    killed = [temp_of(tmp_path, "checkpoint", ".pt", gone), temp_of(tmp_path, "scene.x", ".ply", gone)]
+    live = temp_of(tmp_path, "scene", ".ply", os.getppid())  # a live writer (our parent process)
+    other_host = temp_of(tmp_path, "scene", ".ply", gone, host="abcdef")
+    users = [tmp_path / ".checkpoint.abc123.tmp.pt", tmp_path / "keep.ply"]  # not our names: never removed
+    for p in users:
+        p.write_bytes(b"whole")
+    (tmp_path / "target").write_bytes(b"precious")
+    link = tmp_path / killed[0].name.replace("0123abcd", "89abcdef")
+    link.symlink_to(tmp_path / "target")
     with RunLock(tmp_path):
         pass
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.ply"]
+    assert not any(p.exists() for p in killed)
+    assert live.exists() and other_host.exists() and all(p.exists() for p in users)
+    assert link.is_symlink() and (tmp_path / "target").read_bytes() == b"precious"
+
+
+def test_output_check_removes_stale_temp_files_of_that_output(tmp_path):
+    """A command's start removes what its killed earlier write left (mesh, render, ...), not other outputs'."""
+    gone = dead_pid()
+    mine = [temp_of(tmp_path, "b", ".glb", gone), temp_of(tmp_path, "b", ".png", gone)]
+    other = temp_of(tmp_path, "c", ".glb", gone)
+    check_output_path(tmp_path / "b.glb", overwrite=False)
+    assert not any(p.exists() for p in mine) and other.exists()
 
 
 def test_non_regular_files_are_refused_without_blocking(tmp_path):

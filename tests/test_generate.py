@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import errno
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -111,6 +112,9 @@ def test_swap_cut_between_renames_is_recovered(tmp_path):
     old = tmp_path / ".r.old"
     old.mkdir()
     (old / "summary.json").write_text("{}")
+    generate.recover_swap(tmp_path / "r")  # not a run folder of ours: left where it is
+    assert old.is_dir() and not (tmp_path / "r").exists()
+    (old / "run.json").write_text(json.dumps({"id": "0" * 32, "prompt": "a cat"}))
     generate.recover_swap(tmp_path / "r")
     assert (tmp_path / "r" / "summary.json").is_file() and not old.exists()
 
@@ -275,6 +279,8 @@ def test_run_folder_in_use_is_refused(tmp_path):
 
     cfg = tiny_cfg(4)
     prompt, output, run_dir, _ = prepare_single("a cat", tmp_path / "c.ply", cfg, CONTROL, None)
+    assert not run_dir.exists()  # made by run_one, once the sources are checked
+    run_dir.mkdir()  # an empty folder is taken
     code = (
         "import sys, time; from splatvlm.files import RunLock; RunLock(sys.argv[1]).acquire(); "
         "print('held', flush=True); time.sleep(60)"
@@ -405,3 +411,166 @@ def test_batch_out_dir_in_use_is_refused_before_any_model(tmp_path, monkeypatch)
     finally:
         holder.kill()
         holder.wait()
+
+
+# ---------------------------------------------------------------------------------------------
+# A run replaces or deletes only what it made
+
+
+def stopped_overwrite(tmp_path, output, steps=4):
+    """A run at ``output``, then an --overwrite of it stopped half-way: (old run folder, folder built aside)."""
+    cfg = tiny_cfg(steps)
+    prompt, out, run_dir, _ = prepare_single("a red apple", output, cfg, CONTROL, None)
+    run_one(prompt, cfg, out, run_dir, FakeGuidance(cfg), CONTROL)
+    control = dataclasses.replace(CONTROL, overwrite=True, stop_after=2)
+    prompt, out, aside, replaces = prepare_single("a blue chair", output, cfg, control, None)
+    run_one(prompt, cfg, out, aside, FakeGuidance(cfg), control, replaces=replaces)
+    return replaces, aside
+
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_resume_of_a_relative_overwrite_elsewhere_replaces_only_its_own_folder(
+    tmp_path, no_models, monkeypatch
+):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b" / "x_run").mkdir(parents=True)
+    (tmp_path / "b" / "x_run" / "thesis.tex").write_text("years of work")
+    monkeypatch.chdir(tmp_path / "a")
+    old, aside = stopped_overwrite(tmp_path, Path("x.ply"))  # relative paths, as typed
+    info = json.loads((aside / "run.json").read_text())
+    assert info["output"] == str(tmp_path / "a" / "x.ply")  # recorded absolute, with the replaced run's id
+    assert info["replaces"] == {"path": str(tmp_path / "a" / "x_run"), "id": generate.run_id(old)}
+    monkeypatch.chdir(tmp_path / "b")  # resumed from another folder holding a folder of the same name
+    assert resume_run(aside, CONTROL)["finished"]
+    assert (tmp_path / "b" / "x_run" / "thesis.tex").read_text() == "years of work"
+    info = json.loads((tmp_path / "a" / "x_run" / "run.json").read_text())
+    assert info["prompt"] == "a blue chair" and info["replaces"] is None and not aside.exists()
+    assert resume_run(tmp_path / "a" / "x_run", CONTROL, steps=6)["steps"] == 6  # it resumes in its place
+
+
+def test_crafted_run_json_cannot_name_what_to_replace_or_write(tmp_path, no_models):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "notes.txt").write_text("mine")
+    (victim / "run.json").write_text(json.dumps({"id": "f" * 32, "prompt": "x"}))  # even with an id
+    old, aside = stopped_overwrite(tmp_path, tmp_path / "x.ply")
+    info = json.loads((aside / "run.json").read_text())
+    crafted = [
+        ({"replaces": {"path": str(victim), "id": "f" * 32}}, "not the folder this run was built beside"),
+        ({"replaces": str(victim)}, "without its run id"),
+        ({"output": "x.ply"}, "not an absolute .ply path"),
+        ({"output": str(victim / "notes.txt")}, "not an absolute .ply path"),
+    ]
+    for change, match in crafted:
+        (aside / "run.json").write_text(json.dumps({**info, **change}))
+        with pytest.raises(SplatVLMError, match=match):
+            resume_run(aside, CONTROL)
+    assert files_of(victim) == {"notes.txt": b"mine", "run.json": (victim / "run.json").read_bytes()}
+    # The folder it was built beside, but holding another run now (its id changed): not replaced either.
+    (aside / "run.json").write_text(json.dumps(info))
+    before = files_of(old)
+    (old / "run.json").write_text(json.dumps({**json.loads(before["run.json"]), "id": "e" * 32}))
+    with pytest.raises(SplatVLMError, match="no longer holds the run this --overwrite replaces"):
+        resume_run(aside, CONTROL)
+    assert aside.is_dir() and set(files_of(old)) == set(before)
+
+
+def test_swap_checks_the_replaced_run_id_at_the_last_moment(tmp_path):
+    old, aside = stopped_overwrite(tmp_path, tmp_path / "x.ply")
+    shutil.rmtree(old)  # replaced since the resume started by a folder of someone else's
+    old.mkdir()
+    (old / "data.csv").write_text("1,2")
+    with pytest.raises(SplatVLMError, match="no longer holds the run"):
+        generate.swap_in(aside, old, json.loads((aside / "run.json").read_text())["replaces"]["id"])
+    assert files_of(old) == {"data.csv": b"1,2"} and (aside / "run.json").is_file()
+    with pytest.raises(SplatVLMError, match="was not built beside"):
+        generate.swap_in(aside, tmp_path / "elsewhere", "0" * 32)
+
+
+def test_run_folder_is_made_fresh_or_ours_never_adopted(tmp_path, capsys):
+    from splatvlm.cli import main
+
+    user = tmp_path / "photos"
+    user.mkdir()
+    (user / "cat.jpg").write_bytes(b"jpeg")
+    default = tmp_path / "c_run"
+    default.mkdir()
+    (default / "todo.txt").write_text("keep")
+    (tmp_path / "link").symlink_to(user)
+    base = ["generate", "a cat", "--preset", "demo", "--device", "cpu", "--steps", "2"]
+    cases = [
+        (["-o", str(tmp_path / "a.ply"), "--run-dir", str(user)], "not a splatvlm run folder"),
+        (["-o", str(tmp_path / "a.ply"), "--run-dir", str(user), "--overwrite"], "not a splatvlm run folder"),
+        (["-o", str(tmp_path / "c.ply")], "not a splatvlm run folder"),  # the default <stem>_run
+        (["-o", str(tmp_path / "a.ply"), "--run-dir", str(tmp_path / "link")], "is a symbolic link"),
+    ]
+    for extra, match in cases:
+        assert main(base + extra) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and match in err, err
+    assert files_of(user) == {"cat.jpg": b"jpeg"} and files_of(default) == {"todo.txt": b"keep"}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c_run", "link", "photos"]
+
+
+def test_no_output_is_overwritten_without_overwrite_at_start_or_on_resume(tmp_path, no_models):
+    cfg, run_dir, _ = fresh_run(tmp_path, steps=4, stop_after=2)
+    output = tmp_path / "a.ply"
+    output.write_bytes(b"a file that appeared since the run stopped")
+    with pytest.raises(SplatVLMError, match="exists and is not this run's"):
+        resume_run(run_dir, CONTROL)
+    assert output.read_bytes() == b"a file that appeared since the run stopped"
+    output.unlink()
+    assert resume_run(run_dir, CONTROL)["finished"] and output.read_bytes().startswith(b"ply")
+    # A file appearing while a new run trains is not replaced at its end either.
+    cfg = tiny_cfg(3)
+    prompt, out, run_dir, _ = prepare_single("a cat", tmp_path / "c.ply", cfg, CONTROL, None)
+
+    class Appearing(FakeGuidance):
+        def terms(self, prompt):
+            out.write_bytes(b"theirs")
+            return super().terms(prompt)
+
+    with pytest.raises(SplatVLMError, match="exists and is not this run's"):
+        run_one(prompt, cfg, out, run_dir, Appearing(cfg), CONTROL)
+    assert out.read_bytes() == b"theirs"
+    # --overwrite at the start: the file it was given for is the run's to replace, on resume too.
+    (tmp_path / "o").mkdir()
+    kept = tmp_path / "o" / "k.ply"
+    kept.write_bytes(b"old result")
+    control = dataclasses.replace(CONTROL, overwrite=True, stop_after=2)
+    prompt, out, run_dir, replaces = prepare_single("a cat", kept, cfg, control, None)
+    assert replaces is None
+    run_one(prompt, cfg, out, run_dir, FakeGuidance(cfg), control)
+    assert resume_run(run_dir, CONTROL)["finished"] and kept.read_bytes().startswith(b"ply")
+
+
+def test_batch_stays_inside_its_out_dir(tmp_path):
+    cfg = tiny_cfg(2)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "run.json").write_text(json.dumps({"id": "a" * 32, "prompt": "a red apple"}))
+    out_dir = tmp_path / "batch"
+    out_dir.mkdir()
+    (out_dir / "000-a-red-apple").symlink_to(outside)
+    with pytest.raises(SplatVLMError, match="is a symbolic link"):
+        check_batch_folders(Prompts(["a red apple"], ["line 1"]), [out_dir / "000-a-red-apple"], cfg)
+    (out_dir / "gpteval3d").symlink_to(outside)  # the GPTEval3D tree of the batch too
+    with pytest.raises(SplatVLMError, match="is a symbolic link"):
+        generate.gpteval3d_tree(out_dir, "p", ["a red apple"])
+    assert sorted(p.name for p in outside.iterdir()) == ["run.json"]
+
+
+def test_resume_validates_the_config_as_a_new_run_does(tmp_path, no_models):
+    _, run_dir, _ = fresh_run(tmp_path, steps=4, stop_after=2)
+    text = (run_dir / "config.yaml").read_text()
+    assert "torch_chunk: 2097152" in text
+    (run_dir / "config.yaml").write_text(text.replace("torch_chunk: 2097152", "torch_chunk: -1"))
+    with pytest.raises(SplatVLMError, match="--render.torch-chunk must be positive, got -1"):
+        resume_run(run_dir, CONTROL)
+    (run_dir / "config.yaml").write_text(text)
+    with pytest.raises(SplatVLMError, match="--render.torch-chunk must be positive, got 0"):
+        resume_run(run_dir, CONTROL, execution={"render.torch_chunk": 0})  # a speed setting for this resume
+    assert resume_run(run_dir, CONTROL)["finished"]

@@ -11,6 +11,7 @@ from splatvlm.commands.generate import RunControl, make_guidance, run_one
 from splatvlm.config import load_run_config
 from splatvlm.errors import SplatVLMError
 from splatvlm.models import Sources
+from splatvlm.run.runs import recipe_hash
 
 CPU_CONTROL = RunControl(progress=False)
 
@@ -72,6 +73,9 @@ def _fake_run_one(fail_on):
             "finished": True,
             "prompt_id": prompt_id,
         }
+        (run_dir / "run.json").write_text(
+            json.dumps({"id": "0" * 32, "prompt": prompt, "recipe": recipe_hash(cfg)})
+        )  # as a run does
         (run_dir / "summary.json").write_text(json.dumps(summary))
         return summary
 

@@ -328,6 +328,43 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(F.cosine_similarity(a.flatten().double(), b.flatten().double(), dim=0))
 
 
+# A full-size random model takes most of a CUDA test's time to build and compile: one per model and dtype,
+# shared by the cases that differ only in settings a built reward can switch (``reward_with``), held one at a
+# time and freed at the end of the module (or before a test that needs the memory).
+_BUILT: dict[tuple, VLMReward] = {}
+
+
+def free_built_rewards() -> None:
+    _BUILT.clear()
+    gc.collect()  # graph pools live until the VLMReward (in a reference cycle) is collected
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_built_rewards_at_the_end():
+    yield
+    free_built_rewards()
+
+
+def reward_with(model: str, size: int, varlen: bool) -> VLMReward:
+    """A CUDA reward of ``model``; a random full-size one is built once and switched to ``varlen`` (the
+    attention layout lives in each query's static inputs, so dropping the queries and the graph is enough)."""
+    if not model.startswith("random-"):
+        return load_reward(RewardConfig(model=model, size=size, varlen_attention=varlen), "cuda")
+    key = (model, size)
+    if key not in _BUILT:
+        free_built_rewards()  # one full-size model on the card at a time
+        torch.manual_seed(0)
+        _BUILT[key] = load_reward(RewardConfig(model=model, size=size, varlen_attention=varlen), "cuda")
+    r = _BUILT[key]
+    r.cfg = dataclasses.replace(r.cfg, varlen_attention=varlen)
+    r._queries.clear()
+    r.reset_graphs()
+    r.prompt = None
+    return r
+
+
 @pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize(
@@ -342,8 +379,8 @@ def test_cuda_graph_matches_reference(model, size, varlen):
     need_gb = {"demo": 0, "random-3b": 40, "random-7b": 60}[model]
     if torch.cuda.get_device_properties(0).total_memory < need_gb * 2**30:
         pytest.skip(f"{model} needs a card of {need_gb} GB or more")
+    r = reward_with(model, size, varlen)
     torch.manual_seed(0)
-    r = load_reward(RewardConfig(model=model, size=size, varlen_attention=varlen), "cuda")
     r.set_prompt("a DSLR photo of a corgi wearing a party hat")
     for step in range(2):  # the 2nd step replays the graph on new pixels
         x = torch.rand(4, 256, 256, 3, device="cuda", requires_grad=True)
@@ -372,6 +409,7 @@ def test_cuda_graph_matches_reference(model, size, varlen):
             assert float(out["reward"]) == pytest.approx(r_ref, abs=0.05 + 0.02 * abs(r_ref))
         assert float(out["reward"]) == pytest.approx(float(eager["reward"]), abs=1e-2 + 1e-3 * abs(r_ref))
         assert float(out["loss_vlm"]) == pytest.approx(-float(out["reward"]))
+    r.reset_graphs()
     del r
     gc.collect()  # graph pools live until the VLMReward (in a reference cycle) is collected
     torch.cuda.empty_cache()
@@ -383,8 +421,7 @@ def test_fast_path_matches_reference_fp32_7b():
     """In fp32 the fast path and the HF reference agree on the full-size 7B (value and pixel gradient)."""
     if torch.cuda.get_device_properties(0).total_memory < 60 * 2**30:
         pytest.skip("the fp32 7B needs a card of 60 GB or more")
-    gc.collect()
-    torch.cuda.empty_cache()
+    free_built_rewards()  # the bf16 7B of the graph tests
     tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
     # No TF32 anywhere: the reference path's patch embedding is a Conv3d (cuDNN), ours a GEMM.
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
@@ -438,7 +475,7 @@ def test_cuda_graph_recaptured_for_new_shape_and_prompt():
         e = r.score(x, fast=True)
         (ge,) = torch.autograd.grad(-e["reward"], x)
         assert float(out["reward"]) == pytest.approx(float(e["reward"]), abs=1e-2) and cosine(g, ge) > 0.999
-        return out["reward"]
+        return float(out["reward"])  # a 0-d device tensor: pytest.approx compares numbers
 
     a, b = torch.rand(2, 4, 56, 56, 3, device="cuda")
     step(a)

@@ -547,7 +547,10 @@ def cosine(a: torch.Tensor, b: torch.Tensor) -> float:
     ],
 )
 def test_cuda_graph_matches_eager_bf16(model, kind, mode, views, px):
-    """The graphed step against the eager one with the same seed (same timestep and noises), in bf16."""
+    """The graphed step against the eager one with the same seed (same timestep and noises), in bf16.
+
+    Without torch.compile: the capture is what is checked here (the compiled modules have their own tests
+    below), and compiling the full-size UNet and VAE per shape would take most of the CUDA suite's time."""
     image_size = 256 if model == "random" else 0
     cfg = SDSConfig(
         kind=kind,
@@ -557,6 +560,8 @@ def test_cuda_graph_matches_eager_bf16(model, kind, mode, views, px):
         view_dependent_prompts=kind == "sd",
         t_min_start=0.02,  # steps 0..: any timestep in 20..980, so replays differ
         image_size=image_size,
+        compile=False,
+        compile_vae=False,
     )
     g = build_prior(cfg, "cuda")
     g.set_prompt("a DSLR photo of a corgi wearing a top hat")
@@ -575,17 +580,19 @@ def test_cuda_graph_matches_eager_bf16(model, kind, mode, views, px):
             got[graph] = (out, logits.grad.clone())
         (eager, g_eager), (graphed, g_graph) = got[False], got[True]
         cos = cosine(g_graph, g_eager)
+        # The diagnostics may be 0-d device tensors (the graphed step reads nothing back): compare as floats.
+        t_g, t_e = float(graphed["sds_t"]), float(eager["sds_t"])
+        n_g, n_e = float(graphed["sds_grad_norm"]), float(eager["sds_grad_norm"])
         print(
-            f"{model} {kind} {mode} {views}x{px} step {step} t {graphed['sds_t']:.0f}: pixel-grad cosine {cos:.6f}, "
-            f"loss {float(graphed['loss_sds']):.6g} vs {float(eager['loss_sds']):.6g}, "
-            f"grad norm {graphed['sds_grad_norm']:.4g} vs {eager['sds_grad_norm']:.4g}"
+            f"{model} {kind} {mode} {views}x{px} step {step} t {t_g:.0f}: pixel-grad cosine {cos:.6f}, "
+            f"loss {float(graphed['loss_sds']):.6g} vs {float(eager['loss_sds']):.6g}, grad norm {n_g:.4g} vs {n_e:.4g}"
         )
-        assert graphed["sds_t"] == eager["sds_t"]
+        assert t_g == t_e
         assert torch.isfinite(g_graph).all() and g_graph.abs().sum() > 0
         assert cos >= 0.99
         l_g, l_e = float(graphed["loss_sds"]), float(eager["loss_sds"])
         assert abs(l_g - l_e) <= 2e-2 * abs(l_e)
-        assert graphed["sds_grad_norm"] == pytest.approx(eager["sds_grad_norm"], rel=2e-2)
+        assert n_g == pytest.approx(n_e, rel=2e-2)
     assert g._graphed is not None and len(g._graphed._graphs) == 1
     # consecutive replays on the same renders draw new timesteps and noises
     g.cfg.cuda_graph = True
@@ -594,7 +601,7 @@ def test_cuda_graph_matches_eager_bf16(model, kind, mode, views, px):
     ts, losses, noises = [], [], []
     for _ in range(3):
         out = g(rgb, cams, 0)
-        ts.append(out["sds_t"])
+        ts.append(float(out["sds_t"]))
         losses.append(float(out["loss_sds"]))
         noises.append(g._static[shape]["noise"].clone())
     print(f"replays: t {ts}, loss {losses}")
@@ -607,10 +614,16 @@ def test_cuda_graph_matches_eager_bf16(model, kind, mode, views, px):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("kind", ["mvdream", "sd"])
 def test_cuda_graph_step_launches_without_host_sync(kind):
-    """Filling the static inputs and replaying never waits for the GPU (only the diagnostics read does)."""
+    """Filling the static inputs and replaying never waits for the GPU (only the diagnostics read does).
+
+    Without torch.compile: it changes the kernels inside the graph, not the host work checked here."""
     g = build_prior(
-        SDSConfig(kind=kind, model="demo", dtype="bfloat16", view_dependent_prompts=kind == "sd"), "cuda"
-    )
+        SDSConfig(
+            kind=kind, model="demo", dtype="bfloat16", view_dependent_prompts=kind == "sd", compile=False,
+            compile_vae=False,
+        ),
+        "cuda",
+    )  # fmt: skip
     g.set_prompt("a red apple")
     cams = cams4().to("cuda")
     rgb = torch.rand(4, 64, 64, 3, device="cuda", requires_grad=True)

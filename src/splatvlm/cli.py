@@ -275,9 +275,10 @@ def _print_summary(summaries: list[dict]) -> None:
 def cmd_fit(argv: list[str]) -> int:
     from .commands.fit import run_fit
     from .commands.generate import console
-    from .files import check_output_dir, check_output_path
+    from .files import check_output_path
     from .gaussians.ply import load_ply, save_ply
     from .hub import pick_device
+    from .run.runs import claim_run_folder
 
     args: FitArgs = _parse(FitArgs, argv, "splatvlm fit")
     run_cfg = args.run.run_config()
@@ -289,7 +290,8 @@ def cmd_fit(argv: list[str]) -> int:
 
     validate_run_config(run_cfg)
     reference = load_ply(args.reference)
-    run_dir = check_output_dir(args.run_dir or output.with_name(output.stem + "_run"))
+    run_dir = args.run_dir or output.with_name(output.stem + "_run")
+    claim_run_folder(run_dir)  # made now, or a run folder of ours: never a folder of other files
     device = pick_device(run_cfg.device)
     params, metrics = run_fit(
         reference, run_cfg, run_dir, device, args.views, args.heldout, args.resolution, args.batch
@@ -358,7 +360,7 @@ def cmd_mesh(argv: list[str]) -> int:
     args: MeshArgs = _parse(MeshArgs, argv, "splatvlm mesh")
     check_mesh_config(args.mesh)
     output = check_output_path(args.output, args.overwrite)
-    check_mesh_output(output, args.mesh)
+    check_mesh_output(output, args.mesh, args.overwrite)
     summary = export_mesh(load_ply(args.input), output, args.mesh)
     print(
         f"wrote {output} ({summary['vertices']:,} vertices, {summary['faces']:,} triangles, "

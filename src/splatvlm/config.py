@@ -367,3 +367,57 @@ def validate_run_config(cfg: RunConfig) -> None:
     lo, hi = cam.elevation_range
     if cam.elevation_sampling == "mixed" and not -90.0 <= lo <= hi <= 90.0:
         raise SplatVLMError(f"--camera.elevation-sampling mixed needs -90 <= lo <= hi <= 90, got {lo}, {hi}")
+    for flag, ok, rule, value in _value_rules(cfg):
+        if not ok:  # NaN fails every rule: each compares
+            raise SplatVLMError(f"--{flag} must be {rule}, got {short_repr(value, 40)}")
+
+
+def _value_rules(cfg: RunConfig) -> list[tuple[str, bool, str, Any]]:
+    """(flag, holds, rule, value) for the sizes and ranges a run's settings must keep (a config.yaml edited
+    before --resume is held to them as a new run's flags are)."""
+    r, sc, cam, st = cfg.render, cfg.scene, cfg.camera, cfg.strategy
+    rules = [
+        ("render.torch-chunk", r.torch_chunk > 0, "positive", r.torch_chunk),
+        ("render.near-plane", r.near_plane > 0, "positive", r.near_plane),
+        ("render.far-plane", r.far_plane > r.near_plane, "more than --render.near-plane", r.far_plane),
+        ("render.eps2d", r.eps2d >= 0, ">= 0", r.eps2d),
+        ("render.radius-clip", r.radius_clip >= 0, ">= 0", r.radius_clip),
+        ("scene.radius", sc.radius > 0, "positive", sc.radius),
+        ("scene.opacity", 0 < sc.opacity < 1, "in (0, 1)", sc.opacity),
+        ("scene.scale", sc.scale >= 0, ">= 0 (0: from the spacing)", sc.scale),
+        ("scene.sh-degree", 0 <= sc.sh_degree <= 3, "in 0..3", sc.sh_degree),
+        ("scene.color-noise", sc.color_noise >= 0, ">= 0", sc.color_noise),
+        ("scene.color", all(0 <= c <= 1 for c in sc.color), "in [0, 1] per channel", sc.color),
+        ("camera.low-res-until", cam.low_res_until >= 0, ">= 0", cam.low_res_until),
+        ("camera.eval-fovy", 0 < cam.eval_fovy < 180, "in (0, 180) degrees", cam.eval_fovy),
+        ("camera.eval-distance", cam.eval_distance > 0, "positive", cam.eval_distance),
+        ("strategy.refine-every", st.refine_every > 0, "positive", st.refine_every),
+        ("strategy.refine-start-iter", st.refine_start_iter >= 0, ">= 0", st.refine_start_iter),
+        ("strategy.cap-max", st.cap_max > 0, "positive", st.cap_max),
+        ("strategy.prune-opa", 0 <= st.prune_opa < 1, "in [0, 1)", st.prune_opa),
+        ("strategy.scene-scale", st.scene_scale > 0, "positive", st.scene_scale),
+        ("sds.anneal-steps", cfg.sds.anneal_steps >= 0, ">= 0", cfg.sds.anneal_steps),
+    ]
+    for name in ("lr_means", "lr_quats", "lr_scales", "lr_opacities", "lr_means_final"):
+        value = getattr(sc, name)
+        rules.append((f"scene.{name.replace('_', '-')}", value >= 0, ">= 0", value))
+    for name, lo_bound, hi_bound in (
+        ("elevation_range", -90.0, 90.0),
+        ("fovy_range", 0.0, 180.0),
+        ("distance_range", 0.0, float("inf")),
+    ):
+        lo, hi = getattr(cam, name)
+        ok = lo_bound <= lo <= hi <= hi_bound and (name == "elevation_range" or lo > 0)
+        rules.append(
+            (f"camera.{name.replace('_', '-')}", ok, f"low <= high within [{lo_bound}, {hi_bound}]", (lo, hi))
+        )
+    for name in [
+        f.name for f in dataclasses.fields(cfg.weights) if isinstance(getattr(cfg.weights, f.name), Weight)
+    ]:
+        w = getattr(cfg.weights, name)
+        rules.append((f"weights.{name}.ramp-steps", w.ramp_steps >= 0, ">= 0", w.ramp_steps))
+        stop = w.stop_after
+        rules.append((f"weights.{name}.stop-after", stop is None or stop >= 0, ">= 0 (or none)", stop))
+        finite = all(v is None or abs(v) < float("inf") for v in (w.start, w.end))
+        rules.append((f"weights.{name}", finite, "finite", (w.start, w.end)))
+    return rules

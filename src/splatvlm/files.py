@@ -1,42 +1,112 @@
 """Atomic writes and output-path checks shared by every command.
 
 Every file we produce is written to a temporary sibling and moved into place with ``os.replace``,
-so an interrupted or failed write leaves the previous file intact.
+so an interrupted or failed write leaves the previous file intact. A temporary file's name says who made
+it (host and pid), so the next command to write in that folder removes the ones whose writer was killed,
+and never a live writer's or a file of someone else's. Nothing here follows a symlink it creates or locks.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import hashlib
 import os
-import tempfile
+import re
+import secrets
+import socket
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 
 from .errors import SplatVLMError
+
+# ---------------------------------------------------------------------------------------------------
+# Temporary files: named after their output and their writer
+
+_HOST = hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:6]
+# .<stem>.~<host>-<pid>-<random>.tmp<suffix>
+_TEMP_NAME = re.compile(r"^\.(?P<stem>.*)\.~(?P<host>[0-9a-f]{6})-(?P<pid>[0-9]{1,10})-[0-9a-f]{8}\.tmp")
+
+
+def temp_name(path: Path) -> str:
+    """The name of a temporary sibling of ``path``: its stem, this host and pid, and a random part."""
+    return f".{path.stem}.~{_HOST}-{os.getpid()}-{secrets.token_hex(4)}.tmp{path.suffix}"
+
+
+def is_temp_name(name: str) -> bool:
+    """Whether ``name`` is a temporary file's name of ``atomic_path`` (any writer's)."""
+    return _TEMP_NAME.match(name) is not None
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of ours may be writing it
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, ValueError):
+        return True  # another user's process, or not a pid we can ask about: leave it
+    return True
+
+
+def _full_disk_error(e: RuntimeError, path: Path) -> OSError | None:
+    """torch.save (and other C++ writers) report a failed write as a RuntimeError: the OSError it stands for."""
+    text = str(e).lower()
+    if "writ" not in text and "no space" not in text:
+        return None
+    import shutil
+
+    try:
+        full = shutil.disk_usage(path.parent).free < 64 * 2**20
+    except OSError:
+        full = False
+    code = errno.ENOSPC if full or "no space" in text else errno.EIO
+    return OSError(code, os.strerror(code), str(path))
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it over ``path``.
 
-    The temporary file keeps the final suffix, so writers that pick a format from the
-    extension (imageio, torch.save) behave the same. On any exception it is removed.
+    The temporary file keeps the final suffix, so writers that pick a format from the extension
+    (imageio, torch.save) behave the same. It is created with O_EXCL and O_NOFOLLOW (never an existing file
+    or a symlink's target) and with the usual permissions of a new file. On any exception it is removed, and
+    a failed write (OSError, or the RuntimeError torch.save raises for a full disk) becomes an OSError that
+    names ``path``, not the temporary file.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    # mkstemp makes the file 0600; outputs get the usual permissions of a new file (umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp_path, 0o666 & ~umask)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    while True:
+        tmp_path = path.with_name(temp_name(path))
+        try:
+            os.close(os.open(tmp_path, flags, 0o666))  # the umask applies, as for any new file
+            break
+        except FileExistsError:
+            continue  # a clash of the random part: draw again
+        except OSError as e:
+            raise OSError(e.errno, e.strerror, str(path)) from None
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
+        try:
+            yield tmp_path
+            fd = os.open(tmp_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp_path, path)
+        except OSError as e:
+            if e.filename in (None, str(tmp_path)) or e.filename == tmp_path:
+                raise OSError(e.errno, e.strerror, str(path)) from None
+            raise
+        except RuntimeError as e:
+            converted = _full_disk_error(e, path)
+            if converted is None:
+                raise
+            raise converted from None
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             tmp_path.unlink()
         raise
 
@@ -66,8 +136,9 @@ def check_output_path(path: str | os.PathLike, overwrite: bool, suffixes: tuple[
         raise SplatVLMError(f"cannot create output folder {parent}: {e.strerror}") from None
     if not os.access(parent, os.W_OK):
         raise SplatVLMError(f"output folder {parent} is not writable")
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:
         raise SplatVLMError(f"output {path} already exists; pass --overwrite to replace it")
+    clean_temp_files(parent, path.stem)  # what a killed earlier write of this output left
     return path
 
 
@@ -90,8 +161,6 @@ def check_output_dir(path: str | os.PathLike) -> Path:
 
 def check_regular_file(path: str | os.PathLike, what: str) -> Path:
     """Refuse a FIFO, device or socket before opening it (reading one would hang or never end)."""
-    import stat
-
     path = Path(path)
     try:
         mode = os.stat(path).st_mode
@@ -107,15 +176,27 @@ def check_regular_file(path: str | os.PathLike, what: str) -> Path:
 
 
 def clean_temp_files(folder: str | os.PathLike, stem: str | None = None) -> list[Path]:
-    """Remove what ``atomic_path`` leaves behind when a process is killed mid-write (``.<stem>.*.tmp*``).
+    """Remove the temporary files ``atomic_path`` left in ``folder`` when its writer was killed.
 
-    Call only while holding the folder's ``RunLock``: then no live writer owns them.
+    Only names of our own pattern (``.<stem>.~<host>-<pid>-<random>.tmp*``), made on this host by a process
+    that is gone, and only regular files (not symlinks): a live writer's file, another host's and anything
+    of the user's stay. ``stem``: only the temporary files of that output.
     """
     folder = Path(folder)
-    removed = []
-    for p in folder.glob(f".{stem or '*'}.*.tmp*"):
-        if p.is_file() and not p.is_symlink():
-            with contextlib.suppress(OSError):
+    removed: list[Path] = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        m = _TEMP_NAME.match(name)
+        if m is None or m["host"] != _HOST or (stem is not None and m["stem"] != stem):
+            continue
+        if _pid_alive(int(m["pid"])):
+            continue
+        p = folder / name
+        with contextlib.suppress(OSError):
+            if stat.S_ISREG(os.lstat(p).st_mode):
                 p.unlink()
                 removed.append(p)
     return removed
@@ -147,11 +228,22 @@ class RunLock:
         if self._key in RunLock._held:
             RunLock._held[self._key] += 1
             return self
+        # Never follow a symlink and never block on a FIFO: the lock file is ours or refused.
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
         while True:
             try:
-                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+                fd = os.open(self.path, flags, 0o644)
             except OSError as e:
+                if e.errno == errno.ELOOP:
+                    raise SplatVLMError(
+                        f"lock file {self.path} is a symbolic link; remove it (a lock is never followed)"
+                    ) from None
                 raise SplatVLMError(f"cannot lock {self.what} {self.folder}: {e.strerror}") from None
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+                os.close(fd)
+                kind = "has other hard links" if stat.S_ISREG(st.st_mode) else "is not a regular file"
+                raise SplatVLMError(f"lock file {self.path} {kind}; remove it (it is never written through)")
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -163,7 +255,8 @@ class RunLock:
                 ) from None
             # The holder we raced may have removed the file after we opened it: lock the file on disk.
             try:
-                same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+                on_disk = os.lstat(self.path)
+                same = (on_disk.st_ino, on_disk.st_dev) == (st.st_ino, st.st_dev)
             except FileNotFoundError:
                 same = False
             if same:
@@ -186,9 +279,16 @@ class RunLock:
         del RunLock._held[self._key]
         if self._fd is not None:
             with contextlib.suppress(OSError):
-                os.unlink(self.path)  # while still locked, so nobody can lock the old file after this
+                # While still locked, so nobody can lock the old file after this; only our own file.
+                st, on_disk = os.fstat(self._fd), os.lstat(self.path)
+                if (st.st_ino, st.st_dev) == (on_disk.st_ino, on_disk.st_dev):
+                    os.unlink(self.path)
             os.close(self._fd)
             self._fd = None
+
+    def moved_to(self, folder: str | os.PathLike) -> None:
+        """The locked folder was renamed to ``folder`` (a swap): release removes the lock file there."""
+        self.folder, self.path = Path(folder), Path(folder) / LOCK_NAME
 
     def __enter__(self) -> RunLock:
         return self.acquire()
@@ -207,8 +307,6 @@ def _read_pid(fd: int) -> int | None:
 
 def os_error_line(e: OSError) -> str:
     """One line for a failed read or write: the path, the reason and the errno name."""
-    import errno
-
     name = errno.errorcode.get(e.errno or 0, "")
     code = f" (errno {e.errno} {name})" if e.errno else ""
     where = f" {e.filename}" if e.filename else ""

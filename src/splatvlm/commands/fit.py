@@ -18,6 +18,7 @@ from ..gaussians.cameras import Cameras, orbit_cameras
 from ..gaussians.render import render
 from ..gaussians.scene import init_ball, num_gaussians
 from ..guidance.photometric import PhotometricTerm, psnr
+from ..run.runs import new_run_id
 from ..run.train_state import new_state
 from ..run.trainer import Term, train, write_run_files
 
@@ -89,7 +90,8 @@ def run_fit(
     views = fit_views(cfg, num_train, num_heldout, resolution)
     targets = render_views(reference, views.train, cfg)
     held_targets = render_views(reference, views.heldout, cfg)
-    write_run_files(run_dir, cfg, {"command": "fit", "num_train": num_train, "num_heldout": num_heldout})
+    info = {"id": new_run_id(), "command": "fit", "num_train": num_train, "num_heldout": num_heldout}
+    write_run_files(run_dir, cfg, info)  # the id marks the folder as a run's (see runs.claim_run_folder)
 
     def sample(step: int, generator: torch.Generator) -> Cameras:
         idx = torch.randperm(num_train, generator=generator)[: min(batch, num_train)]

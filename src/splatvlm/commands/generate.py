@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -35,18 +36,28 @@ from ..run.runs import (
     aside_dir,
     batch_report,
     check_batch_folders,
+    check_output_replaceable,
+    claim_run_folder,
     config_differences,
     console,
     cut_metrics,
+    file_identity,
+    folder_kind,
     gpteval3d_tree,
     last_metrics,
+    new_run_id,
+    not_ours,
     print_batch_summary,
+    read_run_info,
     read_summary,
     recipe_dict,
     recipe_hash,
     recover_swap,
+    replaced_folder,
     resume_command,
+    run_id,
     swap_in,
+    update_run_info,
     yaml_dict,
 )
 from ..run.schedules import terms_active
@@ -162,13 +173,24 @@ def run_one(
 ) -> dict[str, Any]:
     """Train one prompt into ``output`` (a .ply); everything else goes into ``run_dir``.
 
-    ``replaces``: ``run_dir`` is being built aside to replace that run folder (--overwrite); the swap
-    happens only once the run has finished, so a failed or interrupted overwrite leaves the old run whole.
+    A new run makes ``run_dir`` (or takes it when it is a run folder of ours or empty; anything else is
+    refused), only now, so that a run refused earlier leaves no folder behind. ``replaces``: ``run_dir`` is
+    being built aside to replace that run folder (--overwrite); the swap happens only once the run has
+    finished, so a failed or interrupted overwrite leaves the old run whole.
     """
-    with RunLock(run_dir), RunLock(replaces) if replaces is not None else contextlib.nullcontext():
+    output, run_dir = Path(os.path.abspath(output)), Path(os.path.abspath(run_dir))
+    if replaces is not None:
+        replaces = Path(os.path.abspath(replaces))
+    if not resume:
+        claim_run_folder(run_dir)
+    build_lock = RunLock(run_dir)
+    with build_lock, RunLock(replaces) if replaces is not None else contextlib.nullcontext():
         clean_temp_files(output.parent, output.stem)
         try:
-            return _run_one(prompt, cfg, output, run_dir, guidance, control, resume, prompt_id, replaces)
+            summary = _run_one(prompt, cfg, output, run_dir, guidance, control, resume, prompt_id, replaces)
+            if replaces is not None and summary["finished"]:
+                build_lock.moved_to(replaces)  # swapped in: its lock file is there now
+            return summary
         except StopRun as e:
             raise StopRun(
                 f"{e}; continue with: {resume_command(run_dir)}", e.exit_code, kind=e.kind
@@ -188,11 +210,26 @@ def _run_one(
 ) -> dict[str, Any]:
     device = guidance.device
     t_start = time.perf_counter()
-    # 1. Run folder and resolved config.
-    if not resume:
-        info = {"prompt": prompt, "output": str(output), "seed": cfg.seed, "recipe": recipe_hash(cfg)}
+    # 1. Run folder and resolved config; what the run may replace, recorded with its identity.
+    if resume:
+        info = read_run_info(run_dir) or {}
+    else:
+        info = {
+            "id": new_run_id(),
+            "prompt": prompt,
+            "output": str(output),
+            "seed": cfg.seed,
+            "recipe": recipe_hash(cfg),
+        }
+        if control.overwrite and file_identity(output) is not None:
+            info["output_owned"] = file_identity(output)  # the file --overwrite was given for
         if replaces is not None:
-            info["replaces"] = str(replaces)
+            replaced_id = run_id(replaces)
+            if replaced_id is None:
+                raise SplatVLMError(
+                    f"{replaces} is not a run folder of splatvlm's; --overwrite does not replace it"
+                )
+            info["replaces"] = {"path": str(replaces), "id": replaced_id}
         write_run_files(run_dir, cfg, info)
     # 2. Guidance terms (models load once per batch).
     terms = guidance.terms(prompt)
@@ -248,8 +285,13 @@ def _run_one(
             viewer.close()
         raise
     finished = state.step >= cfg.steps
-    # 6. Outputs.
-    save_ply(state.params, output if finished else run_dir / "partial.ply")
+    # 6. Outputs. The output is replaced only if it is absent, --overwrite was given, or the run recorded it.
+    if finished:
+        check_output_replaceable(output, info, control.overwrite)
+        save_ply(state.params, output)
+        info = update_run_info(run_dir, output_owned=file_identity(output))
+    else:
+        save_ply(state.params, run_dir / "partial.ply")
     summary: dict[str, Any] = {
         "prompt": prompt,
         "output": str(output),
@@ -291,6 +333,7 @@ def _run_one(
             from ..outputs.mesh import export_mesh
 
             try:  # the splats are saved already: a scene with no surface yet costs the mesh, not the run
+                check_output_replaceable(output.with_suffix(".glb"), {}, control.overwrite)
                 mesh = export_mesh(
                     state.params, output.with_suffix(".glb"), replace(control.mesh, device=str(device))
                 )
@@ -306,7 +349,8 @@ def _run_one(
             (run_dir / name).unlink(missing_ok=True)
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
         if replaces is not None:
-            swap_in(run_dir, replaces)
+            swap_in(run_dir, replaces, info["replaces"]["id"])
+            update_run_info(replaces, replaces=None)  # in its place now: a later --resume replaces nothing
     if viewer is not None:
         if finished:
             viewer.update(
@@ -338,25 +382,34 @@ def prepare_single(
         output = Path(f"{slugify(prompt)}.ply")
     output = check_output_path(output, control.overwrite, suffixes=(".ply",))
     validate_run_config(cfg)
-    run_dir = run_dir or output.with_name(output.stem + "_run")
+    output = Path(os.path.abspath(output))
+    run_dir = Path(os.path.abspath(run_dir or output.with_name(output.stem + "_run")))
     recover_swap(run_dir)
-    holds_run = run_dir.is_dir() and any(
-        (run_dir / n).exists() for n in ("checkpoint.pt", "summary.json", "run.json")
-    )
-    if holds_run and not control.overwrite:
+    kind = folder_kind(run_dir)
+    if kind == "foreign":
+        raise SplatVLMError(not_ours(run_dir, "choose another --run-dir, or move it away"))
+    if kind == "missing" and not run_dir.parent.is_dir():
+        raise SplatVLMError(f"parent folder {run_dir.parent} of run folder {run_dir} does not exist")
+    if kind in ("missing", "empty"):
+        return prompt, output, run_dir, None  # made by run_one, once the models' sources are checked
+    if not control.overwrite:
         raise SplatVLMError(
             f"run folder {run_dir} already holds a run; --resume {run_dir} or pass --overwrite"
         )
-    check_output_dir(run_dir)
-    if not holds_run:
-        return prompt, output, run_dir, None
+    if kind == "legacy":
+        raise SplatVLMError(
+            f"run folder {run_dir} holds a run of an older splatvlm (no run id in its run.json), which "
+            "--overwrite does not replace; remove it yourself, or choose another --run-dir"
+        )
     with RunLock(run_dir):  # refuse now if another process is using it
         pass
     aside = aside_dir(run_dir)
-    if aside.exists():  # an earlier overwrite that did not finish: start it again
+    aside_kind = folder_kind(aside)
+    if aside_kind == "foreign":
+        raise SplatVLMError(not_ours(aside, "move it away to --overwrite"))
+    if aside_kind != "missing":  # an earlier overwrite that did not finish: start it again
         with RunLock(aside):
             shutil.rmtree(aside)
-    check_output_dir(aside)
     return prompt, output, aside, run_dir
 
 
@@ -369,20 +422,34 @@ def resume_run(
     ``execution``: speed and logging settings by dotted name (``runs.EXECUTION_ONLY``) for this resume only;
     config.yaml keeps the saved ones.
     """
-    run_dir = Path(run_dir)
+    run_dir = Path(os.path.abspath(run_dir))
     recover_swap(run_dir)
     info_path = run_dir / "run.json"
     if not info_path.is_file() or not (run_dir / "config.yaml").is_file():
         raise SplatVLMError(f"{run_dir} is not a splatvlm run folder (no run.json/config.yaml)")
+    if folder_kind(run_dir) not in ("ours", "legacy"):
+        raise SplatVLMError(f"{run_dir} is not a splatvlm run folder ({info_path} is not a run description)")
     if not (run_dir / "checkpoint.pt").is_file():
         raise SplatVLMError(f"{run_dir} has no checkpoint.pt to resume from")
     with RunLock(run_dir):
-        try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            raise SplatVLMError(f"{info_path} is not valid JSON") from None
-        if not isinstance(info, dict) or not isinstance(info.get("prompt"), str) or "output" not in info:
+        info = read_run_info(run_dir) or {}
+        if not isinstance(info.get("prompt"), str) or not isinstance(info.get("output"), str):
             raise SplatVLMError(f"{info_path} lacks the run's prompt and output")
+        # What the run writes and replaces, as recorded: checked now, not trusted.
+        output = Path(info["output"])
+        if not output.is_absolute() or output.suffix.lower() != ".ply":
+            raise SplatVLMError(
+                f"{info_path} records the output {info['output'][:200]!r}, not an absolute .ply path (an older "
+                "splatvlm's run); write the absolute path of the output there, then resume"
+            )
+        check_output_replaceable(output, info, overwrite=False)
+        found = replaced_folder(run_dir, info)
+        replaces = found[0] if found is not None else None
+        if found is not None and os.path.lexists(replaces) and run_id(replaces) != found[1]:
+            raise SplatVLMError(
+                f"{replaces} no longer holds the run this --overwrite replaces; nothing is replaced (move it "
+                f"away to let {run_dir} take its place)"
+            )
         cfg = apply_overrides(RunConfig(), read_yaml(run_dir / "config.yaml"))
         validate_run_config(cfg)
         ckpt = load_checkpoint(run_dir / "checkpoint.pt")
@@ -415,17 +482,17 @@ def resume_run(
         del ckpt
         if execution:
             cfg = apply_overrides(cfg, nest_dotted(execution))
+            validate_run_config(cfg)  # the same checks as a new run's, on what this resume runs with
             console.print(
                 "this resume's speed and logging settings: "
                 + ", ".join(f"{k}={v}" for k, v in execution.items())
             )
         sources = check_sources(cfg, [info["prompt"]])
         guidance = make_guidance(cfg, control, sources=sources)
-        replaces = Path(info["replaces"]) if info.get("replaces") else None
         return run_one(
             info["prompt"],
             cfg,
-            Path(info["output"]),
+            output,
             run_dir,
             guidance,
             control,
@@ -511,10 +578,10 @@ def _run_batch(
                 console.print(f"{tag}[{index + 1}/{len(prompts)}] done already: {run_dir.name}")
                 results[index] = ("already_done", read_summary(run_dir))
                 continue
-            run_dir.mkdir(exist_ok=True)
-            resume = (run_dir / "checkpoint.pt").is_file()
             console.print(f"{tag}[{index + 1}/{len(prompts)}] {prompt}")
             try:
+                claim_run_folder(run_dir, hint="move it away, or use another --out-dir")
+                resume = (run_dir / "checkpoint.pt").is_file()
                 summary = run_one(
                     prompt,
                     cfg,

@@ -51,8 +51,26 @@ def adapter_shapes(path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
     if st.is_file():
         with safe_open(str(st), framework="pt") as f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    sd = torch.load(p / "adapter_model.bin", map_location="meta", weights_only=True)
-    return {k: tuple(v.shape) for k, v in sd.items()}
+    return _bin_shapes(p / "adapter_model.bin", path)
+
+
+def _bin_shapes(file: Path, path: str | os.PathLike) -> dict[str, tuple[int, ...]]:
+    """Shapes in a torch-pickled adapter_model.bin, read with ``weights_only`` (never runs its code); a file
+    that holds anything but tensors, or no readable pickle, is one line naming it."""
+    try:
+        sd = torch.load(file, map_location="meta", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - UnpicklingError (code in the pickle), EOFError, RuntimeError ...
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        # weights_only's message opens with advice to turn it off; the line naming the blocked code says why
+        why = [ln for ln in lines if "GLOBAL" in ln or "Unsupported" in ln] or lines or [type(e).__name__]
+        first = why[0][:160]
+        raise SplatVLMError(
+            f"LoRA adapter {path}: {file.name} is not a plain tensor file ({type(e).__name__}: {first}); "
+            "nothing in it was run. Use adapter_model.safetensors"
+        ) from None
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise SplatVLMError(f"LoRA adapter {path}: {file.name} does not hold a dict of tensors")
+    return {str(k): tuple(v.shape) for k, v in sd.items()}
 
 
 def check_adapter_fits(path: str | os.PathLike, model: torch.nn.Module, model_name: str) -> dict:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from ..errors import SplatVLMError
-from ..files import atomic_path, check_output_dir
+from ..files import atomic_path, check_output_dir, clean_temp_files
 from ..gaussians.cameras import CameraConfig, Cameras, eval_orbit
 from ..gaussians.render import RenderConfig, normals_from_depth, render
 
@@ -259,7 +259,12 @@ def export_gpteval3d(
     root = check_output_dir(out_dir)
     folder = root
     for part in (method, str(prompt_id), str(seed)):
+        if (folder / part).is_symlink():  # the tree stays inside out_dir
+            raise SplatVLMError(
+                f"{folder / part} is a symbolic link; GPTEval3D renders go only inside {root}"
+            )
         folder = check_output_dir(folder / part)
+    clean_temp_files(folder)  # what a killed earlier export left
     cams = gpteval3d_cameras(num_views, resolution, elevation, fovy, distance)
     views = _render_views(
         params,

@@ -17,6 +17,8 @@ A .ply mesh keeps the splat file's axes. Units are the .ply's in every format.
 from __future__ import annotations
 
 import math
+import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -376,17 +378,31 @@ def splats_to_mesh(params: torch.nn.ParameterDict, cfg: MeshConfig, timings: dic
     return mesh
 
 
-def check_mesh_output(path: Path, cfg: MeshConfig) -> None:
+def mesh_sidecars(path: Path, cfg: MeshConfig) -> list[Path]:
+    """The files a mesh export writes beside ``path``: a textured .obj's ``<stem>.mtl`` and ``<stem>.png``."""
+    if cfg.texture and path.suffix.lower() == ".obj":
+        return [path.with_suffix(".mtl"), path.with_suffix(".png")]
+    return []
+
+
+def check_mesh_output(path: Path, cfg: MeshConfig, overwrite: bool = True) -> None:
+    """Refuse a mesh output that cannot be written; without ``overwrite``, also one whose sidecars exist."""
     if path.suffix.lower() not in MESH_SUFFIXES:
         raise SplatVLMError(f"mesh output {path} must end in one of {', '.join(MESH_SUFFIXES)}")
     if cfg.texture and path.suffix.lower() == ".ply":
         raise SplatVLMError("a .ply mesh holds vertex colors only; write .glb or .obj for --texture")
+    for side in mesh_sidecars(path, cfg):
+        if os.path.lexists(side) and not overwrite:
+            raise SplatVLMError(
+                f"{side} (written with {path.name}) already exists; pass --overwrite to replace it"
+            )
 
 
 def save_mesh(mesh, path: str | Path) -> list[Path]:
     """Write ``mesh`` (z-up) atomically as .glb / .obj (y-up) or .ply (z-up); returns every file written.
 
-    A textured .obj also writes ``<stem>.mtl`` and its texture image beside it.
+    A textured .obj also writes ``<stem>.mtl`` and its texture ``<stem>.png`` beside it, named after the
+    output, so that two exports in one folder never share (and overwrite) a texture.
     """
     from trimesh.exchange.obj import export_obj
 
@@ -404,9 +420,19 @@ def save_mesh(mesh, path: str | Path) -> list[Path]:
     if suffix == ".glb":
         atomic_write_bytes(path, out.export(file_type="glb"))
         return [path]
-    text, files = export_obj(out, include_normals=True, return_texture=True, mtl_name=f"{path.stem}.mtl")
+    mtl_name = f"{path.stem}.mtl"
+    text, files = export_obj(out, include_normals=True, return_texture=True, mtl_name=mtl_name)
+    # trimesh names the texture material_0.png: rename it after the output, and in the .mtl that points to it.
+    images = [n for n in files if n != mtl_name]
+    renamed = {n: f"{path.stem}{'' if i == 0 else f'_{i}'}{Path(n).suffix}" for i, n in enumerate(images)}
+    mtl = files.get(mtl_name, b"").decode("utf-8")
+    for old, new in renamed.items():
+        mtl = re.sub(rf"(?m)^(\s*map_\w+\s+.*?){re.escape(old)}\s*$", lambda m, new=new: m[1] + new, mtl)
+    outputs = {
+        renamed.get(n, n): (mtl.encode("utf-8") if n == mtl_name else data) for n, data in files.items()
+    }
     written = []
-    for name, data in files.items():  # the .mtl and the texture image(s)
+    for name, data in outputs.items():  # the .mtl and the texture image(s)
         target = path.with_name(Path(name).name)
         with atomic_path(target) as tmp:
             tmp.write_bytes(data)

@@ -1,6 +1,11 @@
 """Run folders: what identifies a run (its prompt and recipe hash), the checks before one is resumed or a
 batch folder reused, building aside and swapping in (``--overwrite``), metrics cut back on resume, batch
 reports and the GPTEval3D tree of a prompt file.
+
+What a run may delete or replace is what it made: a run folder carries a random id in its run.json, made
+when the folder was; a folder without one is never written into, replaced or deleted. An ``--overwrite``
+records the id of the folder it replaces, and the swap checks it; an output file is replaced only when
+``--overwrite`` was given or it is the very file (device and inode) that the run recorded.
 """
 
 from __future__ import annotations
@@ -8,16 +13,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
+import secrets
 import shlex
 import shutil
+import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from rich.console import Console
 
 from ..config import RunConfig, apply_overrides, read_yaml, to_dict
 from ..errors import SplatVLMError
-from ..files import atomic_write_text, check_output_dir
+from ..files import LOCK_NAME, atomic_write_text, check_output_dir, is_temp_name
 from ..prompts import where_of
 
 console = Console(stderr=True)  # every run's and batch's messages (stderr: stdout stays for data)
@@ -73,25 +81,199 @@ def cut_metrics(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(k + "\n" for k in kept))
 
 
+# ---------------------------------------------------------------------------------------------------
+# Which folders and files are a run's own
+
+RUN_INFO = "run.json"
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+FolderKind = Literal["missing", "empty", "ours", "legacy", "foreign"]
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(16)
+
+
+def read_run_info(folder: Path) -> dict[str, Any] | None:
+    """``folder/run.json`` as a dict, when ``folder`` is a real folder (not a symlink) and run.json a regular
+    file holding a JSON object; None otherwise (never follows a symlink, never blocks on a FIFO)."""
+    try:
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return None
+        fd = os.open(folder / RUN_INFO, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = f.read((1 << 20) + 1)
+    if len(data) > 1 << 20:
+        return None
+    try:
+        info = json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def run_id(folder: Path) -> str | None:
+    """The run id in ``folder/run.json`` (see ``read_run_info``), or None."""
+    info = read_run_info(folder)
+    rid = info.get("id") if info is not None else None
+    return rid if isinstance(rid, str) and _RUN_ID.match(rid) else None
+
+
+def folder_kind(folder: Path) -> FolderKind:
+    """What is at ``folder``: nothing; a real folder holding nothing but our lock and temporary files; a run
+    folder of ours (run.json with a run id); a run folder of an older splatvlm (run.json with a prompt, no
+    id); or something else (a file, a symlink, a folder of other files)."""
+    try:
+        st = os.lstat(folder)
+    except FileNotFoundError:
+        return "missing"
+    if not stat.S_ISDIR(st.st_mode):
+        return "foreign"
+    info = read_run_info(folder)
+    if info is not None and run_id(folder) is not None:
+        return "ours"
+    if info is not None and isinstance(info.get("prompt"), str):
+        return "legacy"
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return "foreign"
+    if all(n == LOCK_NAME or is_temp_name(n) for n in names):
+        return "empty"
+    return "foreign"
+
+
+def not_ours(folder: Path, hint: str) -> str:
+    """Why ``folder`` is not taken as a run folder, with what to do (``hint``)."""
+    if os.path.islink(folder):
+        what = "is a symbolic link"
+    elif os.path.lexists(folder) and not os.path.isdir(folder):
+        what = "exists and is not a folder"
+    else:
+        what = "exists and is not a splatvlm run folder (it holds other files)"
+    return f"{folder} {what}; a run writes only into a folder it made: {hint}"
+
+
+def claim_run_folder(folder: Path, hint: str = "choose another --run-dir, or move it away") -> None:
+    """Make ``folder`` for a run, or take it when it is ours already; anything else is refused, untouched.
+
+    Ours: a run folder with a run id (or of an older splatvlm, by its run.json), or an empty folder.
+    """
+    kind = folder_kind(folder)
+    if kind == "foreign":
+        raise SplatVLMError(not_ours(folder, hint))
+    if kind == "missing":
+        if not folder.parent.is_dir():
+            raise SplatVLMError(f"parent folder {folder.parent} of run folder {folder} does not exist")
+        try:
+            os.mkdir(folder)
+        except FileExistsError:  # made since we looked: judge what is there now
+            return claim_run_folder(folder, hint)
+        except OSError as e:
+            raise SplatVLMError(f"cannot create run folder {folder}: {e.strerror}") from None
+    if not os.access(folder, os.W_OK):
+        raise SplatVLMError(f"run folder {folder} is not writable")
+
+
+def update_run_info(run_dir: Path, **changes: Any) -> dict[str, Any]:
+    """Rewrite run.json with ``changes`` (atomically); returns the new contents."""
+    info = {**(read_run_info(run_dir) or {}), **changes}
+    atomic_write_text(run_dir / RUN_INFO, json.dumps(info, indent=2))
+    return info
+
+
+def file_identity(path: Path) -> list[int] | None:
+    """[device, inode] of what is at ``path`` (a symlink itself, not its target), or None."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    return [st.st_dev, st.st_ino]
+
+
+def check_output_replaceable(output: Path, info: dict[str, Any], overwrite: bool) -> None:
+    """Refuse to replace a file at ``output`` that the run may not: it may when nothing is there, when this
+    invocation has --overwrite, or when it is the very file the run recorded in run.json (``output_owned``:
+    the one --overwrite was given for at the run's start, or the one the run wrote itself)."""
+    have = file_identity(output)
+    if have is None or overwrite or have == info.get("output_owned"):
+        return
+    raise SplatVLMError(
+        f"output {output} exists and is not this run's (it appeared after the run started); move it away, "
+        "then run again"
+    )
+
+
 def aside_dir(run_dir: Path) -> Path:
     """Where an --overwrite builds the new run before it replaces ``run_dir``."""
     return run_dir.with_name(f".{run_dir.name}.overwrite")
 
 
-def swap_in(new: Path, target: Path) -> None:
-    """Replace run folder ``target`` by ``new``: two renames; the old folder is deleted last."""
-    old = target.with_name(f".{target.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    if target.exists():
+def old_dir(target: Path) -> Path:
+    """Where a swap keeps the replaced run between its two renames."""
+    return target.with_name(f".{target.name}.old")
+
+
+def replaced_folder(run_dir: Path, info: dict[str, Any]) -> tuple[Path, str] | None:
+    """The run folder ``run_dir`` replaces when it finishes (an --overwrite built aside), with the run id it
+    must still hold, from run.json; checked: only the folder ``run_dir`` was built beside, by its id."""
+    rec = info.get("replaces")
+    if rec is None:
+        return None
+    if (
+        not isinstance(rec, dict)
+        or not isinstance(rec.get("path"), str)
+        or not isinstance(rec.get("id"), str)
+    ):
+        raise SplatVLMError(
+            f"{run_dir}/run.json names a folder to replace without its run id (an older splatvlm's "
+            "--overwrite?); start the overwrite again"
+        )
+    target = Path(rec["path"])
+    if not target.is_absolute() or aside_dir(target) != run_dir.absolute() or not _RUN_ID.match(rec["id"]):
+        raise SplatVLMError(
+            f"{run_dir}/run.json names {rec['path'][:200]!r} to replace, which is not the folder this run was "
+            "built beside; nothing is replaced (start a new run)"
+        )
+    return target, rec["id"]
+
+
+def swap_in(new: Path, target: Path, expect_id: str) -> None:
+    """Replace run folder ``target`` by ``new`` (built beside it): two renames; the old folder is deleted last.
+
+    Only the run the overwrite was started on is replaced: ``target`` must still hold run id ``expect_id``
+    (a missing ``target`` is simply filled); anything else is left as it is, with the new run in ``new``.
+    """
+    if aside_dir(target.absolute()) != new.absolute():
+        raise SplatVLMError(f"{new} was not built beside {target}; nothing is replaced")
+    old = old_dir(target)
+    if os.path.lexists(old):  # the replaced run of a swap cut before its last step
+        if folder_kind(old) != "ours":
+            raise SplatVLMError(
+                f"{old} is in the way and is not a run folder; move it away, then --resume {new}"
+            )
+        shutil.rmtree(old)
+    moved = False
+    if os.path.lexists(target):
+        if run_id(target) != expect_id:
+            raise SplatVLMError(
+                f"{target} no longer holds the run this --overwrite replaces; it is left as it is, and the new "
+                f"run stays in {new}"
+            )
         os.rename(target, old)
+        moved = True
     os.rename(new, target)
-    shutil.rmtree(old, ignore_errors=True)
+    if moved:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def recover_swap(target: Path) -> None:
-    """Undo a swap cut between its two renames: the old run comes back."""
-    old = target.with_name(f".{target.name}.old")
-    if not target.exists() and old.is_dir():
+    """Undo a swap cut between its two renames: the old run comes back (only a run folder of ours)."""
+    old = old_dir(target)
+    if not os.path.lexists(target) and folder_kind(old) == "ours":
         os.rename(old, target)
         console.print(f"restored {target} (an earlier --overwrite was cut off while replacing it)")
 
@@ -138,19 +320,14 @@ def check_batch_folders(prompts: list[str], run_dirs: list[Path], cfg: RunConfig
     where = where_of(prompts)
     want = recipe_hash(cfg)
     for i, (prompt, run_dir) in enumerate(zip(prompts, run_dirs, strict=True)):
-        info_path = run_dir / "run.json"
-        if not info_path.is_file():
-            continue
-        try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except (ValueError, UnicodeDecodeError):
+        kind = folder_kind(run_dir)
+        if kind == "foreign":  # a symlink out of the out-dir, a file, a folder of other files
             raise SplatVLMError(
-                f"{info_path} is not valid JSON; remove {run_dir} to re-run {where[i]}"
-            ) from None
-        if not isinstance(info, dict):
-            raise SplatVLMError(
-                f"{info_path} is not a run description; remove {run_dir} to re-run {where[i]}"
+                not_ours(run_dir, f"move it away to run {where[i]} (or use another --out-dir)")
             )
+        if kind in ("missing", "empty"):
+            continue
+        info = read_run_info(run_dir) or {}
         if info.get("prompt") != prompt:
             raise SplatVLMError(
                 f"{where[i]} is {prompt[:60]!r} but {run_dir} holds {str(info.get('prompt'))[:60]!r}; "
@@ -195,6 +372,11 @@ def print_batch_summary(report: dict[str, Any], path: Path) -> None:
 
 def gpteval3d_tree(out_dir: Path, prompt_set: str, prompts: list[str]) -> Path:
     """``out_dir/gpteval3d/<prompt_set>``, made once per prompt file; another file of the same name is refused."""
+    for part in (out_dir / "gpteval3d", out_dir / "gpteval3d" / prompt_set):  # the batch stays in its out-dir
+        if part.is_symlink():
+            raise SplatVLMError(
+                f"{part} is a symbolic link; a batch writes only inside its out-dir {out_dir}"
+            )
     root = check_output_dir(check_output_dir(out_dir / "gpteval3d") / prompt_set)
     record = root / "prompts.json"
     text = json.dumps(prompts, indent=1)

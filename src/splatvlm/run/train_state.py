@@ -3,7 +3,6 @@ atomic, loadable with ``torch.load(weights_only=True)``, checked against the run
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,18 +76,8 @@ def save_checkpoint(path: Path, state: TrainState, cfg: RunConfig) -> None:
             "logits": state.background.detach().cpu(),
             "optimizer": state.background_optimizer.state_dict(),
         }
-    with atomic_path(path) as tmp:
-        try:
-            torch.save(payload, tmp)
-        except RuntimeError as e:  # torch reports a failed write (full disk) as a RuntimeError
-            if "writ" not in str(e).lower():
-                raise
-            import errno
-            import shutil
-
-            full = shutil.disk_usage(path.parent).free < 64 * 2**20
-            code = errno.ENOSPC if full else errno.EIO
-            raise OSError(code, os.strerror(code), str(path)) from None
+    with atomic_path(path) as tmp:  # a full disk (torch's RuntimeError too) becomes an OSError naming path
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -1,10 +1,13 @@
-"""The viewer's network guard: where it may listen, and which pages may talk to it.
+"""The viewer's network guard: where it may listen, which pages may talk to it, and how many at once.
 
 Binding to loopback does not stop a browser: a page on any other site can open ``ws://127.0.0.1:PORT``.
 So every websocket handshake must come from this viewer's own page (or from a local program that sends no
 Origin), and viser's public share tunnel is refused unless asked for. A server reachable from the network can
 also require a secret token in its URL path (``http://HOST:PORT/<token>``, as Jupyter prints one at start):
 viser's page opens its websocket on the page's own path, so the token travels with every handshake.
+Connections are capped, so clients cannot use up the file descriptors the run needs for its own writes;
+errors of the server's event loop (a failed accept under a low descriptor limit repeats every second) are
+printed once, in one line.
 """
 
 from __future__ import annotations
@@ -14,9 +17,11 @@ import dataclasses
 import errno
 import hmac
 import ipaddress
+import logging
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from ..errors import SplatVLMError
@@ -91,7 +96,59 @@ def token_ok(path: str, token: str) -> bool:
 _SERVE_PATCH = threading.Lock()
 
 
-def guarded_server(viser: Any, host: str, port: int, share: bool, token: str | None = None) -> Any:
+def say_once(seen: set, key: Any, line: str) -> None:
+    """Print ``line`` to stderr the first time ``key`` is seen."""
+    if key not in seen:
+        seen.add(key)
+        print(line, file=sys.stderr, flush=True)
+
+
+def loop_errors_once(default: Callable[[dict], None]) -> Callable[[Any, dict], None]:
+    """An asyncio exception handler: a failed accept() (EMFILE, ENFILE, ENOBUFS, ENOMEM: asyncio retries it
+    every second, with a traceback each time) is one line, once per errno; anything else goes to ``default``."""
+    seen: set = set()
+
+    def handler(loop: Any, context: dict) -> None:
+        exc = context.get("exception")
+        message = str(context.get("message", ""))
+        if isinstance(exc, OSError) and "accept" in message:
+            name = errno.errorcode.get(exc.errno or 0, "")
+            say_once(seen, exc.errno, f"viewer: cannot accept a connection: {exc.strerror or exc} (errno "
+                     f"{exc.errno} {name}); retrying, its clients stay served; not shown again")  # fmt: skip
+            return
+        if "_start_serving" in message:  # the accept retry, due after the server was closed
+            return
+        default(context)
+
+    return handler
+
+
+class _OnceHandler(logging.Handler):
+    """websockets' server log, errors only, each kind once and in one line (no traceback)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.seen: set = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        exc = record.exc_info[1] if record.exc_info else None
+        detail = f": {type(exc).__name__}: {str(exc)[:200]}" if exc is not None else ""
+        line = f"viewer: {record.getMessage()}{detail} (shown once)"
+        say_once(self.seen, (record.getMessage(), type(exc).__name__), line)
+
+
+def _once_logger(name: str) -> logging.Logger:
+    logger = logging.getLogger(name)
+    if not any(isinstance(h, _OnceHandler) for h in logger.handlers):
+        logger.addHandler(_OnceHandler())
+    logger.setLevel(logging.ERROR)
+    logger.propagate = False
+    return logger
+
+
+def guarded_server(
+    viser: Any, host: str, port: int, share: bool, token: str | None = None, max_connections: int = 16
+) -> Any:
     """A ``viser.ViserServer`` whose websocket handshakes pass ``origin_allowed`` first.
 
     ``token``: handshakes must also open ``/<token>``, and the page is served at that path only (its
@@ -100,9 +157,12 @@ def guarded_server(viser: Any, host: str, port: int, share: bool, token: str | N
     viser 1.1.1 builds its websockets server inside ``ViserServer.__init__`` (on a thread, with
     ``websockets.asyncio.server.serve(..., process_request=<its static-file server>)``) and offers
     no hook. For the duration of that call only, ``serve`` gets a ``process_request`` that answers a
-    foreign Origin with 403 and hands everything else to viser's own. If viser stops building its
-    server that way, the viewer refuses to start rather than run unguarded.
+    foreign Origin with 403 and hands everything else to viser's own; a connection beyond
+    ``max_connections`` open ones (page loads and websockets) is closed as soon as it is accepted; its
+    event loop's errors and its log print once, in one line. If viser stops building its server that
+    way, the viewer refuses to start rather than run unguarded.
     """
+    import asyncio
     import http
 
     import websockets.asyncio.server as ws_server
@@ -110,8 +170,23 @@ def guarded_server(viser: Any, host: str, port: int, share: bool, token: str | N
     original_serve = ws_server.serve
     used = []
 
+    refused: set = set()
+
+    class CappedConnection(ws_server.ServerConnection):
+        """Closed as soon as it is accepted when ``max_connections`` are open already: a client that connects
+        and sends nothing would otherwise hold a file descriptor until the handshake times out."""
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)  # registers it in server.handlers, which counts every open one
+            if len(self.server.handlers) > max_connections:
+                say_once(refused, "cap", f"viewer: refused a connection: {max_connections} are open, the most "
+                         "allowed; further refusals are not shown")  # fmt: skip
+                transport.abort()
+
     def guarded_serve(*args: Any, **kwargs: Any) -> Any:
         inner = kwargs.get("process_request")
+        loop = asyncio.get_running_loop()  # viser calls serve inside its server thread's event loop
+        loop.set_exception_handler(loop_errors_once(loop.default_exception_handler))
 
         def process_request(connection: Any, request: Any) -> Any:
             if request.headers.get("Upgrade", "").lower() == "websocket":
@@ -135,6 +210,9 @@ def guarded_server(viser: Any, host: str, port: int, share: bool, token: str | N
             return inner(connection, request) if inner is not None else None
 
         kwargs["process_request"] = process_request
+        kwargs["logger"] = _once_logger("splatvlm.viewer.websockets")
+        kwargs["create_connection"] = CappedConnection
+        kwargs["backlog"] = max_connections  # also how many asyncio accepts in one go, before any is closed
         used.append(True)
         return original_serve(*args, **kwargs)
 

@@ -82,6 +82,9 @@ class ViewerConfig:
     """After training, keep serving until Ctrl-C so the result can be inspected."""
     share: bool = False
     """Honour viser's "share" request (a public tunnel to this viewer through share.viser.studio)."""
+    max_connections: int = 16
+    """Connections served at once (browser tabs and their page loads); more are closed as soon as they are
+    accepted, so clients cannot use up the file descriptors the run needs for its checkpoints and outputs."""
 
 
 def check_viewer_config(cfg: ViewerConfig) -> None:
@@ -94,6 +97,8 @@ def check_viewer_config(cfg: ViewerConfig) -> None:
         raise SplatVLMError(f"viewer preview_resolution must be in 16..2048, got {cfg.preview_resolution}")
     if not cfg.host.strip():
         raise SplatVLMError("viewer host is empty")
+    if not 1 <= cfg.max_connections <= 4096:
+        raise SplatVLMError(f"viewer max_connections must be in 1..4096, got {cfg.max_connections}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -221,7 +226,7 @@ class Viewer:
         import viser  # lazy: only when the viewer is on
 
         self._viser = viser
-        self.server = guarded_server(viser, cfg.host, cfg.port, cfg.share)
+        self.server = guarded_server(viser, cfg.host, cfg.port, cfg.share, max_connections=cfg.max_connections)
         self.server.scene.set_up_direction("+z")
         # Start where the turntable renders look from (azimuth 0 = +x).
         cam = CameraConfig()
