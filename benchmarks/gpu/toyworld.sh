@@ -10,7 +10,9 @@
 #   phase1  prior, reward, sweep in one call, each phase under its own time limit so the tar always runs
 # Env: W (weights to start from, default the shipped ones), OBJS (default the 7 front/back objects), SEEDS
 # (default "0 1"), STEPS (300), SWEEP (weights.vlm.start=30,100,300,1000), RSTEPS (150), PROCS (16),
-# EXTRA (more `toyworld eval` arguments, e.g. "--set key=value").
+# EXTRA (more `toyworld eval` arguments, e.g. "--set key=value"), PRIOR_LIMIT / REWARD_LIMIT / SWEEP_LIMIT (s; the
+# sweep's default: what is left of DEADLINE, 520 s from the start).
+T0=$(date +%s)
 if [ ! -f /tmp/site/.splatvlm-installed ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
   touch /tmp/site/.splatvlm-installed
@@ -27,6 +29,7 @@ SWEEP=${SWEEP:-weights.vlm.start=30,100,300,1000}
 RSTEPS=${RSTEPS:-150}
 P=${PROCS:-16}
 SECTION=${1:-phase1}
+DEADLINE=${DEADLINE:-520}  # seconds from the start: the sweep's limit is what is left of it, less the merge and tar
 R=/tmp/toyworld-runs  # run folders stay on the machine (too big to bring back)
 mkdir -p $R
 
@@ -67,7 +70,9 @@ if [ "$SECTION" = sweep ] || [ "$SECTION" = phase1 ]; then
   t=$(date +%s)
   SW=$O/weights
   [ -f "$SW/reward/config.json" ] || SW=$W
-  sharded sweep "${SWEEP_LIMIT:-250}" --methods vlm3d --objects $OBJS --seeds $SEEDS --steps "$STEPS" --weights "$SW" \
+  left=$((DEADLINE - ($(date +%s) - T0) - 30))
+  echo "sweep limit: ${SWEEP_LIMIT:-$left} s"
+  sharded sweep "${SWEEP_LIMIT:-$left}" --methods vlm3d --objects $OBJS --seeds $SEEDS --steps "$STEPS" --weights "$SW" \
     --sweep $SWEEP $EXTRA
   echo "sweep section: $(($(date +%s) - t)) s"
 fi
