@@ -50,6 +50,15 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def ignore_in_git(folder: str | os.PathLike) -> None:
+    """Write ``folder/.gitignore`` ignoring everything in it (itself included), so that a run folder made
+    inside a git checkout does not show as untracked; call it only for folders this program created.
+    An existing .gitignore is left alone."""
+    path = Path(folder) / ".gitignore"
+    if not path.exists():
+        atomic_write_text(path, "# made by splatvlm: a run folder, not source\n*\n")
+
+
 def check_output_path(path: str | os.PathLike, overwrite: bool, suffixes: tuple[str, ...] = ()) -> Path:
     """Validate an output file path before any heavy work starts; missing parent folders are created."""
     path = Path(path)
