@@ -474,7 +474,7 @@ def test_view_mesh_loads_z_up(tmp_path, sphere, vertex_mesh):
         load_mesh_for_view(tmp_path / "bad.glb")
 
 
-def test_generate_mesh_writes_glb_beside_the_ply(tmp_path, monkeypatch):
+def test_generate_mesh_writes_glb_beside_the_ply(tmp_path, monkeypatch, capsys):
     import functools
 
     import splatvlm.cli
@@ -503,3 +503,11 @@ def test_generate_mesh_writes_glb_beside_the_ply(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "a_run" / "summary.json").read_text())
     assert summary["mesh"] == str(glb)
     assert len(trimesh.load(glb, force="mesh", process=False).faces) <= 500
+    # The mesh says what it does, and the done line names the .glb and counts its time.
+    printed = capsys.readouterr()
+    assert "mesh: density of" in printed.err and "mesh: colors (rays)" in printed.err
+    done = [ln for ln in printed.out.splitlines() if ln.startswith("done: ")]
+    assert len(done) == 1, printed.out
+    want = f"done: {out}, {glb} ({summary['num_gaussians']:,} Gaussians, {summary['seconds']:.1f} s)"
+    assert done[0].startswith(want), done
+    assert summary["files"] == [str(out), str(glb)]

@@ -12,6 +12,7 @@ import contextlib
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,14 @@ import torch
 from .. import models
 from ..config import RunConfig, apply_overrides, nest_dotted, read_yaml, to_dict, validate_run_config
 from ..errors import SplatVLMError, StopRun
-from ..files import RunLock, atomic_write_text, check_output_dir, check_output_path, clean_temp_files
+from ..files import (
+    RunLock,
+    atomic_write_text,
+    check_output_dir,
+    check_output_path,
+    clean_temp_files,
+    ignore_in_git,
+)
 from ..gaussians.cameras import Cameras
 from ..gaussians.ply import save_ply
 from ..gaussians.scene import init_ball, num_gaussians
@@ -70,6 +78,8 @@ class RunControl:
         None  # where GPTEval3D's <method>/<id>/<seed> tree goes (default: the run folder)
     )
     mesh: Any = None  # a mesh.MeshConfig: also write <output stem>.glb beside the .ply
+    # Called with each run's summary as it ends (finished or stopped), before the viewer lingers.
+    on_done: Callable[[dict[str, Any]], None] | None = None
 
 
 @dataclass
@@ -92,8 +102,10 @@ class Guidance:
                 from ..guidance.sds import SDSGuidance
 
                 t0 = time.perf_counter()
+                console.print(f"loading the prior ({self.cfg.sds.model}) ...")
                 self.sds = SDSGuidance(self.cfg.sds, self.device).load()
                 self.loaded["sds_s"] = time.perf_counter() - t0
+                console.print(f"loaded the prior in {self.loaded['sds_s']:.1f} s")
             self.sds.set_prompt(prompt)
             terms["sds"] = Term(self.sds, weights=("sds",))
         if active["vlm"]:
@@ -102,12 +114,14 @@ class Guidance:
                 from ..guidance.reward import VLMReward
 
                 t0 = time.perf_counter()
+                console.print(f"loading the reward VLM ({self.cfg.vlm.model}) ...")
                 src = self.sources.vlm if self.sources is not None and self.sources.vlm is not None else None
                 if src is None:
                     src = models.check_reward_source(self.cfg.vlm)
                 with distributed.on_device(vlm_device):
                     self.vlm = VLMReward(self.cfg.vlm, src, vlm_device)
                 self.loaded["vlm_s"] = time.perf_counter() - t0
+                console.print(f"loaded the reward VLM in {self.loaded['vlm_s']:.1f} s")
             self.vlm.set_prompt(prompt)
             reward_term = (
                 self.vlm if vlm_device == self.device else on_other_device(self.vlm, vlm_device, self.device)
@@ -174,10 +188,8 @@ def run_one(
         clean_temp_files(output.parent, output.stem)
         try:
             return _run_one(prompt, cfg, output, run_dir, guidance, control, resume, prompt_id, replaces)
-        except StopRun as e:
-            raise StopRun(
-                f"{e}; continue with: {resume_command(run_dir)}", e.exit_code, kind=e.kind
-            ) from None
+        except StopRun as e:  # chained: a batch tells how to go on without this run's own command
+            raise StopRun(f"{e}; continue with: {resume_command(run_dir)}", e.exit_code, kind=e.kind) from e
 
 
 def _run_one(
@@ -263,6 +275,7 @@ def _run_one(
         # The whole run: earlier invocations' training time (from the checkpoint) + all of this one.
         "seconds": round(elapsed_before + time.perf_counter() - t_start, 2),
         "seconds_this_invocation": round(time.perf_counter() - t_start, 2),
+        "files": [str(output if finished else run_dir / "partial.ply")],  # and the exports below
     }
     final_dir = replaces if replaces is not None else run_dir
     if not finished:
@@ -270,12 +283,19 @@ def _run_one(
     if finished:
         if cfg.turntable_frames > 0:
             frames = export.render_turntable(
-                state.params, cfg.camera, cfg.render, cfg.turntable_frames, cfg.turntable_resolution, device
+                state.params,
+                cfg.camera,
+                cfg.render,
+                cfg.turntable_frames,
+                cfg.turntable_resolution,
+                device,
+                progress=control.progress,
             )
             export.save_video(frames, run_dir / "turntable.gif", fps=20)
             export.save_contact_sheet(
                 frames[:: max(1, len(frames) // 8)][:8], run_dir / "contact.png", cols=4
             )
+            summary["files"] += [str(final_dir / "turntable.gif"), str(final_dir / "contact.png")]
         if control.gpteval3d:
             written = str(
                 export.export_gpteval3d(
@@ -286,18 +306,24 @@ def _run_one(
                     cfg.seed,
                     render_cfg=cfg.render,
                     device=device,
+                    progress=control.progress,
                 )
             )
             # Inside the run folder (one prompt), the folder being built moves to final_dir when it is complete.
             summary["gpteval3d"] = written if control.gpteval3d_root else str(final_dir / "gpteval3d")
+            summary["files"].append(summary["gpteval3d"] + "/")
         if control.mesh is not None:
             from ..outputs.mesh import export_mesh
 
             try:  # the splats are saved already: a scene with no surface yet costs the mesh, not the run
                 mesh = export_mesh(
-                    state.params, output.with_suffix(".glb"), replace(control.mesh, device=str(device))
+                    state.params,
+                    output.with_suffix(".glb"),
+                    replace(control.mesh, device=str(device)),
+                    progress=control.progress,
                 )
                 summary["mesh"] = mesh["output"]
+                summary["files"] += mesh["files"]
             except SplatVLMError as e:
                 summary["mesh_error"] = str(e)
                 console.print(f"warning: no mesh for {output}: {e}")
@@ -307,9 +333,14 @@ def _run_one(
                 summary[key] = last[key]
         for name in ("interrupted.ply", "partial.ply"):
             (run_dir / name).unlink(missing_ok=True)
+        # The whole run, exports included (the turntable, GPTEval3D renders and mesh can take minutes).
+        summary["seconds"] = round(elapsed_before + time.perf_counter() - t_start, 2)
+        summary["seconds_this_invocation"] = round(time.perf_counter() - t_start, 2)
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
         if replaces is not None:
             swap_in(run_dir, replaces)
+    if control.on_done is not None:
+        control.on_done(summary)
     if viewer is not None:
         if finished:
             viewer.update(
@@ -318,8 +349,7 @@ def _run_one(
                 {"step": state.step, "num_gaussians": num_gaussians(state.params)},
                 force=True,
             )
-            console.print("training done")
-            viewer.serve_forever()
+            viewer.linger(control.viewer.linger_s)
         viewer.close()
     return summary
 
@@ -348,7 +378,10 @@ def prepare_single(
         raise SplatVLMError(
             f"run folder {run_dir} already holds a run; --resume {run_dir} or pass --overwrite"
         )
+    new_folder = not run_dir.exists()
     check_output_dir(run_dir)
+    if new_folder:
+        ignore_in_git(run_dir)
     if not holds_run:
         return prompt, output, run_dir, None
     with RunLock(run_dir):  # refuse now if another process is using it
@@ -358,6 +391,7 @@ def prepare_single(
         with RunLock(aside):
             shutil.rmtree(aside)
     check_output_dir(aside)
+    ignore_in_git(aside)  # it becomes the run folder
     return prompt, output, aside, run_dir
 
 
@@ -372,6 +406,8 @@ def resume_run(
     """
     run_dir = Path(run_dir)
     recover_swap(run_dir)
+    if not run_dir.exists():
+        raise SplatVLMError(f"run folder {run_dir} not found (--resume takes the <output stem>_run folder)")
     info_path = run_dir / "run.json"
     if not info_path.is_file() or not (run_dir / "config.yaml").is_file():
         raise SplatVLMError(f"{run_dir} is not a splatvlm run folder (no run.json/config.yaml)")
@@ -462,13 +498,20 @@ def run_batch(
     ``DIR`` never write the same id; ``prompts.json`` there records the file the ids index into.
 
     Under torchrun each rank runs its share of the pending prompts (see ``distributed.py``); rank 0 then
-    writes ``DIR/batch_report.json`` and returns every prompt's summary, the other ranks return [].
+    writes ``DIR/batch_report.json`` and returns the summaries of the prompts run in this call (finished or
+    stopped; not those done before), the other ranks return [].
+
+    A signal (Ctrl-C) stops the batch with a StopRun that says to run the same batch command again; on one
+    process ``batch_report.json`` is written first (the interrupted prompt 'stopped', the rest 'missing').
     """
     validate_run_config(cfg)
     info = distributed.dist_info()
     if control.viewer.enabled and info.world_size > 1:
         raise SplatVLMError("--viewer serves one run; it cannot be used with several torchrun processes")
+    new_folder = not Path(out_dir).exists()
     out_dir = check_output_dir(out_dir)
+    if new_folder:
+        ignore_in_git(out_dir)
     run_dirs = [out_dir / f"{index:03d}-{slugify(prompt)}" for index, prompt in enumerate(prompts)]
     # One batch per out-dir: rank 0 holds its lock (torchrun's other ranks work under it, each run
     # folder locked by the rank that runs it).
@@ -501,6 +544,11 @@ def _run_batch(
         pending = distributed.broadcast(pending, group)
         mine = set(distributed.shard(pending, info.rank, info.world_size))
         results: dict[int, tuple[str, dict[str, Any]]] = {}  # index -> (status, summary)
+
+        def stop(index: int, reason: str, exit_code: int, kind: str | None) -> None:
+            results[index] = ("stopped", {})
+            _stop_batch(reason, exit_code, kind, prompts, run_dirs, results, out_dir, control, info, guidance, t_start)  # fmt: skip
+
         for index, prompt in enumerate(prompts):
             run_dir = run_dirs[index]
             if index not in mine:
@@ -526,9 +574,14 @@ def _run_batch(
                     resume=resume,
                     prompt_id=index,
                 )
+            except KeyboardInterrupt:  # outside the training loop (loading, exports)
+                stop(index, "interrupted (Ctrl-C)", 130, None)
             except Exception as e:
                 # A signal stops the whole batch; anything else fails this prompt only (unless --fail-fast).
-                if control.fail_fast or (isinstance(e, StopRun) and e.exit_code != 3):
+                if isinstance(e, StopRun) and e.exit_code != 3:
+                    # The reason without run_one's "continue with" for this one run folder.
+                    stop(index, str(e.__cause__ or e), e.exit_code, e.kind)
+                if control.fail_fast:
                     raise
                 reason = str(e) if isinstance(e, SplatVLMError | StopRun) else f"{type(e).__name__}: {e}"
                 console.print(f"{tag}[{index + 1}/{len(prompts)}] failed: {reason}")
@@ -543,4 +596,35 @@ def _run_batch(
     report = batch_report(prompts, run_dirs, parts, control.placement, time.perf_counter() - t_start)
     atomic_write_text(out_dir / "batch_report.json", json.dumps(report, indent=2))
     print_batch_summary(report, out_dir / "batch_report.json")
-    return [e["summary"] for e in report["prompts"] if e["summary"] and e["status"] != "failed"]
+    return [e["summary"] for e in report["prompts"] if e["summary"] and e["status"] in ("done", "stopped")]
+
+
+def _stop_batch(
+    reason: str,
+    exit_code: int,
+    kind: str | None,
+    prompts: list[str],
+    run_dirs: list[Path],
+    results: dict[int, tuple[str, dict[str, Any]]],
+    out_dir: Path,
+    control: RunControl,
+    info: distributed.DistInfo,
+    guidance: Guidance,
+    t_start: float,
+) -> None:
+    """Stop an interrupted batch: its report so far (one process: the others' results are out of reach),
+    and a StopRun saying that the same batch command goes on (the CLI appends the command)."""
+    written = ""
+    if info.world_size == 1:
+        label = distributed.device_label(guidance.device, guidance.vlm_device or guidance.device)
+        parts = [{"rank": 0, "device": label, "results": results}]
+        report = batch_report(prompts, run_dirs, parts, control.placement, time.perf_counter() - t_start)
+        report["interrupted"] = reason
+        atomic_write_text(out_dir / "batch_report.json", json.dumps(report, indent=2))
+        written = f"; report in {out_dir / 'batch_report.json'}"
+    raise StopRun(
+        f"{reason}{written}; finished prompts are skipped and this one resumes from its checkpoint when "
+        "the same batch command runs again",
+        exit_code,
+        kind=kind,
+    ) from None

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
@@ -346,19 +347,28 @@ def splats_to_geometry(
     cfg: MeshConfig,
     device: torch.device | None = None,
     timings: dict[str, float] | None = None,
+    log: Callable[[str], None] | None = None,
 ):
-    """Steps 1-4: the uncolored mesh (z-up world, the .ply's units) and the grid it came from."""
+    """Steps 1-4: the uncolored mesh (z-up world, the .ply's units) and the grid it came from.
+
+    ``log``, when given, receives a line as each step starts (they can take minutes on a CPU).
+    """
+    log = log or (lambda text: None)
     device = device or mesh_device(cfg.device)
     t0 = time.perf_counter()
     g = _gaussians(params, cfg.min_opacity, device)
     grid = fit_grid(g, cfg.resolution)
+    shape = "x".join(map(str, grid.shape))
+    log(f"mesh: density of {len(g['means']):,} Gaussians on a {shape} grid ({device.type}) ...")
     density = density_grid(g, grid, cfg.chunk).cpu().numpy()
     t1 = time.perf_counter()
     close = 0
     if cfg.close_holes > 0:
         close = max(1, math.ceil(cfg.close_holes * typical_spacing(g["means"]) / grid.voxel))
+    log(f"mesh: surface (cavities filled, marching cubes) after {t1 - t0:.1f} s ...")
     mesh = extract_surface(density, grid, cfg.threshold, close)
     t2 = time.perf_counter()
+    log(f"mesh: cleanup and decimation of {len(mesh.faces):,} triangles after {t2 - t0:.1f} s ...")
     mesh = keep_main_components(mesh, cfg.keep_fraction)
     mesh = keep_main_components(decimate(mesh, cfg.faces), cfg.keep_fraction)  # repairs can leave crumbs
     if len(mesh.faces) == 0:
@@ -372,20 +382,29 @@ def splats_to_geometry(
 # the whole export
 
 
-def splats_to_mesh(params: torch.nn.ParameterDict, cfg: MeshConfig, timings: dict[str, float] | None = None):
+def splats_to_mesh(
+    params: torch.nn.ParameterDict,
+    cfg: MeshConfig,
+    timings: dict[str, float] | None = None,
+    log: Callable[[str], None] | None = None,
+):
     """Gaussian scene -> colored trimesh.Trimesh (z-up, the .ply's units), per-vertex or textured.
 
     ``timings``, when given, receives seconds per phase: density, surface (fill + marching cubes), cleanup
     (components + decimation), geometry (their sum), color (rays or renders + sampling or baking), total.
+    ``log``, when given, receives a line as each phase starts.
     """
     from .mesh_color import bake_texture, color_views, vertex_colors
 
     check_mesh_config(cfg)
     device = mesh_device(cfg.device)
     t0 = time.perf_counter()
-    mesh, grid = splats_to_geometry(params, cfg, device, timings)
+    mesh, grid = splats_to_geometry(params, cfg, device, timings, log)
     watertight = bool(mesh.is_watertight)  # before a texture's seams split vertices
     t1 = time.perf_counter()
+    if log is not None:
+        target = f"a {cfg.texture} px texture" if cfg.texture else f"{len(mesh.vertices):,} vertices"
+        log(f"mesh: colors ({cfg.colors}) for {target} after {t1 - t0:.1f} s ...")
     views = color_views(params, mesh, cfg, device) if cfg.colors == "renders" else None
     if cfg.texture:
         mesh = bake_texture(mesh, views, params, cfg)
@@ -438,19 +457,25 @@ def save_mesh(mesh, path: str | Path) -> list[Path]:
 
 
 def export_mesh(
-    params: torch.nn.ParameterDict, path: str | Path, cfg: MeshConfig
+    params: torch.nn.ParameterDict, path: str | Path, cfg: MeshConfig, progress: bool = True
 ) -> dict[str, float | int | str]:
-    """Mesh ``params`` into ``path``; returns a summary (faces, vertices, seconds per phase)."""
+    """Mesh ``params`` into ``path``; returns a summary (files written, faces, vertices, seconds per phase).
+
+    ``progress``: a line on stderr as each phase starts.
+    """
+    from ..run.progress import say
+
     path = Path(path)
     check_mesh_config(cfg)
     check_mesh_output(path, cfg)
     timings: dict[str, float] = {}
-    mesh = splats_to_mesh(params, cfg, timings)
+    mesh = splats_to_mesh(params, cfg, timings, say if progress else None)
     t0 = time.perf_counter()
-    save_mesh(mesh, path)
+    written = save_mesh(mesh, path)
     timings["write_s"] = time.perf_counter() - t0
     return {
         "output": str(path),
+        "files": [str(p) for p in written],
         "vertices": len(mesh.vertices),
         "faces": len(mesh.faces),
         "watertight": mesh.metadata["watertight"],

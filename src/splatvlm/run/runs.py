@@ -183,10 +183,11 @@ def print_batch_summary(report: dict[str, Any], path: Path) -> None:
         for s in ("done", "already_done", "stopped", "failed", "missing")
     }
     where = f" over {report['world_size']} processes" if report["world_size"] > 1 else ""
+    rate = f" ({report['prompts_per_hour']:.1f} prompts/hour)" if counts["done"] else ""  # none: no rate
     console.print(
         f"batch{where}: {counts['done']} done, {counts['already_done']} skipped (done before), "
         f"{counts['failed']} failed, {counts['stopped']} stopped, {counts['missing']} missing; "
-        f"{report['wall_s']:.1f} s ({report['prompts_per_hour']:.1f} prompts/hour); report in {path}"
+        f"{report['wall_s']:.1f} s{rate}; report in {path}"
     )
     for e in entries:
         if e["status"] == "failed":
