@@ -412,8 +412,9 @@ def test_bad_input_gives_one_line_error(tmp_path, capsys, case, match):
         save_ply(splats(torch.rand(3, 3), torch.rand(3, 3), torch.full((3, 3), -6.0), opacity_logit=0.0), src)
     out = tmp_path / "out.glb"
     assert main(["mesh", str(src), "-o", str(out), "--mesh-resolution", "32"]) == 2
-    err = capsys.readouterr().err
-    assert match in err and err.count("\n") == 1 and err.startswith("error: ")
+    *progress, last = capsys.readouterr().err.splitlines()
+    assert match in last and last.startswith("error: ")  # one error line, after the progress lines if any
+    assert all(line.startswith("mesh: ") for line in progress), progress
     assert not out.exists()
 
 

@@ -148,6 +148,8 @@ def cmd_generate(argv: list[str]) -> int:
         try:
             run_batch(read_prompts(args.prompts), args.run, args.out_dir, control, slugify(args.prompts.stem))
         except StopRun as e:
+            if not getattr(e, "rerun_batch", False):  # --fail-fast: one prompt's own stop
+                raise
             command = shlex.join(["splatvlm", "generate", *argv])
             raise StopRun(f"{e}: {command}", e.exit_code, kind=e.kind) from None
         return 0

@@ -622,9 +622,11 @@ def _stop_batch(
         report["interrupted"] = reason
         atomic_write_text(out_dir / "batch_report.json", json.dumps(report, indent=2))
         written = f"; report in {out_dir / 'batch_report.json'}"
-    raise StopRun(
+    stop = StopRun(
         f"{reason}{written}; finished prompts are skipped and this one resumes from its checkpoint when "
         "the same batch command runs again",
         exit_code,
         kind=kind,
-    ) from None
+    )
+    stop.rerun_batch = True  # the CLI appends the command line
+    raise stop from None
