@@ -3,10 +3,12 @@
 The asset is built in code: ``scene.init_toy`` (a snowman of three colored spheres and a cone nose, its
 Gaussians on the surfaces, random rotations) at ``--gaussians`` points. One export = ``mesh.splats_to_mesh``
 (density grid, marching cubes, components, decimation, colors from the views) + writing a .glb, with the
-settings of ``splatvlm mesh`` (defaults: 256 grid, 100k faces, 26 color views at 384 px, vertex colors).
+settings of ``splatvlm mesh`` (defaults: 256 grid, 100k faces, vertex colors by head-on rays; with
+``--colors renders``, 26 color views at 384 px).
 On CUDA a small warm-up export runs first, so that gsplat's JIT build and CUDA start-up are left out.
 
-    python benchmarks/bench_mesh.py --devices cpu --out benchmarks/results/2026-12-01-cpu-mesh.json
+    python benchmarks/bench_mesh.py --devices cpu --out benchmarks/results/cpu-mesh.json
+    python benchmarks/bench_mesh.py --devices cpu --colors renders        # the multi-view colors
     python benchmarks/bench_mesh.py --devices cuda --out $OUT/bench_mesh.json          # GPU machine
     python benchmarks/bench_mesh.py --devices cuda --texture 1024 --out $OUT/bench_mesh_tex.json
 """
@@ -20,6 +22,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 import tyro
@@ -44,6 +47,8 @@ class Args:
     """Decimation target (as --faces)."""
     texture: int = 0
     """UV texture size (0: vertex colors), as --texture."""
+    colors: Literal["rays", "renders"] = "rays"
+    """How the mesh is colored, as --colors."""
     views_per_ring: int = 8
     """Color views per ring (3 rings + 2 poles)."""
     view_resolution: int = 384
@@ -53,11 +58,13 @@ class Args:
 
 
 def run(args: Args) -> dict:
+    load_before = os.getloadavg()  # 1, 5 and 15 minute load averages: the machine may be shared
     params = init_toy(args.gaussians)
     base = MeshConfig(
         resolution=args.resolution,
         faces=args.faces,
         texture=args.texture,
+        colors=args.colors,
         views_per_ring=args.views_per_ring,
         view_resolution=args.view_resolution,
     )
@@ -101,6 +108,9 @@ def run(args: Args) -> dict:
         "date": time.strftime("%Y-%m-%d"),
         "host": platform.node(),
         "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "load_before": load_before,
+        "load_after": os.getloadavg(),
         "gaussians": args.gaussians,
         "config": {k: v for k, v in asdict(base).items() if k != "device"},
         "cases": cases,

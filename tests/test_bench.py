@@ -37,7 +37,7 @@ def test_timed_records_skip_the_warmup_and_the_draining_last_step():
     assert timed_records([], warmup=2, steps=3) == []
 
 
-def test_bench_demo_two_prompts_writes_reports(tmp_path):
+def test_bench_demo_two_prompts_writes_reports(tmp_path, capsys):
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps(["a red apple", "a wooden chair", "not used"]))
     cfg = load_run_config("demo")
@@ -46,7 +46,7 @@ def test_bench_demo_two_prompts_writes_reports(tmp_path):
         preset="demo",
         prompts=prompts,
         limit=2,
-        steps=2,
+        timed_steps=2,
         warmup=1,
         reference=True,
         recipe=cfg,
@@ -88,7 +88,48 @@ def test_bench_demo_two_prompts_writes_reports(tmp_path):
     row = data["ours"]["prompts"][0]
     assert row["full_run"] is False and row["extrapolated"] is True and row["timed_at_gaussians"] == 3000
     assert all(p["num_gaussians"] >= 3000 for p in row["phases"])
-    assert "extrapolated, steps timed at 3,000 Gaussians" in (out / "report.md").read_text()
+    md = (out / "report.md").read_text()
+    assert "extrapolated, steps timed at 3,000 Gaussians" in md
+    # It says up front what it will run, and after each prompt how long the rest should take.
+    err = capsys.readouterr().err
+    assert "bench: 2 prompts x 2 pass(es) (ours + reference)" in err
+    assert "4 steps (1 phase(s) x 1 warm-up + 2 timed + 1)" in err and "[1/2] a red apple" in err
+    assert "left" in err.split("[1/2]")[1].splitlines()[0]
+    # The text and the picture give the same statistic: the median over prompts.
+    from splatvlm.commands.bench_report import phase_medians
+
+    (label, step_ms, comps), *_ = phase_medians(data["ours"]["prompts"])
+    assert label == data["full_step_phase"] and step_ms == pytest.approx(data["full_step_ms"])
+    assert comps == pytest.approx(data["per_component_ms"])
+    assert f"**{data['full_step_ms']:.1f} ms**" in md
+    # No memory figure where none is measured; one hourly rate, the asset time's.
+    assert data["peak_gb"] is None and "peak n/a" in md and "0.0 GB" not in md
+    assert data["assets_per_hour"] == pytest.approx(3600 / data["asset_s"])
+    assert f"{data['assets_per_hour']:.1f} assets/hour" in md and "prompts/hour" not in md
+
+
+def test_bench_median_differs_from_the_first_prompt_in_both_outputs(tmp_path):
+    from splatvlm.commands.bench_report import phase_medians
+
+    def prompt(ms):
+        comps = {"render": ms / 2, "sds": ms / 2}
+        return {"phases": [{"label": "4x64px", "step_ms": ms, "per_component_ms": comps}]}
+
+    prompts = [prompt(5000.0), prompt(400.0), prompt(410.0)]  # the first one slow (compilation)
+    ((label, step_ms, comps),) = phase_medians(prompts)
+    assert label == "4x64px" and step_ms == 410.0 and comps["render"] == 205.0 and comps["vlm"] == 0.0
+
+
+def test_bench_steps_flag_is_the_timed_steps():
+    from splatvlm.cli import _parse
+
+    cfg = load_run_config("demo")
+    default = BenchArgs(preset="demo", recipe=cfg)
+    for flag in ("--steps", "--timed-steps"):
+        args = _parse(BenchArgs, [flag, "3"], "splatvlm bench", default)
+        assert args.timed_steps == 3 and args.recipe.steps == cfg.steps
+    args = _parse(BenchArgs, ["--recipe.steps", "7"], "splatvlm bench", default)
+    assert args.timed_steps == 10 and args.recipe.steps == 7
 
 
 def test_bench_full_runs_the_whole_recipe(tmp_path):
@@ -141,6 +182,9 @@ def test_bench_full_runs_the_whole_recipe(tmp_path):
     assert data["max_gaussians"] == max(r["max_gaussians"] for r in rows)
     md = (tmp_path / "out" / "report.md").read_text()
     assert "measured, whole recipe" in md and "Gaussians over time" in md
+    assert data["peak_gb"] is None and all(row["peak_gb"] is None for row in rows)  # a CPU run: n/a
+    assert "peak n/a" in md and "| n/a |" in md
+    assert (tmp_path / "out" / ".gitignore").read_text().splitlines()[-1] == "*"  # a folder it made
     assert (tmp_path / "out" / "runs" / "ours" / "000" / "metrics.jsonl").exists()
 
 

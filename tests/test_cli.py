@@ -98,6 +98,19 @@ def test_generate_demo_writes_ply_and_logs_p_yes(tmp_path):
     # Quiet: no library progress bars or deprecation warnings.
     for noise in ("Loading weights", "Writing model shards", "it/s]", "Warning"):
         assert noise not in proc.stderr, proc.stderr
+    # No silent minutes: model loading and the turntable say what they do; the last line names every file
+    # written and the whole time (exports included).
+    assert "loading the prior (demo) ..." in proc.stderr and "loaded the reward VLM in" in proc.stderr
+    assert "turntable frames: 4/4 in" in proc.stderr
+    done = proc.stdout.strip().splitlines()[-1]
+    assert done.startswith(
+        "done: a-red-apple.ply, a-red-apple_run/turntable.gif, a-red-apple_run/contact.png ("
+    )
+    assert float(re.search(r"Gaussians, ([\d.]+) s\)", done).group(1)) == pytest.approx(
+        summary["seconds"], abs=0.06
+    )
+    # A run folder made in a git checkout does not show as untracked; the output itself does.
+    assert (run_dir / ".gitignore").read_text().splitlines()[-1] == "*"
 
 
 def test_stop_after_then_resume(tmp_path, capsys):
@@ -137,15 +150,24 @@ def test_batch_skips_finished_and_reports(tmp_path, capsys):
     assert all((out / f / "scene.ply").is_file() for f in folders)
     report = json.loads((out / "batch_report.json").read_text())
     assert [e["status"] for e in report["prompts"]] == ["done", "done"] and report["world_size"] == 1
-    assert "batch: 2 done, 0 skipped (done before), 0 failed" in err
+    assert "batch: 2 done, 0 skipped (done before), 0 failed" in err and "prompts/hour" in err
+    assert (out / ".gitignore").is_file()
     (out / folders[1] / "summary.json").unlink()  # pretend the second one was interrupted
-    code, _, err = cli(capsys, *args)
+    code, stdout, err = cli(capsys, *args)
     assert code == 0, err
     assert "done already: 000-a-red-apple" in err
     assert "done already: 001" not in err
     report = json.loads((out / "batch_report.json").read_text())
     assert [e["status"] for e in report["prompts"]] == ["already_done", "done"]
     assert "batch: 1 done, 1 skipped (done before), 0 failed" in err
+    assert [ln.split()[1] for ln in stdout.splitlines() if ln.startswith("done: ")] == [
+        str(out / folders[1] / "scene.ply")
+    ]  # the prompt run now; not the one done before
+    # Nothing left to do: no done lines and no rate of zero.
+    code, stdout, err = cli(capsys, *args)
+    assert code == 0, err
+    assert "batch: 0 done, 2 skipped (done before)" in err
+    assert "done: " not in stdout and "prompts/hour" not in err
 
 
 SIGNALS = [(signal.SIGINT, 130), (signal.SIGTERM, 143)]
@@ -183,8 +205,20 @@ def long_runs(tmp_path_factory):
             env=env,
         )
         runs[sig] = (proc, folder)
+    folder = tmp_path_factory.mktemp("batch")
+    (folder / "prompts.txt").write_text("a dog\na cat\n")
+    cmd = ["generate", "--prompts", str(folder / "prompts.txt"), "--out-dir", str(folder / "out")]
+    cmd += ["--preset", "demo", "--steps", "5000", "--log-every", "1", "--scene.num-points", "300"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "splatvlm.cli", *cmd],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    runs["batch"] = (proc, folder, cmd)
     yield runs
-    for proc, _ in runs.values():
+    for proc, *_ in runs.values():
         if proc.poll() is None:
             proc.kill()
             proc.communicate()
@@ -204,6 +238,26 @@ def test_signal_saves_checkpoint_and_exits(long_runs, sig, code):
     ckpt = torch.load(tmp_path / "s_run" / "checkpoint.pt", weights_only=True)
     assert ckpt["step"] >= 2
     assert load_ply(tmp_path / "s_run" / "interrupted.ply")["means"].shape[0] > 0
+
+
+def test_ctrl_c_in_a_batch_says_to_rerun_it_and_writes_the_report(long_runs):
+    import shlex
+
+    proc, folder, cmd = long_runs["batch"]
+    metrics = folder / "out" / "000-a-dog" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (metrics.exists() and metrics.read_text().count("\n") >= 2):
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("stopped: SIGINT at step") and "Traceback" not in stderr
+    assert last.endswith("the same batch command runs again: " + shlex.join(["splatvlm", *cmd])), last
+    assert "--resume" not in last  # not one run folder's command
+    report = json.loads((folder / "out" / "batch_report.json").read_text())
+    assert [e["status"] for e in report["prompts"]] == ["stopped", "missing"]
+    assert report["interrupted"].startswith("SIGINT at step")
 
 
 def test_fit_and_render(tmp_path, toy_ply, capsys):
@@ -279,12 +333,13 @@ def test_fit_and_render(tmp_path, toy_ply, capsys):
             "did you mean 'sds.model'",
         ),
         (["generate", "--resume", "{tmp}"], "not a splatvlm run folder"),
+        (["generate", "--resume", "{tmp}/nope_run"], "run folder {tmp}/nope_run not found"),
         (["fit", "{tmp}/nope.ply", "-o", "{tmp}/x.ply"], "file not found"),
         (["fit", "{tmp}/exists.ply", "-o", "{tmp}/x.ply"], "cannot load"),
         (["render", "{tmp}/exists.ply", "-o", "{tmp}/x.jpg"], "must end in"),
         (["view", "{tmp}/exists.ply", "--port", "70000"], "--port"),
         (["train-reward", "{tmp}/none.jsonl", "-o", "{tmp}/adapter"], "none.jsonl"),
-        (["bench", "--preset", "demo", "--steps", "0", "-o", "{tmp}/b"], "--steps must be positive"),
+        (["bench", "--preset", "demo", "--steps", "0", "-o", "{tmp}/b"], "--timed-steps must be positive"),
     ],
 )
 def test_bad_input_one_line_error(tmp_path, capsys, args, message):
@@ -293,8 +348,71 @@ def test_bad_input_one_line_error(tmp_path, capsys, args, message):
     (tmp_path / "bad.yaml").write_text("sds:\n  modell: x\n")
     code, _, err = cli(capsys, *[a.format(tmp=tmp_path) for a in args])
     line = one_line_error(code, err)
-    assert message in line, line
+    assert message.format(tmp=tmp_path) in line, line
     assert (tmp_path / "exists.ply").read_text() == "not a ply"  # never touched
+
+
+def test_misspelled_flag_names_the_flag_not_its_value(tmp_path, capsys):
+    code, _, err = cli(capsys, "generate", "a cat", "-o", tmp_path / "x.ply", "--stpes", "10")
+    line = one_line_error(code, err)
+    assert line.startswith("error: unknown flag --stpes (did you mean --steps?)"), line
+    assert "10" not in line
+    code, _, err = cli(capsys, "generate", "a cat", "--stpes=10", "--bogus")
+    assert one_line_error(code, err).startswith("error: unknown flags --stpes, --bogus;")
+    code, _, err = cli(capsys, "generate", "a cat", "a dog")
+    assert one_line_error(code, err).startswith("error: unexpected argument a dog;")
+
+
+def test_viewer_lets_go_after_the_done_line(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("viser")
+    import io
+
+    from splatvlm.cli import viewer_linger
+
+    args = [
+        "generate",
+        "a cat",
+        "--preset",
+        "demo",
+        "-o",
+        tmp_path / "v.ply",
+        *FAST,
+        "--turntable-frames",
+        "0",
+    ]
+    args += ["--viewer", "--port", str(20000 + os.getpid() % 20000)]
+    t0 = time.monotonic()
+    code, out, err = cli(capsys, *args, "--viewer-linger", "1.5")
+    assert code == 0, err
+    lines = out.splitlines()
+    done = next(i for i, ln in enumerate(lines) if ln.startswith("done: "))
+    still = next(i for i, ln in enumerate(lines) if ln.startswith("viewer: still serving for 1.5 s"))
+    assert done < still and time.monotonic() - t0 >= 1.5
+    monkeypatch.setenv("COLUMNS", "80")  # one column of flags
+    with pytest.raises(SystemExit):
+        main(["generate", "--help"])
+    text = " ".join(re.sub(r"[│|]", " ", capsys.readouterr().out.split("--viewer-linger", 1)[1]).split())
+    assert "Default: until Ctrl-C when run from a terminal, 0 otherwise" in text[:400], text[:400]
+    # The default follows the terminal: until Ctrl-C for a person at one, at once for a script or pipe.
+    monkeypatch.setattr(sys, "stdin", io.StringIO())
+    assert viewer_linger(None) == 0 and viewer_linger(2.0) == 2.0
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    assert viewer_linger(None) == float("inf")
+    code, out, err = cli(capsys, "generate", "a cat", "-o", tmp_path / "w.ply", "--viewer-linger", "-1")
+    assert "--viewer-linger must be >= 0" in one_line_error(code, err)
+
+
+def test_toyworld_help(capsys):
+    code, out, err = cli(capsys, "toyworld", "--help")
+    assert code == 0 and "build" in out and "eval" in out and not err
+    assert cli(capsys, "toyworld", "-h")[0] == 0
+    code, _, err = cli(capsys, "toyworld")
+    assert "splatvlm toyworld --help" in one_line_error(code, err)
+    from splatvlm.cli import _parse
+    from splatvlm.toyworld.eval import EvalConfig
+
+    assert _parse(EvalConfig, [], "splatvlm toyworld eval").output == Path("toyworld-out")  # like bench
 
 
 def test_unknown_command_and_help(capsys):

@@ -193,6 +193,21 @@ def test_gpteval3d_folder(tmp_path, scene):
     assert right[1] > 0.15 and left[1] < -0.15, (right, left)
 
 
+def test_exports_show_progress_off_a_terminal(tmp_path, scene, capsys, monkeypatch):
+    from splatvlm.run import progress
+
+    monkeypatch.setattr(progress, "PLAIN_PERIOD_S", 0.0)  # a line at every chunk, as a long export gets
+    export.export_gpteval3d(scene, tmp_path, "m", 0, 0, render_cfg=CFG, num_views=5, resolution=8, chunk=2)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0] == "GPTEval3D views: 0/5 ..."
+    assert lines[1].startswith("GPTEval3D views: 2/5, eta ") and lines[2].startswith(
+        "GPTEval3D views: 4/5, eta "
+    )
+    assert lines[-1].startswith("GPTEval3D views: 5/5 in ") and len(lines) == 4
+    export.render_turntable(scene, CameraConfig(), CFG, 3, 8, "cpu", progress=False)
+    assert capsys.readouterr().err == ""
+
+
 def test_gpteval3d_rejects_bad_names(tmp_path, scene):
     with pytest.raises(SplatVLMError, match="folder name"):
         export.export_gpteval3d(scene, tmp_path, "a/b", 0, 0, render_cfg=CFG, num_views=1, resolution=8)

@@ -204,3 +204,50 @@ def test_jsonl_bytes_and_images_checked_before_any_model(tmp_path, dataset):
     path.write_text(json.dumps({"images": ["cut.png"], "prompt": "x", "label": "no"}) + "\n")
     with pytest.raises(SplatVLMError, match=r"d\.jsonl:1: image .*cut\.png is truncated or corrupt"):
         read_reward_data(path)
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "reward_data"
+
+
+def test_example_data_is_what_its_script_makes(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("make_data", EXAMPLE / "make_data.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(tmp_path)
+    assert (tmp_path / "data.jsonl").read_text() == (EXAMPLE / "data.jsonl").read_text()
+    for png in EXAMPLE.glob("*.png"):
+        assert np.array_equal(np.asarray(Image.open(png)), np.asarray(Image.open(tmp_path / png.name))), png
+    records = read_reward_data(EXAMPLE / "data.jsonl")
+    assert (
+        [r.label for r in records] == [True, False, True, None] and records[3].chosen and records[3].rejected
+    )
+
+
+def test_example_trains_offline_with_the_demo_model_and_normal_modes(tmp_path, capsys):
+    from splatvlm.cli import main
+
+    out = tmp_path / "adapter"
+    old = os.umask(0o022)
+    try:
+        args = ["train-reward", str(EXAMPLE / "data.jsonl"), "-o", str(out), "--vlm.model", "demo"]
+        assert main([*args, "--steps", "2", "--batch", "1", "--rank", "2", "--vlm.size", "56"]) == 0
+    finally:
+        os.umask(old)
+    assert "wrote LoRA adapter" in capsys.readouterr().out
+    assert (out.stat().st_mode & 0o777) == 0o755  # not mkdtemp's 0700
+    files = list(out.iterdir())
+    assert files and all((f.stat().st_mode & 0o777) == 0o644 for f in files), [
+        oct(f.stat().st_mode) for f in files
+    ]
+
+
+def test_help_gives_the_data_format(capsys):
+    from splatvlm.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["train-reward", "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0
+    assert '"label": "yes"' in out and '"images_chosen"' in out and "examples/reward_data" in out

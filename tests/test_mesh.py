@@ -32,13 +32,20 @@ from splatvlm.outputs.mesh import (  # noqa: E402
     Grid,
     MeshConfig,
     _gaussians,
+    ball_dilation,
     density_grid,
     fit_grid,
     save_mesh,
     splats_to_geometry,
     splats_to_mesh,
 )
-from splatvlm.outputs.mesh_color import bake_texture, color_views, rasterize_uv, vertex_colors  # noqa: E402
+from splatvlm.outputs.mesh_color import (  # noqa: E402
+    bake_texture,
+    color_views,
+    rasterize_uv,
+    ray_colors,
+    vertex_colors,
+)
 
 RED, BLUE = (0.9, 0.1, 0.1), (0.1, 0.2, 0.9)
 CPU = torch.device("cpu")
@@ -84,6 +91,21 @@ def box_shell(size=(1.2, 1.0, 0.8), spacing=0.02, seed=0):
             scales.append(s)
     means_t = torch.cat(means)
     return splats(means_t, torch.full((len(means_t), 3), 0.5), torch.cat(scales))
+
+
+def disc_ball(n=8000, radius=0.5, thickness=0.002, seed=0):
+    """A ball of flat Gaussians lying on its sphere (discs tangent to it), as trained splats lie on a surface."""
+    g = torch.Generator().manual_seed(seed)
+    d = torch.nn.functional.normalize(torch.randn(n, 3, generator=g), dim=-1)
+    d[d[:, 2] < -0.999] = torch.nn.functional.normalize(torch.tensor([0.05, 0.0, -1.0]), dim=0)
+    # The rotation taking +z to d (shortest arc), wxyz: its third column, the disc's normal, is d.
+    quats = torch.stack([1 + d[:, 2], -d[:, 1], d[:, 0], torch.zeros(n)], 1)
+    spacing = (4 * math.pi * radius**2 / n) ** 0.5
+    scales = torch.full((n, 3), math.log(0.6 * spacing))
+    scales[:, 2] = math.log(thickness)
+    params = splats(radius * d, torch.full((n, 3), 0.5), scales)
+    params["quats"].data = quats
+    return params
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +164,39 @@ def test_sphere_is_watertight_with_the_true_radius(sphere):
     assert abs(r_volume - 0.5) / 0.5 < 0.05, r_volume
 
 
+def test_closed_ball_gives_one_watertight_mesh_of_its_radius(tmp_path, capsys):
+    # At the default settings of `splatvlm mesh` (256 grid, 100k faces), where gaps between the discs
+    # once leaked into the inside (two surfaces, not watertight).
+    src = tmp_path / "ball.ply"
+    save_ply(disc_ball(), src)
+    out = tmp_path / "ball.glb"
+    assert main(["mesh", str(src), "-o", str(out), "--device", "cpu"]) == 0
+    assert " watertight" in capsys.readouterr().out
+    back = trimesh.load(out, force="mesh", process=False)
+    mesh = trimesh.Trimesh(trimesh.transform_points(back.vertices, np.linalg.inv(Z_UP_TO_Y_UP)), back.faces)
+    assert mesh.is_watertight and len(mesh.split(only_watertight=False)) == 1
+    r = np.linalg.norm(mesh.vertices, axis=1)
+    assert abs(np.median(r) - 0.5) / 0.5 < 0.03
+    # Nearly every vertex within 3%: where the random discs leave a gap, the closing leaves a shallow dimple.
+    assert np.mean(np.abs(r - 0.5) / 0.5 < 0.03) > 0.99
+    r_volume = (3 * mesh.volume / (4 * math.pi)) ** (1 / 3)
+    assert abs(r_volume - 0.5) / 0.5 < 0.03, r_volume
+
+
+def test_ball_dilation_is_near_round():
+    mask = np.zeros((41, 41, 41), dtype=bool)
+    mask[20, 20, 20] = True
+    for radius in (4, 9):
+        grown = ball_dilation(mask, radius)
+        idx = np.argwhere(grown) - 20
+        reach = np.linalg.norm(idx, axis=1)
+        assert reach.max() <= 1.225 * radius
+        axis = np.abs(idx[(idx[:, 1] == 0) & (idx[:, 2] == 0), 0]).max()
+        diagonal = np.abs(idx[(idx[:, 0] == idx[:, 1]) & (idx[:, 1] == idx[:, 2]), 0]).max() * math.sqrt(3)
+        # Within one lattice step (sqrt 3) of the radius; a cross alone would reach radius / sqrt(3) there.
+        assert axis == radius and diagonal >= radius - math.sqrt(3)
+
+
 def test_box_volume():
     mesh, _ = splats_to_geometry(box_shell(), replace(FAST, resolution=128, faces=0), CPU)
     assert mesh.is_watertight
@@ -183,6 +238,37 @@ def test_vertex_colors_follow_each_half(colored, sphere):
     rgba = vertex_colors(mesh, views, sphere)
     assert rgba.shape == (len(mesh.vertices), 4) and rgba.dtype == np.uint8
     _halves_match(mesh.vertices, rgba[:, :3] / 255.0)
+
+
+def test_ray_colors_follow_each_half(colored, sphere):
+    mesh, _ = colored
+    rgba = vertex_colors(mesh, None, sphere)  # no renders: head-on rays
+    _halves_match(mesh.vertices, rgba[:, :3] / 255.0)
+    textured = bake_texture(mesh, None, sphere, replace(FAST, texture=128))
+    faces = np.asarray(textured.faces)
+    texel = trimesh.visual.color.uv_to_color(
+        textured.visual.uv[faces].mean(1), textured.visual.material.baseColorTexture
+    )
+    _halves_match(textured.vertices[faces].mean(1), texel[:, :3] / 255.0)
+
+
+def test_ray_colors_see_the_front_layer_and_view_dependent_color():
+    # Green Gaussians just under a red shell: a head-on ray meets the red ones first.
+    means, _, log_scales = sphere_shell(n=6000, sigma=0.015)
+    inner = sphere_shell(n=3000, radius=0.47, sigma=0.015, seed=1)[0]
+    rgb = torch.cat([torch.tensor(RED).expand(6000, 3), torch.tensor((0.1, 0.9, 0.1)).expand(3000, 3)])
+    params = splats(torch.cat([means, inner]), rgb, torch.cat([log_scales, log_scales[:3000]]))
+    d = torch.nn.functional.normalize(torch.randn(500, 3, generator=torch.Generator().manual_seed(2)), dim=-1)
+    points, normals = (0.51 * d).numpy(), d.numpy()
+    colors = ray_colors(params, points, normals)
+    assert np.median(np.abs(colors - np.array(RED)).max(1)) < 0.08
+    # Degree-1 SH whose color depends on the viewing direction along x: rays come in along -n.
+    params = splats(means, torch.full((6000, 3), 0.5), log_scales)
+    params["shN"] = torch.nn.Parameter(torch.zeros(6000, 3, 3))
+    params["shN"].data[:, 2, 0] = -1.0  # red += -SH_C1 * x * (-1) for a view direction with x
+    colors = ray_colors(params, points, normals)
+    x = d[:, 0].numpy()
+    assert colors[x > 0.5, 0].mean() < 0.3 and colors[x < -0.5, 0].mean() > 0.7  # seen from +x: view dir -x
 
 
 def test_texture_colors_follow_each_half(colored, sphere):
@@ -326,8 +412,9 @@ def test_bad_input_gives_one_line_error(tmp_path, capsys, case, match):
         save_ply(splats(torch.rand(3, 3), torch.rand(3, 3), torch.full((3, 3), -6.0), opacity_logit=0.0), src)
     out = tmp_path / "out.glb"
     assert main(["mesh", str(src), "-o", str(out), "--mesh-resolution", "32"]) == 2
-    err = capsys.readouterr().err
-    assert match in err and err.count("\n") == 1 and err.startswith("error: ")
+    *progress, last = capsys.readouterr().err.splitlines()
+    assert match in last and last.startswith("error: ")  # one error line, after the progress lines if any
+    assert all(line.startswith("mesh: ") for line in progress), progress
     assert not out.exists()
 
 
@@ -388,7 +475,7 @@ def test_view_mesh_loads_z_up(tmp_path, sphere, vertex_mesh):
         load_mesh_for_view(tmp_path / "bad.glb")
 
 
-def test_generate_mesh_writes_glb_beside_the_ply(tmp_path, monkeypatch):
+def test_generate_mesh_writes_glb_beside_the_ply(tmp_path, monkeypatch, capsys):
     import functools
 
     import splatvlm.cli
@@ -417,3 +504,11 @@ def test_generate_mesh_writes_glb_beside_the_ply(tmp_path, monkeypatch):
     summary = json.loads((tmp_path / "a_run" / "summary.json").read_text())
     assert summary["mesh"] == str(glb)
     assert len(trimesh.load(glb, force="mesh", process=False).faces) <= 500
+    # The mesh says what it does, and the done line names the .glb and counts its time.
+    printed = capsys.readouterr()
+    assert "mesh: density of" in printed.err and "mesh: colors (rays)" in printed.err
+    done = [ln for ln in printed.out.splitlines() if ln.startswith("done: ")]
+    assert len(done) == 1, printed.out
+    want = f"done: {out}, {glb} ({summary['num_gaussians']:,} Gaussians, {summary['seconds']:.1f} s)"
+    assert done[0].startswith(want), done
+    assert summary["files"] == [str(out), str(glb)]

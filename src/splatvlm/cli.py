@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import re
+import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -57,13 +59,38 @@ def _parse(cls: type, argv: list[str], prog: str, default=None):
                 ln.split(",")[-1].strip() for ln in body[1:] if ln.startswith(("-", "PATH", "STR", "INT"))
             ]
             msg = f"{msg} {', '.join(names)}" if names else msg[:-1]
+        guesses = []
         if "Perhaps you meant:" in body:
-            flags = [
+            guesses = [
                 ln.split()[0] for ln in body[body.index("Perhaps you meant:") + 1 :] if ln.startswith("--")
             ]
-            if flags:
-                msg += f"; did you mean {', '.join(flags[:3])}?"
+        if msg.startswith("Unrecognized options:"):
+            raise SplatVLMError(f"{unknown_flags_line(msg, guesses)}; see {prog} --help") from None
+        if guesses:
+            msg += f"; did you mean {', '.join(guesses[:3])}?"
         raise SplatVLMError(f"{msg} (see {prog} --help)") from None
+
+
+def unknown_flags_line(msg: str, guesses: list[str]) -> str:
+    """tyro's "Unrecognized options: --stpes, 10" as "unknown flag --stpes (did you mean --steps?)".
+
+    tyro lists the flag's value too (it cannot tell a value from a stray argument); a flag's value is left
+    out, ``--flag=value`` is shown as ``--flag``, and arguments that are not flags are named as such.
+    """
+    tokens = [t.strip() for t in msg.split(":", 1)[1].split(",") if t.strip()]
+    flags = [t.split("=", 1)[0] for t in tokens if t.startswith("-") and not _is_number(t)]
+    if not flags:
+        return f"unexpected argument{'s' if len(tokens) > 1 else ''} {', '.join(tokens)}"
+    line = f"unknown flag{'s' if len(flags) > 1 else ''} {', '.join(flags)}"
+    return line + (f" (did you mean {', '.join(guesses[:3])}?)" if guesses else "")
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
 
 
 def _preset_defaults(argv: list[str]) -> tuple[RunConfig, str]:
@@ -99,6 +126,7 @@ def cmd_generate(argv: list[str]) -> int:
         port=args.port,
         refresh_every=args.viewer_every,
         share=args.viewer_share,
+        linger_s=viewer_linger(args.viewer_linger),
     )
     control = RunControl(
         viewer=viewer,
@@ -108,6 +136,7 @@ def cmd_generate(argv: list[str]) -> int:
         placement=args.placement,
         fail_fast=args.fail_fast,
         mesh=_mesh_control(args),
+        on_done=_print_done,
     )
     _check_control(control)
     from .run.distributed import dist_info, require_one_process
@@ -116,18 +145,20 @@ def cmd_generate(argv: list[str]) -> int:
         require_one_process(dist_info(), "a single prompt or --resume")
     if args.resume is not None:
         steps, execution = _check_resume_flags(argv, args)
-        summary = resume_run(args.resume, control, steps, execution)
-        _print_summary([summary])
+        resume_run(args.resume, control, steps, execution)
         return 0
     if args.prompts is not None:
         if args.prompt is not None or args.output is not None:
             raise SplatVLMError("batch mode takes --prompts FILE --out-dir DIR, not a prompt or -o")
         if args.out_dir is None:
             raise SplatVLMError("batch mode needs --out-dir DIR")
-        summaries = run_batch(
-            read_prompts(args.prompts), args.run, args.out_dir, control, slugify(args.prompts.stem)
-        )
-        _print_summary(summaries)
+        try:
+            run_batch(read_prompts(args.prompts), args.run, args.out_dir, control, slugify(args.prompts.stem))
+        except StopRun as e:
+            if not getattr(e, "rerun_batch", False):  # --fail-fast: one prompt's own stop
+                raise
+            command = shlex.join(["splatvlm", "generate", *argv])
+            raise StopRun(f"{e}: {command}", e.exit_code, kind=e.kind) from None
         return 0
     from .commands.generate import check_sources, make_guidance
 
@@ -137,15 +168,14 @@ def cmd_generate(argv: list[str]) -> int:
     )
     guidance.sources = check_sources(args.run, [prompt])
     _demo_notice(args.run)
-    summary = run_one(prompt, args.run, output, run_dir, guidance, control, replaces=replaces)
-    _print_summary([summary])
+    run_one(prompt, args.run, output, run_dir, guidance, control, replaces=replaces)
     return 0
 
 
 # How to run, not what: these may be given with --resume.
 RESUME_FLAGS = {
     "--resume", "--viewer", "--no-viewer", "--viewer-share", "--no-viewer-share", "--host", "--port",
-    "--viewer-every", "--stop-after", "--placement", "--gpteval3d", "--no-gpteval3d",
+    "--viewer-every", "--viewer-linger", "--stop-after", "--placement", "--gpteval3d", "--no-gpteval3d",
 }  # fmt: skip
 
 
@@ -243,6 +273,14 @@ def _mesh_control(args: GenerateArgs) -> MeshConfig | None:
     return cfg
 
 
+def viewer_linger(seconds: float | None) -> float:
+    """--viewer-linger, or its default: until Ctrl-C when a person is at a terminal, else 0 (a script or
+    pipe must not hang on a server nobody looks at)."""
+    if seconds is not None:
+        return seconds
+    return math.inf if sys.stdin.isatty() and sys.stdout.isatty() else 0.0
+
+
 def _check_control(control) -> None:
     if not 0 < control.viewer.port < 65536:
         raise SplatVLMError(f"--port must be in 1..65535, got {control.viewer.port}")
@@ -250,6 +288,10 @@ def _check_control(control) -> None:
         raise SplatVLMError(f"--viewer-every must be positive, got {control.viewer.refresh_every}")
     if control.stop_after is not None and control.stop_after <= 0:
         raise SplatVLMError(f"--stop-after must be positive, got {control.stop_after}")
+    if not control.viewer.linger_s >= 0:
+        raise SplatVLMError(
+            f"--viewer-linger must be >= 0 seconds (inf: until Ctrl-C), got {control.viewer.linger_s}"
+        )
 
 
 def _demo_notice(cfg: RunConfig) -> None:
@@ -261,21 +303,23 @@ def _demo_notice(cfg: RunConfig) -> None:
         )
 
 
-def _print_summary(summaries: list[dict]) -> None:
-    for s in summaries:
-        status = "done" if s.get("finished", True) else f"stopped at step {s.get('steps')}"
-        extra = f" p_yes={s['p_yes']:.3f}" if "p_yes" in s else ""
-        print(
-            f"{status}: {s.get('output')} ({s.get('num_gaussians')} Gaussians, {s.get('seconds')} s){extra}"
-        )
-        if s.get("resume"):
-            print(f"continue with: {s['resume']}")
+def _print_done(s: dict) -> None:
+    """A run's last line(s): every file it wrote and its whole time (exports included); how to go on."""
+    status = "done" if s.get("finished", True) else f"stopped at step {s.get('steps')}"
+    extra = f" p_yes={s['p_yes']:.3f}" if "p_yes" in s else ""
+    files = ", ".join(s.get("files") or [str(s.get("output"))])
+    print(
+        f"{status}: {files} ({s.get('num_gaussians'):,} Gaussians, {s.get('seconds'):.1f} s){extra}",
+        flush=True,
+    )
+    if s.get("resume"):
+        print(f"continue with: {s['resume']}", flush=True)
 
 
 def cmd_fit(argv: list[str]) -> int:
     from .commands.fit import run_fit
     from .commands.generate import console
-    from .files import check_output_path
+    from .files import check_output_path, ignore_in_git
     from .gaussians.ply import load_ply, save_ply
     from .hub import pick_device
     from .run.runs import claim_run_folder
@@ -290,8 +334,11 @@ def cmd_fit(argv: list[str]) -> int:
 
     validate_run_config(run_cfg)
     reference = load_ply(args.reference)
-    run_dir = args.run_dir or output.with_name(output.stem + "_run")
+    run_dir = Path(args.run_dir or output.with_name(output.stem + "_run"))
+    new_folder = not run_dir.exists()
     claim_run_folder(run_dir)  # made now, or a run folder of ours: never a folder of other files
+    if new_folder:
+        ignore_in_git(run_dir)
     device = pick_device(run_cfg.device)
     params, metrics = run_fit(
         reference, run_cfg, run_dir, device, args.views, args.heldout, args.resolution, args.batch
@@ -406,8 +453,11 @@ def cmd_bench(argv: list[str]) -> int:
 
 def cmd_toyworld(argv: list[str]) -> int:
     """`toyworld build` (re)trains the shipped toy models; `toyworld eval` scores the toy presets."""
+    if argv and argv[0] in ("-h", "--help"):
+        print(TOYWORLD_USAGE, end="")
+        return 0
     if not argv or argv[0] not in ("build", "eval"):
-        raise SplatVLMError("usage: splatvlm toyworld {build,eval} [ARGS] (see --help of each)")
+        raise SplatVLMError("usage: splatvlm toyworld {build,eval} [ARGS] (see splatvlm toyworld --help)")
     if argv[0] == "build":
         from .toyworld.build import build
         from .toyworld.models import BuildConfig
@@ -418,6 +468,17 @@ def cmd_toyworld(argv: list[str]) -> int:
 
         run_eval(_parse(EvalConfig, argv[1:], "splatvlm toyworld eval"), argv[1:])
     return 0
+
+
+TOYWORLD_USAGE = """usage: splatvlm toyworld {build,eval} [ARGS]  (splatvlm toyworld build --help, ... eval --help)
+
+The toy world: procedural objects (colored ellipsoids and boxes, each with a caption) and two small
+shipped models trained on their renders, a prior and a reward, so that recipes can be scored against a
+ground truth on a CPU, without downloading weights.
+
+  build   (re)train the shipped toy models
+  eval    generate the toy objects with each toy preset and score them against their ground truth
+"""
 
 
 def cmd_presets(argv: list[str]) -> int:

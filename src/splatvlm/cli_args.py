@@ -55,6 +55,9 @@ class GenerateArgs:
     """Viewer port."""
     viewer_every: int = 50
     """Steps between splat refreshes in the viewer."""
+    viewer_linger: float | None = None
+    """Seconds the viewer keeps serving after training (inf: until Ctrl-C; 0: exit at once). Default: until
+    Ctrl-C when run from a terminal, 0 otherwise, so that a script or pipe is not held up."""
     gpteval3d: bool = False
     """Also write GPTEval3D's 120-view render folder: in the run folder, or for a batch
     OUT_DIR/gpteval3d/<prompt file stem>/splatvlm/<index in the file>/<seed>."""

@@ -120,6 +120,28 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def ignore_in_git(folder: str | os.PathLike) -> None:
+    """Write ``folder/.gitignore`` ignoring everything in it (itself included), so that a run folder made
+    inside a git checkout does not show as untracked; call it only for folders this program created.
+    An existing .gitignore is left alone."""
+    path = Path(folder) / ".gitignore"
+    if not path.exists():
+        atomic_write_text(path, GITIGNORE)
+
+
+GITIGNORE = "# made by splatvlm: a run folder, not source\n*\n"
+
+
+def is_our_gitignore(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a .gitignore that ``ignore_in_git`` wrote (a regular file, not a link)."""
+    try:
+        if not os.path.isfile(path) or os.path.islink(path) or os.path.getsize(path) != len(GITIGNORE):
+            return False
+        return Path(path).read_text(encoding="utf-8") == GITIGNORE
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
 def check_output_path(path: str | os.PathLike, overwrite: bool, suffixes: tuple[str, ...] = ()) -> Path:
     """Validate an output file path before any heavy work starts; missing parent folders are created."""
     path = Path(path)

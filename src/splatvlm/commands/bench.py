@@ -3,7 +3,7 @@
 For each prompt the recipe is split into phases where the step does the same work (low-res /
 high-res rendering, reward on / off).
 
-Quick mode (default): a few steps of each phase are timed after warm-up, per component (render,
+Quick mode (default): a few steps of each phase (``--timed-steps``) are timed after warm-up, per component (render,
 sds, vlm, backward, densify, viewer) with CUDA events on GPU, on a scene of the size a full run
 reaches (``--gaussians``, default the preset's ``strategy.cap_max``). The asset time is extrapolated
 from the phase lengths, and the report says so.
@@ -11,7 +11,7 @@ from the phase lengths, and the report says so.
 ``--full``: each prompt's whole recipe runs, as ``generate`` trains it (densification included), and
 the report gives what was measured: the recipe's wall time (model loading excluded and stated
 separately), per-phase step times, the Gaussian count over time, each refinement's statistics and
-the peak memory.
+the peak memory (CUDA only; n/a on a CPU).
 
 ``--reference`` times the straightforward eager path (reward every step, no fast paths, no
 compilation) in the same run.
@@ -34,10 +34,11 @@ import tyro
 
 from ..config import RunConfig, preset_help, to_dict, validate_run_config
 from ..errors import SplatVLMError
-from ..files import atomic_write_text, check_output_dir
+from ..files import atomic_write_text, check_output_dir, ignore_in_git
 from ..guidance.terms import TERMS
 from ..hub import device_name
 from ..prompts import read_prompts
+from ..run.progress import clock, say, task_progress
 from ..run.schedules import loss_weights, weight_at
 from .bench_report import COMPONENTS, report_markdown, save_breakdown_png
 
@@ -58,12 +59,14 @@ class BenchArgs:
     limit: int | None = None
     """Only the first N prompts."""
     full: bool = False
-    """Run each prompt's whole recipe and measure its wall time (no extrapolation; --steps/--warmup unused)."""
+    """Run each prompt's whole recipe and measure its wall time (no extrapolation; --timed-steps/--warmup
+    unused)."""
     gaussians: int | None = None
     """Quick mode: time the steps on a scene of this many Gaussians, the count a full run reaches
     (default: the recipe's strategy.cap_max; 0: the recipe's initial scene)."""
-    steps: int = 10
-    """Timed steps per phase of the recipe (after warm-up); the asset time is extrapolated."""
+    timed_steps: Annotated[int, tyro.conf.arg(aliases=["--steps"])] = 10
+    """Quick mode: steps timed per phase of the recipe, after the warm-up; the asset time is extrapolated
+    from them (--steps is an older spelling; the recipe's training steps are --recipe.steps)."""
     warmup: int = 3
     """Untimed steps before each timed phase (compilation, caches)."""
     weights: Literal["random", "pretrained"] = "random"
@@ -181,7 +184,7 @@ def time_prompt(
     terms = guidance.terms(prompt)
     result: dict[str, Any] = {"prompt": prompt, "phases": [], "full_run": False, "extrapolated": True}
     asset_ms = asset_mean_ms = 0.0
-    peak = 0.0
+    peak: float | None = None  # GB, CUDA only
     # The init ball at the target count: the spacing (and so each Gaussian's size) follows the count.
     scene_cfg = replace(cfg.scene, num_points=gaussians) if gaussians > 0 else cfg.scene
     for phase in recipe_phases(cfg):
@@ -217,8 +220,8 @@ def time_prompt(
         step_ms = _median([r["step_ms"] for r in timed])
         mean_ms = statistics.fmean([r["step_ms"] for r in timed]) if timed else 0.0
         comps = {c: _median([r.get(f"ms_{c}", 0.0) for r in timed]) for c in COMPONENTS}
-        phase_peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else 0.0
-        peak = max(peak, phase_peak)
+        phase_peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
+        peak = None if phase_peak is None else max(peak or 0.0, phase_peak)
         asset_ms += step_ms * (phase.end - phase.start)
         asset_mean_ms += mean_ms * (phase.end - phase.start)
         result["phases"].append(
@@ -333,7 +336,7 @@ def run_prompt_full(
                 "mean_step_ms": statistics.fmean([r["step_ms"] for r in rows]) if rows else 0.0,
                 "it_per_s": 1e3 / step_ms if step_ms else 0.0,
                 "per_component_ms": {c: _median([r.get(f"ms_{c}", 0.0) for r in rows]) for c in COMPONENTS},
-                "peak_gb": phase_peaks[k] if k < len(phase_peaks) else 0.0,
+                "peak_gb": (phase_peaks[k] if k < len(phase_peaks) else 0.0) if cuda else None,
                 "num_gaussians": max((int(r["num_gaussians"]) for r in rows), default=0),
                 "phase_s": sum(r["step_ms"] for r in rows) / 1e3,
             }
@@ -348,7 +351,7 @@ def run_prompt_full(
         asset_s=asset_s,
         asset_mean_s=asset_s,
         load_s=load_s,
-        peak_gb=max(phase_peaks, default=0.0),
+        peak_gb=max(phase_peaks, default=0.0) if cuda else None,
         max_gaussians=max((int(r["num_gaussians"]) for r in records), default=0),
         final_gaussians=int(records[-1]["num_gaussians"]) if records else 0,
         steps=len(records),
@@ -404,6 +407,34 @@ def full_step(result: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def plan_line(cfg: RunConfig, prompts: int, variants: list[str], args: BenchArgs, world_size: int) -> str:
+    """What the bench is about to do, before any model loads: prompts, passes and steps per prompt."""
+    phases = recipe_phases(cfg)
+    if args.full:
+        per_prompt = f"the whole recipe, {cfg.steps:,} steps"
+    else:
+        steps = sum(min(args.warmup + args.timed_steps + 1, p.end - p.start) for p in phases)
+        per_prompt = (
+            f"{steps} steps ({len(phases)} phase(s) x {args.warmup} warm-up + {args.timed_steps} timed + 1)"
+        )
+    passes = " + ".join(variants)
+    where = f" over {world_size} processes" if world_size > 1 else ""
+    return (
+        f"bench: {prompts} prompts x {len(variants)} pass(es) ({passes}){where}, each prompt {per_prompt}; "
+        "the time left is estimated after the first prompt (which also loads the models)"
+    )
+
+
+def prompt_line(res: dict[str, Any], done: int, total: int, elapsed: float) -> str:
+    """One finished prompt, and the time the pass should still take at the pace so far (``elapsed``: the
+    pass's seconds without model loading)."""
+    line = f"  [{done}/{total}] {res['prompt'][:40]}: {full_step(res)['step_ms']:.1f} ms/step"
+    line += f", asset {res['asset_s']:.0f} s" + (" (extrapolated)" if res.get("extrapolated") else "")
+    if done < total:
+        line += f"; about {clock(elapsed / done * (total - done))} left"
+    return line
+
+
 def run_bench(args: BenchArgs) -> dict[str, Any]:
     """Time the recipe over the prompts and write the report; under torchrun each rank times its share
     (``distributed.shard``: index % world == rank) and rank 0 gathers, writes and returns the report
@@ -412,8 +443,8 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     from .generate import Guidance, check_sources
 
     # 1. Inputs.
-    if args.steps <= 0 or args.warmup < 0:
-        raise SplatVLMError("--steps must be positive and --warmup >= 0")
+    if args.timed_steps <= 0 or args.warmup < 0:
+        raise SplatVLMError("--timed-steps must be positive and --warmup >= 0")
     if args.limit is not None and args.limit <= 0:
         raise SplatVLMError(f"--limit must be positive, got {args.limit}")
     if args.gaussians is not None and args.gaussians < 0:
@@ -429,15 +460,16 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     from ..resources import check_models_fit
 
     check_models_fit(cfg, device, vlm_device)  # before building full-size models that cannot fit
+    new_folder = not Path(args.output).exists()
     out = check_output_dir(args.output)
+    if new_folder:
+        ignore_in_git(out)
     mine = distributed.shard(range(len(prompts)), info.rank, info.world_size)
     command = "splatvlm bench " + " ".join(shlex.quote(a) for a in sys.argv[2:])
     # Quick mode times its steps at the count a full run reaches: by default, the cap.
     gaussians = 0 if args.full else (cfg.strategy.cap_max if args.gaussians is None else args.gaussians)
 
     # 2. Our path, then optionally the reference path, each with models loaded once.
-    from rich.progress import Progress
-
     report: dict[str, Any] = {
         "device": device_name(device),
         "date": datetime.date.today().isoformat(),
@@ -454,7 +486,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         )
     else:
         report.update(
-            timed_steps_per_phase=args.steps,
+            timed_steps_per_phase=args.timed_steps,
             warmup_steps=args.warmup,
             timed_at_gaussians=gaussians or cfg.scene.num_points,
             extrapolated=(
@@ -475,13 +507,14 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     if args.reference:
         variants.append(("reference", reference_config(cfg), None))
     probes: dict[str, dict[str, torch.Tensor]] = {}
+    if info.is_main:
+        say(plan_line(cfg, len(prompts), [name for name, _, _ in variants], args, info.world_size))
     with distributed.process_group(info, device) as group:
         for name, vcfg, viewer_every in variants:
             t_pass = time.perf_counter()
             guidance = Guidance(vcfg, device, vlm_device=None if vlm_device == device else vlm_device)
             results = {}
-            with Progress(transient=False, disable=not info.is_main) as bar:
-                task = bar.add_task(f"bench {name}", total=len(mine))
+            with task_progress(f"bench {name}", len(mine), info.is_main) as advance:
                 for i in mine:
                     run_dir = out / "runs" / name / f"{i:03d}"
                     run_dir.mkdir(parents=True, exist_ok=True)
@@ -495,7 +528,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
                             guidance,
                             run_dir,
                             device,
-                            args.steps,
+                            args.timed_steps,
                             args.warmup,
                             viewer_every,
                             gaussians,
@@ -509,9 +542,10 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
                     )
                     res.setdefault("load_s", sum(guidance.loaded.values()) if i == mine[0] else 0.0)
                     results[i] = res
-                    bar.update(
-                        task, advance=1, description=f"bench {name}: {full_step(res)['step_ms']:.1f} ms/step"
-                    )
+                    advance(1)
+                    if info.is_main:
+                        elapsed = time.perf_counter() - t_pass - sum(guidance.loaded.values())
+                        say(prompt_line(res, len(results), len(mine), elapsed))
             if args.reference and name in ("ours", "reference") and info.is_main and mine:
                 probes[name] = gradient_probe(prompts[mine[0]], vcfg, guidance, device)
             # Every rank's results, prompts back in index order.
@@ -546,8 +580,11 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
         c: _median([full_step(r)["per_component_ms"][c] for r in ours]) for c in COMPONENTS
     }
     report["full_step_phase"] = full_step(ours[0])["label"]
-    report["peak_gb"] = max(r["peak_gb"] for r in ours)
+    peaks = [r["peak_gb"] for r in ours if r["peak_gb"] is not None]
+    report["peak_gb"] = max(peaks) if peaks else None  # None: not measured (CPU)
     report["asset_s"] = _median([r["asset_s"] for r in ours])
+    # The same figure as an hourly rate, so the two never disagree: one process, model loading excluded.
+    report["assets_per_hour"] = 3600 / report["asset_s"] if report["asset_s"] > 0 else None
     report["max_gaussians"] = max(r["max_gaussians"] for r in ours)
     report["it_per_s"] = 1e3 / report["full_step_ms"] if report["full_step_ms"] else 0.0
     if args.reference:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
@@ -14,27 +15,35 @@ PALETTE = ((76, 114, 176), (221, 132, 82), (85, 168, 104), (196, 78, 82), (129, 
            (218, 139, 195), (140, 140, 140), (204, 185, 116), (100, 181, 205))  # fmt: skip
 
 
+def gb(value: float | None) -> str:
+    """A peak memory figure; n/a where none was measured (a CPU run)."""
+    return "n/a" if value is None else f"{value:.1f} GB"
+
+
 def report_markdown(report: dict[str, Any]) -> str:
+    per_hour = report.get("assets_per_hour")
+    rate = f", i.e. {per_hour:.1f} assets/hour per process (model loading excluded)" if per_hour else ""
     lines = [
         f"# splatvlm bench: {report['preset']} ({report['weights']} weights)",
         "",
         f"- device: {report['device']}, torch {report['torch']}, date {report['date']}",
         f"- command: `{report['command']}`",
         f"- full step ({report['full_step_phase']}): **{report['full_step_ms']:.1f} ms** "
-        f"({report['it_per_s']:.2f} it/s), peak {report['peak_gb']:.1f} GB",
+        f"({report['it_per_s']:.2f} it/s), peak {gb(report['peak_gb'])}",
         (
             f"- asset time (measured, whole recipe): **{report['asset_s']:.0f} s** (median over prompts), "
-            f"max {report['max_gaussians']:,} Gaussians"
+            f"max {report['max_gaussians']:,} Gaussians{rate}"
             if report["full_run"]
             else f"- asset time (extrapolated, steps timed at {report['timed_at_gaussians']:,} Gaussians): "
-            f"{report['asset_s']:.0f} s"
+            f"{report['asset_s']:.0f} s (median over prompts){rate}"
         ),
     ]
-    if "prompts_per_hour" in report:
+    if "bench_wall_s" in report:
+        # The bench's own pace (warm-up, timing, loading), not an asset rate: given as a time, not per hour.
         lines.append(
-            f"- {report['world_size']} process(es), placement {report['placement']} ({', '.join(report['devices'])}): "
-            f"{report['prompts_per_hour']:.1f} bench prompts/hour ({len(report['ours']['prompts'])} prompts in "
-            f"{report['bench_wall_s']:.0f} s, model loading included)"
+            f"- this bench: {len(report['ours']['prompts'])} prompts in {report['bench_wall_s']:.0f} s on "
+            f"{report['world_size']} process(es), placement {report['placement']} ({', '.join(report['devices'])}), "
+            "model loading included"
         )
     if "viewer_slowdown" in report:
         lines.append(
@@ -66,9 +75,10 @@ def report_markdown(report: dict[str, Any]) -> str:
     ]
     for n, r in enumerate(report["ours"]["prompts"]):
         for p in r["phases"]:
+            peak = "n/a" if p["peak_gb"] is None else f"{p['peak_gb']:.1f}"
             lines.append(
                 f"| {r.get('index', n)} | {r['prompt'][:40]} | {p['label']} | {p['step_ms']:.1f} | {p['it_per_s']:.2f} | "
-                f"{p['peak_gb']:.1f} | {p['num_gaussians']} | {r['asset_s']:.0f} |"
+                f"{peak} | {p['num_gaussians']} | {r['asset_s']:.0f} |"
             )
     if report["full_run"]:
         lines += ["", "## Gaussians over time", "", "| # | step: count |", "|---|---|"]
@@ -80,24 +90,37 @@ def report_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def phase_medians(prompts: list[dict[str, Any]]) -> list[tuple[str, float, dict[str, float]]]:
+    """Per phase (in recipe order): its label, the median over prompts of its step time and of each
+    component's time. The statistic report.md gives, so that the picture and the text agree."""
+    labels = list(dict.fromkeys(p["label"] for r in prompts for p in r["phases"]))
+    rows = []
+    for label in labels:
+        phases = [p for r in prompts for p in r["phases"] if p["label"] == label]
+        comps = {c: statistics.median(p["per_component_ms"].get(c, 0.0) for p in phases) for c in COMPONENTS}
+        rows.append((label, statistics.median(p["step_ms"] for p in phases), comps))
+    return rows
+
+
 def save_breakdown_png(report: dict[str, Any], path: Path) -> None:
-    """Stacked horizontal bars of the per-component ms of each timed phase (ours, and the reference)."""
+    """Stacked horizontal bars of the per-component ms of each timed phase (ours, and the reference), each
+    the median over the prompts, labelled with the phase's median step time."""
     from PIL import Image, ImageDraw
 
     colors = {c: PALETTE[i % len(PALETTE)] for i, c in enumerate(COMPONENTS)}
-    rows: list[tuple[str, dict[str, float]]] = []
+    rows: list[tuple[str, float, dict[str, float]]] = []
     for name in ("ours", "reference"):
         if name in report:
-            r = report[name]["prompts"][0]
-            for p in r["phases"]:
-                rows.append((f"{name} {p['label']}", p["per_component_ms"]))
-    total_max = max((sum(c.values()) for _, c in rows), default=1.0) or 1.0
+            rows += [(f"{name} {label}", ms, c) for label, ms, c in phase_medians(report[name]["prompts"])]
+    total_max = max((max(sum(c.values()), ms) for _, ms, c in rows), default=1.0) or 1.0
     w, row_h, left, top = 900, 34, 230, 40
     img = Image.new("RGB", (w, top + row_h * len(rows) + 60), "white")
     d = ImageDraw.Draw(img)
-    d.text((10, 10), f"ms per step by component ({report['device']}, prompt 0)", fill="black")
+    count = len(report["ours"]["prompts"])
+    title = f"ms per step by component, median over {count} prompt(s) ({report['device']}); number: step ms"
+    d.text((10, 10), title, fill="black")
     scale = (w - left - 80) / total_max
-    for i, (label, comps) in enumerate(rows):
+    for i, (label, step_ms, comps) in enumerate(rows):
         y = top + i * row_h
         d.text((10, y + 8), label[:34], fill="black")
         x = left
@@ -106,7 +129,7 @@ def save_breakdown_png(report: dict[str, Any], path: Path) -> None:
             if length > 0:
                 d.rectangle([x, y + 4, x + length, y + row_h - 6], fill=colors[c])
                 x += length
-        d.text((x + 6, y + 8), f"{sum(comps.values()):.1f}", fill="black")
+        d.text((x + 6, y + 8), f"{step_ms:.1f}", fill="black")
     y = top + row_h * len(rows) + 15
     x = 10
     for c in COMPONENTS:

@@ -23,7 +23,14 @@ import torch
 from .. import models
 from ..config import RunConfig, apply_overrides, nest_dotted, read_yaml, to_dict, validate_run_config
 from ..errors import SplatVLMError, StopRun
-from ..files import RunLock, atomic_write_text, check_output_dir, check_output_path, clean_temp_files
+from ..files import (
+    RunLock,
+    atomic_write_text,
+    check_output_dir,
+    check_output_path,
+    clean_temp_files,
+    ignore_in_git,
+)
 from ..gaussians.cameras import Cameras
 from ..gaussians.ply import save_ply
 from ..gaussians.scene import init_ball, num_gaussians
@@ -88,6 +95,8 @@ class RunControl:
     watcher: Any = None
     # Asked before each step; True ends the run there as stop_after does (a controller on another thread).
     should_stop: Callable[[], bool] | None = None
+    # Called with each run's summary as it ends (finished or stopped), before the viewer lingers.
+    on_done: Callable[[dict[str, Any]], None] | None = None
 
 
 @dataclass
@@ -112,10 +121,13 @@ class Guidance:
             if spec.model is not None:
                 if spec.model not in self.models:
                     t0 = time.perf_counter()
+                    named = getattr(self.cfg, spec.section).model if spec.section else spec.model
+                    console.print(f"loading the {spec.model} ({named}) ...", highlight=False)
                     source = self.sources.found.get(spec.model) if self.sources is not None else None
                     with distributed.on_device(device):
                         self.models[spec.model] = models.load_model(spec.model, self.cfg, device, source)
                     self.loaded[f"{spec.name}_s"] = time.perf_counter() - t0
+                    console.print(f"loaded the {spec.model} in {self.loaded[f'{spec.name}_s']:.1f} s")
                 model = self.models[spec.model]
             fn = spec.make(self.cfg, model, prompt)
             if device != self.device:
@@ -191,10 +203,8 @@ def run_one(
             if replaces is not None and summary["finished"]:
                 build_lock.moved_to(replaces)  # swapped in: its lock file is there now
             return summary
-        except StopRun as e:
-            raise StopRun(
-                f"{e}; continue with: {resume_command(run_dir)}", e.exit_code, kind=e.kind
-            ) from None
+        except StopRun as e:  # chained: a batch tells how to go on without this run's own command
+            raise StopRun(f"{e}; continue with: {resume_command(run_dir)}", e.exit_code, kind=e.kind) from e
 
 
 def _run_one(
@@ -302,6 +312,7 @@ def _run_one(
         # The whole run: earlier invocations' training time (from the checkpoint) + all of this one.
         "seconds": round(elapsed_before + time.perf_counter() - t_start, 2),
         "seconds_this_invocation": round(time.perf_counter() - t_start, 2),
+        "files": [str(output if finished else run_dir / "partial.ply")],  # and the exports below
     }
     final_dir = replaces if replaces is not None else run_dir
     if not finished:
@@ -309,12 +320,19 @@ def _run_one(
     if finished:
         if cfg.turntable_frames > 0:
             frames = export.render_turntable(
-                state.params, cfg.camera, cfg.render, cfg.turntable_frames, cfg.turntable_resolution, device
+                state.params,
+                cfg.camera,
+                cfg.render,
+                cfg.turntable_frames,
+                cfg.turntable_resolution,
+                device,
+                progress=control.progress,
             )
             export.save_video(frames, run_dir / "turntable.gif", fps=20)
             export.save_contact_sheet(
                 frames[:: max(1, len(frames) // 8)][:8], run_dir / "contact.png", cols=4
             )
+            summary["files"] += [str(final_dir / "turntable.gif"), str(final_dir / "contact.png")]
         if control.gpteval3d:
             written = str(
                 export.export_gpteval3d(
@@ -325,19 +343,25 @@ def _run_one(
                     cfg.seed,
                     render_cfg=cfg.render,
                     device=device,
+                    progress=control.progress,
                 )
             )
             # Inside the run folder (one prompt), the folder being built moves to final_dir when it is complete.
             summary["gpteval3d"] = written if control.gpteval3d_root else str(final_dir / "gpteval3d")
+            summary["files"].append(summary["gpteval3d"] + "/")
         if control.mesh is not None:
             from ..outputs.mesh import export_mesh
 
             try:  # the splats are saved already: a scene with no surface yet costs the mesh, not the run
                 check_output_replaceable(output.with_suffix(".glb"), {}, control.overwrite)
                 mesh = export_mesh(
-                    state.params, output.with_suffix(".glb"), replace(control.mesh, device=str(device))
+                    state.params,
+                    output.with_suffix(".glb"),
+                    replace(control.mesh, device=str(device)),
+                    progress=control.progress,
                 )
                 summary["mesh"] = mesh["output"]
+                summary["files"] += mesh["files"]
             except SplatVLMError as e:
                 summary["mesh_error"] = str(e)
                 console.print(f"warning: no mesh for {output}: {e}")
@@ -347,10 +371,15 @@ def _run_one(
                 summary[key] = last[key]
         for name in ("interrupted.ply", "partial.ply"):
             (run_dir / name).unlink(missing_ok=True)
+        # The whole run, exports included (the turntable, GPTEval3D renders and mesh can take minutes).
+        summary["seconds"] = round(elapsed_before + time.perf_counter() - t_start, 2)
+        summary["seconds_this_invocation"] = round(time.perf_counter() - t_start, 2)
         atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
         if replaces is not None:
             swap_in(run_dir, replaces, info["replaces"]["id"])
             update_run_info(replaces, replaces=None)  # in its place now: a later --resume replaces nothing
+    if control.on_done is not None:
+        control.on_done(summary)
     if viewer is not None:
         if finished:
             viewer.update(
@@ -361,8 +390,7 @@ def _run_one(
             )
         if own_viewer:
             if finished:
-                console.print("training done")
-                viewer.serve_forever()
+                viewer.linger(control.viewer.linger_s)
             viewer.close()
     return summary
 
@@ -424,6 +452,8 @@ def resume_run(
     """
     run_dir = Path(os.path.abspath(run_dir))
     recover_swap(run_dir)
+    if not run_dir.exists():
+        raise SplatVLMError(f"run folder {run_dir} not found (--resume takes the <output stem>_run folder)")
     info_path = run_dir / "run.json"
     if not info_path.is_file() or not (run_dir / "config.yaml").is_file():
         raise SplatVLMError(f"{run_dir} is not a splatvlm run folder (no run.json/config.yaml)")
@@ -528,13 +558,20 @@ def run_batch(
     ``DIR`` never write the same id; ``prompts.json`` there records the file the ids index into.
 
     Under torchrun each rank runs its share of the pending prompts (see ``distributed.py``); rank 0 then
-    writes ``DIR/batch_report.json`` and returns every prompt's summary, the other ranks return [].
+    writes ``DIR/batch_report.json`` and returns the summaries of the prompts run in this call (finished or
+    stopped; not those done before), the other ranks return [].
+
+    A signal (Ctrl-C) stops the batch with a StopRun that says to run the same batch command again; on one
+    process ``batch_report.json`` is written first (the interrupted prompt 'stopped', the rest 'missing').
     """
     validate_run_config(cfg)
     info = distributed.dist_info()
     if control.viewer.enabled and info.world_size > 1:
         raise SplatVLMError("--viewer serves one run; it cannot be used with several torchrun processes")
+    new_folder = not Path(out_dir).exists()
     out_dir = check_output_dir(out_dir)
+    if new_folder:
+        ignore_in_git(out_dir)
     run_dirs = [out_dir / f"{index:03d}-{slugify(prompt)}" for index, prompt in enumerate(prompts)]
     # One batch per out-dir: rank 0 holds its lock (torchrun's other ranks work under it, each run
     # folder locked by the rank that runs it).
@@ -567,6 +604,11 @@ def _run_batch(
         pending = distributed.broadcast(pending, group)
         mine = set(distributed.shard(pending, info.rank, info.world_size))
         results: dict[int, tuple[str, dict[str, Any]]] = {}  # index -> (status, summary)
+
+        def stop(index: int, reason: str, exit_code: int, kind: str | None) -> None:
+            results[index] = ("stopped", {})
+            _stop_batch(reason, exit_code, kind, prompts, run_dirs, results, out_dir, control, info, guidance, t_start)  # fmt: skip
+
         for index, prompt in enumerate(prompts):
             run_dir = run_dirs[index]
             if index not in mine:
@@ -592,9 +634,14 @@ def _run_batch(
                     resume=resume,
                     prompt_id=index,
                 )
+            except KeyboardInterrupt:  # outside the training loop (loading, exports)
+                stop(index, "interrupted (Ctrl-C)", 130, None)
             except Exception as e:
                 # A signal stops the whole batch; anything else fails this prompt only (unless --fail-fast).
-                if control.fail_fast or (isinstance(e, StopRun) and e.exit_code != 3):
+                if isinstance(e, StopRun) and e.exit_code != 3:
+                    # The reason without run_one's "continue with" for this one run folder.
+                    stop(index, str(e.__cause__ or e), e.exit_code, e.kind)
+                if control.fail_fast:
                     raise
                 reason = str(e) if isinstance(e, SplatVLMError | StopRun) else f"{type(e).__name__}: {e}"
                 console.print(f"{tag}[{index + 1}/{len(prompts)}] failed: {reason}")
@@ -609,7 +656,40 @@ def _run_batch(
     report = batch_report(prompts, run_dirs, parts, control.placement, time.perf_counter() - t_start)
     atomic_write_text(out_dir / "batch_report.json", json.dumps(report, indent=2))
     print_batch_summary(report, out_dir / "batch_report.json")
-    return [e["summary"] for e in report["prompts"] if e["summary"] and e["status"] != "failed"]
+    return [e["summary"] for e in report["prompts"] if e["summary"] and e["status"] in ("done", "stopped")]
+
+
+def _stop_batch(
+    reason: str,
+    exit_code: int,
+    kind: str | None,
+    prompts: list[str],
+    run_dirs: list[Path],
+    results: dict[int, tuple[str, dict[str, Any]]],
+    out_dir: Path,
+    control: RunControl,
+    info: distributed.DistInfo,
+    guidance: Guidance,
+    t_start: float,
+) -> None:
+    """Stop an interrupted batch: its report so far (one process: the others' results are out of reach),
+    and a StopRun saying that the same batch command goes on (the CLI appends the command)."""
+    written = ""
+    if info.world_size == 1:
+        label = distributed.device_label(guidance.device, guidance.vlm_device or guidance.device)
+        parts = [{"rank": 0, "device": label, "results": results}]
+        report = batch_report(prompts, run_dirs, parts, control.placement, time.perf_counter() - t_start)
+        report["interrupted"] = reason
+        atomic_write_text(out_dir / "batch_report.json", json.dumps(report, indent=2))
+        written = f"; report in {out_dir / 'batch_report.json'}"
+    stop = StopRun(
+        f"{reason}{written}; finished prompts are skipped and this one resumes from its checkpoint when "
+        "the same batch command runs again",
+        exit_code,
+        kind=kind,
+    )
+    stop.rerun_batch = True  # the CLI appends the command line
+    raise stop from None
 
 
 def generate(

@@ -19,7 +19,9 @@ skipped). Image paths are relative to the JSONL file's folder unless absolute. T
 Every image is resized (bicubic, antialias) to ``--vlm.size`` square and asked with the same
 differentiable query as the generator uses (``VLMReward.score``). The adapter (LoRA on the language
 model's attention and MLP projections) is saved as safetensors with its adapter_config.json, written to
-a temporary folder and renamed into place.
+a temporary folder and renamed into place, with the modes of any new file or folder (the umask's).
+
+A tiny example data set ships in the repository's examples/reward_data/.
 """
 
 from __future__ import annotations
@@ -156,11 +158,22 @@ def load_views(paths: list[Path], size: int) -> torch.Tensor:
 
 @dataclass
 class TrainRewardConfig:
-    """Fine-tune a LoRA adapter for the reward VLM on labeled renders or preference pairs."""
+    """Fine-tune a LoRA adapter for the reward VLM on labeled renders or preference pairs.
 
-    data: tyro.conf.Positional[Path]
-    """JSONL training data (format in `splatvlm.commands.train_reward`'s docstring: images + prompt + yes/no label, or
-    images_chosen + images_rejected + prompt)."""
+    DATA is JSONL, one record per line, image paths relative to the file. A labeled view set (should the
+    VLM answer Yes for these views?):
+
+    {"images": ["cat/0.png", "cat/1.png"], "prompt": "a cat", "label": "yes"}
+
+    or a preference pair:
+
+    {"images_chosen": ["good/0.png"], "images_rejected": ["bad/0.png"], "prompt": "a cat"}
+
+    Example data: examples/reward_data/ in the repository (offline: --vlm.model demo).
+    """
+
+    data: Annotated[Path, tyro.conf.Positional, tyro.conf.arg(metavar="DATA")]
+    """JSONL training data: labeled view sets and/or preference pairs (the format above)."""
     output: Annotated[Path, tyro.conf.arg(aliases=("-o",))]
     """Adapter folder to write (adapter_config.json + adapter_model.safetensors + train_reward.json)."""
     vlm: RewardConfig = field(default_factory=RewardConfig)
@@ -214,6 +227,19 @@ def _publish_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def umask_modes(folder: Path) -> None:
+    """Give ``folder`` and everything in it the modes a new folder and file get here (0755 and 0644 under
+    the usual umask 022): mkdtemp makes its folder private (0700), and a shared adapter must be readable."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(Path(root) / name, 0o777 & ~mask)
+        for name in files:
+            os.chmod(Path(root) / name, 0o666 & ~mask)
+    os.chmod(folder, 0o777 & ~mask)
+
+
 def example_loss(reward: VLMReward, ex: RewardExample) -> tuple[torch.Tensor, bool]:
     """(loss, correct) for one record with the reward's differentiable query."""
     size = reward.cfg.size
@@ -258,6 +284,8 @@ def train_reward(cfg: TrainRewardConfig) -> Path:
 
     # 3. model with a fresh LoRA on the language model
     torch.manual_seed(cfg.seed)
+    console = Console()
+    console.print(f"loading the reward VLM ({cfg.vlm.model}) ...", highlight=False)
     reward = load_reward(cfg.vlm, cfg.device)
     lcfg = LoraConfig(
         r=cfg.rank,
@@ -271,7 +299,6 @@ def train_reward(cfg: TrainRewardConfig) -> Path:
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
 
     # 4. train
-    console = Console()
     reward.model.train()
     losses: list[float] = []
     hits: list[bool] = []
@@ -319,6 +346,7 @@ def train_reward(cfg: TrainRewardConfig) -> Path:
             "config": json.loads(json.dumps(dataclasses.asdict(cfg), default=str)),
         }
         (tmp / "train_reward.json").write_text(json.dumps(meta, indent=2), encoding="utf-8")
+        umask_modes(tmp)
         _publish_dir(tmp, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -22,6 +22,7 @@ from ..errors import SplatVLMError
 from ..files import atomic_path, check_output_dir, clean_temp_files
 from ..gaussians.cameras import CameraConfig, Cameras, eval_orbit
 from ..gaussians.render import RenderConfig, normals_from_depth, render
+from ..run.progress import task_progress
 
 VIDEO_SUFFIXES = (".gif", ".mp4")
 RENDER_SUFFIXES = (".gif", ".mp4", ".png")
@@ -82,15 +83,18 @@ def render_turntable(
     device: torch.device | str,
     chunk: int = 8,
     elevation: float | None = None,
+    progress: bool = True,
 ) -> np.ndarray:
     """``frames`` views evenly spaced in azimuth on the evaluation orbit, white background.
 
-    Returns uint8 [F, H, W, 3]. ``chunk`` views are rendered at a time.
+    Returns uint8 [F, H, W, 3]. ``chunk`` views are rendered at a time; ``progress`` shows a bar (stderr).
     """
     cams = eval_orbit(cam_cfg, frames, resolution, elevation=elevation)
     out = np.empty((frames, resolution, resolution, 3), dtype=np.uint8)
-    for start, rgb, _ in _render_views(params, cams, render_cfg, device, chunk):
-        out[start : start + len(rgb)] = rgb
+    with task_progress("turntable frames", frames, progress) as advance:
+        for start, rgb, _ in _render_views(params, cams, render_cfg, device, chunk):
+            out[start : start + len(rgb)] = rgb
+            advance(len(rgb))
     return out
 
 
@@ -237,6 +241,7 @@ def export_gpteval3d(
     distance: float = 3.0,
     normal_background: float = 1.0,
     chunk: int = 8,
+    progress: bool = True,
 ) -> Path:
     """Write GPTEval3D's render folder ``<out_dir>/<method>/<prompt_id>/<seed>/``; return that folder.
 
@@ -248,7 +253,7 @@ def export_gpteval3d(
     rendered expected depth (``render.normals_from_depth``: world space, unit length), mapped to
     color as (n + 1) / 2, and composited over ``normal_background`` (1.0 = white) by the rendered
     alpha, with alpha below 0.05 treated as background. threestudio composites its normal images
-    over black (``normal_background=0.0``).
+    over black (``normal_background=0.0``). ``progress`` shows a bar (stderr).
     """
     if not method or "/" in method or "\\" in method or method in (".", ".."):
         raise SplatVLMError(f"method name {method!r} must be a plain folder name")
@@ -275,8 +280,10 @@ def export_gpteval3d(
         normals=True,
         normal_background=normal_background,
     )
-    for start, rgb, normal in views:
-        for j in range(len(rgb)):
-            save_png(rgb[j], folder / f"rgb_{start + j}.png")
-            save_png(normal[j], folder / f"normal_{start + j}.png")
+    with task_progress("GPTEval3D views", num_views, progress) as advance:
+        for start, rgb, normal in views:
+            for j in range(len(rgb)):
+                save_png(rgb[j], folder / f"rgb_{start + j}.png")
+                save_png(normal[j], folder / f"normal_{start + j}.png")
+            advance(len(rgb))
     return folder

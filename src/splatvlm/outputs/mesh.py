@@ -7,8 +7,9 @@ Pipeline (``splatvlm mesh IN.ply -o OUT.glb``, or ``generate --mesh``):
    (scikit-image) at ``threshold`` (1.0, as DreamGaussian);
 3. cleanup: connected components (trimesh); ones much smaller than the largest are floaters and dropped;
 4. decimation to ``faces`` triangles (fast-simplification, quadric edge collapse);
-5. color from multi-view renders of the splats (``mesh_color.py``): per vertex, or baked into a UV
-   texture (xatlas unwrap) with ``texture``; visibility from each render's depth.
+5. color from the splats (``mesh_color.py``): by a head-on ray per surface point through its nearest
+   Gaussians (``colors='rays'``) or from multi-view renders (``'renders'``); per vertex, or baked into a
+   UV texture (xatlas unwrap) with ``texture``.
 Axes: splatvlm's world is z-up. glTF (.glb) and .obj are y-up by their conventions (Blender's importers
 convert them back), so those files get x, y, z -> x, z, -y: a feature at +z in the .ply is at +y there.
 A .ply mesh keeps the splat file's axes. Units are the .ply's in every format.
@@ -20,9 +21,10 @@ import math
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -59,12 +61,16 @@ class MeshConfig:
     nearest neighbour) are closed before its inside is filled; parts closer than that merge (0: off)."""
     keep_fraction: float = 0.05
     """Keep connected components with at least this share of the largest one's triangles (drops floaters)."""
+    colors: Literal["rays", "renders"] = "rays"
+    """'rays': each surface point takes the color a camera facing it head-on would see, from its nearest
+    Gaussians (no images rendered; fast on a CPU). 'renders': the mean over multi-view renders that see it
+    (visibility from real cameras; slow on a CPU, where each render draws every Gaussian)."""
     views_per_ring: int = 8
-    """Color views per elevation ring (rings at -30, 15 and 50 degrees, plus one view from above and below)."""
+    """With --colors renders: color views per elevation ring (rings at -30, 15 and 50 degrees, plus one view from above and below)."""
     view_resolution: int = 384
-    """Square size in pixels of the color renders."""
+    """With --colors renders: square size in pixels of the color renders."""
     depth_tolerance: float = 0.03
-    """A point is seen by a view when it lies within this fraction of the object's radius of the rendered depth."""
+    """With --colors renders: a point is seen by a view when it lies within this fraction of the object's radius of the rendered depth."""
     device: str = "auto"
     """'auto' (CUDA when available), 'cuda' or 'cpu': where the density grid and color renders are computed."""
     chunk: int = 1 << 21
@@ -232,18 +238,35 @@ def typical_spacing(means: Tensor, sample: int = 100_000) -> float:
 def solid_inside(occupied: np.ndarray, close: int) -> np.ndarray:
     """The voxels inside the occupied ones: cavities filled after small holes in the walls are closed.
 
-    A morphological closing (dilate, fill, erode by ``close`` voxels), so a shell of splats with gaps
-    between its Gaussians still encloses a solid; the result always contains ``occupied``.
+    A morphological closing (dilate, fill, erode by a ball of ``close`` voxels), so a shell of splats with
+    gaps up to about ``2 * close`` voxels wide between its Gaussians still encloses a solid; the result
+    always contains ``occupied``.
     """
     from scipy import ndimage
 
     if close <= 0:
         return ndimage.binary_fill_holes(occupied)
     pad = np.pad(occupied, close + 1)
-    grown = ndimage.binary_dilation(pad, iterations=close)
-    solid = ndimage.binary_erosion(ndimage.binary_fill_holes(grown), iterations=close, border_value=0)
+    grown = ball_dilation(pad, close)
+    solid = ~ball_dilation(~ndimage.binary_fill_holes(grown), close)  # erosion = dilation of the outside
     inner = (slice(close + 1, -(close + 1)),) * 3
     return solid[inner] | occupied
+
+
+def ball_dilation(mask: np.ndarray, radius: int) -> np.ndarray:
+    """Dilation by a near-round ball of ``radius`` voxels (it reaches between radius and 1.22 x radius).
+
+    Half the steps use the 6-neighbour cross (a diamond), half a cube (separable, so cheap); their sum is
+    near-round, where a cross alone reaches only radius / sqrt(3) along the diagonals and leaves gaps
+    open there. An exact Euclidean ball (a distance transform) costs several times more on a 256 grid.
+    """
+    from scipy import ndimage
+
+    cross_steps, cube_steps = (radius + 1) // 2, radius // 2
+    out = ndimage.binary_dilation(mask, ndimage.generate_binary_structure(3, 1), iterations=cross_steps)
+    if cube_steps:
+        out = ndimage.maximum_filter(out, size=2 * cube_steps + 1, mode="constant", cval=False)
+    return out
 
 
 def extract_surface(density: np.ndarray, grid: Grid, threshold: float, close: int = 2):
@@ -326,21 +349,30 @@ def splats_to_geometry(
     cfg: MeshConfig,
     device: torch.device | None = None,
     timings: dict[str, float] | None = None,
+    log: Callable[[str], None] | None = None,
 ):
-    """Steps 1-4: the uncolored mesh (z-up world, the .ply's units) and the grid it came from."""
+    """Steps 1-4: the uncolored mesh (z-up world, the .ply's units) and the grid it came from.
+
+    ``log``, when given, receives a line as each step starts (they can take minutes on a CPU).
+    """
+    log = log or (lambda text: None)
     device = device or mesh_device(cfg.device)
     t0 = time.perf_counter()
     g = _gaussians(params, cfg.min_opacity, device)
     grid = fit_grid(g, cfg.resolution)
+    shape = "x".join(map(str, grid.shape))
+    log(f"mesh: density of {len(g['means']):,} Gaussians on a {shape} grid ({device.type}) ...")
     density = density_grid(g, grid, cfg.chunk).cpu().numpy()
     t1 = time.perf_counter()
     close = 0
     if cfg.close_holes > 0:
         close = max(1, math.ceil(cfg.close_holes * typical_spacing(g["means"]) / grid.voxel))
+    log(f"mesh: surface (cavities filled, marching cubes) after {t1 - t0:.1f} s ...")
     mesh = extract_surface(density, grid, cfg.threshold, close)
     t2 = time.perf_counter()
+    log(f"mesh: cleanup and decimation of {len(mesh.faces):,} triangles after {t2 - t0:.1f} s ...")
     mesh = keep_main_components(mesh, cfg.keep_fraction)
-    mesh = decimate(mesh, cfg.faces)
+    mesh = keep_main_components(decimate(mesh, cfg.faces), cfg.keep_fraction)  # repairs can leave crumbs
     if len(mesh.faces) == 0:
         raise SplatVLMError("the mesh came out empty after cleanup")
     if timings is not None:
@@ -352,21 +384,30 @@ def splats_to_geometry(
 # the whole export
 
 
-def splats_to_mesh(params: torch.nn.ParameterDict, cfg: MeshConfig, timings: dict[str, float] | None = None):
+def splats_to_mesh(
+    params: torch.nn.ParameterDict,
+    cfg: MeshConfig,
+    timings: dict[str, float] | None = None,
+    log: Callable[[str], None] | None = None,
+):
     """Gaussian scene -> colored trimesh.Trimesh (z-up, the .ply's units), per-vertex or textured.
 
     ``timings``, when given, receives seconds per phase: density, surface (fill + marching cubes), cleanup
-    (components + decimation), geometry (their sum), color (renders + sampling or baking), total.
+    (components + decimation), geometry (their sum), color (rays or renders + sampling or baking), total.
+    ``log``, when given, receives a line as each phase starts.
     """
     from .mesh_color import bake_texture, color_views, vertex_colors
 
     check_mesh_config(cfg)
     device = mesh_device(cfg.device)
     t0 = time.perf_counter()
-    mesh, grid = splats_to_geometry(params, cfg, device, timings)
+    mesh, grid = splats_to_geometry(params, cfg, device, timings, log)
     watertight = bool(mesh.is_watertight)  # before a texture's seams split vertices
     t1 = time.perf_counter()
-    views = color_views(params, mesh, cfg, device)
+    if log is not None:
+        target = f"a {cfg.texture} px texture" if cfg.texture else f"{len(mesh.vertices):,} vertices"
+        log(f"mesh: colors ({cfg.colors}) for {target} after {t1 - t0:.1f} s ...")
+    views = color_views(params, mesh, cfg, device) if cfg.colors == "renders" else None
     if cfg.texture:
         mesh = bake_texture(mesh, views, params, cfg)
     else:
@@ -442,19 +483,25 @@ def save_mesh(mesh, path: str | Path) -> list[Path]:
 
 
 def export_mesh(
-    params: torch.nn.ParameterDict, path: str | Path, cfg: MeshConfig
+    params: torch.nn.ParameterDict, path: str | Path, cfg: MeshConfig, progress: bool = True
 ) -> dict[str, float | int | str]:
-    """Mesh ``params`` into ``path``; returns a summary (faces, vertices, seconds per phase)."""
+    """Mesh ``params`` into ``path``; returns a summary (files written, faces, vertices, seconds per phase).
+
+    ``progress``: a line on stderr as each phase starts.
+    """
+    from ..run.progress import say
+
     path = Path(path)
     check_mesh_config(cfg)
     check_mesh_output(path, cfg)
     timings: dict[str, float] = {}
-    mesh = splats_to_mesh(params, cfg, timings)
+    mesh = splats_to_mesh(params, cfg, timings, say if progress else None)
     t0 = time.perf_counter()
-    save_mesh(mesh, path)
+    written = save_mesh(mesh, path)
     timings["write_s"] = time.perf_counter() - t0
     return {
         "output": str(path),
+        "files": [str(p) for p in written],
         "vertices": len(mesh.vertices),
         "faces": len(mesh.faces),
         "watertight": mesh.metadata["watertight"],

@@ -1,11 +1,18 @@
-"""Colors for an exported mesh, from renders of the splats it came from (``mesh.py`` step 5).
+"""Colors for an exported mesh, from the splats it came from (``mesh.py`` step 5), in one of two ways.
 
-The splats are rendered (``gaussians.render``) from orbit cameras on rings around the object. A surface
+``rays`` (the default): each surface point is colored as a camera facing it head-on would see it. A ray
+comes in along the point's normal and meets the point's nearest Gaussians; each one's alpha is its opacity
+times its peak along the ray (what the rasterizer draws for a pixel on that ray), and they are composited
+front to back with their view-dependent (SH) colors. No images are rendered, so it costs about the same
+on a CPU as on a GPU; only the nearest Gaussians can hide a point, which is what a surface color wants.
+
+``renders``: the splats are rendered (``gaussians.render``) from orbit cameras on rings around the object. A surface
 point takes the cosine^2-weighted mean of the colors of the views that see it: a view sees it when the
 point projects inside the image onto a drawn pixel (alpha > 0.5) whose rendered depth is within the
 tolerance of the point's own depth, and the surface faces the camera. Points no view sees take the
-colors of their nearest Gaussians. A UV texture (xatlas unwrap) is filled the same way, texel by texel,
-and padded past the charts' edges so that filtering does not bleed the background in.
+colors of their nearest Gaussians. Slow on a CPU (each render draws every Gaussian).
+
+A UV texture (xatlas unwrap) is filled the same way as the vertices, texel by texel, and padded past the charts' edges so that filtering does not bleed the background in.
 """
 
 from __future__ import annotations
@@ -18,8 +25,9 @@ import torch
 from torch import Tensor
 
 from ..gaussians.cameras import Cameras, orbit_cameras
+from ..gaussians.raster_torch import eval_sh, quat_to_rotmat
 from ..gaussians.render import RenderConfig, render
-from ..gaussians.scene import sh0_to_rgb
+from ..gaussians.scene import sh0_to_rgb, sh_degree_of
 
 RING_ELEVATIONS = (-30.0, 15.0, 50.0)
 POLE_ELEVATION = 85.0  # straight above would make the orbit camera's z-up "look at" degenerate
@@ -147,8 +155,67 @@ def gaussian_colors(params: torch.nn.ParameterDict, points: np.ndarray, k: int =
     return (w[..., None] * rgb[idx]).sum(1) / w.sum(1, keepdims=True)
 
 
-def surface_colors(points: np.ndarray, normals: np.ndarray, views: ColorViews, params) -> np.ndarray:
-    """Colors [P, 3] in [0, 1]: from the views where seen, from the nearest Gaussians elsewhere."""
+@torch.no_grad()
+def ray_colors(
+    params: torch.nn.ParameterDict, points: np.ndarray, normals: np.ndarray, k: int = 16, chunk: int = 1 << 16
+) -> np.ndarray:
+    """Colors [P, 3] in [0, 1] of surface points [P, 3] seen head-on, along their normals [P, 3].
+
+    The ``k`` Gaussians nearest to each point are composited front to back along the ray x(t) = p + t n
+    coming in from t = +inf. Gaussian i's alpha is o_i exp(-m_i / 2), m_i the smallest Mahalanobis distance
+    squared along the ray (the rasterizer's 2D footprint at that pixel, up to the perspective); its depth is
+    the t where that smallest distance is reached. Points whose ray meets nothing take the nearest
+    Gaussians' base colors.
+    """
+    from scipy.spatial import cKDTree
+
+    means = params["means"].detach().float().cpu()
+    rot = quat_to_rotmat(params["quats"].detach().float().cpu())
+    inv_scales = torch.exp(-params["scales"].detach().float().cpu())
+    opac = torch.sigmoid(params["opacities"].detach().float().cpu())
+    coeffs = torch.cat([params["sh0"], params["shN"]], 1).detach().float().cpu()  # [N, K, 3]
+    degree = sh_degree_of(params)
+    k = min(k, len(means))
+    points = np.asarray(points, dtype=np.float32)
+    _, nearest = cKDTree(means.numpy()).query(points, k=k, workers=-1)
+    nearest = torch.from_numpy(np.asarray(nearest, dtype=np.int64).reshape(len(points), k))
+    out = np.zeros((len(points), 3), dtype=np.float32)
+    for start in range(0, len(points), chunk):
+        p = torch.from_numpy(points[start : start + chunk])
+        n = torch.nn.functional.normalize(
+            torch.from_numpy(np.asarray(normals[start : start + chunk], np.float32)), dim=-1
+        )
+        idx = nearest[start : start + chunk]  # [P, k]
+        r = rot[idx]  # [P, k, 3, 3]
+        d = torch.einsum("pkji,pkj->pki", r, p[:, None, :] - means[idx]) * inv_scales[idx]  # R^T (p - mu) / s
+        v = torch.einsum("pkji,pj->pki", r, n) * inv_scales[idx]  # the ray's direction, same frame
+        vv = (v * v).sum(-1).clamp_min(1e-12)
+        dv = (d * v).sum(-1)
+        m = ((d * d).sum(-1) - dv * dv / vv).clamp_min(0)  # [P, k] smallest distance^2 along the ray
+        depth = -dv / vv  # t of that smallest distance: larger is nearer the incoming camera
+        alpha = (opac[idx] * torch.exp(-0.5 * m)).clamp_max(0.99)
+        order = torch.argsort(depth, dim=1, descending=True)
+        alpha, idx_sorted = alpha.gather(1, order), idx.gather(1, order)
+        trans = torch.cumprod(torch.cat([torch.ones_like(alpha[:, :1]), 1 - alpha[:, :-1]], 1), 1)
+        w = alpha * trans  # [P, k]
+        view_dirs = -n[:, None, :].expand(-1, k, -1)  # camera to Gaussian
+        rgb = (eval_sh(degree, view_dirs, coeffs[idx_sorted]) + 0.5).clamp(0, 1)  # [P, k, 3]
+        wsum = w.sum(1, keepdim=True)
+        col = (w[..., None] * rgb).sum(1) / wsum.clamp_min(1e-8)
+        out[start : start + len(p)] = col.numpy()
+        missed = (wsum[:, 0] <= 1e-6).numpy()
+        if missed.any():
+            out[start : start + len(p)][missed] = gaussian_colors(
+                params, points[start : start + chunk][missed]
+            )
+    return out
+
+
+def surface_colors(points: np.ndarray, normals: np.ndarray, views: ColorViews | None, params) -> np.ndarray:
+    """Colors [P, 3] in [0, 1]: head-on rays when ``views`` is None; else from the renders where seen and
+    from the nearest Gaussians elsewhere."""
+    if views is None:
+        return ray_colors(params, points, normals)
     colors, weights = sample_colors(points, normals, views)
     unseen = weights <= 0
     if unseen.any():
@@ -156,8 +223,8 @@ def surface_colors(points: np.ndarray, normals: np.ndarray, views: ColorViews, p
     return colors
 
 
-def vertex_colors(mesh, views: ColorViews, params) -> np.ndarray:
-    """RGBA uint8 [V, 4] per vertex of ``mesh``."""
+def vertex_colors(mesh, views: ColorViews | None, params) -> np.ndarray:
+    """RGBA uint8 [V, 4] per vertex of ``mesh`` (``views`` None: colored by head-on rays)."""
     rgb = surface_colors(np.asarray(mesh.vertices), np.asarray(mesh.vertex_normals), views, params)
     rgba = np.concatenate([rgb, np.ones((len(rgb), 1))], 1)
     return np.round(np.clip(rgba, 0, 1) * 255).astype(np.uint8)
@@ -227,8 +294,9 @@ def unwrap(mesh, size: int):
     return atlas[0]
 
 
-def bake_texture(mesh, views: ColorViews, params, cfg):
-    """A copy of ``mesh`` unwrapped with xatlas and textured with a ``cfg.texture``-pixel color map."""
+def bake_texture(mesh, views: ColorViews | None, params, cfg):
+    """A copy of ``mesh`` unwrapped with xatlas and textured with a ``cfg.texture``-pixel color map
+    (``views`` None: colored by head-on rays)."""
     import trimesh
     from PIL import Image
     from scipy import ndimage

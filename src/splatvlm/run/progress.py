@@ -1,15 +1,18 @@
-"""What a training run shows while it runs: per-component step timing, the terminal bar and the plain lines
-written when stdout is not a terminal."""
+"""What a run shows while it runs: per-component step timing, the terminal bar and the plain lines written
+when stdout is not a terminal; and the progress of the phases around training (exports, renders, evals)."""
 
 from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
+
+PLAIN_PERIOD_S = 10.0  # off a terminal: at most one progress line this often per phase
 
 
 class StepTimer:
@@ -95,3 +98,48 @@ def progress_line(
     eta = (end_step - step) / rate if rate > 0 else float("nan")
     eta_text = clock(eta) if math.isfinite(eta) else "?"
     return f"step {step}/{total} {progress_info(logs, its)} elapsed {clock(elapsed)} eta {eta_text}"
+
+
+# ----------------------------------------------------------------------------------------------
+# Phases outside the training loop: exports, renders, evaluations
+
+
+def say(text: str) -> None:
+    """One progress line on stderr (stdout stays for results), flushed at once."""
+    print(text, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def task_progress(description: str, total: int, enabled: bool = True) -> Iterator[Callable[[int], None]]:
+    """Progress of a phase of ``total`` known units (views, prompts): yields ``advance(n)``.
+
+    On a terminal, rich's bar (with an ETA). Elsewhere (logs, pipes) a plain line at the start, one at
+    most every ``PLAIN_PERIOD_S`` seconds with the count and an ETA, and one at the end with the time, so
+    that a log never stays silent for minutes and never fills with a bar's redraws.
+    """
+    if not enabled or total <= 0:
+        yield lambda n=1: None
+        return
+    t0 = time.perf_counter()
+    if sys.stderr.isatty():
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+        with Progress(*columns, transient=True) as bar:
+            task = bar.add_task(description, total=total)
+            yield lambda n=1: bar.advance(task, n)
+        say(f"{description}: {total} in {time.perf_counter() - t0:.1f} s")
+        return
+    state = {"done": 0, "last": t0}
+    say(f"{description}: 0/{total} ...")
+
+    def advance(n: int = 1) -> None:
+        state["done"] += n
+        now = time.perf_counter()
+        if now - state["last"] >= PLAIN_PERIOD_S and state["done"] < total:
+            state["last"] = now
+            eta = (total - state["done"]) * (now - t0) / state["done"]
+            say(f"{description}: {state['done']}/{total}, eta {clock(eta)}")
+
+    yield advance
+    say(f"{description}: {state['done']}/{total} in {time.perf_counter() - t0:.1f} s")

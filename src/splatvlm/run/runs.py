@@ -25,7 +25,14 @@ from rich.console import Console
 
 from ..config import RunConfig, apply_overrides, read_yaml, to_dict
 from ..errors import SplatVLMError
-from ..files import LOCK_NAME, atomic_write_text, check_output_dir, is_temp_name
+from ..files import (
+    LOCK_NAME,
+    atomic_write_text,
+    check_output_dir,
+    ignore_in_git,
+    is_our_gitignore,
+    is_temp_name,
+)
 from ..prompts import where_of
 
 console = Console(stderr=True)  # every run's and batch's messages (stderr: stdout stays for data)
@@ -141,7 +148,10 @@ def folder_kind(folder: Path) -> FolderKind:
         names = os.listdir(folder)
     except OSError:
         return "foreign"
-    if all(n == LOCK_NAME or is_temp_name(n) for n in names):
+    if all(
+        n == LOCK_NAME or is_temp_name(n) or (n == ".gitignore" and is_our_gitignore(folder / n))
+        for n in names
+    ):
         return "empty"
     return "foreign"
 
@@ -174,6 +184,7 @@ def claim_run_folder(folder: Path, hint: str = "choose another --run-dir, or mov
             return claim_run_folder(folder, hint)
         except OSError as e:
             raise SplatVLMError(f"cannot create run folder {folder}: {e.strerror}") from None
+        ignore_in_git(folder)  # made here: a run folder inside a git checkout shows as nothing to commit
     if not os.access(folder, os.W_OK):
         raise SplatVLMError(f"run folder {folder} is not writable")
 
@@ -360,10 +371,11 @@ def print_batch_summary(report: dict[str, Any], path: Path) -> None:
         for s in ("done", "already_done", "stopped", "failed", "missing")
     }
     where = f" over {report['world_size']} processes" if report["world_size"] > 1 else ""
+    rate = f" ({report['prompts_per_hour']:.1f} prompts/hour)" if counts["done"] else ""  # none: no rate
     console.print(
         f"batch{where}: {counts['done']} done, {counts['already_done']} skipped (done before), "
         f"{counts['failed']} failed, {counts['stopped']} stopped, {counts['missing']} missing; "
-        f"{report['wall_s']:.1f} s ({report['prompts_per_hour']:.1f} prompts/hour); report in {path}"
+        f"{report['wall_s']:.1f} s{rate}; report in {path}"
     )
     for e in entries:
         if e["status"] == "failed":

@@ -51,7 +51,7 @@ BACK_AZIMUTHS = (160.0, 180.0, 200.0)
 class EvalConfig:
     """Run the toy presets on the toy world and score them against the ground truth."""
 
-    output: Annotated[Path, tyro.conf.arg(aliases=["-o"])]
+    output: Annotated[Path, tyro.conf.arg(aliases=["-o"])] = Path("toyworld-out")
     """Folder for report.json, report.md, the pictures and the run folders."""
     limit: int | None = None
     """Only the first N objects of the world."""
@@ -328,6 +328,9 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None) -> dict[str, Any]:
         "results": [],
     }
     results = report["results"]
+    runs = len(objs) * len(cfg.methods) * len(cfg.seeds)
+    print(f"toyworld eval: {runs} runs of {cfg.steps} steps ({len(objs)} objects x {len(cfg.methods)} "
+          f"methods x {len(cfg.seeds)} seeds) into {out}; a line after each run", flush=True)  # fmt: skip
     for obj in objs:
         firsts = [object_params(obj)]
         for _, method, arm, seed in [j for j in jobs if j[0] is obj]:

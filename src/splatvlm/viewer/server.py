@@ -78,8 +78,8 @@ class ViewerConfig:
     """Training steps between splat uploads to the browser."""
     preview_resolution: int = 256
     """Height in pixels of the training-renderer preview that follows the browser camera."""
-    keep_alive: bool = True
-    """After training, keep serving until Ctrl-C so the result can be inspected."""
+    linger_s: float = math.inf
+    """After training, keep serving this many seconds so the result can be inspected (inf: until Ctrl-C)."""
     share: bool = False
     """Honour viser's "share" request (a public tunnel to this viewer through share.viser.studio)."""
     max_connections: int = 16
@@ -226,7 +226,9 @@ class Viewer:
         import viser  # lazy: only when the viewer is on
 
         self._viser = viser
-        self.server = guarded_server(viser, cfg.host, cfg.port, cfg.share, max_connections=cfg.max_connections)
+        self.server = guarded_server(
+            viser, cfg.host, cfg.port, cfg.share, max_connections=cfg.max_connections
+        )
         self.server.scene.set_up_direction("+z")
         # Start where the turntable renders look from (azimuth 0 = +x).
         cam = CameraConfig()
@@ -511,10 +513,22 @@ class Viewer:
 
     def serve_forever(self) -> None:
         """Block until Ctrl-C (or ``close`` from another thread)."""
+        self.linger(math.inf)
+
+    def linger(self, seconds: float) -> None:
+        """Keep serving for ``seconds`` (inf: until Ctrl-C), or until ``close`` from another thread; 0 returns
+        at once. A Ctrl-C ends the wait quietly."""
+        if not seconds > 0:
+            return
+        deadline = time.monotonic() + seconds
         try:  # the message is inside: a Ctrl-C right after it must still end quietly
-            print("viewer: still serving; press Ctrl-C to exit", flush=True)  # the URL was printed at start
-            while not self._closing:
-                time.sleep(0.2)
+            # The URL was printed at start.
+            if math.isinf(seconds):
+                print("viewer: still serving; press Ctrl-C to exit", flush=True)
+            else:
+                print(f"viewer: still serving for {seconds:g} s (Ctrl-C to exit sooner)", flush=True)
+            while not self._closing and time.monotonic() < deadline:
+                time.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
         except KeyboardInterrupt:
             pass
 
