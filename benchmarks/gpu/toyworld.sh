@@ -8,8 +8,9 @@
 #           negatives, $RSTEPS steps) into $O/weights (with $W's prior)        -> $O/weights, $O/hard.pt
 #   sweep   prior + reward (vlm3d) over $SWEEP with $O/weights (or $W)         -> $O/sweep
 #   phase1  prior, reward, sweep in one call, each phase under its own time limit so the tar always runs
-# Env: W (weights to start from, default the shipped ones), OBJS (default the 7 front/back objects), SEEDS
-# (default "0 1"), STEPS (300), SWEEP (weights.vlm.start=30,100,300,1000), RSTEPS (150), PROCS (16),
+# SECTION may name several ("reward sweep"). Env: HARD_FILE (hard negatives collected elsewhere, for "reward"),
+# W (weights to start from, default the shipped ones), OBJS (default the 7 front/back objects), SEEDS (default
+# "0 1"), STEPS (300), SWEEP (weights.vlm.start=30,100,300,1000), RSTEPS (150), PROCS (16),
 # EXTRA (more `toyworld eval` arguments, e.g. "--set key=value"), PRIOR_LIMIT / REWARD_LIMIT / SWEEP_LIMIT (s; the
 # sweep's default: what is left of DEADLINE, 520 s from the start).
 T0=$(date +%s)
@@ -29,6 +30,7 @@ SWEEP=${SWEEP:-weights.vlm.start=30,100,300,1000}
 RSTEPS=${RSTEPS:-150}
 P=${PROCS:-16}
 SECTION=${1:-phase1}
+has() { [ "$SECTION" = phase1 ] || [[ " $SECTION " == *" $1 "* ]]; }  # SECTION may list several: "reward sweep"
 DEADLINE=${DEADLINE:-520}  # seconds from the start: the sweep's limit is what is left of it, less the merge and tar
 R=/tmp/toyworld-runs  # run folders stay on the machine (too big to bring back)
 mkdir -p $R
@@ -46,18 +48,22 @@ sharded() {  # NAME LIMIT_S EVAL_ARGS...: P shards of one eval under a time limi
   python3 -c "import json,sys; from splatvlm.toyworld.eval import summarize; print(json.dumps(summarize(json.load(open(sys.argv[1]))['results']), indent=1))" "$O/$name/report.json"
 }
 
-if [ "$SECTION" = build ]; then
+if [[ " $SECTION " == *" build "* ]]; then
   python3 -m splatvlm.cli toyworld build --device cuda --out "$O/weights" 2>&1 | grep -v -i warn | tail -30
 fi
-if [ "$SECTION" = prior ] || [ "$SECTION" = phase1 ]; then
+if has prior; then
   t=$(date +%s)
   sharded prior "${PRIOR_LIMIT:-100}" --methods mvdream --objects $OBJS --seeds $SEEDS --steps "$STEPS" --weights "$W" \
     --snapshot-every 50 $EXTRA
   echo "prior section: $(($(date +%s) - t)) s"
 fi
-if [ "$SECTION" = reward ] || [ "$SECTION" = phase1 ]; then
+if has reward; then
   t=$(date +%s)
-  python3 benchmarks/toyworld/hard_negatives.py $(ls -d $R/prior-*/) -o "$O/hard.pt" 2>&1 | tail -2
+  if [ -n "$HARD_FILE" ]; then  # collected elsewhere (hard_negatives.py), carried along
+    cp "$HARD_FILE" "$O/hard.pt"
+  else
+    python3 benchmarks/toyworld/hard_negatives.py $(ls -d $R/prior-*/) -o "$O/hard.pt" 2>&1 | tail -2
+  fi
   HARD=""
   [ -f "$O/hard.pt" ] && HARD="--reward-hard $O/hard.pt"  # without snapshots: PGD alone
   mkdir -p "$O/weights" && cp -r "$W/prior" "$O/weights/" && cp "$W/build.json" "$O/weights/"
@@ -66,7 +72,7 @@ if [ "$SECTION" = reward ] || [ "$SECTION" = phase1 ]; then
     --reward-steps "$RSTEPS" --reward-pgd-steps 3 2>&1 | grep -v -i warn | tee "$O/reward-build.log" | tail -8
   echo "reward section: $(($(date +%s) - t)) s"
 fi
-if [ "$SECTION" = sweep ] || [ "$SECTION" = phase1 ]; then
+if has sweep; then
   t=$(date +%s)
   SW=$O/weights
   [ -f "$SW/reward/config.json" ] || SW=$W
