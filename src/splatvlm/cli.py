@@ -10,6 +10,7 @@ import contextlib
 import io
 import json
 import math
+import os
 import re
 import shlex
 import sys
@@ -303,11 +304,17 @@ def _demo_notice(cfg: RunConfig) -> None:
         )
 
 
+def _shown(path: str) -> str:
+    """A path as a person would type it here: relative to the current folder when it lies inside it."""
+    rel = os.path.relpath(path) if os.path.isabs(path) else path
+    return rel if not rel.startswith("..") else path
+
+
 def _print_done(s: dict) -> None:
     """A run's last line(s): every file it wrote and its whole time (exports included); how to go on."""
     status = "done" if s.get("finished", True) else f"stopped at step {s.get('steps')}"
     extra = f" p_yes={s['p_yes']:.3f}" if "p_yes" in s else ""
-    files = ", ".join(s.get("files") or [str(s.get("output"))])
+    files = ", ".join(_shown(f) for f in s.get("files") or [str(s.get("output"))])
     print(
         f"{status}: {files} ({s.get('num_gaussians'):,} Gaussians, {s.get('seconds'):.1f} s){extra}",
         flush=True,

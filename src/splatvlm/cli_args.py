@@ -225,7 +225,7 @@ class PresetsArgs:
 SHORT_HELP: dict[type, tuple[str, ...]] = {
     GenerateArgs: (
         "prompt", "output", "preset", "config", "prompts", "out_dir", "resume", "run_dir", "overwrite",
-        "viewer", "host", "port", "gpteval3d", "fail_fast", "stop_after", "mesh", "run",
+        "viewer", "viewer_linger", "host", "port", "gpteval3d", "fail_fast", "stop_after", "mesh", "run",
     ),
     RunConfig: ("steps", "seed", "device", "camera", "strategy", "sds", "vlm", "weights"),
     CameraConfig: ("num_views", "resolution"),
@@ -235,7 +235,7 @@ SHORT_HELP: dict[type, tuple[str, ...]] = {
     Weights: ("vlm",),
     FitRecipe: ("steps", "seed", "device", "scene", "strategy"),
     SceneConfig: ("num_points", "sh_degree"),
-    MeshConfig: ("resolution", "faces", "texture", "device"),
+    MeshConfig: ("resolution", "faces", "texture", "colors", "device"),
 }  # fmt: skip
 
 # Measured and not adopted: off by default, kept so they can be measured again. --help-all marks them.

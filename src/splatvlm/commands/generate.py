@@ -122,12 +122,13 @@ class Guidance:
                 if spec.model not in self.models:
                     t0 = time.perf_counter()
                     named = getattr(self.cfg, spec.section).model if spec.section else spec.model
-                    console.print(f"loading the {spec.model} ({named}) ...", highlight=False)
+                    what = {"reward": "reward VLM"}.get(spec.model, spec.model)
+                    console.print(f"loading the {what} ({named}) ...", highlight=False)
                     source = self.sources.found.get(spec.model) if self.sources is not None else None
                     with distributed.on_device(device):
                         self.models[spec.model] = models.load_model(spec.model, self.cfg, device, source)
                     self.loaded[f"{spec.name}_s"] = time.perf_counter() - t0
-                    console.print(f"loaded the {spec.model} in {self.loaded[f'{spec.name}_s']:.1f} s")
+                    console.print(f"loaded the {what} in {self.loaded[f'{spec.name}_s']:.1f} s")
                 model = self.models[spec.model]
             fn = spec.make(self.cfg, model, prompt)
             if device != self.device:
