@@ -112,6 +112,36 @@ def test_random_full_size_configs_match_the_published_ones():
         assert next(m.parameters()).dtype == torch.bfloat16
 
 
+def test_random_full_size_models_tokenize_questions_as_the_real_vocabulary_would():
+    """The speed models' queries are as long as the real model's: each word of every question kind (around a
+    shipped bench prompt) is one token, as in Qwen2.5-VL's 150k vocabulary, where the demo tokenizer, trained on
+    older questions only, cuts the authors' question into a few bytes a token (about 170 tokens more)."""
+    import json
+    import typing
+
+    import regex
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    from splatvlm.commands.bench import SHIPPED_PROMPTS
+    from splatvlm.guidance.reward import QuestionKind, query_ids, target_ids
+
+    prompt = json.loads(SHIPPED_PROMPTS.read_text("utf-8"))[0]
+    demo = check_reward_source(RewardConfig(model="demo")).tokenizer
+    for kind in typing.get_args(QuestionKind):
+        cfg = RewardConfig(model="random-7b", question=kind)
+        src = check_reward_source(cfg)
+        text = question_text(kind, prompt, 4)
+        words = len(regex.findall(PRETOKENIZE_REGEX, text))
+        assert len(src.tokenizer.encode(text, add_special_tokens=False)) == words, kind
+        ids = query_ids(src, text, 4, (18, 18), target_ids(cfg, src.tokenizer))
+        assert int((ids == src.config.image_token_id).sum()) == 4 * 81
+        assert int(ids.max()) < src.config.text_config.vocab_size
+    authors = question_text("vlm3d", prompt, 4)
+    assert len(demo.encode(authors, add_special_tokens=False)) > 1.5 * len(
+        regex.findall(PRETOKENIZE_REGEX, authors)
+    )
+
+
 # ---- gradients and the two paths -------------------------------------------------------------------
 
 

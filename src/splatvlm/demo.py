@@ -284,7 +284,7 @@ DEMO_CHAT_TEMPLATE = (
 VLM_DEMO_VERSION = "qwen2_5_vl-tiny-v1"
 
 
-def _demo_corpus() -> list[str]:
+def demo_corpus() -> list[str]:
     words = (
         "a an the of on in with and or wearing made from sitting standing holding next to under over "
         "red blue green yellow white black orange purple pink brown gold silver wooden metal glass stone "
@@ -296,8 +296,9 @@ def _demo_corpus() -> list[str]:
     return lines * 4
 
 
-def build_demo_tokenizer():
-    """A small byte-level BPE tokenizer with the Qwen2.5-VL special tokens and our chat template."""
+def build_demo_tokenizer(corpus: list[str] | None = None, vocab_size: int = 1024):
+    """A small byte-level BPE tokenizer with the Qwen2.5-VL special tokens and our chat template, trained on
+    ``corpus`` (None: the demo's frozen corpus, so the demo model never changes)."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
     from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX, Qwen2Tokenizer
 
@@ -309,9 +310,9 @@ def build_demo_tokenizer():
         ]
     )
     trainer = trainers.BpeTrainer(
-        vocab_size=1024, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
     )
-    bpe.train_from_iterator(_demo_corpus(), trainer)
+    bpe.train_from_iterator(demo_corpus() if corpus is None else corpus, trainer)
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     tok = Qwen2Tokenizer(vocab=model["vocab"], merges=merges)

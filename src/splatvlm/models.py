@@ -13,6 +13,7 @@ loaded models and never load them themselves.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -21,14 +22,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from pickle import UnpicklingError
-from typing import Any
+from typing import Any, get_args
 
 import torch
 
-from .demo import build_random_vlm, demo_vlm_path, ensure_demo_models, random_components, vlm_config
+from .demo import (
+    build_demo_tokenizer,
+    build_random_vlm,
+    demo_corpus,
+    demo_vlm_path,
+    ensure_demo_models,
+    random_components,
+    vlm_config,
+)
 from .errors import SplatVLMError
 from .guidance import adapters
 from .guidance.reward import (
+    QuestionKind,
     RewardConfig,
     VLMReward,
     VLMSource,
@@ -196,6 +206,19 @@ def check_prompt_length(cfg: SDSConfig, prompts: list[str], where: Sequence[str]
 # The reward
 
 
+@functools.cache
+def speed_tokenizer():
+    """The tokenizer of the ``random-7b`` / ``random-3b`` reward models: trained on every question kind around
+    the shipped bench prompts, with room for each of their words to become one token, as in Qwen2.5-VL's
+    150k vocabulary. Why: those models time the real model's work, whose decoder runs over the question's
+    tokens; the demo tokenizer's corpus is frozen on older questions, so it cuts a newer question into
+    pieces of a few bytes and would time a query several times the real one's length. Built once a process
+    (deterministic; well under a second)."""
+    prompts = json.loads((Path(__file__).parent / "data" / "bench_prompts.json").read_text("utf-8"))
+    lines = [question_text(q, p, n) for q in get_args(QuestionKind) for p in prompts for n in (1, 4)]
+    return build_demo_tokenizer(demo_corpus() + lines * 4, vocab_size=8192)
+
+
 def _resolve(model: str) -> tuple[str, str]:
     """(kind, source): kind is "demo", "random", "local" or "hub"."""
     if model == "demo":
@@ -294,7 +317,8 @@ def check_reward_source(cfg: RewardConfig, prompt: str | None = None) -> VLMSour
         raise SplatVLMError(
             f"--vlm.model {cfg.model} is a '{getattr(config, 'model_type', '?')}' model; the reward needs Qwen2.5-VL"
         )
-    if kind == "random":
+    if kind == "random":  # the demo's processor and chat template; the tokenizer of the full-size questions
+        tokenizer = speed_tokenizer()
         config = vlm_config(cfg.model.split("-")[1], tokenizer)
     template = _chat_template(kind, source, tokenizer)
     if not template:
