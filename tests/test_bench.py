@@ -1,4 +1,5 @@
 import json
+import statistics
 from dataclasses import replace
 
 import pytest
@@ -88,6 +89,15 @@ def test_bench_demo_two_prompts_writes_reports(tmp_path, capsys):
     row = data["ours"]["prompts"][0]
     assert row["full_run"] is False and row["extrapolated"] is True and row["timed_at_gaussians"] == 3000
     assert all(p["num_gaussians"] >= 3000 for p in row["phases"])
+    # The reward's query length is reported (its time grows with it): image tokens plus text tokens.
+    tokens = row["vlm_query_tokens"]
+    assert (
+        tokens["total"] - tokens["text"] == cfg.vlm.num_views * (cfg.vlm.size // 28) ** 2
+        and tokens["text"] > 20
+    )
+    assert data["vlm_query_tokens"] == pytest.approx(
+        statistics.median(r["vlm_query_tokens"]["total"] for r in data["ours"]["prompts"])
+    )
     md = (out / "report.md").read_text()
     assert "extrapolated, steps timed at 3,000 Gaussians" in md
     # It says up front what it will run, and after each prompt how long the rest should take.

@@ -407,6 +407,17 @@ def full_step(result: dict[str, Any]) -> dict[str, Any]:
     )
 
 
+def reward_query_tokens(guidance: Any, prompt: str) -> dict[str, int] | None:
+    """The reward's query length for ``prompt``: all its tokens, and those of text (the rest are image tokens);
+    None without a reward. The reward's time grows with it, so a report shows what the step ran on."""
+    reward = guidance.models.get("reward")
+    if reward is None:
+        return None
+    g = reward.cfg.size // reward.src.patch_size
+    q = reward.query(prompt, reward.cfg.num_views, (g, g))
+    return {"total": int(q.input_ids.shape[1]), "text": int(q.n_text_tokens)}
+
+
 def plan_line(cfg: RunConfig, prompts: int, variants: list[str], args: BenchArgs, world_size: int) -> str:
     """What the bench is about to do, before any model loads: prompts, passes and steps per prompt."""
     phases = recipe_phases(cfg)
@@ -541,6 +552,7 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
                         preset=args.preset,
                     )
                     res.setdefault("load_s", sum(guidance.loaded.values()) if i == mine[0] else 0.0)
+                    res["vlm_query_tokens"] = reward_query_tokens(guidance, prompts[i])
                     results[i] = res
                     advance(1)
                     if info.is_main:
@@ -586,6 +598,9 @@ def run_bench(args: BenchArgs) -> dict[str, Any]:
     # The same figure as an hourly rate, so the two never disagree: one process, model loading excluded.
     report["assets_per_hour"] = 3600 / report["asset_s"] if report["asset_s"] > 0 else None
     report["max_gaussians"] = max(r["max_gaussians"] for r in ours)
+    tokens = [r["vlm_query_tokens"]["total"] for r in ours if r.get("vlm_query_tokens")]
+    # the reward's query length, which its time grows with (None: no reward)
+    report["vlm_query_tokens"] = _median(tokens) if tokens else None
     report["it_per_s"] = 1e3 / report["full_step_ms"] if report["full_step_ms"] else 0.0
     if args.reference:
         ref = report["reference"]["prompts"]
