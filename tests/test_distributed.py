@@ -166,10 +166,10 @@ class FakeReward:
 
 @pytest.fixture
 def reward_only(monkeypatch):
-    import splatvlm.guidance.reward
+    import splatvlm.models
 
     FakeReward.seen = []
-    monkeypatch.setattr(splatvlm.guidance.reward, "VLMReward", FakeReward)
+    monkeypatch.setattr(splatvlm.models, "build_reward", FakeReward)  # models.py builds what a term needs
     cfg = load_run_config("demo")
     return replace(cfg, weights=replace(cfg.weights, sds=Weight(0.0)))  # only the reward term loads
 
