@@ -381,12 +381,14 @@ def reward_with(model: str, size: int, varlen: bool) -> VLMReward:
     """A CUDA reward of ``model``; a random full-size one is built once and switched to ``varlen`` (the
     attention layout lives in each query's static inputs, so dropping the queries and the graph is enough)."""
     if not model.startswith("random-"):
-        return load_reward(RewardConfig(model=model, size=size, varlen_attention=varlen), "cuda")
+        return load_reward(RewardConfig(model=model, size=size, varlen_attention=varlen), "cuda")  # compiled
     key = (model, size)
     if key not in _BUILT:
         free_built_rewards()  # one full-size model on the card at a time
         torch.manual_seed(0)
-        _BUILT[key] = load_reward(RewardConfig(model=model, size=size, varlen_attention=varlen), "cuda")
+        # Not compiled: the demo cases check the compiled blocks; these check size and attention layout.
+        cfg = RewardConfig(model=model, size=size, varlen_attention=varlen, compile=False)
+        _BUILT[key] = load_reward(cfg, "cuda")
     r = _BUILT[key]
     r.cfg = dataclasses.replace(r.cfg, varlen_attention=varlen)
     r._queries.clear()
