@@ -328,9 +328,10 @@ def run_eval(cfg: EvalConfig, argv: list[str] | None = None) -> dict[str, Any]:
         "results": [],
     }
     results = report["results"]
-    runs = len(objs) * len(cfg.methods) * len(cfg.seeds)
-    print(f"toyworld eval: {runs} runs of {cfg.steps} steps ({len(objs)} objects x {len(cfg.methods)} "
-          f"methods x {len(cfg.seeds)} seeds) into {out}; a line after each run", flush=True)  # fmt: skip
+    shard = f", shard {cfg.shard} of them" if count > 1 else ""
+    print(f"toyworld eval: {len(jobs)} runs of {cfg.steps} steps ({len(objs)} objects x {len(cfg.methods)} "
+          f"methods x {len(arms)} arms x {len(cfg.seeds)} seeds{shard}) into {out}; a line after each run",
+          flush=True)  # fmt: skip
     for obj in objs:
         firsts = [object_params(obj)]
         for _, method, arm, seed in [j for j in jobs if j[0] is obj]:
