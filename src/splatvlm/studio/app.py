@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import SplatVLMError
 from ..run.progress import clock
-from ..viewer.server import curve_color
+from ..viewer.server import push_curves
 from .gallery import (
     FinishedRun,
     export_glb,
@@ -316,26 +316,7 @@ class Studio:
 
     def show_curves(self, live: LiveRun) -> None:
         with self._lock:
-            for key, curve in list(live.curves.items()):
-                if not curve.steps:
-                    continue
-                data = (np.asarray(curve.steps), np.asarray(curve.values))
-                if key in self._plots:
-                    self._plots[key].data = data
-                    continue
-                with self._curves:
-                    self._plots[key] = self.server.gui.add_uplot(
-                        data=data,
-                        series=(
-                            {"label": "step"},
-                            {"label": key, "stroke": curve_color(len(self._plots)), "width": 1.5},
-                        ),
-                        title=key,
-                        scales={"x": {"time": False, "auto": True}, "y": {"auto": True}},
-                        legend={"show": False},
-                        aspect=2.0,
-                        order=len(self._plots) + (0 if key.startswith("loss") else 100),
-                    )
+            push_curves(self.server, self._curves, live.curves, self._plots)
 
     def show_splats(self, splats: dict[str, np.ndarray]) -> None:
         with self._lock:

@@ -378,27 +378,9 @@ class Viewer:
             self._gui_step_time.value = f"{1000 * step_time:.1f} ms"
 
     def _push_curves(self) -> None:
-        for key, curve in self._curves.items():
-            if not curve.steps:
-                continue
-            data = (np.asarray(curve.steps), np.asarray(curve.values))
-            if key in self._plots:
-                self._plots[key].data = data
-                continue
+        if any(c.steps for c in self._curves.values()):
             self._curves_folder.visible = True
-            with self._curves_folder:
-                self._plots[key] = self.server.gui.add_uplot(
-                    data=data,
-                    series=(
-                        {"label": "step"},
-                        {"label": key, "stroke": curve_color(len(self._plots)), "width": 1.5},
-                    ),
-                    title=key,
-                    scales={"x": {"time": False, "auto": True}, "y": {"auto": True}},
-                    legend={"show": False},
-                    aspect=2.0,
-                    order=len(self._plots) + (0 if key.startswith("loss") else 100),
-                )
+        push_curves(self.server, self._curves_folder, self._curves, self._plots)
 
     # ------------------------------------------------------------------ save
 
@@ -556,6 +538,27 @@ def plotted(key: str) -> bool:
 
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def push_curves(server: Any, folder: Any, curves: dict[str, Curve], plots: dict[str, Any]) -> None:
+    """Show each curve as a plot in ``folder``: new plots are added (losses first), known ones get new data."""
+    for key, curve in list(curves.items()):
+        if not curve.steps:
+            continue
+        data = (np.asarray(curve.steps), np.asarray(curve.values))
+        if key in plots:
+            plots[key].data = data
+            continue
+        with folder:
+            plots[key] = server.gui.add_uplot(
+                data=data,
+                series=({"label": "step"}, {"label": key, "stroke": curve_color(len(plots)), "width": 1.5}),
+                title=key,
+                scales={"x": {"time": False, "auto": True}, "y": {"auto": True}},
+                legend={"show": False},
+                aspect=2.0,
+                order=len(plots) + (0 if key.startswith("loss") else 100),
+            )
 
 
 def curve_color(i: int) -> str:
