@@ -98,7 +98,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.replace(tmp_path, path)
         except OSError as e:
             if e.filename in (None, str(tmp_path)) or e.filename == tmp_path:
-                raise OSError(e.errno, e.strerror, str(path)) from None
+                raise OSError(e.errno, e.strerror or str(e), str(path)) from None
             raise
         except RuntimeError as e:
             converted = _full_disk_error(e, path)
