@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from splatvlm.toyworld import metrics
-from splatvlm.toyworld.eval import held_out_cameras, render_white, score, toy_run_config
+from splatvlm.toyworld.eval import toy_run_config
 from splatvlm.toyworld.models import WEIGHTS_DIR
+from splatvlm.toyworld.scoring import held_out_cameras, render_white, score
 from splatvlm.toyworld.world import get_objects, janus_variant, mirrored, object_params, world
 
 CPU = torch.device("cpu")
@@ -264,7 +265,7 @@ def test_shipped_weights_load_and_run():
     from splatvlm.guidance.reward import RewardConfig
     from splatvlm.guidance.sds import SDSConfig
     from splatvlm.models import build_prior, load_reward
-    from splatvlm.toyworld.eval import side_cameras
+    from splatvlm.toyworld.scoring import side_cameras
 
     files = [p for p in WEIGHTS_DIR.rglob("*") if p.is_file()]
     assert sum(p.stat().st_size for p in files) <= 40 * 2**20
@@ -421,7 +422,7 @@ def test_sweep_arms_shards_and_merge(tmp_path: Path):
     folders into one report with the swept curves; a run in two folders is an error."""
     from splatvlm.errors import SplatVLMError
     from splatvlm.toyworld import sweep
-    from splatvlm.toyworld.eval import summarize
+    from splatvlm.toyworld.sweep import summarize
 
     assert sweep.parse_arms([]) == [("", [])]
     arms = sweep.parse_arms(["weights.vlm.start=10,100", "sds.guidance_scale=5"])

@@ -45,7 +45,7 @@ sharded() {  # NAME LIMIT_S EVAL_ARGS...: P shards of one eval under a time limi
   wait
   grep -h "seed" "$R/$name"-*.log | grep -v -i warn | head -100 >"$O/$name-runs.log"
   python3 -m splatvlm.cli toyworld eval -o "$O/$name" --merge $(for d in "$R/$name"-*/; do [ -f "$d/report.json" ] && echo "$d"; done) 2>&1 | tail -3
-  python3 -c "import json,sys; from splatvlm.toyworld.eval import summarize; print(json.dumps(summarize(json.load(open(sys.argv[1]))['results']), indent=1))" "$O/$name/report.json"
+  python3 -c "import json,sys; from splatvlm.toyworld.sweep import summarize; print(json.dumps(summarize(json.load(open(sys.argv[1]))['results']), indent=1))" "$O/$name/report.json"
 }
 
 if [[ " $SECTION " == *" build "* ]]; then

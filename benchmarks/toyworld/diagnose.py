@@ -46,8 +46,9 @@ from splatvlm.outputs.export import save_png, to_uint8
 from splatvlm.run.train_state import new_state
 from splatvlm.run.trainer import Term, train
 from splatvlm.toyworld import metrics
-from splatvlm.toyworld.eval import picture, render_white, score, toy_run_config
+from splatvlm.toyworld.eval import toy_run_config
 from splatvlm.toyworld.models import RESOLUTION, TORCH_CHUNK, WEIGHTS_DIR, toy_camera
+from splatvlm.toyworld.scoring import picture, render_white, score
 from splatvlm.toyworld.world import get_objects, object_params
 
 DEV = torch.device("cpu")

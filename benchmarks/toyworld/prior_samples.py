@@ -17,8 +17,8 @@ import torch
 from splatvlm.guidance.sds import SDSConfig, SDSGuidance
 from splatvlm.models import build_prior
 from splatvlm.outputs.export import save_png, to_uint8
-from splatvlm.toyworld.eval import render_white, side_cameras
 from splatvlm.toyworld.models import WEIGHTS_DIR
+from splatvlm.toyworld.scoring import render_white, side_cameras
 from splatvlm.toyworld.world import get_objects, object_params
 
 

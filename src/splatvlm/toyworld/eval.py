@@ -3,7 +3,7 @@
 For each object, method and seed: a RunConfig made from the real preset (`mvdream`: prior only; `vlm3d`:
 prior + reward) with the toy models and the toy world's camera and size (every schedule's step counts
 scaled to `--steps`), trained by ``generate.run_one`` (the trainer, the SDS and reward terms); the
-resulting .ply is rendered on held-out cameras and scored with ``metrics.py``. Writes DIR/report.json,
+resulting .ply is rendered on held-out cameras and scored (``scoring.py``). Writes DIR/report.json,
 DIR/report.md, DIR/<object>.png (rows: ground truth, then each method's first seed, from 4 sides) and
 the run folders under DIR/runs/.
 """
@@ -13,7 +13,6 @@ from __future__ import annotations
 import datetime
 import json
 import shlex
-import statistics
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,25 +25,20 @@ import tyro
 from ..config import RunConfig, apply_overrides, load_run_config, nest_dotted, validate_run_config
 from ..errors import SplatVLMError
 from ..files import atomic_write_text
-from ..gaussians.cameras import Cameras, eval_orbit, orbit_cameras
-from ..gaussians.render import RenderConfig, render
-from . import metrics, sweep
+from . import sweep
 from .models import (
     CAMERA_OVERRIDES,
-    RESOLUTION,
     REWARD_SIZE,
     SCENE_POINTS,
     TORCH_CHUNK,
     TOY_SDS,
     WEIGHTS_DIR,
-    toy_camera,
 )
-from .world import ToyObject, get_objects, janus_variant, object_params
+from .scoring import picture, score
+from .sweep import label, report_markdown
+from .world import get_objects, object_params
 
 Method = Literal["mvdream", "vlm3d"]
-HELD_OUT_ELEVATION = 20.0  # the training sampler never repeats a camera; these are fixed and evenly spaced
-HELD_OUT_VIEWS = 8
-BACK_AZIMUTHS = (160.0, 180.0, 200.0)
 
 
 @dataclass
@@ -150,133 +144,7 @@ def toy_run_config(
 
 
 # ---------------------------------------------------------------------------------------------
-# Scoring
-
-
-def held_out_cameras() -> Cameras:
-    return eval_orbit(toy_camera(), HELD_OUT_VIEWS, RESOLUTION, elevation=HELD_OUT_ELEVATION)
-
-
-def back_cameras() -> Cameras:
-    cam = toy_camera()
-    n = len(BACK_AZIMUTHS)
-    fovy = torch.full((n,), cam.eval_fovy, dtype=torch.float64)
-    dist = torch.full((n,), cam.eval_distance, dtype=torch.float64) / torch.tan(0.5 * torch.deg2rad(fovy))
-    return orbit_cameras(torch.full((n,), cam.eval_elevation, dtype=torch.float64),
-                         torch.tensor(BACK_AZIMUTHS, dtype=torch.float64), dist, fovy, RESOLUTION, RESOLUTION)  # fmt: skip
-
-
-def side_cameras(resolution: int = RESOLUTION) -> Cameras:
-    return eval_orbit(toy_camera(), 4, resolution)
-
-
-@torch.no_grad()
-def render_white(
-    params: torch.nn.ParameterDict, cams: Cameras, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    params = params.to(device)
-    out = render(
-        params,
-        cams,
-        RenderConfig(torch_chunk=TORCH_CHUNK),
-        torch.ones(len(cams), 3, device=device),
-        depth=False,
-    )
-    return out.rgb.clamp(0, 1).cpu(), out.alpha.cpu()
-
-
-def score(params: torch.nn.ParameterDict, obj: ToyObject, device: torch.device) -> dict[str, Any]:
-    """psnr, iou (held-out cameras) and janus (back cameras; None without a front feature)."""
-    gt = object_params(obj)
-    cams = held_out_cameras()
-    rgb, alpha = render_white(params, cams, device)
-    gt_rgb, gt_alpha = render_white(gt, cams, device)
-    out: dict[str, Any] = {
-        "psnr": round(metrics.masked_psnr(rgb, alpha, gt_rgb, gt_alpha), 3),
-        "iou": round(metrics.silhouette_iou(alpha, gt_alpha), 4),
-        "janus": None,
-    }
-    if obj.front_back:
-        back = back_cameras()
-        r, _ = render_white(params, back, device)
-        b, _ = render_white(gt, back, device)
-        j, _ = render_white(object_params(janus_variant(obj)), back, device)
-        out["janus"] = round(metrics.janus_score(r, b, j), 4)
-    return out
-
-
-def picture(rows: list[torch.nn.ParameterDict], path: Path, device: torch.device, scale: int = 3) -> None:
-    """One PNG: a row per scene (ground truth first), 4 sides each, upscaled for viewing."""
-    from ..outputs.export import save_png, to_uint8
-
-    cams = side_cameras()
-    images = []
-    for p in rows:
-        rgb, _ = render_white(p, cams, device)  # [4, H, W, 3]
-        images.append(torch.cat(list(rgb), dim=1))  # [H, 4W, 3]
-    sheet = torch.cat(images, dim=0)
-    sheet = sheet.repeat_interleave(scale, 0).repeat_interleave(scale, 1)
-    save_png(to_uint8(sheet[None])[0], path)
-
-
-# ---------------------------------------------------------------------------------------------
 # The benchmark
-
-
-def label(result: dict[str, Any]) -> str:
-    """A result's method and sweep arm, as the reports name them ("vlm3d weights.vlm.start=100")."""
-    return f"{result['method']} {result['arm']}" if result.get("arm") else result["method"]
-
-
-def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
-    """Medians per method (and sweep arm): IoU and PSNR over all results, Janus over the front/back objects."""
-    out: dict[str, dict[str, float | None]] = {}
-    for method in sorted({label(r) for r in results}, key=sweep.arm_order):
-        rs = [r for r in results if label(r) == method]
-        janus = [r["janus"] for r in rs if r["front_back"] and r["janus"] is not None]
-        out[method] = {
-            "runs": len(rs),
-            "median_iou": round(statistics.median(r["iou"] for r in rs), 4),
-            "median_psnr": round(statistics.median(r["psnr"] for r in rs), 3),
-            "median_janus_front_back": round(statistics.median(janus), 4) if janus else None,
-            "mean_janus_front_back": round(statistics.fmean(janus), 4) if janus else None,
-            "median_seconds": round(statistics.median(r["seconds"] for r in rs), 1),
-        }
-    return out
-
-
-def report_markdown(report: dict[str, Any]) -> str:
-    lines = [
-        "# Toy world report",
-        "",
-        f"- date: {report['date']}",
-        f"- device: {report['device']}",
-        f"- command: `{report['command']}`",
-        "",
-        "## Medians per method",
-        "",
-        "| method | runs | median IoU | median masked PSNR (dB) | median Janus (front/back objects) | mean Janus | median s |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for method, s in summarize(report["results"]).items():
-        lines.append(f"| {method} | {s['runs']} | {s['median_iou']} | {s['median_psnr']} | "
-                     f"{s['median_janus_front_back']} | {s['mean_janus_front_back']} | {s['median_seconds']} |")  # fmt: skip
-    lines += [
-        "",
-        "## Runs",
-        "",
-        "| object | method | seed | IoU | PSNR | Janus | Gaussians | s |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for r in report["results"]:
-        lines.append(f"| {r['object']} | {label(r)} | {r['seed']} | {r['iou']} | {r['psnr']} | {r['janus']} | "
-                     f"{r['num_gaussians']} | {r['seconds']} |")  # fmt: skip
-    lines += ["", "Pictures (`<object>.png`): rows are the ground truth, then each method's (and arm's) first "
-              "seed; columns are azimuth 0 (front), 90, 180 (back), 270.", ""]  # fmt: skip
-    if any(r.get("arm") for r in report["results"]):
-        lines += ["`sweep.png`: median IoU, masked PSNR and Janus (front/back objects) over each swept value, "
-                  "one curve per method; dashed: the runs without an arm.", ""]  # fmt: skip
-    return "\n".join(lines)
 
 
 def run_eval(cfg: EvalConfig, argv: list[str] | None = None) -> dict[str, Any]:

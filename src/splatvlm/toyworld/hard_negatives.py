@@ -24,7 +24,7 @@ MAX_IOU, MAX_PSNR, MAX_JANUS = 0.7, 15.0, 0.3
 
 
 def clearly_off(s: dict) -> bool:
-    """Whether a ``toyworld.eval.score`` result is clearly not its object (see the module docstring)."""
+    """Whether a ``toyworld.scoring.score`` result is clearly not its object (see the module docstring)."""
     return s["iou"] < MAX_IOU or s["psnr"] < MAX_PSNR or (s["janus"] is not None and s["janus"] > MAX_JANUS)
 
 
@@ -47,7 +47,7 @@ def collect(eval_dirs: list[Path], groups: int = 2, seed: int = 0, device: str =
     """The hard negatives of the eval folders' snapshots: {"object": [G], "rgb": [G, 4, H, W, 3] on black,
     "alpha", "cameras", "source": [G], "score": [G]}, ``groups`` seeded 4-view groups per kept snapshot."""
     from ..gaussians.ply import load_ply
-    from .eval import score
+    from .scoring import score
 
     files = snapshot_files(eval_dirs)
     if not files:

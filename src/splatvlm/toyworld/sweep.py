@@ -1,5 +1,6 @@
 """Sweeps and shards of ``toyworld eval``: the arms of ``--sweep``, the slices of ``--shard``, and ``--merge``,
-which joins shard folders into one report with a plot of the metrics over the swept values."""
+which joins shard folders into one report with a plot of the metrics over the swept values; and the report
+itself (medians per method and arm, report.md) that `toyworld eval` and `--merge` both write."""
 
 from __future__ import annotations
 
@@ -67,8 +68,6 @@ def arm_order(label: str) -> tuple:
 def merge(folders: list[Path], out: Path, command: str) -> dict[str, Any]:
     """One report from the eval folders' report.json (the same runs twice is an error); writes out/report.json,
     report.md, the pictures where the runs' scenes are there, and sweep.png when there are arms."""
-    from .eval import report_markdown
-
     reports = []
     for f in folders:
         path = Path(f) / "report.json"
@@ -107,7 +106,7 @@ def pictures(results: list[dict[str, Any]], where: dict[tuple, Path], out: Path)
     import torch
 
     from ..gaussians.ply import load_ply
-    from .eval import label, picture
+    from .scoring import picture
     from .world import get_objects, object_params
 
     for obj in get_objects(sorted({r["object"] for r in results})):
@@ -199,3 +198,59 @@ def plot(results: list[dict[str, Any]], path: Path) -> None:
         for i, m in enumerate(methods):
             draw.text((x0 + pad + 4, pad + 4 + 12 * i), m, fill=colors[i % len(colors)])
     img.save(path)
+
+
+def label(result: dict[str, Any]) -> str:
+    """A result's method and sweep arm, as the reports name them ("vlm3d weights.vlm.start=100")."""
+    return f"{result['method']} {result['arm']}" if result.get("arm") else result["method"]
+
+
+def summarize(results: list[dict[str, Any]]) -> dict[str, dict[str, float | None]]:
+    """Medians per method (and sweep arm): IoU and PSNR over all results, Janus over the front/back objects."""
+    out: dict[str, dict[str, float | None]] = {}
+    for method in sorted({label(r) for r in results}, key=arm_order):
+        rs = [r for r in results if label(r) == method]
+        janus = [r["janus"] for r in rs if r["front_back"] and r["janus"] is not None]
+        out[method] = {
+            "runs": len(rs),
+            "median_iou": round(statistics.median(r["iou"] for r in rs), 4),
+            "median_psnr": round(statistics.median(r["psnr"] for r in rs), 3),
+            "median_janus_front_back": round(statistics.median(janus), 4) if janus else None,
+            "mean_janus_front_back": round(statistics.fmean(janus), 4) if janus else None,
+            "median_seconds": round(statistics.median(r["seconds"] for r in rs), 1),
+        }
+    return out
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Toy world report",
+        "",
+        f"- date: {report['date']}",
+        f"- device: {report['device']}",
+        f"- command: `{report['command']}`",
+        "",
+        "## Medians per method",
+        "",
+        "| method | runs | median IoU | median masked PSNR (dB) | median Janus (front/back objects) | mean Janus | median s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for method, s in summarize(report["results"]).items():
+        lines.append(f"| {method} | {s['runs']} | {s['median_iou']} | {s['median_psnr']} | "
+                     f"{s['median_janus_front_back']} | {s['mean_janus_front_back']} | {s['median_seconds']} |")  # fmt: skip
+    lines += [
+        "",
+        "## Runs",
+        "",
+        "| object | method | seed | IoU | PSNR | Janus | Gaussians | s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["results"]:
+        lines.append(f"| {r['object']} | {label(r)} | {r['seed']} | {r['iou']} | {r['psnr']} | {r['janus']} | "
+                     f"{r['num_gaussians']} | {r['seconds']} |")  # fmt: skip
+    lines += ["", "Pictures (`<object>.png`): rows are the ground truth, then each method's (and arm's) first "
+              "seed; columns are azimuth 0 (front), 90, 180 (back), 270.", ""]  # fmt: skip
+    if any(r.get("arm") for r in report["results"]):
+        lines += ["`sweep.png`: median IoU, masked PSNR and Janus (front/back objects) over each swept value, "
+                  "one curve per method; dashed: the runs without an arm.", ""]  # fmt: skip
+    return "\n".join(lines)
