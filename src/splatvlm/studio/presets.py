@@ -11,8 +11,13 @@ from ..run.schedules import terms_active
 
 # One asset of each preset, measured end to end (the preset's full step count, random full-size weights).
 # A preset missing here shows "not measured": only measured numbers are shown, never estimates.
+# The numbers and their sources are on the results page (benchmarks/RESULTS.md, "Time per asset").
 MEASURED: dict[str, str] = {
-    "vlm3d": "188 s, 20.8 GB peak (one H100, compile cache warm)",
+    "vlm3d": "210 s, 21.4 GB peak (one H100)",
+    "vlm3d-3b": "197 s, 12.2 GB peak (one H200)",
+    "mvdream": "229 s, 5.8 GB peak (one H200, an earlier version of the recipe)",
+    "sd21": "332 s, 7.4 GB peak (one H200)",
+    "demo": "25-30 s on 2 idle CPU cores, no GPU",
 }
 
 
