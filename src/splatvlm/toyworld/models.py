@@ -15,8 +15,7 @@
   faint ball every toy run starts from (the presets' initial scene). Full
   fine-tune, not `train-reward`'s LoRA: that adapts only the language model's projections and never the
   vision tower, which in a random base gives random features, so every visual distinction would have to
-  be read out of a frozen random encoder by low-rank updates. (Not compared here for lack of CPU time;
-  ``benchmarks/RESULTS.md`` says how to compare.)
+  be read out of a frozen random encoder by low-rank updates.
 """
 
 from __future__ import annotations
@@ -52,7 +51,7 @@ CAMERA_OVERRIDES = dict(
 # The toy prior's score-distillation settings, in place of the preset's CFG 50 and t annealed down from 0.98: with
 # the tiny prior, CFG 50 drives the x0 target far from the truth (|target - z|^2 / |z|^2 up to 45 at t 800) and
 # t > 0.5 gives gradients unrelated to the object (cosine 0.016 against a photometric one), so no run left the start
-# ball (benchmarks/RESULTS.md, "Why every run ends as a haze"). A calibration on the world's own objects, not
+# ball. A calibration on the world's own objects, not
 # held-out evidence, and no evidence about the real presets.
 TOY_SDS = dict(guidance_scale=7.5, anneal_steps=0)  # anneal 0: t in [0.02, 0.5] from the first step
 
