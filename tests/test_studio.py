@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import helpers
 from splatvlm.errors import SplatVLMError
 from splatvlm.gaussians.ply import load_ply
 from splatvlm.gaussians.scene import SceneConfig, init_ball
@@ -28,13 +29,7 @@ DEMO = [PresetInfo("demo", "tiny random models", "not measured", True)]
 
 
 def wait_for(cond, timeout: float, what: str):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return helpers.wait_for(cond, timeout, what, period=0.05)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,41 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser")) if p), None)
-CHROMEDRIVER = shutil.which("chromedriver")
-if CHROMIUM is None or CHROMEDRIVER is None:
-    pytest.skip(
-        "headless Chromium not installed (apt-get install -y chromium chromium-driver, or .ci/install-browser.sh)",
-        allow_module_level=True,
-    )
+from helpers import CHROMEDRIVER, chromium_options, require_chromium, wait_for  # noqa: E402
+
+require_chromium()
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install selenium)")
 from selenium.webdriver.common.by import By  # noqa: E402
 
 from splatvlm.studio.app import Studio, StudioConfig  # noqa: E402
 from splatvlm.studio.presets import PresetInfo  # noqa: E402
-
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-    "--disable-dev-shm-usage",
-    "--window-size=1280,800",
-)
-
-
-def wait_for(cond, timeout: float, what: str):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture
@@ -62,11 +35,7 @@ def downloads(tmp_path):
 
 @pytest.fixture
 def driver(tmp_path, downloads):
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        opts.add_argument(flag)
-    opts.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    opts = chromium_options(webdriver, tmp_path / "chromium-profile")
     opts.add_experimental_option(
         "prefs", {"download.default_directory": str(downloads), "download.prompt_for_download": False}
     )

@@ -18,16 +18,11 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import CHROMEDRIVER, chromium_options, require_chromium, wait_for  # noqa: E402
 from splatvlm.gaussians.cameras import orbit_cameras
 from splatvlm.gaussians.scene import SceneConfig, init_ball, num_gaussians
 
-CHROMIUM = next((p for p in (shutil.which("chromium"), shutil.which("chromium-browser")) if p), None)
-CHROMEDRIVER = shutil.which("chromedriver")
-if CHROMIUM is None or CHROMEDRIVER is None:
-    pytest.skip(
-        "headless Chromium not installed (apt-get install -y chromium chromium-driver, or .ci/install-browser.sh)",
-        allow_module_level=True,
-    )
+require_chromium()
 webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install selenium)")
 from selenium.webdriver.common.action_chains import ActionChains  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
@@ -35,38 +30,12 @@ from selenium.webdriver.common.by import By  # noqa: E402
 from splatvlm.gaussians.ply import load_ply, save_ply  # noqa: E402
 from splatvlm.viewer.server import Viewer, ViewerConfig, make_render_fn  # noqa: E402
 
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-    "--disable-quic",
-    "--disable-dev-shm-usage",
-    "--window-size=1280,800",
-)
 LABELS = ("Step", "#Gaussians", "Loss", "p(Yes)", "Step time", "Pause", "Save .ply now", "Live preview")
-
-
-def wait_for(cond, timeout: float, what: str):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        value = cond()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 @pytest.fixture
 def driver(tmp_path):
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for flag in CHROMIUM_FLAGS:
-        opts.add_argument(flag)
-    opts.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    opts = chromium_options(webdriver, tmp_path / "chromium-profile")
     service = webdriver.ChromeService(executable_path=CHROMEDRIVER)
     try:
         d = webdriver.Chrome(service=service, options=opts)
