@@ -14,7 +14,6 @@ import base64
 import contextlib
 import html
 import io
-import math
 import re
 import secrets
 import sys
@@ -28,7 +27,7 @@ import numpy as np
 
 from ..errors import SplatVLMError
 from ..run.progress import clock
-from ..viewer.server import push_curves
+from ..viewer.server import look_from_turntable, push_curves
 from .gallery import (
     FinishedRun,
     export_glb,
@@ -115,7 +114,7 @@ class Studio:
         if not port_free:
             print(f"studio: port {cfg.port} is busy, using {self.server.get_port()}", flush=True)
         self.server.scene.set_up_direction("+z")
-        self._set_initial_camera()
+        look_from_turntable(self.server)
 
         # 3. State shared by the GUI's threads, the runner's and the uploader's.
         self._lock = threading.RLock()
@@ -133,20 +132,6 @@ class Studio:
         self.refresh_queue()
         self.refresh_gallery()
         self.runner.start()
-
-    def _set_initial_camera(self) -> None:
-        from ..gaussians.cameras import CameraConfig
-
-        cam = CameraConfig()  # where the turntables look from (azimuth 0 = +x)
-        distance = cam.eval_distance / math.tan(0.5 * math.radians(cam.eval_fovy))
-        elevation = math.radians(cam.eval_elevation)
-        self.server.initial_camera.fov = math.radians(cam.eval_fovy)
-        self.server.initial_camera.position = (
-            distance * math.cos(elevation),
-            0.0,
-            distance * math.sin(elevation),
-        )
-        self.server.initial_camera.look_at = (0.0, 0.0, 0.0)
 
     # ------------------------------------------------------------------ GUI
 

@@ -230,17 +230,7 @@ class Viewer:
             viser, cfg.host, cfg.port, cfg.share, max_connections=cfg.max_connections
         )
         self.server.scene.set_up_direction("+z")
-        # Start where the turntable renders look from (azimuth 0 = +x).
-        cam = CameraConfig()
-        distance = cam.eval_distance / math.tan(0.5 * math.radians(cam.eval_fovy))
-        elevation = math.radians(cam.eval_elevation)
-        self.server.initial_camera.fov = math.radians(cam.eval_fovy)
-        self.server.initial_camera.position = (
-            distance * math.cos(elevation),
-            0.0,
-            distance * math.sin(elevation),
-        )
-        self.server.initial_camera.look_at = (0.0, 0.0, 0.0)
+        look_from_turntable(self.server)
         if not port_free:
             print(f"viewer: port {cfg.port} is busy, using {self.port}", flush=True)
         print(f"viewer: {self.url}", flush=True)
@@ -538,6 +528,16 @@ def plotted(key: str) -> bool:
 
 
 _PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf")
+
+
+def look_from_turntable(server: Any) -> None:
+    """Start the browser's camera where the turntable renders look from (azimuth 0 = +x)."""
+    cam = CameraConfig()
+    distance = cam.eval_distance / math.tan(0.5 * math.radians(cam.eval_fovy))
+    elevation = math.radians(cam.eval_elevation)
+    server.initial_camera.fov = math.radians(cam.eval_fovy)
+    server.initial_camera.position = (distance * math.cos(elevation), 0.0, distance * math.sin(elevation))
+    server.initial_camera.look_at = (0.0, 0.0, 0.0)
 
 
 def push_curves(server: Any, folder: Any, curves: dict[str, Curve], plots: dict[str, Any]) -> None:
