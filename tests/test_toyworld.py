@@ -220,6 +220,36 @@ def test_prior_from_continues_a_prior_and_keeps_its_autoencoder(tmp_path: Path, 
     assert any(not torch.equal(unet_a[k], unet_b[k]) for k in unet_a)  # the UNet trained on
 
 
+def test_shaded_training_renders_leave_the_plain_ones_unchanged():
+    """The shaded copies draw their lights from their own generator: the plain renders are the same with or
+    without them; a textureless copy is one gray where the object's colors vary, zero off the object."""
+    from splatvlm.toyworld.models import render_groups
+
+    obj = object_params(get_objects(["mug"])[0])
+    plain = render_groups(obj, 2, torch.Generator().manual_seed(0))
+    both = render_groups(obj, 2, torch.Generator().manual_seed(0), torch.Generator().manual_seed(1))
+    assert plain.shaded is None and both.shaded.shape == (2, 2, *plain.rgb.shape[1:])
+    torch.testing.assert_close(both.rgb, plain.rgb)
+    solid = plain.alpha[..., 0] > 0.99
+    albedo, diffuse, textureless = plain.rgb[solid], both.shaded[:, 0][solid], both.shaded[:, 1][solid]
+    assert albedo[:, 2].mean() > albedo[:, 0].mean() + 0.2  # the mug is blue ...
+    assert diffuse[:, 2].mean() > diffuse[:, 0].mean()  # ... lit, still blue
+    spread = lambda x: float((x.max(-1).values - x.min(-1).values).max())  # noqa: E731
+    assert spread(textureless) < 1e-5 < spread(albedo)  # gray: R = G = B per pixel
+    assert float(both.shaded[:, 1][plain.alpha[..., 0] < 1e-4].abs().max()) < 1e-4  # black off the object
+
+
+def test_a_shaded_prior_build_trains(tmp_path: Path):
+    from splatvlm.toyworld.build import build
+    from splatvlm.toyworld.models import BuildConfig
+
+    cfg = BuildConfig(out=tmp_path, groups=1, janus_groups=1, prior_steps=2, prior_batch=4, shaded_share=0.5,
+                      only="prior")  # fmt: skip
+    info = build(cfg, log=lambda _: None)
+    assert info["stages"]["prior"]["config"]["shaded_share"] == 0.5
+    assert math.isfinite(info["stages"]["prior"]["final_eps_mse"])
+
+
 def test_prior_from_a_folder_without_a_prior_is_one_clear_error(tmp_path: Path):
     from splatvlm.errors import SplatVLMError
     from splatvlm.toyworld.models import load_prior

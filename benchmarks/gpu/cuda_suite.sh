@@ -11,16 +11,21 @@ mkdir -p "$OUT"
 LEFT=$((BUDGET_S - SECONDS - 30))  # 30 s for pytest's summary and the copy back
 echo "setup took ${SECONDS} s; the suite gets ${LEFT} s"
 START=$SECONDS
-timeout -s INT -k 20 "$LEFT" python3 -m pytest -m cuda tests -p no:cacheprovider -v -rfEs --durations=0 \
-  --durations-min=0.5 > "$OUT/cuda_suite.log" 2>&1
+# One worker per test file (pytest-xdist, --dist loadfile): a file's tests share its built models, and the files
+# overlap their compiles and model builds, which are mostly CPU work. WORKERS=0: one process.
+WORKERS=${WORKERS:-4}
+PAR=""
+[ "$WORKERS" -gt 0 ] && PAR="-n $WORKERS --dist loadfile"
+CMD="pytest -m cuda tests -p no:cacheprovider -v -rfEs --durations=0 --durations-min=0.5 $PAR"
+timeout -s INT -k 20 "$LEFT" python3 -m $CMD > "$OUT/cuda_suite.log" 2>&1
 RC=$?
 {
   echo "device: $(python3 -c 'import torch; print(torch.cuda.get_device_name(), torch.cuda.device_count(), "GPU(s)")')"
   echo "date: $(date -u +%Y-%m-%dT%H:%MZ)   versions: $(python3 -c 'import torch, transformers, diffusers; print("torch", torch.__version__, "transformers", transformers.__version__, "diffusers", diffusers.__version__)')"
-  echo "command: pytest -m cuda tests -p no:cacheprovider -v -rfEs --durations=0 --durations-min=0.5"
+  echo "command: $CMD"
   case "$RC" in 124|137) CUT=" (cut by the time budget)" ;; *) CUT="" ;; esac
   echo "pytest exit code: ${RC}${CUT}; suite wall: $((SECONDS - START)) s of ${LEFT} s"
-  [ -n "$CUT" ] && echo "running when cut: $(grep -E '^tests/[^ ]+ *$' "$OUT/cuda_suite.log" | tail -1)"
+  [ -n "$CUT" ] && { echo "the log's last lines when cut:"; grep -E "(PASSED|FAILED|ERROR|SKIPPED)" "$OUT/cuda_suite.log" | tail -4; }
   grep -E "^=+ .*(passed|failed|error|skipped|deselected).* =+$" "$OUT/cuda_suite.log" | tail -1
   echo
   sed -n '/short test summary info/,$p' "$OUT/cuda_suite.log" | grep -E "^(FAILED|ERROR|SKIPPED)"

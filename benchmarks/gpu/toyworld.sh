@@ -3,6 +3,11 @@
 # Usage: bash benchmarks/gpu/toyworld.sh SECTION, each section one device call; everything lands in $OUT/toyworld
 # and comes back as $OUT/toyworld.tar.gz (reports, pictures, weights, logs; no run folders).
 #   build   retrain prior + reward on the GPU into $O/weights
+#   priors  retrain the prior alone on the GPU, one build per entry of $PRIORS ("NAME:SHADED_SHARE ..."), side by
+#           side, each for $PRIOR_S seconds at $PRIOR_BATCH groups a step from $GROUPS groups an object, with
+#           $W's reward, into $O/w-NAME (each folder comes back as its own $OUT/w-NAME.tar.gz); then a prior-only
+#           eval of each (the first over $FIRST_OBJS x $FIRST_SEEDS, the others over $OBJS, seed 0, with
+#           --sweep $SHADE_SWEEP)                                              -> $O/eval-NAME
 #   prior   prior-only runs (mvdream) with snapshots every 50 steps           -> $O/prior
 #   reward  hard negatives from $O/prior's snapshots, then the reward fine-tuned from $W's (PGD + the hard
 #           negatives, $RSTEPS steps) into $O/weights (with $W's prior)        -> $O/weights, $O/hard.pt
@@ -51,6 +56,34 @@ sharded() {  # NAME LIMIT_S EVAL_ARGS...: P shards of one eval under a time limi
 if [[ " $SECTION " == *" build "* ]]; then
   python3 -m splatvlm.cli toyworld build --device cuda --out "$O/weights" 2>&1 | grep -v -i warn | tail -30
 fi
+if [[ " $SECTION " == *" priors "* ]]; then
+  t=$(date +%s)
+  PRIORS=${PRIORS:-plain:0 shaded:0.5}
+  for arm in $PRIORS; do
+    name=${arm%%:*}
+    mkdir -p "$O/w-$name" && cp -r "$W/reward" "$W/build.json" "$O/w-$name/"
+    python3 -m splatvlm.cli toyworld build --only prior --device cuda --threads 4 --out "$O/w-$name" \
+      --groups "${GROUPS:-96}" --prior-batch "${PRIOR_BATCH:-32}" --prior-steps 1000000 \
+      --prior-max-s "${PRIOR_S:-240}" --shaded-share "${arm##*:}" >"$O/build-$name.log" 2>&1 &
+  done
+  wait
+  for arm in $PRIORS; do tail -2 "$O/build-${arm%%:*}.log"; done
+  echo "priors built: $(($(date +%s) - t)) s"
+  first=1
+  for arm in $PRIORS; do
+    name=${arm%%:*}
+    tar -czf "$OUT/w-$name.tar.gz" -C "$O" "w-$name"
+    if [ $first = 1 ]; then
+      sharded "eval-$name" "${EVAL_LIMIT:-200}" --methods mvdream --objects ${FIRST_OBJS:-$OBJS} \
+        --seeds ${FIRST_SEEDS:-0 1 2} --steps "$STEPS" --weights "$O/w-$name" $EXTRA
+    else
+      sharded "eval-$name" "${EVAL_LIMIT:-200}" --methods mvdream --objects $OBJS --seeds 0 --steps "$STEPS" \
+        --weights "$O/w-$name" --sweep "${SHADE_SWEEP:-render.shading=albedo,mixed}" $EXTRA
+    fi
+    first=0
+  done
+  echo "priors section: $(($(date +%s) - t)) s"
+fi
 if has prior; then
   t=$(date +%s)
   sharded prior "${PRIOR_LIMIT:-100}" --methods mvdream --objects $OBJS --seeds $SEEDS --steps "$STEPS" --weights "$W" \
@@ -82,5 +115,5 @@ if has sweep; then
     --sweep $SWEEP $EXTRA
   echo "sweep section: $(($(date +%s) - t)) s"
 fi
-tar -czf "$OUT/toyworld.tar.gz" --exclude=toyworld/weights/prior -C "$OUT" toyworld && rm -rf "$O"
+tar -czf "$OUT/toyworld.tar.gz" --exclude=toyworld/weights/prior --exclude='toyworld/w-*' -C "$OUT" toyworld && rm -rf "$O"
 ls -la "$OUT"

@@ -34,6 +34,7 @@ from torch import Tensor
 from ..gaussians.cameras import CameraConfig, sample_orbit
 from ..gaussians.render import RenderConfig, render
 from ..gaussians.scene import SceneConfig, init_ball
+from ..gaussians.shading import sample_lighting
 from .autoencoder import SpaceToDepthAutoencoder, fitted_autoencoder
 from .world import ToyObject, janus_variant, object_params, world
 
@@ -94,6 +95,10 @@ class BuildConfig:
     """Prior AdamW learning rate (cosine decay to 10 %)."""
     caption_dropout: float = 0.1
     """Share of prior training groups whose caption is replaced by "" (for classifier-free guidance)."""
+    shaded_share: float = 0.0
+    """Share of the prior's training groups shown shaded, half diffuse-lit and half textureless (the light alone),
+    lit as ``render.shading mixed`` lights a run; the caption stays the object's. A prior that has seen its objects
+    shaded can judge shaded renders, as a real one trained on lit renders can. 0: albedo only."""
     reward_steps: int = 15000
     """Reward VLM steps (batch of 4 records each)."""
     reward_lr: float = 2e-4
@@ -138,30 +143,51 @@ class Renders:
     rgb: Tensor  # [G, 4, H, W, 3] on black
     alpha: Tensor  # [G, 4, H, W, 1]
     cameras: Tensor  # [G, 4, 16] MVDream's camera input
+    shaded: Tensor | None = None  # [G, 2, 4, H, W, 3] on black: diffuse-lit, textureless (``lights``)
 
 
 @torch.no_grad()
-def render_groups(params: torch.nn.ParameterDict, groups: int, gen: torch.Generator) -> Renders:
+def render_groups(
+    params: torch.nn.ParameterDict, groups: int, gen: torch.Generator, lights: torch.Generator | None = None
+) -> Renders:
     """Seeded 4-view renders of one scene, always on the CPU (torch rasterizer), so that a build on any
-    device trains on the same data."""
+    device trains on the same data. ``lights``: also each group diffuse-lit and textureless, the lighting drawn
+    from this generator (so the plain renders are the same with or without)."""
+    from ..gaussians.shading import shade
     from ..guidance.mvdream import mvdream_cameras
 
     cam_cfg = toy_camera()
     params = params.to("cpu")
-    rgbs, alphas, cams_out = [], [], []
+    rgbs, alphas, cams_out, shaded = [], [], [], []
     for start in range(0, groups, 8):
         n = min(8, groups - start)
         cams = sample_orbit(cam_cfg, 4 * n, RESOLUTION, gen)
-        out = render(params, cams, RenderConfig(torch_chunk=TORCH_CHUNK), torch.zeros(4 * n, 3), depth=False)
+        out = render(
+            params,
+            cams,
+            RenderConfig(torch_chunk=TORCH_CHUNK),
+            torch.zeros(4 * n, 3),
+            depth=lights is not None,
+        )
         rgbs.append(out.rgb.cpu())
         alphas.append(out.alpha.cpu())
         cams_out.append(mvdream_cameras(cams))
+        if lights is not None:
+            for g in range(n):  # one light and ambient / diffuse split per group, as in a run's step
+                v = slice(4 * g, 4 * g + 4)
+                args = (out.rgb[v], out.alpha[v], out.depth[v], None, cams[v])
+                both = [shade(*args, sample_lighting(cams[v], 4, lights, force=m)) for m in SHADED_MODES]
+                shaded.append(torch.stack(both))
     shape = (groups, 4)
     return Renders(
         torch.cat(rgbs).reshape(*shape, RESOLUTION, RESOLUTION, 3),
         torch.cat(alphas).reshape(*shape, RESOLUTION, RESOLUTION, 1),
         torch.cat(cams_out).reshape(*shape, 16),
+        torch.stack(shaded) if shaded else None,
     )
+
+
+SHADED_MODES = ("diffuse", "textureless")
 
 
 def composite(rgb: Tensor, alpha: Tensor, gen: torch.Generator) -> Tensor:
@@ -260,10 +286,22 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
     all_alpha = torch.cat([data[n].alpha for n in names])
     all_cams = torch.cat([data[n].cameras for n in names])
     owner = [n for n in names for _ in range(data[n].rgb.shape[0])]
+    if cfg.shaded_share > 0:
+        all_shaded = torch.cat([data[n].shaded for n in names])  # [G, 2, 4, H, W, 3]
+        shade_gen = torch.Generator().manual_seed(
+            cfg.seed + 3 + before
+        )  # the batches' draws stay as they were
 
     def batch(k: int) -> tuple[Tensor, Tensor, list[str]]:
         idx = torch.randint(len(owner), (k,), generator=gen)
-        x = composite(all_rgb[idx], all_alpha[idx], gen)  # [k, 4, H, W, 3]
+        rgb = all_rgb[idx]
+        if cfg.shaded_share > 0:
+            draw = torch.rand(k, generator=shade_gen)
+            mode = (draw * 2 / cfg.shaded_share).long().clamp_max(2)  # 0 diffuse, 1 textureless, 2 albedo
+            lit = mode < 2
+            rgb = rgb.clone()
+            rgb[lit] = all_shaded[idx[lit], mode[lit]]
+        x = composite(rgb, all_alpha[idx], gen)  # [k, 4, H, W, 3]
         return (
             x.reshape(-1, RESOLUTION, RESOLUTION, 3).permute(0, 3, 1, 2) * 2 - 1,
             all_cams[idx].reshape(-1, 16),
@@ -366,7 +404,8 @@ def world_renders(cfg: BuildConfig) -> tuple[dict[str, Renders], dict[str, Rende
     front/back object's Janus variant, and the shapeless balls ("blob", "start")."""
     objs: list[ToyObject] = world()
     gen = torch.Generator().manual_seed(cfg.seed)
-    data = {o.name: render_groups(object_params(o, seed=cfg.seed), cfg.groups, gen) for o in objs}
+    lights = torch.Generator().manual_seed(cfg.seed + 4) if cfg.shaded_share > 0 else None
+    data = {o.name: render_groups(object_params(o, seed=cfg.seed), cfg.groups, gen, lights) for o in objs}
     n_janus = cfg.janus_groups or max(4, cfg.groups // 2)
     janus = {o.name: render_groups(object_params(janus_variant(o), seed=cfg.seed), n_janus, gen)
              for o in objs if o.front_back}  # fmt: skip
