@@ -1,4 +1,4 @@
-"""Run folders (generate.py): overwrite builds aside, resume checks, batch keys, locks, write errors.
+"""Run folders (generate.py, batch.py): overwrite builds aside, resume checks, batch keys, locks, write errors.
 
 The guidance here is a stand-in loss on the renders, so each run takes a fraction of a second; the
 model-loading paths are covered by test_cli.py.
@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from splatvlm.commands import generate
+from splatvlm.commands import batch, generate
 from splatvlm.commands.generate import RunControl, prepare_single, resume_run, run_one
 from splatvlm.config import apply_overrides, load_run_config, read_yaml, to_yaml
 from splatvlm.errors import SplatVLMError, StopRun
 from splatvlm.models import Sources
 from splatvlm.prompts import Prompts
-from splatvlm.run.runs import check_batch_folders, cut_metrics, recipe_hash
+from splatvlm.run.runs import check_batch_folders, cut_metrics, gpteval3d_tree, recipe_hash
 from splatvlm.run.trainer import Term
 
 CPU = torch.device("cpu")
@@ -403,11 +403,11 @@ def test_batch_out_dir_in_use_is_refused_before_any_model(tmp_path, monkeypatch)
         "print('held', flush=True); time.sleep(60)"
     )
     holder = subprocess.Popen([sys.executable, "-c", code, str(out)], stdout=subprocess.PIPE, text=True)
-    monkeypatch.setattr(generate, "check_sources", lambda *a: pytest.fail("models checked before the lock"))
+    monkeypatch.setattr(batch, "check_sources", lambda *a: pytest.fail("models checked before the lock"))
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(SplatVLMError, match=f"batch folder {out} is in use by process {holder.pid}"):
-            generate.run_batch(["a cat"], tiny_cfg(4), out, CONTROL)
+            batch.run_batch(["a cat"], tiny_cfg(4), out, CONTROL)
     finally:
         holder.kill()
         holder.wait()
@@ -559,7 +559,7 @@ def test_batch_stays_inside_its_out_dir(tmp_path):
         check_batch_folders(Prompts(["a red apple"], ["line 1"]), [out_dir / "000-a-red-apple"], cfg)
     (out_dir / "gpteval3d").symlink_to(outside)  # the GPTEval3D tree of the batch too
     with pytest.raises(SplatVLMError, match="is a symbolic link"):
-        generate.gpteval3d_tree(out_dir, "p", ["a red apple"])
+        gpteval3d_tree(out_dir, "p", ["a red apple"])
     assert sorted(p.name for p in outside.iterdir()) == ["run.json"]
 
 

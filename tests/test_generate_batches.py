@@ -1,4 +1,4 @@
-"""Runs and batches in-process (generate.py): same seed -> same bytes, resume -> the uninterrupted bytes; batch failures and ids."""
+"""Runs and batches in-process (generate.py, batch.py): same seed -> same bytes, resume -> the uninterrupted bytes; batch failures and ids."""
 
 import dataclasses
 import json
@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from splatvlm.commands import generate
+from splatvlm.commands import batch
 from splatvlm.commands.generate import RunControl, make_guidance, run_one
 from splatvlm.config import load_run_config
 from splatvlm.errors import SplatVLMError
@@ -84,10 +84,10 @@ def _fake_run_one(fail_on):
 
 def test_batch_goes_on_past_a_failed_prompt_and_reports_it(tmp_path, monkeypatch, capsys):
     cfg = dataclasses.replace(load_run_config("demo"), device="cpu")
-    monkeypatch.setattr(generate, "run_one", _fake_run_one("a broken prompt"))
-    monkeypatch.setattr(generate, "check_sources", lambda cfg, prompts=(): Sources())
+    monkeypatch.setattr(batch, "run_one", _fake_run_one("a broken prompt"))
+    monkeypatch.setattr(batch, "check_sources", lambda cfg, prompts=(): Sources())
     prompts = ["a red apple", "a broken prompt", "a blue chair"]
-    summaries = generate.run_batch(prompts, cfg, tmp_path, CPU_CONTROL)
+    summaries = batch.run_batch(prompts, cfg, tmp_path, CPU_CONTROL)
     assert [s["prompt"] for s in summaries] == ["a red apple", "a blue chair"]
     report = json.loads((tmp_path / "batch_report.json").read_text())
     assert [e["status"] for e in report["prompts"]] == ["done", "failed", "done"]
@@ -98,7 +98,7 @@ def test_batch_goes_on_past_a_failed_prompt_and_reports_it(tmp_path, monkeypatch
     # --fail-fast: the first failure stops the batch.
     (tmp_path / "001-a-broken-prompt" / "summary.json").unlink(missing_ok=True)
     with pytest.raises(RuntimeError, match="boom"):
-        generate.run_batch(prompts, cfg, tmp_path, dataclasses.replace(CPU_CONTROL, fail_fast=True))
+        batch.run_batch(prompts, cfg, tmp_path, dataclasses.replace(CPU_CONTROL, fail_fast=True))
 
 
 def test_gpteval3d_ids_are_file_indices_and_two_files_never_collide(tmp_path, monkeypatch):
@@ -109,11 +109,11 @@ def test_gpteval3d_ids_are_file_indices_and_two_files_never_collide(tmp_path, mo
         seen.append((control.gpteval3d_root.name, prompt_id, prompt))
         return _fake_run_one(None)(prompt, cfg, output, run_dir, guidance, control, resume, prompt_id)
 
-    monkeypatch.setattr(generate, "run_one", fake)
-    monkeypatch.setattr(generate, "check_sources", lambda cfg, prompts=(): Sources())
+    monkeypatch.setattr(batch, "run_one", fake)
+    monkeypatch.setattr(batch, "check_sources", lambda cfg, prompts=(): Sources())
     control = dataclasses.replace(CPU_CONTROL, gpteval3d=True)
-    generate.run_batch(["a red apple", "a blue chair"], cfg, tmp_path, control, prompt_set="set-a")
-    generate.run_batch(["a dog", "a cat"], cfg, tmp_path, control, prompt_set="set-b")
+    batch.run_batch(["a red apple", "a blue chair"], cfg, tmp_path, control, prompt_set="set-a")
+    batch.run_batch(["a dog", "a cat"], cfg, tmp_path, control, prompt_set="set-b")
     assert seen == [
         ("set-a", 0, "a red apple"),
         ("set-a", 1, "a blue chair"),
@@ -122,4 +122,4 @@ def test_gpteval3d_ids_are_file_indices_and_two_files_never_collide(tmp_path, mo
     ]
     assert json.loads((tmp_path / "gpteval3d" / "set-b" / "prompts.json").read_text()) == ["a dog", "a cat"]
     with pytest.raises(SplatVLMError, match="different prompt file named 'set-a'"):
-        generate.run_batch(["a fish"], cfg, tmp_path, control, prompt_set="set-a")
+        batch.run_batch(["a fish"], cfg, tmp_path, control, prompt_set="set-a")

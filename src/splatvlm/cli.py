@@ -113,7 +113,8 @@ def _preset_defaults(argv: list[str]) -> tuple[RunConfig, str]:
 
 
 def cmd_generate(argv: list[str]) -> int:
-    from .commands.generate import RunControl, prepare_single, resume_run, run_batch, run_one
+    from .commands.batch import run_batch
+    from .commands.generate import RunControl, prepare_single, resume_run, run_one
     from .prompts import read_prompts, slugify
     from .viewer.server import ViewerConfig
 

@@ -1,6 +1,6 @@
 """The studio's worker: runs the queue's jobs one at a time, each as an ordinary run folder.
 
-A job runs exactly as one prompt of ``splatvlm generate --prompts ... --out-dir`` does (``commands.generate``:
+A job runs exactly as one prompt of ``splatvlm generate --prompts ... --out-dir`` does (``commands.batch``:
 the sources checked, the folder checked against the prompt and recipe it holds, ``run_one`` under the folder's
 lock, resumed from its checkpoint when it has one), so ``generate --resume`` and a batch over the same folder
 see nothing unusual. The guidance models stay loaded from one job to the next while the recipe's models are
