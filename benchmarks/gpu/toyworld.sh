@@ -12,6 +12,9 @@
 #   reward  hard negatives from $O/prior's snapshots, then the reward fine-tuned from $W's (PGD + the hard
 #           negatives, $RSTEPS steps) into $O/weights (with $W's prior)        -> $O/weights, $O/hard.pt
 #   sweep   prior + reward (vlm3d) over $SWEEP with $O/weights (or $W)         -> $O/sweep
+#   ab      prior-only A/Bs: one eval per entry of $ARMS ("NAME:KEY=V,KEY=V ..."), over $OBJS x $SEEDS with $W
+#                                                                              -> $O/ab-NAME
+#   final   prior + reward (vlm3d, weights.vlm_mode ratio at $RATIO) over $ALL_OBJS x 0 1 2 with $W -> $O/final
 #   phase1  prior, reward, sweep in one call, each phase under its own time limit so the tar always runs
 # SECTION may name several ("reward sweep"). Env: HARD_FILE (hard negatives collected elsewhere, for "reward"),
 # W (weights to start from, default the shipped ones), OBJS (default the 7 front/back objects), SEEDS (default
@@ -83,6 +86,21 @@ if [[ " $SECTION " == *" priors "* ]]; then
     first=0
   done
   echo "priors section: $(($(date +%s) - t)) s"
+fi
+if [[ " $SECTION " == *" final "* ]]; then
+  t=$(date +%s)
+  ALL=$(python3 -c "from splatvlm.toyworld.world import world; print(' '.join(o.name for o in world()))")
+  sharded final "${FINAL_LIMIT:-300}" --methods vlm3d --objects ${ALL_OBJS:-$ALL} --seeds 0 1 2 --steps "$STEPS" \
+    --weights "$W" --set weights.vlm_mode=ratio "weights.vlm_ratio.start=${RATIO:-0.3}" $EXTRA
+  echo "final section: $(($(date +%s) - t)) s"
+fi
+if [[ " $SECTION " == *" ab "* ]]; then
+  for arm in $ARMS; do
+    t=$(date +%s)
+    sharded "ab-${arm%%:*}" "${AB_LIMIT:-90}" --methods mvdream --objects $OBJS --seeds $SEEDS --steps "$STEPS" \
+      --weights "$W" --set $(echo "${arm#*:}" | tr ',' ' ') $EXTRA
+    echo "ab ${arm%%:*}: $(($(date +%s) - t)) s"
+  done
 fi
 if has prior; then
   t=$(date +%s)
