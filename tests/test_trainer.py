@@ -118,8 +118,11 @@ def test_nan_steps_are_skipped_then_stop(tmp_path, fused, device):
     for k in before:  # no NaN reached the parameters
         assert torch.isfinite(state.params[k]).all()
     assert not torch.equal(before["means"], state.params["means"])  # the 2 good steps did update
-    for opt in state.optimizers.values():  # ... and only they reached Adam's state
-        (adam,) = opt.state.values()
+    # ... and only they reached Adam's state (a parameter the renderer never reads has none: gsplat at SH degree 0
+    # leaves shN without a gradient)
+    states = {k: list(opt.state.values()) for k, opt in state.optimizers.items()}
+    assert states["means"] and states["opacities"]
+    for adam in (a for st in states.values() for a in st):
         assert float(adam["step"]) == 2 and torch.isfinite(adam["exp_avg"]).all()
 
 

@@ -4,7 +4,7 @@
 # and comes back as $OUT/toyworld.tar.gz (reports, pictures, weights, logs; no run folders).
 #   build   retrain prior + reward on the GPU into $O/weights
 #   priors  retrain the prior alone on the GPU, one build per entry of $PRIORS ("NAME:SHADED_SHARE ..."), side by
-#           side, each for $PRIOR_S seconds at $PRIOR_BATCH groups a step from $GROUPS groups an object, with
+#           side, each for $PRIOR_S seconds at $PRIOR_BATCH groups a step from $PRIOR_GROUPS groups an object, with
 #           $W's reward, into $O/w-NAME (each folder comes back as its own $OUT/w-NAME.tar.gz); then a prior-only
 #           eval of each (the first over $FIRST_OBJS x $FIRST_SEEDS, the others over $OBJS, seed 0, with
 #           --sweep $SHADE_SWEEP)                                              -> $O/eval-NAME
@@ -66,7 +66,7 @@ if [[ " $SECTION " == *" priors "* ]]; then
     name=${arm%%:*}
     mkdir -p "$O/w-$name" && cp -r "$W/reward" "$W/build.json" "$O/w-$name/"
     python3 -m splatvlm.cli toyworld build --only prior --device cuda --threads 4 --out "$O/w-$name" \
-      --groups "${GROUPS:-96}" --prior-batch "${PRIOR_BATCH:-32}" --prior-steps 1000000 \
+      --groups "${PRIOR_GROUPS:-96}" --prior-batch "${PRIOR_BATCH:-32}" --prior-steps 1000000 \
       --prior-max-s "${PRIOR_S:-240}" --shaded-share "${arm##*:}" >"$O/build-$name.log" 2>&1 &
   done
   wait
