@@ -43,6 +43,9 @@ def test_overrides_nested_and_typed():
         RunConfig(), {"steps": 7, "camera": {"elevation_range": [5, 10]}, "weights": {"vlm": {"start": 2}}}
     )
     assert cfg.steps == 7 and cfg.camera.elevation_range == (5.0, 10.0) and cfg.weights.vlm.start == 2.0
+    # a float as typed on the command line, which YAML 1.1 reads as a string without a dot
+    cfg = apply_overrides(RunConfig(), {"weights": {"opacity": {"start": "1e-3"}}, "scene": {"lr_means": "-2E+1"}})
+    assert cfg.weights.opacity.start == 1e-3 and cfg.scene.lr_means == -20.0
 
 
 @pytest.mark.parametrize(
@@ -56,6 +59,8 @@ def test_overrides_nested_and_typed():
         ),
         ({"steps": "many"}, "must be an integer"),
         ({"steps": True}, "must be an integer"),
+        ({"scene": {"lr_means": "1e-3x"}}, "must be a number"),
+        ({"steps": "1e3"}, "must be an integer"),
         ({"background": "pink"}, "must be one of"),
         ({"camera": {"elevation_range": [1, 2, 3]}}, "must have 2 items"),
         ({"camera": 5}, "must be a mapping"),

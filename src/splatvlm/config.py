@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from .guidance.sds import SDSConfig
 from .run.schedules import Weight
 
 PRESET_DIR = Path(__file__).resolve().parent / "configs"
+NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")  # a float as a user types it
 
 
 @dataclass
@@ -249,6 +251,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise SplatVLMError(f"config key '{key}' must be an integer, got {short_repr(value)}")
         return value
     if tp is float:
+        if isinstance(value, str) and NUMBER.fullmatch(value.strip()):
+            value = float(value)  # YAML 1.1 reads 1e-3 (no dot) as a string
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise SplatVLMError(f"config key '{key}' must be a number, got {short_repr(value)}")
         return float(value)
