@@ -17,10 +17,10 @@ def test_recipe_phases_follow_the_schedule():
         (5000, 10000, 4, 256, on),
         (10000, 20000, 4, 256, ("sds", "reg")),
     ]
-    phases = recipe_phases(load_run_config("vlm3d"))  # no low-res phase
+    phases = recipe_phases(load_run_config("vlm3d"))  # no low-res phase; the regularizers on too
     assert [(p.start, p.end, p.num_views, p.resolution, p.terms) for p in phases] == [
-        (0, 2500, 4, 256, ("sds", "vlm")),
-        (2500, 5000, 4, 256, ("sds",)),
+        (0, 2500, 4, 256, on),
+        (2500, 5000, 4, 256, ("sds", "reg")),
     ]
     assert Phase(0, 1, 4, 256, ("sds", "vlm")).label == "4x256px +reward"
     assert Phase(0, 1, 4, 256, ("sds",)).label == "4x256px"

@@ -44,7 +44,9 @@ def test_overrides_nested_and_typed():
     )
     assert cfg.steps == 7 and cfg.camera.elevation_range == (5.0, 10.0) and cfg.weights.vlm.start == 2.0
     # a float as typed on the command line, which YAML 1.1 reads as a string without a dot
-    cfg = apply_overrides(RunConfig(), {"weights": {"opacity": {"start": "1e-3"}}, "scene": {"lr_means": "-2E+1"}})
+    cfg = apply_overrides(
+        RunConfig(), {"weights": {"opacity": {"start": "1e-3"}}, "scene": {"lr_means": "-2E+1"}}
+    )
     assert cfg.weights.opacity.start == 1e-3 and cfg.scene.lr_means == -20.0
 
 

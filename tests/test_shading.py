@@ -172,13 +172,14 @@ def test_albedo_shading_draws_nothing_and_renders_no_depth():
     from splatvlm.config import load_run_config
     from splatvlm.run.trainer import step_lighting
 
-    cfg = load_run_config("vlm3d")
+    mixed = load_run_config("vlm3d")  # the preset mixes
+    assert mixed.render.shading == "mixed"
+    cfg = dataclasses.replace(mixed, render=dataclasses.replace(mixed.render, shading="albedo"))
     cams = side_camera(8)
     g = torch.Generator().manual_seed(3)
     before = g.get_state()
     assert step_lighting(cfg, cams, 4000, g).mode == "albedo"
     assert torch.equal(g.get_state(), before)
-    mixed = dataclasses.replace(cfg, render=dataclasses.replace(cfg.render, shading="mixed"))
     assert step_lighting(mixed, cams, 1000, g).mode == "albedo" and torch.equal(g.get_state(), before)
     step_lighting(mixed, cams, 1250, g)  # a quarter of 5000 steps: the mix has started
     assert not torch.equal(g.get_state(), before)

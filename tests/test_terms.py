@@ -25,7 +25,11 @@ def test_every_spec_names_real_weights_and_sections():
 
 
 def test_which_terms_a_preset_runs():
-    assert terms_active(load_run_config("vlm3d")) == {"sds": True, "vlm": True, "reg": False}
+    assert terms_active(load_run_config("vlm3d")) == {
+        "sds": True,
+        "vlm": True,
+        "reg": True,
+    }  # regularizers on
     assert terms_active(load_run_config("mvdream")) == {"sds": True, "vlm": False, "reg": False}
     assert terms_active(load_run_config("vlm3d-full")) == {"sds": True, "vlm": True, "reg": True}
     full = load_run_config("vlm3d-full")
