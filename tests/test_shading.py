@@ -172,9 +172,9 @@ def test_albedo_shading_draws_nothing_and_renders_no_depth():
     from splatvlm.config import load_run_config
     from splatvlm.run.trainer import step_lighting
 
-    mixed = load_run_config("vlm3d")  # the preset mixes
-    assert mixed.render.shading == "mixed"
-    cfg = dataclasses.replace(mixed, render=dataclasses.replace(mixed.render, shading="albedo"))
+    cfg = load_run_config("vlm3d")
+    assert cfg.render.shading == "albedo" and load_run_config("vlm3d-full").render.shading == "mixed"
+    mixed = dataclasses.replace(cfg, render=dataclasses.replace(cfg.render, shading="mixed"))
     cams = side_camera(8)
     g = torch.Generator().manual_seed(3)
     before = g.get_state()
