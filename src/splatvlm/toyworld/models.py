@@ -34,7 +34,7 @@ from torch import Tensor
 from ..gaussians.cameras import CameraConfig, sample_orbit
 from ..gaussians.render import RenderConfig, render
 from ..gaussians.scene import SceneConfig, init_ball
-from ..gaussians.shading import sample_lighting
+from ..gaussians.shading import sample_lighting, shade
 from .autoencoder import SpaceToDepthAutoencoder, fitted_autoencoder
 from .world import ToyObject, janus_variant, object_params, world
 
@@ -143,7 +143,10 @@ class Renders:
     rgb: Tensor  # [G, 4, H, W, 3] on black
     alpha: Tensor  # [G, 4, H, W, 1]
     cameras: Tensor  # [G, 4, 16] MVDream's camera input
-    shaded: Tensor | None = None  # [G, 2, 4, H, W, 3] on black: diffuse-lit, textureless (``lights``)
+    shaded: Tensor | None = None  # [G, 2, 4, H, W, 3] on black, one per SHADED_MODES (``lights``)
+
+
+SHADED_MODES = ("diffuse", "textureless")
 
 
 @torch.no_grad()
@@ -153,7 +156,6 @@ def render_groups(
     """Seeded 4-view renders of one scene, always on the CPU (torch rasterizer), so that a build on any
     device trains on the same data. ``lights``: also each group diffuse-lit and textureless, the lighting drawn
     from this generator (so the plain renders are the same with or without)."""
-    from ..gaussians.shading import shade
     from ..guidance.mvdream import mvdream_cameras
 
     cam_cfg = toy_camera()
@@ -185,9 +187,6 @@ def render_groups(
         torch.cat(cams_out).reshape(*shape, 16),
         torch.stack(shaded) if shaded else None,
     )
-
-
-SHADED_MODES = ("diffuse", "textureless")
 
 
 def composite(rgb: Tensor, alpha: Tensor, gen: torch.Generator) -> Tensor:
@@ -288,16 +287,15 @@ def train_prior(data: dict[str, Renders], captions: dict[str, str], cfg: BuildCo
     owner = [n for n in names for _ in range(data[n].rgb.shape[0])]
     if cfg.shaded_share > 0:
         all_shaded = torch.cat([data[n].shaded for n in names])  # [G, 2, 4, H, W, 3]
-        shade_gen = torch.Generator().manual_seed(
-            cfg.seed + 3 + before
-        )  # the batches' draws stay as they were
+        # its own generator: the batches' draws stay as they were
+        shade_gen = torch.Generator().manual_seed(cfg.seed + 3 + before)
 
     def batch(k: int) -> tuple[Tensor, Tensor, list[str]]:
         idx = torch.randint(len(owner), (k,), generator=gen)
         rgb = all_rgb[idx]
         if cfg.shaded_share > 0:
             draw = torch.rand(k, generator=shade_gen)
-            mode = (draw * 2 / cfg.shaded_share).long().clamp_max(2)  # 0 diffuse, 1 textureless, 2 albedo
+            mode = (draw * 2 / cfg.shaded_share).long().clamp_max(2)  # an index into SHADED_MODES; 2: albedo
             lit = mode < 2
             rgb = rgb.clone()
             rgb[lit] = all_shaded[idx[lit], mode[lit]]
