@@ -13,7 +13,7 @@ from ..run.schedules import terms_active
 # A preset missing here shows "not measured": only measured numbers are shown, never estimates.
 # The numbers and their sources are on the results page (benchmarks/RESULTS.md, "Time per asset").
 MEASURED: dict[str, str] = {
-    "vlm3d": "210 s, 21.4 GB peak (one H100)",
+    "vlm3d": "255 s, 21.0 GB peak (one H100, first prompt on a fresh machine)",
     "vlm3d-3b": "197 s, 12.2 GB peak (one H200)",
     "mvdream": "229 s, 5.8 GB peak (one H200, an earlier version of the recipe)",
     "sd21": "332 s, 7.4 GB peak (one H200)",
