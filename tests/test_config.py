@@ -121,6 +121,21 @@ def test_weight_in_a_file_replaces_the_whole_schedule():
         assert not ever_active(load_run_config(name).weights.vlm, 10**6), name
 
 
+def test_mvdream_preset_is_vlm3d_without_the_reward():
+    """The prior-only baseline differs from `vlm3d` only in the reward's weight and question, so an A/B of the
+    two measures the reward alone."""
+    from dataclasses import replace
+
+    prior, full = load_run_config("mvdream"), load_run_config("vlm3d")
+    assert not ever_active(prior.weights.vlm, 10**6)
+    same = replace(
+        full,
+        weights=replace(full.weights, vlm=prior.weights.vlm),
+        vlm=replace(full.vlm, question=prior.vlm.question),
+    )
+    assert same == prior
+
+
 def test_score_distillation_presets_are_bounded():
     """Every score-distillation preset caps the count (<= 500k), bounds each refinement's growth, and runs
     without opacity resets (large-Gaussian pruning does not depend on them): unbounded growth ran out of memory."""
