@@ -5,7 +5,7 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 
-from splatvlm.commands.bench import BenchArgs, Phase, recipe_phases, run_bench
+from splatvlm.commands.bench import BenchArgs, Phase, recipe_phases, run_bench, time_windows
 from splatvlm.config import load_run_config
 
 
@@ -24,7 +24,7 @@ def test_recipe_phases_follow_the_schedule():
     ]
     assert Phase(0, 1, 4, 256, ("sds", "vlm")).label == "4x256px +reward"
     assert Phase(0, 1, 4, 256, ("sds",)).label == "4x256px"
-    assert [p.terms for p in recipe_phases(load_run_config("mvdream"))] == [("sds",)]
+    assert [p.terms for p in recipe_phases(load_run_config("mvdream"))] == [("sds", "reg")]
 
 
 def test_timed_records_skip_the_warmup_and_the_draining_last_step():
@@ -187,6 +187,9 @@ def test_bench_full_runs_the_whole_recipe(tmp_path):
                 0.25 * (r["densify_count"] - r["densify_grown"] + r["densify_pruned"])
             )
             assert r["densify_grad_p50"] <= r["densify_grad_p99"]
+        assert sum(w["seconds"] for w in row["time_windows"]) == pytest.approx(
+            sum(p["phase_s"] for p in row["phases"])
+        )
     # Model loading happens once, for the first prompt, and is not in its asset time.
     assert rows[0]["load_s"] > 0 and rows[1]["load_s"] == 0
     assert data["max_gaussians"] == max(r["max_gaussians"] for r in rows)
@@ -196,6 +199,14 @@ def test_bench_full_runs_the_whole_recipe(tmp_path):
     assert "peak n/a" in md and "| n/a |" in md
     assert (tmp_path / "out" / ".gitignore").read_text().splitlines()[-1] == "*"  # a folder it made
     assert (tmp_path / "out" / "runs" / "ours" / "000" / "metrics.jsonl").exists()
+
+
+def test_time_windows_split_a_run_where_its_time_went():
+    records = [{"step": i, "step_ms": 10.0 * i, "num_gaussians": 300 + i} for i in range(6)]
+    windows = time_windows(records, 4)
+    assert [w["steps"] for w in windows] == [[0, 4], [4, 6]]
+    assert windows[0]["seconds"] == pytest.approx(0.06) and windows[1]["mean_step_ms"] == 45.0
+    assert windows[0]["median_step_ms"] == 15.0 and windows[1]["num_gaussians"] == 305
 
 
 def test_bench_bad_gaussians(tmp_path):

@@ -30,7 +30,7 @@ def test_which_terms_a_preset_runs():
         "vlm": True,
         "reg": True,
     }  # regularizers on
-    assert terms_active(load_run_config("mvdream")) == {"sds": True, "vlm": False, "reg": False}
+    assert terms_active(load_run_config("mvdream")) == {"sds": True, "vlm": False, "reg": True}
     assert terms_active(load_run_config("vlm3d-full")) == {"sds": True, "vlm": True, "reg": True}
     full = load_run_config("vlm3d-full")
     assert full.weights.position == Weight(10.0) and full.weights.opacity == Weight(1e-3)

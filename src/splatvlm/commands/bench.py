@@ -262,6 +262,28 @@ DENSIFY_LOG_KEYS = (
 )
 
 
+WINDOW_STEPS = 250
+
+
+def time_windows(records: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
+    """Where a whole run's time went: per ``size``-step window the seconds spent, the mean and median step
+    and the count at its end (the first window holds the compiles and graph captures)."""
+    out = []
+    for start in range(0, len(records), size):
+        rows = records[start : start + size]
+        ms = [r["step_ms"] for r in rows]
+        out.append(
+            {
+                "steps": [int(rows[0]["step"]), int(rows[-1]["step"]) + 1],
+                "seconds": sum(ms) / 1e3,
+                "mean_step_ms": statistics.fmean(ms),
+                "median_step_ms": _median(ms),
+                "num_gaussians": int(rows[-1]["num_gaussians"]),
+            }
+        )
+    return out
+
+
 def run_prompt_full(
     prompt: str,
     cfg: RunConfig,
@@ -350,6 +372,7 @@ def run_prompt_full(
     result.update(
         asset_s=asset_s,
         asset_mean_s=asset_s,
+        time_windows=time_windows(records, WINDOW_STEPS),
         load_s=load_s,
         peak_gb=max(phase_peaks, default=0.0) if cuda else None,
         max_gaussians=max((int(r["num_gaussians"]) for r in records), default=0),
