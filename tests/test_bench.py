@@ -5,7 +5,8 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 
-from splatvlm.commands.bench import BenchArgs, Phase, recipe_phases, run_bench, time_windows
+from splatvlm.commands.bench import BenchArgs, run_bench
+from splatvlm.commands.bench_timing import Phase, recipe_phases, time_windows
 from splatvlm.config import load_run_config
 
 
@@ -28,7 +29,7 @@ def test_recipe_phases_follow_the_schedule():
 
 
 def test_timed_records_skip_the_warmup_and_the_draining_last_step():
-    from splatvlm.commands.bench import timed_records
+    from splatvlm.commands.bench_timing import timed_records
 
     records = [{"step": i} for i in range(6)]
     assert [r["step"] for r in timed_records(records, warmup=2, steps=3)] == [2, 3, 4]  # 5 is the last one

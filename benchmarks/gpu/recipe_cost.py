@@ -28,16 +28,8 @@ from pathlib import Path
 import torch
 import yaml
 
-from splatvlm.commands.bench import (
-    SHIPPED_PROMPTS,
-    cosine,
-    full_step,
-    gradient_probe,
-    random_weights,
-    reference_config,
-    run_prompt_full,
-    time_prompt,
-)
+from splatvlm.commands.bench import SHIPPED_PROMPTS, random_weights, reference_config
+from splatvlm.commands.bench_timing import cosine, full_step, gradient_probe, run_prompt_full, time_prompt
 from splatvlm.commands.generate import Guidance
 from splatvlm.config import apply_overrides, load_run_config, nest_dotted, to_dict, validate_run_config
 from splatvlm.files import atomic_write_text
