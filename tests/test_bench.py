@@ -132,14 +132,14 @@ def test_bench_median_differs_from_the_first_prompt_in_both_outputs(tmp_path):
 
 
 def test_bench_steps_flag_is_the_timed_steps():
-    from splatvlm.cli import _parse
+    from splatvlm.cli_args import parse_one_line
 
     cfg = load_run_config("demo")
     default = BenchArgs(preset="demo", recipe=cfg)
     for flag in ("--steps", "--timed-steps"):
-        args = _parse(BenchArgs, [flag, "3"], "splatvlm bench", default)
+        args = parse_one_line(BenchArgs, [flag, "3"], "splatvlm bench", default)
         assert args.timed_steps == 3 and args.recipe.steps == cfg.steps
-    args = _parse(BenchArgs, ["--recipe.steps", "7"], "splatvlm bench", default)
+    args = parse_one_line(BenchArgs, ["--recipe.steps", "7"], "splatvlm bench", default)
     assert args.timed_steps == 10 and args.recipe.steps == 7
 
 

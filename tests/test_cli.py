@@ -367,7 +367,7 @@ def test_viewer_lets_go_after_the_done_line(tmp_path, capsys, monkeypatch):
     pytest.importorskip("viser")
     import io
 
-    from splatvlm.cli import viewer_linger
+    from splatvlm.cli_generate import viewer_linger
 
     args = [
         "generate",
@@ -409,10 +409,12 @@ def test_toyworld_help(capsys):
     assert cli(capsys, "toyworld", "-h")[0] == 0
     code, _, err = cli(capsys, "toyworld")
     assert "splatvlm toyworld --help" in one_line_error(code, err)
-    from splatvlm.cli import _parse
+    from splatvlm.cli_args import parse_one_line
     from splatvlm.toyworld.eval import EvalConfig
 
-    assert _parse(EvalConfig, [], "splatvlm toyworld eval").output == Path("toyworld-out")  # like bench
+    assert parse_one_line(EvalConfig, [], "splatvlm toyworld eval").output == Path(
+        "toyworld-out"
+    )  # like bench
 
 
 def test_unknown_command_and_help(capsys):

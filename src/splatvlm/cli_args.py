@@ -1,8 +1,11 @@
-"""The commands' flags: one dataclass per command, parsed by tyro (every field's comment is its --help line)."""
+"""The commands' flags: one dataclass per command, parsed by tyro (every field's comment is its --help line),
+with tyro's errors reduced to one line and the preset read first so that it gives the defaults."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import re
 import typing
 from dataclasses import dataclass, field, fields, replace
@@ -13,6 +16,7 @@ import tyro
 from tyro.constructors import ConstructorRegistry, StructConstructorSpec, StructTypeInfo
 
 from .config import RunConfig, Weight, Weights, load_run_config, preset_help
+from .errors import SplatVLMError
 from .gaussians.cameras import CameraConfig
 from .gaussians.densify import StrategyConfig
 from .gaussians.render import RenderConfig
@@ -322,3 +326,80 @@ def parse_args(cls: type, argv: list[str], prog: str, default=None):
     return tyro.cli(
         cls, args=argv, prog=prog, default=default, registry=registry, description=f"{doc}\n\n{note}"
     )
+
+
+def parse_one_line(cls: type, argv: list[str], prog: str, default=None):
+    """tyro, with its multi-line parse errors reduced to one line."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            return parse_args(cls, argv, prog, default)
+    except SystemExit as e:
+        if e.code in (0, None):
+            raise
+        text = re.sub(r"[│╭╮╰╯─┃━]", " ", err.getvalue())
+        # rich draws the box in ASCII (+-|) on a stream it cannot tell is UTF-8.
+        lines = [ln.strip(" |") for ln in text.splitlines()]
+        lines = [ln.strip() for ln in lines if ln.strip() and not re.fullmatch(r"[-+=\s]+", ln)]
+        # tyro's box: a title, the problem ("Unrecognized options: --stepz"), maybe "Perhaps you meant:" + flags.
+        body = [
+            ln
+            for ln in lines[1:]
+            if not ln.lower().startswith(("usage", "for full helptext", "for full help"))
+        ]
+        msg = body[0] if body else (lines[0] if lines else "invalid arguments")
+        if msg.endswith(":"):  # "Missing from ...:" then each missing argument with its help line
+            names = [
+                ln.split(",")[-1].strip() for ln in body[1:] if ln.startswith(("-", "PATH", "STR", "INT"))
+            ]
+            msg = f"{msg} {', '.join(names)}" if names else msg[:-1]
+        guesses = []
+        if "Perhaps you meant:" in body:
+            guesses = [
+                ln.split()[0] for ln in body[body.index("Perhaps you meant:") + 1 :] if ln.startswith("--")
+            ]
+        if msg.startswith("Unrecognized options:"):
+            raise SplatVLMError(f"{unknown_flags_line(msg, guesses)}; see {prog} --help") from None
+        if guesses:
+            msg += f"; did you mean {', '.join(guesses[:3])}?"
+        raise SplatVLMError(f"{msg} (see {prog} --help)") from None
+
+
+def unknown_flags_line(msg: str, guesses: list[str]) -> str:
+    """tyro's "Unrecognized options: --stpes, 10" as "unknown flag --stpes (did you mean --steps?)".
+
+    tyro lists the flag's value too (it cannot tell a value from a stray argument); a flag's value is left
+    out, ``--flag=value`` is shown as ``--flag``, and arguments that are not flags are named as such.
+    """
+    tokens = [t.strip() for t in msg.split(":", 1)[1].split(",") if t.strip()]
+    flags = [t.split("=", 1)[0] for t in tokens if t.startswith("-") and not _is_number(t)]
+    if not flags:
+        return f"unexpected argument{'s' if len(tokens) > 1 else ''} {', '.join(tokens)}"
+    line = f"unknown flag{'s' if len(flags) > 1 else ''} {', '.join(flags)}"
+    return line + (f" (did you mean {', '.join(guesses[:3])}?)" if guesses else "")
+
+
+def _is_number(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def preset_defaults(argv: list[str]) -> tuple[RunConfig, str]:
+    """Read --preset/--config ahead of tyro so the preset supplies the defaults."""
+    preset, config = DEFAULT_PRESET, None
+    for i, a in enumerate(argv):
+        for flag in ("--preset", "--config"):
+            value = None
+            if a == flag and i + 1 < len(argv):
+                value = argv[i + 1]
+            elif a.startswith(flag + "="):
+                value = a.split("=", 1)[1]
+            if value is not None:
+                if flag == "--preset":
+                    preset = value
+                else:
+                    config = value
+    return load_run_config(preset, config), preset
