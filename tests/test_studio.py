@@ -21,7 +21,7 @@ from splatvlm.gaussians.scene import SceneConfig, init_ball
 from splatvlm.studio import gallery
 from splatvlm.studio.app import md
 from splatvlm.studio.live import LiveRun
-from splatvlm.studio.presets import PresetInfo, preset_table
+from splatvlm.studio.presets import PresetInfo, check_preset, preset_table
 from splatvlm.studio.queue import QUEUE_FILE, JobQueue
 from splatvlm.studio.runner import Runner
 
@@ -120,6 +120,42 @@ def test_live_run_pause_stop_eta_and_save_now(tmp_path):
     path = live.save_now()
     assert path == tmp_path / "snapshot_2.ply"
     assert torch.equal(load_ply(path)["means"], params["means"])
+
+
+class Shown:
+    def __init__(self):
+        self.steps: list[int] = []
+
+    def show_numbers(self, live):
+        self.steps.append(live.step)
+
+    def show_curves(self, live):
+        pass
+
+    def show_splats(self, splats):
+        pass
+
+
+def test_live_run_shows_the_latest_step_on_a_pause_and_at_the_end(tmp_path):
+    params = init_ball(SceneConfig(num_points=32), generator=torch.Generator().manual_seed(0))
+    display = Shown()
+    live = LiveRun(10, tmp_path, display)
+    live.update(params, 0, {"loss": 1.0})
+    live.update(params, 1, {"loss": 0.9})  # within the update period: held back
+    assert display.steps == [0]
+    live.set_paused(True)
+    threading.Thread(target=live.wait_if_paused, daemon=True).start()
+    wait_for(lambda: display.steps == [0, 1], 5, "the paused view to show step 1")
+    live.set_paused(False)
+    live.update(params, 2, {"loss": 0.8})
+    n = len(display.steps)
+    live.show()  # the run's end
+    assert len(display.steps) == n + 1 and display.steps[-1] == 2
+
+
+def test_the_demo_preset_is_offered_when_its_models_resolve():
+    # What `splatvlm studio` checks at start (tests elsewhere pass their presets in): "" means offered.
+    assert check_preset("demo") == ""
 
 
 # ---------------------------------------------------------------------------------------------

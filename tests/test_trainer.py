@@ -609,3 +609,34 @@ def test_learned_background_trains_and_resumes_exactly(tmp_path):
     train(plain_cfg, fresh_state(plain_cfg), terms, tmp_path / "c", CPU, sample, stop_after=1, progress=False)
     with pytest.raises(SplatVLMError, match="does not fit this run's config"):
         restore_state(load_checkpoint(tmp_path / "c" / "checkpoint.pt"), cfg, CPU)
+
+
+class PauseAfter:
+    """A viewer whose Pause is on after a given step; it records the last step it was shown at each wait."""
+
+    def __init__(self, step: int):
+        import contextlib
+
+        self.lock = contextlib.nullcontext()
+        self.pause_after, self.shown, self.waits = step, -1, []
+
+    @property
+    def paused(self) -> bool:
+        return self.shown >= self.pause_after and not self.waits
+
+    def update(self, params, step, logs):
+        self.shown = step
+
+    def wait_if_paused(self, should_stop=None):
+        if self.paused:
+            self.waits.append(self.shown)
+
+
+def test_a_paused_view_shows_the_last_finished_step(tmp_path):
+    """The trainer reads a step's numbers one step late; on a pause it reads them first, so the view shows the
+    step that finished rather than the one before."""
+    cfg, terms, sample = fit_setup(6)
+    viewer = PauseAfter(2)
+    state = train(cfg, fresh_state(cfg), terms, tmp_path, CPU, sample, viewer=viewer, progress=False)
+    assert state.step == 6
+    assert viewer.waits == [3], "paused at the start of step 4, with step 3's numbers shown"

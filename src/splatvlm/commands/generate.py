@@ -79,7 +79,7 @@ class RunControl:
     )
     mesh: Any = None  # a mesh.MeshConfig: also write <output stem>.glb beside the .ply
     # An application's own live view, used instead of a new Viewer (the studio's): it has the trainer's viewer
-    # methods (`lock`, `update`, `wait_if_paused`) and outlives the run, so the run neither serves nor closes it.
+    # methods (`lock`, `update`, `paused`, `wait_if_paused`) and outlives the run, so the run neither serves nor closes it.
     watcher: Any = None
     # Asked before each step; True ends the run there as stop_after does (a controller on another thread).
     should_stop: Callable[[], bool] | None = None

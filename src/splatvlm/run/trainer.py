@@ -384,6 +384,8 @@ def train(
                 t0 = time.perf_counter()
                 # 1. Viewer pause and learning-rate schedule.
                 if viewer is not None:
+                    if viewer.paused:  # report the finished step before waiting, so a paused view is current
+                        finish_pending()
                     viewer.wait_if_paused(lambda: flag.signum is not None)
                     if flag.signum is not None:  # a signal while paused: stop before doing another step
                         finish_pending()

@@ -137,10 +137,18 @@ class LiveRun:
             self._due["splats"] = now
             self.display.show_splats(splats_to_numpy(params))
 
+    def show(self) -> None:
+        """Hand the latest numbers and curves to the display now, whatever the update periods say (a pause,
+        the run's end)."""
+        if self.display is not None and self._params is not None:
+            self.display.show_numbers(self)
+            self.display.show_curves(self)
+
     def wait_if_paused(self, should_stop: Callable[[], bool] | None = None) -> None:
         """Block while paused; return at once when resumed, stopped, or ``should_stop()`` (a signal) is true."""
         if self._resume.is_set():
             return
+        self.show()
         while not self._resume.wait(timeout=0.05):
             if should_stop is not None and should_stop():
                 break

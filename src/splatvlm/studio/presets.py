@@ -46,14 +46,14 @@ def preset_config(name: str, seed: int = 0, steps: int | None = None) -> RunConf
 
 def check_preset(name: str) -> str:
     """'' when the preset makes text-to-3D and its models resolve here; else why not, in one line."""
-    from ..models import check_sources
+    from ..commands.generate import check_sources
 
     try:
         cfg = preset_config(name)
         active = terms_active(cfg)
         if not (active["sds"] or active["vlm"]):
             return NOT_TEXT_TO_3D
-        check_sources(cfg, [], sds=active["sds"], vlm=active["vlm"])
+        check_sources(cfg, [])
     except SplatVLMError as e:
         return str(e)
     return ""

@@ -40,8 +40,8 @@ class Runner:
         self.display = display
         self.on_change = on_change or (lambda: None)
         self.current: tuple[Job, LiveRun] | None = None
-        self.last_job: Job | None = (
-            None  # the job that ended last, its state "finished", "stopped" or "failed"
+        self.last: tuple[Job, str] | None = (
+            None  # the job that ended last, and "finished", "stopped" or "failed"
         )
         self._wake = threading.Event()
         self._closing = False
@@ -123,8 +123,10 @@ class Runner:
         control = RunControl(progress=False, watcher=live, should_stop=live.stop_requested)
         resume = (run_dir / "checkpoint.pt").is_file()
         console.print(f"studio: {'resuming' if resume else 'starting'} {job.id}: {job.prompt}")
-        summary = run_one(job.prompt, cfg, run_dir / "scene.ply", run_dir, guidance, control, resume=resume)
-        return summary
+        try:
+            return run_one(job.prompt, cfg, run_dir / "scene.ply", run_dir, guidance, control, resume=resume)
+        finally:
+            live.show()  # the last step's numbers, which the update periods may have held back
 
     def _guidance_for(self, cfg):
         """The loaded guidance when the models are those of the last job; else the old models go first."""
