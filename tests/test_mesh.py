@@ -478,11 +478,13 @@ def test_view_mesh_loads_z_up(tmp_path, sphere, vertex_mesh):
 def test_generate_mesh_writes_glb_beside_the_ply(tmp_path, monkeypatch, capsys):
     import functools
 
-    import splatvlm.cli
+    import splatvlm.cli_generate
 
     # Few, small color views: the wiring is under test here, the coloring above.
     monkeypatch.setattr(
-        splatvlm.cli, "MeshConfig", functools.partial(MeshConfig, views_per_ring=2, view_resolution=32)
+        splatvlm.cli_generate,
+        "MeshConfig",
+        functools.partial(MeshConfig, views_per_ring=2, view_resolution=32),
     )
     out = tmp_path / "a.ply"
     args = [
