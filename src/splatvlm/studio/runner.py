@@ -40,9 +40,8 @@ class Runner:
         self.display = display
         self.on_change = on_change or (lambda: None)
         self.current: tuple[Job, LiveRun] | None = None
-        self.last: tuple[Job, str] | None = (
-            None  # the job that ended last, and "finished", "stopped" or "failed"
-        )
+        # the job that ended last, and "finished", "stopped" or "failed"
+        self.last: tuple[Job, str] | None = None
         self._wake = threading.Event()
         self._closing = False
         self._guidance: Any = None
