@@ -50,3 +50,31 @@ def wait_for(cond, timeout: float, what: str, period: float = 0.1):
             return value
         time.sleep(period)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def ctrl_c_exit_code(proc, lines: list[str], timeout: float = 30) -> int:
+    """Send SIGINT to ``proc`` and return its exit code; on a hang, fail with its output and every thread's stack.
+
+    The child must run with PYTHONFAULTHANDLER=1 (``faulthandler_env``) for the stacks: SIGABRT then prints them.
+    """
+    import signal
+    import subprocess
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)
+        try:
+            rest, _ = proc.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rest, _ = proc.communicate()
+        pytest.fail(f"no exit {timeout:.0f} s after SIGINT; its output:\n{''.join(lines)}{rest}")
+
+
+def faulthandler_env(**extra: str) -> dict[str, str]:
+    """The test process's environment plus PYTHONFAULTHANDLER=1 (a child prints its stacks on SIGABRT)."""
+    import os
+
+    return {**os.environ, "PYTHONFAULTHANDLER": "1", **extra}

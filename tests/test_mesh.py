@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import struct
 import subprocess
 import sys
@@ -22,6 +21,7 @@ pytest.importorskip("skimage")
 pytest.importorskip("fast_simplification")
 pytest.importorskip("xatlas")
 
+from helpers import ctrl_c_exit_code, faulthandler_env  # noqa: E402
 from splatvlm.cli import main  # noqa: E402
 from splatvlm.errors import SplatVLMError  # noqa: E402
 from splatvlm.gaussians.ply import ply_field_names, save_ply  # noqa: E402
@@ -438,6 +438,7 @@ def test_view_serves_a_glb(tmp_path, vertex_mesh):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        env=faulthandler_env(),
     )
     try:
         port, lines, t0 = None, [], time.monotonic()
@@ -452,8 +453,7 @@ def test_view_serves_a_glb(tmp_path, vertex_mesh):
         assert any(f"{len(vertex_mesh.faces):,} triangles" in line for line in lines), "".join(lines)
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
             assert r.status == 200
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        assert ctrl_c_exit_code(proc, lines) == 0
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import ctrl_c_exit_code, faulthandler_env
 from splatvlm.errors import SplatVLMError
 from splatvlm.gaussians.cameras import orbit_cameras
 from splatvlm.gaussians.scene import SceneConfig, init_ball, make_params
@@ -363,7 +364,7 @@ def test_view_ply_serves_until_ctrl_c(tmp_path, tiny_scene):
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, "COLUMNS": "200"},
+        env=faulthandler_env(COLUMNS="200"),
     )
     try:
         port = None
@@ -380,8 +381,7 @@ def test_view_ply_serves_until_ctrl_c(tmp_path, tiny_scene):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=10) as r:
             assert r.status == 200
         assert any("64 Gaussians" in line for line in lines)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        assert ctrl_c_exit_code(proc, lines) == 0
         with pytest.raises(ConnectionRefusedError):
             socket.create_connection(("127.0.0.1", port), timeout=2)
     finally:
