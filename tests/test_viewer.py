@@ -545,3 +545,17 @@ def test_signal_while_paused_stops_with_a_checkpoint(tmp_path):
     # and no step runs after it
     assert steps_seen[-1] == 2
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
+
+
+def test_a_pause_shows_the_step_it_holds(tmp_path, tiny_scene):
+    """Updates inside the refresh periods are held back; a pause pushes the latest step's numbers and splats."""
+    with Viewer(ViewerConfig(port=0, refresh_every=1000), black_render, tmp_path) as v:
+        v.update(tiny_scene, 0, {"loss": 1.0})
+        v.update(tiny_scene, 7, {"loss": 0.25})  # within GUI_PERIOD_S and refresh_every: not shown yet
+        assert v._gui_step.value == "0"
+        v._last_refresh_step = 0
+        v.set_paused(True)
+        v.wait_if_paused(should_stop=lambda: True)
+        assert v._gui_step.value == "7"
+        assert v._gui_loss.value == "0.25"
+        assert v._last_refresh_step == 7, "the paused step's splats were not queued"

@@ -193,6 +193,7 @@ class Viewer:
         # State shared with the worker thread and viser's callback threads.
         self._cond = threading.Condition()
         self._pending_splats: dict[str, np.ndarray] | None = None
+        self._latest_params: torch.nn.ParameterDict | None = None
         self._dirty_clients: set[int] = set()
         self._preview_images: dict[int, Any] = {}
         self._closing = False
@@ -317,6 +318,7 @@ class Viewer:
             self._step_time_s = dt if self._step_time_s is None else 0.9 * self._step_time_s + 0.1 * dt
         self._last_step_time, self._last_step_for_time = now, step
         self._step = step
+        self._latest_params = params
         for key, value in metrics.items():
             if isinstance(value, bool | str) or not isinstance(value, numbers.Real | Tensor):
                 continue  # flags and notes are not curves
@@ -348,6 +350,8 @@ class Viewer:
         ``should_stop()`` is true: a signal must stop a paused run, not wait for "Resume")."""
         if self._resume.is_set():
             return
+        if self._latest_params is not None:  # the paused view shows the step it holds, whatever the periods
+            self.update(self._latest_params, self._step, {}, force=True)
         while not self._resume.wait(timeout=0.05):
             if should_stop is not None and should_stop():
                 break
