@@ -64,11 +64,57 @@ def median_or_zero(values: list[float]) -> float:
     return float(statistics.median(values)) if values else 0.0
 
 
-def _viewer_for(state: Any, cfg: RunConfig, run_dir: Path, every: int) -> Any:
+def train_profiled(
+    cfg: RunConfig,
+    state: Any,
+    terms: dict[str, Any],
+    run_dir: Path,
+    device: torch.device,
+    on_step: Any,
+    viewer_every: int | None = None,
+    stop_after: int | None = None,
+) -> None:
+    """Train as ``generate`` does, with the profiler on (per-component CUDA-event times in each step's logs)
+    and, when ``viewer_every`` is set, a live viewer serving on a free port."""
+    from ..run.trainer import train
     from ..viewer.server import Viewer, ViewerConfig, make_render_fn
 
-    render_fn = make_render_fn(state.params, state.params["means"].device, cfg.render)
-    return Viewer(ViewerConfig(enabled=True, port=0, refresh_every=every), render_fn, run_dir)
+    viewer = None
+    if viewer_every:
+        render_fn = make_render_fn(state.params, state.params["means"].device, cfg.render)
+        viewer = Viewer(ViewerConfig(enabled=True, port=0, refresh_every=viewer_every), render_fn, run_dir)
+    try:
+        train(
+            cfg,
+            state,
+            terms,
+            run_dir,
+            device,
+            viewer=viewer,
+            stop_after=stop_after,
+            progress=False,
+            profile=True,
+            on_step=on_step,
+        )
+    finally:
+        if viewer is not None:
+            viewer.close()
+
+
+def phase_record(phase: Phase, rows: list[dict[str, Any]], peak_gb: float | None) -> dict[str, Any]:
+    """A phase's timing from its step records: median and mean step, per-component medians, count."""
+    step_ms = median_or_zero([r["step_ms"] for r in rows])
+    return {
+        "label": phase.label,
+        "steps": [phase.start, phase.end],
+        "timed_steps": len(rows),
+        "step_ms": step_ms,
+        "mean_step_ms": statistics.fmean([r["step_ms"] for r in rows]) if rows else 0.0,
+        "it_per_s": 1e3 / step_ms if step_ms else 0.0,
+        "per_component_ms": {c: median_or_zero([r.get(f"ms_{c}", 0.0) for r in rows]) for c in COMPONENTS},
+        "peak_gb": peak_gb,
+        "num_gaussians": max((int(r["num_gaussians"]) for r in rows), default=0),
+    }
 
 
 def timed_records(records: list[dict], warmup: int, steps: int) -> list[dict]:
@@ -93,7 +139,6 @@ def time_prompt(
     on a scene of ``gaussians`` Gaussians (0: the recipe's initial scene)."""
     from ..gaussians.scene import init_ball
     from ..run.train_state import new_state
-    from ..run.trainer import train
 
     terms = guidance.terms(prompt)
     result: dict[str, Any] = {"prompt": prompt, "phases": [], "full_run": False, "extrapolated": True}
@@ -113,44 +158,22 @@ def time_prompt(
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         phase_cfg = replace(cfg, steps=phase.end, checkpoint_every=0, log_every=max(n, 1))
-        viewer = _viewer_for(state, cfg, run_dir, viewer_every) if viewer_every else None
-        try:
-            train(
-                phase_cfg,
-                state,
-                terms,
-                run_dir,
-                device,
-                viewer=viewer,
-                stop_after=n,
-                progress=False,
-                profile=True,
-                on_step=lambda step, logs, records=records: records.append(dict(logs)),
-            )
-        finally:
-            if viewer is not None:
-                viewer.close()
-        timed = timed_records(records, warmup, steps)
-        step_ms = median_or_zero([r["step_ms"] for r in timed])
-        mean_ms = statistics.fmean([r["step_ms"] for r in timed]) if timed else 0.0
-        comps = {c: median_or_zero([r.get(f"ms_{c}", 0.0) for r in timed]) for c in COMPONENTS}
+        train_profiled(
+            phase_cfg,
+            state,
+            terms,
+            run_dir,
+            device,
+            lambda step, logs, records=records: records.append(dict(logs)),
+            viewer_every,
+            stop_after=n,
+        )
         phase_peak = torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None
         peak = None if phase_peak is None else max(peak or 0.0, phase_peak)
-        asset_ms += step_ms * (phase.end - phase.start)
-        asset_mean_ms += mean_ms * (phase.end - phase.start)
-        result["phases"].append(
-            {
-                "label": phase.label,
-                "steps": [phase.start, phase.end],
-                "timed_steps": len(timed),
-                "step_ms": step_ms,
-                "mean_step_ms": mean_ms,
-                "it_per_s": 1e3 / step_ms if step_ms else 0.0,
-                "per_component_ms": comps,
-                "peak_gb": phase_peak,
-                "num_gaussians": int(timed[-1]["num_gaussians"]) if timed else 0,
-            }
-        )
+        record = phase_record(phase, timed_records(records, warmup, steps), phase_peak)
+        asset_ms += record["step_ms"] * (phase.end - phase.start)
+        asset_mean_ms += record["mean_step_ms"] * (phase.end - phase.start)
+        result["phases"].append(record)
     result["asset_s"] = asset_ms / 1e3
     result["asset_mean_s"] = asset_mean_ms / 1e3  # from mean step times: includes periodic work (refreshes)
     result["peak_gb"] = peak
@@ -216,7 +239,6 @@ def run_prompt_full(
     """
     from ..gaussians.scene import init_ball
     from ..run.train_state import new_state
-    from ..run.trainer import train
 
     phases = recipe_phases(cfg)
     records: list[dict[str, Any]] = []
@@ -238,23 +260,7 @@ def run_prompt_full(
     load_s = sum(guidance.loaded.values()) - loaded_before
     torch.manual_seed(cfg.seed)
     state = new_state(init_ball(cfg.scene, torch.Generator().manual_seed(cfg.seed)), cfg, device)
-    run_cfg = replace(cfg, checkpoint_every=0)
-    viewer = _viewer_for(state, cfg, run_dir, viewer_every) if viewer_every else None
-    try:
-        train(
-            run_cfg,
-            state,
-            terms,
-            run_dir,
-            device,
-            viewer=viewer,
-            progress=False,
-            profile=True,
-            on_step=on_step,
-        )
-    finally:
-        if viewer is not None:
-            viewer.close()
+    train_profiled(replace(cfg, checkpoint_every=0), state, terms, run_dir, device, on_step, viewer_every)
     if cuda:
         torch.cuda.synchronize(device)
     asset_s = time.perf_counter() - t0 - load_s
@@ -262,22 +268,9 @@ def run_prompt_full(
     result: dict[str, Any] = {"prompt": prompt, "phases": [], "full_run": True, "extrapolated": False}
     for k, phase in enumerate(phases):
         rows = [r for r in records if phase.start <= r["step"] < phase.end]
-        step_ms = median_or_zero([r["step_ms"] for r in rows])
+        peak_gb = (phase_peaks[k] if k < len(phase_peaks) else 0.0) if cuda else None
         result["phases"].append(
-            {
-                "label": phase.label,
-                "steps": [phase.start, phase.end],
-                "timed_steps": len(rows),
-                "step_ms": step_ms,
-                "mean_step_ms": statistics.fmean([r["step_ms"] for r in rows]) if rows else 0.0,
-                "it_per_s": 1e3 / step_ms if step_ms else 0.0,
-                "per_component_ms": {
-                    c: median_or_zero([r.get(f"ms_{c}", 0.0) for r in rows]) for c in COMPONENTS
-                },
-                "peak_gb": (phase_peaks[k] if k < len(phase_peaks) else 0.0) if cuda else None,
-                "num_gaussians": max((int(r["num_gaussians"]) for r in rows), default=0),
-                "phase_s": sum(r["step_ms"] for r in rows) / 1e3,
-            }
+            {**phase_record(phase, rows, peak_gb), "phase_s": sum(r["step_ms"] for r in rows) / 1e3}
         )
     # The count at the first step, at every change and at the last step: [[step, count], ...].
     counts: list[list[int]] = []
