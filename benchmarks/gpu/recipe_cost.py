@@ -3,12 +3,13 @@ once, so one device call holds more): the full step (`bench --reference`'s quick
 steps after 2 warm-up per phase) and the whole asset (`bench --full`), random full-size weights, one prompt.
 
 The new recipe is today's `vlm3d` with the flags of NEW (the references' values, as configs/vlm3d-full.yaml sets
-them) plus --set KEY=YAML overrides (e.g. strategy.grow_grad2d=0.1 once a threshold is chosen). The variants share
-one loaded prior and reward: only trainer-side fields differ, and the terms are the same.
+them), or with --against before, the preset as it was before it took the references' regularizers, means learning
+rate, pruning and elevations (BEFORE); plus --set KEY=YAML overrides (e.g. strategy.grow_grad2d=0.1). The variants
+share one loaded prior and reward: only trainer-side fields differ, and the terms are the same.
 
 Parts run in this order, each skipped (and listed as skipped) when it would end past --deadline-s:
-    quick   the full step of today, new, and new + weights.vlm_mode ratio (same models, same process)
-    full    the whole asset of the new recipe, then of today's (each about 3 minutes on an H100)
+    quick   the full step of today, new, and (against the references) new + weights.vlm_mode ratio
+    full    the whole asset of each recipe, in --full-order (each about 3 to 4 minutes on an H100)
     ref     the eager reference's full step (`bench --reference`'s path: no compile, no graphs, one stream)
 Writes OUT/recipe_cost.json after every part, so a call cut short still returns what it measured.
 
@@ -53,12 +54,27 @@ NEW = {  # the references' Gaussian-side values (configs/vlm3d-full.yaml)
 }
 # The quick bench times each phase at its last step; shading from step 0 makes its steps the shaded ones.
 QUICK_NEW = {"render": {"shading_after": 0.0}}
+BEFORE = {  # `vlm3d` before it took the references' regularizers, means learning rate, pruning and elevations
+    "strategy": {"prune_scale3d": 0.1},
+    "scene": {"lr_means": 1.0e-3, "lr_means_final": 2.0e-5, "lr_means_decay": 1.0},
+    "camera": {"elevation_sampling": "degrees"},
+    "weights": {k: {"start": 0.0} for k in ("position", "opacity", "scales", "sparsity", "depth_tv")},
+}
 
 
 def summary(res: dict) -> dict:
     """The numbers a row of the results page needs, from a time_prompt / run_prompt_full result."""
     step = full_step(res)
-    keep = ("asset_s", "load_s", "peak_gb", "max_gaussians", "final_gaussians", "bad_steps", "steps")
+    keep = (
+        "asset_s",
+        "load_s",
+        "peak_gb",
+        "max_gaussians",
+        "final_gaussians",
+        "bad_steps",
+        "steps",
+        "time_windows",
+    )
     return {
         "full_step_phase": step["label"],
         "full_step_ms": step["step_ms"],
@@ -77,7 +93,14 @@ def main() -> None:
         "--deadline-s", type=float, default=500.0, help="no part starts that would end after this"
     )
     ap.add_argument("--parts", default="quick,full,ref")
+    ap.add_argument("--full-order", default="new,today", help="which whole assets run first")
     ap.add_argument("--set", nargs="*", default=[], help="KEY=YAML overrides of the new recipe")
+    ap.add_argument(
+        "--against",
+        choices=("references", "before"),
+        default="references",
+        help="the other recipe: today's preset with the references' values (NEW), or as it was before (BEFORE)",
+    )
     ap.add_argument(
         "--no-compile", action="store_true", help="both recipes without torch.compile (faster start)"
     )
@@ -95,7 +118,7 @@ def main() -> None:
     if args.no_compile:
         today = replace(today, sds=replace(today.sds, compile=False, compile_vae=False))
         today = replace(today, vlm=replace(today.vlm, compile=False))
-    new = apply_overrides(today, NEW)
+    new = apply_overrides(today, NEW if args.against == "references" else BEFORE)
     for item in args.set:
         key, _, value = item.partition("=")
         new = apply_overrides(new, nest_dotted({key: yaml.safe_load(value)}))
@@ -111,7 +134,8 @@ def main() -> None:
         "torch": torch.__version__,
         "prompt": prompt,
         "no_compile": args.no_compile,
-        "new_overrides": NEW,
+        "against": args.against,
+        "new_overrides": NEW if args.against == "references" else BEFORE,
         "set": args.set,
         "config_today": to_dict(today),
         "config_new": to_dict(new),
@@ -133,8 +157,9 @@ def main() -> None:
     # 2. The full step of each recipe, on a scene of the cap's size.
     extrapolated: dict[str, float] = {}
     if "quick" in parts:
-        for name, cfg in (("today", today), ("new", new), ("new_ratio", ratio)):
-            cfg = apply_overrides(cfg, QUICK_NEW) if name != "today" else cfg
+        variants = [("today", today), ("new", new)] + [("new_ratio", ratio)] * (args.against == "references")
+        for name, cfg in variants:
+            cfg = apply_overrides(cfg, QUICK_NEW) if name != "today" and args.against == "references" else cfg
             t0 = time.perf_counter()
             (out / "runs" / f"quick_{name}").mkdir(parents=True, exist_ok=True)
             res = time_prompt(prompt, cfg, guidance, out / "runs" / f"quick_{name}", device, args.steps,
@@ -147,7 +172,8 @@ def main() -> None:
 
     # 3. The whole asset of each, while the deadline allows (estimated from the quick timing, +30%).
     if "full" in parts:
-        for name, cfg in (("new", new), ("today", today)):
+        for name in args.full_order.split(","):
+            cfg = {"new": new, "today": today}[name]
             need = 1.3 * extrapolated.get(name, 190.0) + 20.0
             if need > left():
                 report["skipped"].append(f"full_{name}: needs ~{need:.0f} s, {left():.0f} s left")
