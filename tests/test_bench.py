@@ -5,6 +5,7 @@ from dataclasses import replace
 import pytest
 from PIL import Image
 
+from splatvlm.commands import bench_timing
 from splatvlm.commands.bench import BenchArgs, run_bench
 from splatvlm.commands.bench_timing import Phase, recipe_phases, time_windows
 from splatvlm.config import load_run_config
@@ -143,7 +144,8 @@ def test_bench_steps_flag_is_the_timed_steps():
     assert args.timed_steps == 10 and args.recipe.steps == 7
 
 
-def test_bench_full_runs_the_whole_recipe(tmp_path):
+def test_bench_full_runs_the_whole_recipe(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(bench_timing, "HEARTBEAT_S", 0.0)  # a progress line every step
     prompts = tmp_path / "prompts.json"
     prompts.write_text(json.dumps(["a red apple", "a wooden chair"]))
     cfg = load_run_config("demo")
@@ -164,6 +166,8 @@ def test_bench_full_runs_the_whole_recipe(tmp_path):
     )
     args = BenchArgs(output=tmp_path / "out", preset="demo", prompts=prompts, full=True, recipe=cfg)
     run_bench(args)
+    said = capsys.readouterr().out
+    assert said.count("    step 6/6: ") == 2, said  # no silent minutes on a real run
     data = json.loads((tmp_path / "out" / "report.json").read_text())
     assert data["full_run"] is True and "measured" in data and "extrapolated" not in data
     rows = data["ours"]["prompts"]

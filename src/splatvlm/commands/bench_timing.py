@@ -200,6 +200,7 @@ DENSIFY_LOG_KEYS = (
 
 
 WINDOW_STEPS = 250
+HEARTBEAT_S = 30.0  # a whole run says where it is this often (a GPU asset takes minutes)
 
 
 def time_windows(records: list[dict[str, Any]], size: int) -> list[dict[str, Any]]:
@@ -228,8 +229,10 @@ def run_prompt_full(
     run_dir: Path,
     device: torch.device,
     viewer_every: int | None = None,
+    heartbeat_s: float | None = None,
 ) -> dict[str, Any]:
-    """Run the whole recipe for one prompt as ``generate`` trains it and report what was measured.
+    """Run the whole recipe for one prompt as ``generate`` trains it and report what was measured (with a line
+    on stdout every ``heartbeat_s`` seconds, default HEARTBEAT_S: step, step time, count).
 
     ``asset_s`` is the wall time from the prompt's encoding to the last step and the final checkpoint
     (exports excluded); loading models, which the first prompt triggers, is subtracted and given as
@@ -245,8 +248,18 @@ def run_prompt_full(
     phase_peaks: list[float] = []
     cuda = device.type == "cuda"
 
+    every_s = HEARTBEAT_S if heartbeat_s is None else heartbeat_s
+    last_said = time.perf_counter()
+
     def on_step(step: int, logs: dict[str, Any]) -> None:
+        nonlocal last_said
         records.append(dict(logs))
+        if time.perf_counter() - last_said >= every_s:
+            last_said = time.perf_counter()
+            print(
+                f"    step {step + 1}/{cfg.steps}: {logs['step_ms']:.1f} ms, {int(logs['num_gaussians']):,} Gaussians",
+                flush=True,
+            )
         if cuda and any(step == p.end - 1 for p in phases):
             phase_peaks.append(torch.cuda.max_memory_allocated(device) / 2**30)
             torch.cuda.reset_peak_memory_stats(device)
