@@ -94,6 +94,12 @@ def main() -> None:
     )
     ap.add_argument("--parts", default="quick,full,ref")
     ap.add_argument("--full-order", default="new,today", help="which whole assets run first")
+    ap.add_argument(
+        "--today-plus",
+        nargs="*",
+        default=[],
+        help="KEY=YAML: also time today's full step with these (quick part)",
+    )
     ap.add_argument("--set", nargs="*", default=[], help="KEY=YAML overrides of the new recipe")
     ap.add_argument(
         "--against",
@@ -158,6 +164,14 @@ def main() -> None:
     extrapolated: dict[str, float] = {}
     if "quick" in parts:
         variants = [("today", today), ("new", new)] + [("new_ratio", ratio)] * (args.against == "references")
+        if args.today_plus:
+            plus = today
+            for item in args.today_plus:
+                key, _, value = item.partition("=")
+                plus = apply_overrides(plus, nest_dotted({key: yaml.safe_load(value)}))
+            validate_run_config(plus)
+            variants.append(("today_plus", plus))
+            report["today_plus"] = args.today_plus
         for name, cfg in variants:
             cfg = apply_overrides(cfg, QUICK_NEW) if name != "today" and args.against == "references" else cfg
             t0 = time.perf_counter()
