@@ -27,12 +27,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-import yaml
 
 from splatvlm.commands.bench import SHIPPED_PROMPTS, random_weights, reference_config
 from splatvlm.commands.bench_timing import cosine, full_step, gradient_probe, run_prompt_full, time_prompt
 from splatvlm.commands.generate import Guidance
-from splatvlm.config import apply_overrides, load_run_config, nest_dotted, to_dict, validate_run_config
+from splatvlm.config import apply_overrides, apply_set, load_run_config, to_dict, validate_run_config
 from splatvlm.files import atomic_write_text
 from splatvlm.hub import device_name
 from splatvlm.prompts import read_prompts
@@ -124,10 +123,8 @@ def main() -> None:
     if args.no_compile:
         today = replace(today, sds=replace(today.sds, compile=False, compile_vae=False))
         today = replace(today, vlm=replace(today.vlm, compile=False))
-    new = apply_overrides(today, NEW if args.against == "references" else BEFORE)
-    for item in args.set:
-        key, _, value = item.partition("=")
-        new = apply_overrides(new, nest_dotted({key: yaml.safe_load(value)}))
+    other = NEW if args.against == "references" else BEFORE
+    new = apply_set(apply_overrides(today, other), args.set)
     ratio = apply_overrides(new, {"weights": {"vlm_mode": "ratio"}})
     for cfg in (today, new, ratio):
         validate_run_config(cfg)
@@ -141,7 +138,7 @@ def main() -> None:
         "prompt": prompt,
         "no_compile": args.no_compile,
         "against": args.against,
-        "new_overrides": NEW if args.against == "references" else BEFORE,
+        "new_overrides": other,
         "set": args.set,
         "config_today": to_dict(today),
         "config_new": to_dict(new),
@@ -165,10 +162,7 @@ def main() -> None:
     if "quick" in parts:
         variants = [("today", today), ("new", new)] + [("new_ratio", ratio)] * (args.against == "references")
         if args.today_plus:
-            plus = today
-            for item in args.today_plus:
-                key, _, value = item.partition("=")
-                plus = apply_overrides(plus, nest_dotted({key: yaml.safe_load(value)}))
+            plus = apply_set(today, args.today_plus)
             validate_run_config(plus)
             variants.append(("today_plus", plus))
             report["today_plus"] = args.today_plus

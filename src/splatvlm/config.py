@@ -279,6 +279,16 @@ def nest_dotted(dotted: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
+def apply_set(cfg: Any, items: list[str]) -> Any:
+    """``cfg`` with each ``KEY=YAML`` of ``items`` applied in order (dotted keys, as ``--set`` takes them)."""
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SplatVLMError(f"--set needs KEY=VALUE, got {item!r}")
+        cfg = apply_overrides(cfg, nest_dotted({key: yaml.safe_load(value)}))
+    return cfg
+
+
 def apply_overrides(cfg: Any, overrides: dict[str, Any], prefix: str = "") -> Any:
     """Return a copy of dataclass ``cfg`` with nested ``overrides`` applied and type-checked."""
     hints = typing.get_type_hints(type(cfg))

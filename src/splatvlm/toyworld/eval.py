@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import torch
 import tyro
 
-from ..config import RunConfig, apply_overrides, load_run_config, nest_dotted, validate_run_config
+from ..config import RunConfig, apply_overrides, apply_set, load_run_config, validate_run_config
 from ..errors import SplatVLMError
 from ..files import atomic_write_text
 from . import sweep
@@ -89,8 +89,6 @@ def toy_run_config(
 ) -> RunConfig:
     """The real preset with the toy models, camera, size and SDS settings (``TOY_SDS``); its step counts scaled
     to ``steps``."""
-    import yaml
-
     base = load_run_config(method)
     s = steps / base.steps
     st = base.strategy
@@ -133,12 +131,7 @@ def toy_run_config(
         },
         "weights": {"vlm": vlm_weight, "vlm_ratio": vlm_ratio},
     }
-    cfg = apply_overrides(base, overrides)
-    for item in extra:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SplatVLMError(f"--set needs KEY=VALUE, got {item!r}")
-        cfg = apply_overrides(cfg, nest_dotted({key: yaml.safe_load(value)}))
+    cfg = apply_set(apply_overrides(base, overrides), extra)
     validate_run_config(cfg)
     return cfg
 
